@@ -1,0 +1,35 @@
+# cxr: the two commands a newcomer needs are `make demo` and `make test`; both set everything up on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.cxr-installed
+PYTEST_ARGS ?=
+
+.PHONY: demo test bench real install clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+# torch is pinned to the release that lies on this kind of machine's disk (never newer than 2.14.1).
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
+	$(PY) -m pip install -q -e ".[cpu,train,dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(PY) scripts/demo.py
+
+real: $(STAMP)
+	$(PY) scripts/real.py
+
+bench: $(STAMP)
+	$(PY) scripts/bench.py
+
+clean:
+	rm -rf $(VENV) demo_out real_out .pytest_cache .benchmarks

@@ -1,0 +1,1 @@
+"""Thin click commands. Heavy imports happen inside the command bodies so --help and --version stay fast."""

@@ -1,0 +1,156 @@
+"""Binary classification metrics in numpy (no torch, no sklearn): AUROC with bootstrap intervals, operating points.
+
+Used by training (validation, test) and by `cxr-score --labels`, so both report the same numbers the same way.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+
+def _check(y_true, scores) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(y_true).astype(np.int64).ravel()
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    if y.shape != s.shape:
+        raise ValueError(f"labels and scores differ in length: {y.shape[0]} vs {s.shape[0]}")
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError("labels must be 0 or 1")
+    if not np.isfinite(s).all():
+        raise ValueError("scores contain NaN or infinity")
+    return y, s
+
+
+def has_both_classes(y_true) -> bool:
+    y = np.asarray(y_true)
+    return bool((y == 1).any() and (y == 0).any())
+
+
+def roc_auc(y_true, scores) -> float:
+    """Area under the ROC curve (Mann-Whitney U with midranks for ties). Needs both classes."""
+    y, s = _check(y_true, scores)
+    n_pos = int(y.sum())
+    n_neg = y.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError(f"AUROC needs positives and negatives; got {n_pos} positive, {n_neg} negative")
+    ranks = _midranks(s)
+    return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def _midranks(s: np.ndarray) -> np.ndarray:
+    order = np.argsort(s, kind="mergesort")
+    sorted_s = s[order]
+    # boundaries of runs of equal values
+    starts = np.flatnonzero(np.r_[True, sorted_s[1:] != sorted_s[:-1]])
+    ends = np.r_[starts[1:], sorted_s.size]
+    avg = (starts + ends + 1) / 2.0  # 1-based average rank of each run
+    ranks = np.empty(s.size, np.float64)
+    ranks[order] = np.repeat(avg, ends - starts)
+    return ranks
+
+
+def roc_curve(y_true, scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(fpr, tpr, thresholds), thresholds descending, starting at +inf (nothing called positive)."""
+    y, s = _check(y_true, scores)
+    order = np.argsort(-s, kind="mergesort")
+    s_sorted, y_sorted = s[order], y[order]
+    distinct = np.flatnonzero(np.r_[s_sorted[1:] != s_sorted[:-1], True])
+    tps = np.cumsum(y_sorted)[distinct]
+    fps = (distinct + 1) - tps
+    n_pos, n_neg = max(int(y.sum()), 1), max(int(y.size - y.sum()), 1)
+    tpr = np.r_[0.0, tps / n_pos]
+    fpr = np.r_[0.0, fps / n_neg]
+    thresholds = np.r_[np.inf, s_sorted[distinct]]
+    return fpr, tpr, thresholds
+
+
+def average_precision(y_true, scores) -> float:
+    """Area under the precision-recall curve as average precision (step-wise, no interpolation)."""
+    y, s = _check(y_true, scores)
+    n_pos = int(y.sum())
+    if n_pos == 0:
+        raise ValueError("AUPRC needs at least one positive")
+    order = np.argsort(-s, kind="mergesort")
+    s_sorted, y_sorted = s[order], y[order]
+    distinct = np.flatnonzero(np.r_[s_sorted[1:] != s_sorted[:-1], True])
+    tps = np.cumsum(y_sorted)[distinct]
+    precision = tps / (distinct + 1)
+    recall = tps / n_pos
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def bootstrap_auroc_ci(y_true, scores, n_boot: int = 1000, seed: int = 0,
+                       confidence: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval for AUROC, resampling positives and negatives separately (stratified)."""
+    y, s = _check(y_true, scores)
+    pos, neg = s[y == 1], s[y == 0]
+    if pos.size == 0 or neg.size == 0:
+        raise ValueError("AUROC interval needs positives and negatives")
+    rng = np.random.default_rng(seed)
+    aucs = np.empty(n_boot, np.float64)
+    labels = np.r_[np.ones(pos.size, np.int64), np.zeros(neg.size, np.int64)]
+    for b in range(n_boot):
+        sample = np.r_[rng.choice(pos, pos.size), rng.choice(neg, neg.size)]
+        ranks = _midranks(sample)
+        aucs[b] = (ranks[: pos.size].sum() - pos.size * (pos.size + 1) / 2.0) / (pos.size * neg.size)
+    del labels
+    alpha = (1.0 - confidence) / 2.0
+    lo, hi = np.quantile(aucs, [alpha, 1.0 - alpha])
+    return float(lo), float(hi)
+
+
+def binary_metrics(y_true, probabilities, threshold: float) -> dict[str, Any]:
+    """Confusion counts and rates at `probability >= threshold`. Undefined ratios are NaN, never a made-up 0."""
+    y, p = _check(y_true, probabilities)
+    pred = p >= threshold
+    tp = int(np.sum(pred & (y == 1)))
+    fp = int(np.sum(pred & (y == 0)))
+    tn = int(np.sum(~pred & (y == 0)))
+    fn = int(np.sum(~pred & (y == 1)))
+
+    def ratio(a: int, b: int) -> float:
+        return a / b if b else math.nan
+
+    sens, ppv = ratio(tp, tp + fn), ratio(tp, tp + fp)
+    f1 = 2 * sens * ppv / (sens + ppv) if (sens + ppv) and not math.isnan(sens + ppv) else math.nan
+    return {
+        "threshold": float(threshold), "tp": tp, "fp": fp, "tn": tn, "fn": fn,
+        "sensitivity": sens, "specificity": ratio(tn, tn + fp), "ppv": ppv, "npv": ratio(tn, tn + fn),
+        "f1": f1, "accuracy": ratio(tp + tn, y.size),
+    }
+
+
+def youden_threshold(y_true, probabilities) -> float:
+    """The threshold maximising sensitivity + specificity - 1 (ties: the higher threshold)."""
+    fpr, tpr, thresholds = roc_curve(y_true, probabilities)
+    j = tpr - fpr
+    best = int(np.argmax(j[1:])) + 1  # skip the +inf point
+    return float(min(max(thresholds[best], 0.0), 1.0))
+
+
+def threshold_for_sensitivity(y_true, probabilities, target: float) -> float:
+    """The highest threshold whose sensitivity is at least `target`."""
+    if not 0.0 < target <= 1.0:
+        raise ValueError(f"target sensitivity must lie in (0, 1], got {target}")
+    fpr, tpr, thresholds = roc_curve(y_true, probabilities)
+    ok = np.flatnonzero(tpr >= target - 1e-12)
+    return float(min(max(thresholds[ok[0]], 0.0), 1.0))
+
+
+def summarize(y_true, probabilities, threshold: float, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Everything reported for a labelled set: n, prevalence, AUROC (95% CI), AUPRC and the operating point."""
+    y, p = _check(y_true, probabilities)
+    out: dict[str, Any] = {"n": int(y.size), "n_positive": int(y.sum()), "n_negative": int(y.size - y.sum())}
+    if has_both_classes(y):
+        out["auroc"] = roc_auc(y, p)
+        lo, hi = bootstrap_auroc_ci(y, p, n_boot=n_boot, seed=seed)
+        out["auroc_ci95"] = [lo, hi]
+        out["auprc"] = average_precision(y, p)
+    else:
+        out["auroc"] = math.nan
+        out["auroc_ci95"] = [math.nan, math.nan]
+        out["auprc"] = math.nan
+    out.update(binary_metrics(y, p, threshold))
+    return out

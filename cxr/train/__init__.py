@@ -1,0 +1,1 @@
+"""Training: torch + torchvision. Imports cxr.runtime for preprocessing, never the other way round."""

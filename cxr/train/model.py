@@ -1,0 +1,136 @@
+"""The model: DenseNet-121 features + Dropout(0.2) + Linear(1024, 1), taking uint8 [N, 1, S, S].
+
+Scaling to [0, 1], the recipe's mean/std normalization and the grey-to-3-channel step happen inside `forward`, so
+the exported ONNX file takes exactly what cxr.runtime.preprocess produces. The first convolution is adapted to one
+channel by summing its RGB weights, which equals feeding the grey image copied to three channels.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision.models import DenseNet, densenet121
+
+from cxr.runtime.preprocess import Normalization
+
+log = logging.getLogger(__name__)
+
+ARCHS = ("densenet121", "densenet_tiny")
+
+
+class InitWeightsError(RuntimeError):
+    """Initial weights cannot be had (offline, missing file, wrong architecture)."""
+
+
+class CardiomegalyNet(nn.Module):
+    """uint8 [N, 1, S, S] -> logit [N] (cardiomegaly)."""
+
+    def __init__(self, arch: str = "densenet121", dropout: float = 0.2,
+                 normalization: Normalization = Normalization()):
+        super().__init__()
+        if arch not in ARCHS:
+            raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
+        self.arch = arch
+        net = _densenet(arch)
+        self.features = net.features
+        self.num_features = net.classifier.in_features
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.num_features, 1))
+        self.register_buffer("mean", torch.tensor(float(normalization.mean)), persistent=True)
+        self.register_buffer("std", torch.tensor(float(normalization.std)), persistent=True)
+        adapt_first_conv_to_gray(self)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = image.to(self.head[1].weight.dtype) / 255.0
+        x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+        f = self.features(x)
+        f = torch.relu(f)
+        f = torch.flatten(nn.functional.adaptive_avg_pool2d(f, 1), 1)
+        return self.head(f).squeeze(1)
+
+
+def _densenet(arch: str) -> DenseNet:
+    if arch == "densenet121":
+        return densenet121(weights=None)
+    # A small DenseNet for tests that check only mechanics (same code path, far fewer FLOPs).
+    return DenseNet(growth_rate=8, block_config=(2, 2, 2, 2), num_init_features=16, bn_size=2)
+
+
+def adapt_first_conv_to_gray(model: CardiomegalyNet) -> None:
+    """Replace a 3-channel conv0 by a 1-channel one whose weights are the sum over RGB (identical output on grey)."""
+    conv = model.features.conv0
+    if conv.in_channels == 1:
+        return
+    new = nn.Conv2d(1, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=conv.bias is not None)
+    with torch.no_grad():
+        new.weight.copy_(conv.weight.sum(dim=1, keepdim=True))
+        if conv.bias is not None:
+            new.bias.copy_(conv.bias)
+    model.features.conv0 = new
+
+
+def load_imagenet_features(model: CardiomegalyNet) -> None:
+    """ImageNet DenseNet-121 weights from torchvision's cache (or its download); the RGB conv0 summed to grey."""
+    if model.arch != "densenet121":
+        raise InitWeightsError(f"ImageNet weights exist only for densenet121, not {model.arch}")
+    from torchvision.models import DenseNet121_Weights
+
+    try:
+        state = DenseNet121_Weights.IMAGENET1K_V1.get_state_dict(progress=False, check_hash=True)
+    except Exception as exc:  # URLError, OSError, hash errors: all mean "cannot be had here"
+        cache = Path(torch.hub.get_dir()) / "checkpoints"
+        raise InitWeightsError(
+            f"ImageNet weights for DenseNet-121 could not be loaded ({type(exc).__name__}: {exc}). This machine may "
+            f"be offline. Ways out: copy densenet121-a639ec97.pth into {cache} on a machine with internet access, "
+            "or pass --init PATH to a local weights file, or train from scratch with --init random "
+            "(then raise the learning rate, e.g. --lr 1e-4: the recipe's 1e-5 is a fine-tuning rate).") from None
+    ref = densenet121(weights=None)
+    ref.load_state_dict(state)
+    conv0 = ref.features.conv0.weight.detach().sum(dim=1, keepdim=True)
+    feats = {k: v for k, v in ref.features.state_dict().items() if k != "conv0.weight"}
+    missing, unexpected = model.features.load_state_dict({**feats, "conv0.weight": conv0}, strict=True), None
+    del missing, unexpected
+
+
+def load_init_file(model: CardiomegalyNet, path: str | Path) -> None:
+    """--init PATH: a cxr checkpoint (best.pt/last.pt) or a plain state dict of CardiomegalyNet or torchvision
+    DenseNet-121. Loaded with weights_only=True (never unpickles code)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InitWeightsError(f"--init {path}: no such file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise InitWeightsError(f"--init {path}: not a loadable weights file ({type(exc).__name__}: {exc})") from None
+    state = obj.get("model_state", obj) if isinstance(obj, dict) else None
+    if not isinstance(state, dict):
+        raise InitWeightsError(f"--init {path}: expected a state dict or a cxr checkpoint")
+    if any(k.startswith("head.") for k in state):
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise InitWeightsError(f"--init {path}: weights do not fit {model.arch}: {exc}") from None
+        return
+    feats = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
+    if not feats:
+        raise InitWeightsError(f"--init {path}: no 'features.*' weights found")
+    w = feats.get("conv0.weight")
+    if w is not None and w.shape[1] == 3:
+        feats["conv0.weight"] = w.sum(dim=1, keepdim=True)
+    try:
+        model.features.load_state_dict(feats, strict=True)
+    except RuntimeError as exc:
+        raise InitWeightsError(f"--init {path}: weights do not fit {model.arch}: {exc}") from None
+
+
+def build_model(arch: str = "densenet121", dropout: float = 0.2, normalization: Normalization = Normalization(),
+                init: str = "random") -> CardiomegalyNet:
+    """Build the model and apply `--init imagenet|random|PATH`."""
+    model = CardiomegalyNet(arch=arch, dropout=dropout, normalization=normalization)
+    if init == "imagenet":
+        load_imagenet_features(model)
+    elif init != "random":
+        load_init_file(model, init)
+    return model
