@@ -1,0 +1,67 @@
+"""numpy metrics against hand-computed values and brute-force definitions."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from cxr.runtime import metrics
+
+
+def _auc_brute(y, s):
+    pos, neg = s[y == 1], s[y == 0]
+    wins = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return wins / (pos.size * neg.size)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_auroc_equals_pairwise_definition_with_ties(seed):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, 200)
+    y[:2] = [0, 1]
+    s = np.round(rng.random(200) + 0.3 * y, 1)  # rounding makes many ties
+    assert metrics.roc_auc(y, s) == pytest.approx(_auc_brute(y, s), abs=1e-12)
+
+
+def test_hand_computed_example():
+    y = np.array([0, 0, 1, 1, 0, 1])
+    s = np.array([0.1, 0.4, 0.35, 0.8, 0.4, 0.9])
+    assert metrics.roc_auc(y, s) == pytest.approx(7 / 9)
+    m = metrics.binary_metrics(y, s, 0.5)
+    assert (m["tp"], m["fp"], m["tn"], m["fn"]) == (2, 0, 3, 1)
+    assert m["sensitivity"] == pytest.approx(2 / 3) and m["specificity"] == 1.0
+    assert m["ppv"] == 1.0 and m["npv"] == pytest.approx(0.75) and m["f1"] == pytest.approx(0.8)
+    assert metrics.youden_threshold(y, s) == pytest.approx(0.8)
+    assert metrics.threshold_for_sensitivity(y, s, 1.0) == pytest.approx(0.35)
+    # AP: ranks 0.9(+) 0.8(+) 0.4,0.4(-,-) 0.35(+) 0.1(-): precision at each new recall 1, 1, 3/5
+    assert metrics.average_precision(y, s) == pytest.approx((1 + 1 + 0.6) / 3)
+
+
+def test_bootstrap_interval_contains_estimate_and_is_seeded():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 300)
+    s = rng.random(300) + 0.5 * y
+    lo, hi = metrics.bootstrap_auroc_ci(y, s, n_boot=300, seed=7)
+    auc = metrics.roc_auc(y, s)
+    assert lo < auc < hi and hi - lo < 0.2
+    assert (lo, hi) == metrics.bootstrap_auroc_ci(y, s, n_boot=300, seed=7)
+
+
+def test_single_class_gives_nan_auroc_not_a_number_made_up():
+    out = metrics.summarize([1, 1, 1], [0.2, 0.7, 0.9], threshold=0.5, n_boot=10)
+    assert math.isnan(out["auroc"]) and out["sensitivity"] == pytest.approx(2 / 3)
+    assert math.isnan(out["specificity"])
+    with pytest.raises(ValueError, match="positives and negatives"):
+        metrics.roc_auc([1, 1], [0.1, 0.2])
+
+
+@pytest.mark.parametrize("y,s,message", [
+    ([0, 1, 2], [0.1, 0.2, 0.3], "0 or 1"),
+    ([0, 1], [0.1], "differ in length"),
+    ([0, 1], [0.1, float("nan")], "NaN"),
+])
+def test_bad_inputs_are_refused(y, s, message):
+    with pytest.raises(ValueError, match=message):
+        metrics.roc_auc(y, s)
