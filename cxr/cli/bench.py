@@ -1,0 +1,150 @@
+"""cxr-bench: latency and throughput of an exported model, per batch size, with onnxruntime only (no torch).
+
+The session is the Scorer's (same providers, threads and contract checks as cxr-score). On CUDA the input batch is
+copied to the device once and bound with I/O binding, outputs stay on the device, so host-device copies are not
+timed in every run; on CPU `session.run` is timed as cxr-score calls it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import sys
+import time
+from pathlib import Path
+
+import click
+
+log = logging.getLogger(__name__)
+
+
+def _parse_batch_sizes(ctx, param, value: str) -> list[int]:
+    try:
+        sizes = [int(part) for part in value.split(",") if part.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated positive integers like 1,8,32, got {value!r}") from None
+    if not sizes or any(s < 1 or s > 4096 for s in sizes):
+        raise click.BadParameter(f"batch sizes must be integers between 1 and 4096, got {value!r}")
+    return sorted(set(sizes))
+
+
+def _runner(scorer, batch, device: str):
+    """A zero-argument callable running one batch; on CUDA through I/O binding with the input already on the GPU."""
+    from cxr.runtime.card import INPUT_NAME, OUTPUT_NAMES
+
+    session = scorer._session  # the Scorer's validated session: same providers and options as cxr-score
+    if device != "cuda":
+        feed = {INPUT_NAME: batch}
+        return lambda: session.run(list(OUTPUT_NAMES), feed)
+    import onnxruntime as ort
+
+    binding = session.io_binding()
+    on_gpu = ort.OrtValue.ortvalue_from_numpy(batch, "cuda", 0)  # copied to the device once, outside the timing
+    binding.bind_ortvalue_input(INPUT_NAME, on_gpu)
+    for name in OUTPUT_NAMES:
+        binding.bind_output(name, "cuda")
+
+    def run():
+        session.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+
+    return run
+
+
+def measure(scorer, batch_size: int, seconds: float, warmup: int, device: str, min_runs: int = 3) -> dict:
+    """Time one batch size: `warmup` untimed runs, then runs until `seconds` have passed (at least `min_runs`)."""
+    import numpy as np
+
+    from cxr.runtime.bench import percentiles
+
+    s = scorer.input_size
+    batch = np.random.default_rng(0).integers(0, 256, (batch_size, 1, s, s), dtype=np.uint8)
+    run = _runner(scorer, batch, device)
+    for _ in range(warmup):
+        run()
+    samples: list[float] = []
+    deadline = time.perf_counter() + seconds
+    while len(samples) < min_runs or time.perf_counter() < deadline:
+        start = time.perf_counter()
+        run()
+        samples.append((time.perf_counter() - start) * 1000.0)
+    batch_ms = percentiles(samples)
+    image_ms = {k: (v / batch_size if k not in ("n",) else v) for k, v in batch_ms.items()}
+    return {"batch_size": batch_size, "runs": len(samples), "batch_ms": batch_ms, "image_ms": image_ms,
+            "images_per_s": 1000.0 * batch_size / batch_ms["p50"] if batch_ms["p50"] > 0 else float("inf")}
+
+
+def _facts(scorer, threads: int | None) -> dict:
+    import numpy as np
+    import onnxruntime as ort
+
+    import cxr
+    from cxr.runtime.bench import cpu_info
+
+    intra = scorer._session.get_session_options().intra_op_num_threads
+    return {
+        "model": str(scorer.model_path), "input_size": scorer.input_size, "device": scorer.device,
+        "providers": list(scorer.providers),
+        "threads": {"requested": threads, "intra_op": intra,
+                    "note": "intra_op 0 = onnxruntime's default (one per physical core)"},
+        "cpu": cpu_info(),
+        "versions": {"cxr": cxr.__version__, "onnxruntime": ort.__version__, "numpy": np.__version__,
+                     "python": platform.python_version()},
+    }
+
+
+def _table(results: list[dict]) -> str:
+    head = (f"{'batch':>5}  {'p50 ms':>9}  {'p90 ms':>9}  {'p99 ms':>9}  {'p50 ms/img':>10}  {'p90 ms/img':>10}  "
+            f"{'p99 ms/img':>10}  {'img/s':>8}  {'runs':>5}")
+    lines = [head, "-" * len(head)]
+    for r in results:
+        b, i = r["batch_ms"], r["image_ms"]
+        lines.append(f"{r['batch_size']:>5}  {b['p50']:>9.2f}  {b['p90']:>9.2f}  {b['p99']:>9.2f}  {i['p50']:>10.2f}  "
+                     f"{i['p90']:>10.2f}  {i['p99']:>10.2f}  {r['images_per_s']:>8.1f}  {r['runs']:>5}")
+    return "\n".join(lines)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--model", "model_path", required=True, type=click.Path(path_type=Path, dir_okay=False),
+              help="An ONNX model exported by cxr-export (it must carry a model card).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="cuda must really run on CUDA (onnxruntime-gpu and a GPU), or cxr-bench exits 1.")
+@click.option("--batch-sizes", default="1,8,32", show_default=True, callback=_parse_batch_sizes,
+              help="Comma-separated batch sizes to time.")
+@click.option("--seconds", type=click.FloatRange(min=0.0, min_open=True), default=5.0, show_default=True,
+              help="Timed seconds per batch size (at least 3 runs each).")
+@click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True, help="Untimed runs first.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="onnxruntime intra-op threads (default: onnxruntime's choice, one per physical core).")
+@click.option("--json", "json_out", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Also write the results and machine facts as JSON to this file.")
+def main(model_path: Path, device: str, batch_sizes: list[int], seconds: float, warmup: int, threads: int | None,
+         json_out: Path | None) -> None:
+    """Time MODEL at each batch size: p50/p90/p99 latency per batch and per image, and images per second."""
+    from cxr.runtime.errors import CxrError
+    from cxr.runtime.scoring import Scorer
+
+    try:
+        scorer = Scorer(model_path, device=device, threads=threads)
+    except CxrError as exc:
+        click.echo(f"cxr-bench: error: {exc}", err=True)
+        sys.exit(1)
+    facts = _facts(scorer, threads)
+    click.echo(f"cxr-bench: {model_path} on {facts['cpu']['model'] if device == 'cpu' else 'CUDA'} "
+               f"(providers {', '.join(scorer.providers)}; intra-op threads {facts['threads']['intra_op']}; "
+               f"input {scorer.input_size}x{scorer.input_size})", err=True)
+    results = [measure(scorer, b, seconds, warmup, scorer.device) for b in batch_sizes]
+    click.echo(_table(results))
+    if json_out is not None:
+        payload = {**facts, "settings": {"batch_sizes": batch_sizes, "seconds": seconds, "warmup": warmup,
+                                         "io_binding": scorer.device == "cuda"}, "results": results}
+        try:
+            json_out.write_text(json.dumps(payload, indent=2) + "\n")
+        except OSError as exc:
+            click.echo(f"cxr-bench: error: cannot write {json_out}: {exc.strerror or exc}", err=True)
+            sys.exit(1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
