@@ -1,0 +1,329 @@
+"""Scoring with onnxruntime: a validated session (`Scorer`) and a bounded-memory folder pipeline (`score_folder`).
+
+`Scorer` refuses models that break the I/O contract or carry no valid card, and never runs on CPU when CUDA was
+asked for. `score_folder` reads and preprocesses images in worker threads (OpenCV and pydicom's decoders release
+the GIL for most of their work) while the session runs the previous batch, and turns every per-file failure into an
+error row, so one bad image never stops a run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from cxr.runtime.card import INPUT_NAME, OUTPUT_NAMES, ModelCard
+from cxr.runtime.errors import ImageError, ModelCardError, ModelLoadError, ProviderError
+from cxr.runtime.preprocess import preprocess_batch
+
+logger = logging.getLogger(__name__)
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+DEVICES = ("auto", "cpu", "cuda")
+
+# Row error codes besides the image codes of cxr.runtime.errors.
+INTERNAL = "internal"  # an unexpected exception while reading or preprocessing one file (a bug: please report)
+INFERENCE_FAILED = "inference_failed"  # the session failed on this image even when run alone
+
+
+def available_providers() -> list[str]:
+    """The execution providers this onnxruntime build offers (not a promise that they can start)."""
+    import onnxruntime as ort
+
+    return list(ort.get_available_providers())
+
+
+class Scorer:
+    """An onnxruntime session for a cxr model: uint8 [N, 1, S, S] in, probability of cardiomegaly float32 [N] out.
+
+    A plain, picklable callable over numpy batches (pickling carries the model path and settings; the session is
+    rebuilt on the other side), so Ray Data can wrap it unchanged, e.g.:
+
+        scorer = Scorer("model.onnx", device="cpu")
+        ds = ds.map_batches(lambda b: {"path": b["path"], "prob": scorer(b["image"])}, batch_format="numpy")
+        # or pass a class whose __init__ builds the Scorer, with concurrency=k, to get one session per actor
+
+    Raises ModelLoadError (file missing, not ONNX, wrong inputs/outputs), ModelCardError (no card, invalid card,
+    card that disagrees with the graph) and ProviderError (device='cuda' that cannot really run on CUDA).
+    """
+
+    def __init__(self, model_path: str | os.PathLike, device: str = "auto", threads: int | None = None):
+        if device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+        if threads is not None and (not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
+        self.model_path = Path(model_path)
+        self.requested_device = device
+        self.threads = threads
+        self._load()
+
+    def _load(self) -> None:
+        import onnxruntime as ort
+
+        path = self.model_path
+        if not path.exists():
+            raise ModelLoadError(f"{path}: model file not found")
+        if not path.is_file():
+            raise ModelLoadError(f"{path}: not a file")
+        providers = self._providers_to_try(list(ort.get_available_providers()))
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only; we report the provider outcome ourselves
+        if self.threads is not None:
+            options.intra_op_num_threads = self.threads
+        try:
+            session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf/... types
+            raise ModelLoadError(f"{path}: cannot be loaded as an ONNX model: {_short(exc)}") from None
+        active = list(session.get_providers())
+        if self.requested_device == "cuda" and CUDA not in active:
+            raise ProviderError(
+                f"--device cuda was requested but the session for {path} fell back to {', '.join(active)} "
+                "(CUDA could not be initialised: check the driver, CUDA/cuDNN libraries and onnxruntime-gpu)")
+        if self.requested_device == "auto" and CUDA in providers and CUDA not in active:
+            logger.warning("CUDA is available but could not be initialised for %s; running on CPU", path)
+        self._session = session
+        self.providers = active
+        self.device = "cuda" if CUDA in active else "cpu"
+        self._check_io(session)
+        try:
+            card = ModelCard.from_metadata(session.get_modelmeta().custom_metadata_map)
+        except ModelCardError as exc:
+            raise ModelCardError(f"{path}: {exc}") from None
+        graph_size = self._graph_size
+        if card.preprocess.size != graph_size:
+            raise ModelCardError(
+                f"{path}: model card says input size {card.preprocess.size} but the graph takes {graph_size}x{graph_size}")
+        self.card = card
+        self.input_size = card.input_size
+        self.threshold = float(card.threshold.value)
+
+    def _providers_to_try(self, available: list[str]) -> list[str]:
+        if self.requested_device == "cpu":
+            return [CPU]
+        if self.requested_device == "cuda":
+            if CUDA not in available:
+                raise ProviderError(
+                    f"--device cuda was requested but this onnxruntime offers only {', '.join(available)} "
+                    "(install onnxruntime-gpu instead of onnxruntime, with a matching CUDA)")
+            return [CUDA, CPU]
+        return [CUDA, CPU] if CUDA in available else [CPU]
+
+    def _check_io(self, session) -> None:
+        path = self.model_path
+        inputs = session.get_inputs()
+        if len(inputs) != 1 or inputs[0].name != INPUT_NAME:
+            raise ModelLoadError(
+                f"{path}: expected exactly one input named {INPUT_NAME!r}, found {[i.name for i in inputs]}")
+        inp = inputs[0]
+        if inp.type != "tensor(uint8)":
+            raise ModelLoadError(f"{path}: input {INPUT_NAME!r} must be uint8, found {inp.type}")
+        shape = list(inp.shape)
+        if len(shape) != 4 or shape[1] != 1 or not isinstance(shape[2], int) or shape[2] != shape[3]:
+            raise ModelLoadError(f"{path}: input {INPUT_NAME!r} must have shape [N, 1, S, S], found {shape}")
+        if isinstance(shape[0], int):
+            raise ModelLoadError(f"{path}: the batch dimension of {INPUT_NAME!r} must be dynamic, found {shape}")
+        self._graph_size = int(shape[2])
+        names = [o.name for o in session.get_outputs()]
+        missing = [n for n in OUTPUT_NAMES if n not in names]
+        if missing:
+            raise ModelLoadError(f"{path}: missing output(s) {missing}; the model has {names}")
+
+    @cached_property
+    def model_sha256(self) -> str:
+        """SHA-256 of the model file, computed on first use (the manifest records it)."""
+        digest = hashlib.sha256()
+        with open(self.model_path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+        return digest.hexdigest()
+
+    def _check_batch(self, batch) -> np.ndarray:
+        if not isinstance(batch, np.ndarray):
+            raise ValueError(f"expected a numpy array, got {type(batch).__name__}")
+        s = self.input_size
+        if batch.dtype != np.uint8:
+            raise ValueError(f"expected uint8 pixels (the preprocessed image), got {batch.dtype}")
+        if batch.ndim != 4 or batch.shape[1:] != (1, s, s):
+            raise ValueError(f"expected a batch of shape [N, 1, {s}, {s}], got {list(batch.shape)}")
+        return np.ascontiguousarray(batch)
+
+    def predict(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(logit, probability), both float32 [N], for uint8 [N, 1, S, S]."""
+        batch = self._check_batch(batch)
+        n = batch.shape[0]
+        if n == 0:
+            return np.zeros(0, np.float32), np.zeros(0, np.float32)
+        logit, prob = self._session.run(list(OUTPUT_NAMES), {INPUT_NAME: batch})
+        logit = np.asarray(logit, np.float32).reshape(-1)
+        prob = np.asarray(prob, np.float32).reshape(-1)
+        if logit.shape != (n,) or prob.shape != (n,):
+            raise ModelLoadError(f"{self.model_path}: the model returned {prob.shape[0]} values for {n} images")
+        return logit, prob
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """Probabilities float32 [N] for uint8 [N, 1, S, S]."""
+        return self.predict(batch)[1]
+
+    def __getstate__(self) -> dict:
+        return {"model_path": self.model_path, "device": self.requested_device, "threads": self.threads}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["model_path"], device=state["device"], threads=state["threads"])
+
+    def __repr__(self) -> str:
+        return f"Scorer({str(self.model_path)!r}, device={self.device!r}, providers={self.providers})"
+
+
+@dataclass
+class ScoreRow:
+    """One scored (or failed) file. `path` is relative to the scored folder, POSIX form."""
+
+    path: str
+    status: str  # "ok" | "error"
+    probability: float | None = None
+    logit: float | None = None
+    label_pred: int | None = None  # 1 when probability >= threshold
+    error_code: str = ""
+    error_message: str = ""
+    read_ms: float = 0.0  # read + preprocess in a worker thread
+    model_ms: float = 0.0  # this row's share of its batch's session time
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+@dataclass
+class _Loaded:
+    image: np.ndarray | None
+    error: tuple[str, str] | None
+    ms: float
+
+
+def _load_one(path: Path, scorer_config) -> _Loaded:
+    """Read and preprocess one file in a worker thread; every failure becomes (code, message), never an exception."""
+    from cxr.runtime.imaging import read_image
+
+    start = time.perf_counter()
+    try:
+        image = preprocess_batch([read_image(path)], scorer_config)[0]
+        return _Loaded(image, None, _ms(start))
+    except ImageError as exc:
+        return _Loaded(None, (exc.code, exc.message), _ms(start))
+    except OSError as exc:
+        return _Loaded(None, ("unreadable", f"{type(exc).__name__}: {exc.strerror or exc}"), _ms(start))
+    except Exception as exc:  # noqa: BLE001 - one file's surprise must not stop the run
+        logger.exception("unexpected error reading %s", path)
+        return _Loaded(None, (INTERNAL, f"{type(exc).__name__}: {exc}"), _ms(start))
+
+
+def score_folder(folder: str | os.PathLike, scorer: Scorer, batch_size: int = 16, workers: int = 2,
+                 on_item: Callable[[ScoreRow], None] | None = None, *, threshold: float | None = None,
+                 files: Sequence[Path] | None = None) -> Iterator[ScoreRow]:
+    """Score every image candidate under `folder`; yield one `ScoreRow` per file, in sorted relative-path order.
+
+    `files` (relative paths, e.g. `find_images(folder).files`) skips the walk when the caller already did it.
+    `threshold` overrides the card's for `label_pred`. `on_item(row)` is called for each row before it is yielded.
+
+    Memory stays flat for any folder size: at most `2 * batch_size` files are in flight (the batch being scored
+    plus the next one being read by `workers` threads); each holds only its preprocessed S x S uint8 image, the
+    full-size decoded pixels living only inside one worker call.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    root = Path(folder)
+    if files is None:
+        from cxr.runtime.walk import find_images
+
+        files = find_images(root).files
+    thr = scorer.threshold if threshold is None else float(threshold)
+    config = scorer.card.preprocess
+    max_in_flight = 2 * batch_size
+    todo = iter(files)
+    pending: deque[tuple[Path, Future]] = deque()
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cxr-read")
+
+    def fill() -> None:
+        while len(pending) < max_in_flight:
+            rel = next(todo, None)
+            if rel is None:
+                return
+            pending.append((rel, pool.submit(_load_one, root / rel, config)))
+
+    try:
+        fill()
+        while pending:
+            batch = [pending.popleft() for _ in range(min(batch_size, len(pending)))]
+            fill()  # the workers read the next batch while this one is scored
+            loaded = [(Path(rel).as_posix(), fut.result()) for rel, fut in batch]
+            for row in _score_batch(scorer, loaded, thr):
+                if on_item is not None:
+                    on_item(row)
+                yield row
+    finally:
+        for _, fut in pending:
+            fut.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _score_batch(scorer: Scorer, loaded: list[tuple[str, _Loaded]], threshold: float) -> list[ScoreRow]:
+    good = [i for i, (_, item) in enumerate(loaded) if item.error is None]
+    outputs: dict[int, tuple[float, float] | tuple[str, str]] = {}
+    model_ms: dict[int, float] = {}
+    if good:
+        start = time.perf_counter()
+        try:
+            logit, prob = scorer.predict(np.stack([loaded[i][1].image for i in good]))
+            share = _ms(start) / len(good)
+            for j, i in enumerate(good):
+                outputs[i], model_ms[i] = (float(logit[j]), float(prob[j])), share
+        except Exception as exc:  # noqa: BLE001 - retry one by one so no file of the batch is lost
+            logger.warning("batch of %d failed (%s); retrying one image at a time", len(good), _short(exc))
+            for i in good:
+                start = time.perf_counter()
+                try:
+                    logit, prob = scorer.predict(loaded[i][1].image[None])
+                    outputs[i] = (float(logit[0]), float(prob[0]))
+                except Exception as one_exc:  # noqa: BLE001
+                    outputs[i] = (INFERENCE_FAILED, f"{type(one_exc).__name__}: {_short(one_exc)}")
+                model_ms[i] = _ms(start)
+    rows = []
+    for i, (rel, item) in enumerate(loaded):
+        if item.error is not None:
+            rows.append(ScoreRow(rel, "error", error_code=item.error[0], error_message=item.error[1],
+                                 read_ms=item.ms))
+            continue
+        out = outputs[i]
+        if isinstance(out[0], str):
+            rows.append(ScoreRow(rel, "error", error_code=out[0], error_message=out[1], read_ms=item.ms,
+                                 model_ms=model_ms[i]))
+        elif not (math.isfinite(out[1]) and 0.0 <= out[1] <= 1.0):
+            rows.append(ScoreRow(rel, "error", error_code=INFERENCE_FAILED,
+                                 error_message=f"the model returned an invalid probability {out[1]!r}",
+                                 read_ms=item.ms, model_ms=model_ms[i]))
+        else:
+            rows.append(ScoreRow(rel, "ok", probability=out[1], logit=out[0],
+                                 label_pred=int(out[1] >= threshold), read_ms=item.ms, model_ms=model_ms[i]))
+    return rows
+
+
+def _ms(start: float) -> float:
+    return (time.perf_counter() - start) * 1000.0
+
+
+def _short(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

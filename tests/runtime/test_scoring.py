@@ -1,0 +1,242 @@
+"""Scorer (session, card, providers, batch validation) and score_folder (order, error rows, retries, bounded memory)."""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnx")
+
+from cxr.runtime import errors, scoring  # noqa: E402
+from cxr.runtime.errors import ModelCardError, ModelLoadError, ProviderError  # noqa: E402
+from cxr.runtime.imaging import read_image  # noqa: E402
+from cxr.runtime.preprocess import preprocess_batch  # noqa: E402
+from cxr.runtime.scoring import Scorer, score_folder  # noqa: E402
+from tests.badfiles import write_bad_files, write_good_files  # noqa: E402
+from tests.onnx_fixtures import default_card, expected_probability, mean_brightness_model  # noqa: E402
+
+
+@pytest.fixture()
+def scorer(tiny_model) -> Scorer:
+    return Scorer(tiny_model, device="cpu")
+
+
+@pytest.mark.parametrize("n", [1, 3, 17])
+def test_probabilities_match_the_closed_form(scorer, n):
+    batch = np.random.default_rng(n).integers(0, 256, (n, 1, 64, 64), dtype=np.uint8)
+    prob = scorer(batch)
+    assert prob.dtype == np.float32 and prob.shape == (n,)
+    np.testing.assert_allclose(prob, expected_probability(batch), atol=1e-6, rtol=0)
+    logit, prob2 = scorer.predict(batch)
+    np.testing.assert_allclose(1 / (1 + np.exp(-logit.astype(np.float64))), prob2, atol=1e-6)
+
+
+def test_attributes_describe_the_model_and_session(scorer, tiny_model):
+    assert scorer.input_size == 64 and scorer.threshold == 0.5
+    assert scorer.card.preprocess.size == 64
+    assert scorer.device == "cpu" and scorer.providers == ["CPUExecutionProvider"]
+    assert scorer.model_path == tiny_model
+    assert scorer.model_sha256 == hashlib.sha256(tiny_model.read_bytes()).hexdigest()
+
+
+def test_pickles_by_path_for_distributed_workers(scorer):
+    clone = pickle.loads(pickle.dumps(scorer))
+    batch = np.full((2, 1, 64, 64), 200, np.uint8)
+    np.testing.assert_array_equal(clone(batch), scorer(batch))
+    assert clone.device == "cpu"
+
+
+@pytest.mark.parametrize("batch, match", [
+    (np.zeros((2, 1, 64, 64), np.float32), "uint8"),
+    (np.zeros((2, 64, 64), np.uint8), r"\[N, 1, 64, 64\]"),
+    (np.zeros((2, 3, 64, 64), np.uint8), r"\[N, 1, 64, 64\]"),
+    (np.zeros((2, 1, 32, 32), np.uint8), r"got \[2, 1, 32, 32\]"),
+    ([[0]], "numpy array"),
+])
+def test_bad_batches_are_refused_with_a_clear_message(scorer, batch, match):
+    with pytest.raises(ValueError, match=match):
+        scorer(batch)
+
+
+def test_empty_batch_gives_empty_output(scorer):
+    assert scorer(np.zeros((0, 1, 64, 64), np.uint8)).shape == (0,)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(with_card=False), "no 'cxr.card' metadata"),
+    (dict(card_json="{not json"), "not valid JSON"),
+    (dict(card_json='{"schema_version": 1}'), "missing required field"),
+    (dict(card=default_card(size=32)), "input size 32 but the graph takes 64x64"),
+])
+def test_models_without_a_valid_card_are_refused(tmp_path, kwargs, match):
+    path = mean_brightness_model(tmp_path / "m.onnx", size=64, **kwargs)
+    with pytest.raises(ModelCardError, match=match) as info:
+        Scorer(path, device="cpu")
+    assert str(path) in str(info.value)
+
+
+def test_model_with_float_input_is_refused(tmp_path):
+    path = mean_brightness_model(tmp_path / "f.onnx", size=64, input_dtype="float32")
+    with pytest.raises(ModelLoadError, match="must be uint8"):
+        Scorer(path, device="cpu")
+
+
+@pytest.mark.parametrize("content, match", [
+    (None, "model file not found"),
+    (b"this is not a protobuf at all" * 10, "cannot be loaded as an ONNX model"),
+    (b"", "cannot be loaded as an ONNX model"),
+])
+def test_missing_or_non_onnx_files_are_refused_naming_the_file(tmp_path, content, match):
+    path = tmp_path / "model.onnx"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(ModelLoadError, match=match) as info:
+        Scorer(path, device="cpu")
+    assert str(path) in str(info.value)
+
+
+def test_cuda_without_the_provider_is_an_error(tiny_model, monkeypatch):
+    import onnxruntime as ort
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    with pytest.raises(ProviderError, match="onnxruntime-gpu"):
+        Scorer(tiny_model, device="cuda")
+
+
+@pytest.mark.filterwarnings("ignore:Specified provider")
+def test_cuda_that_falls_back_to_cpu_is_an_error_not_a_silent_cpu_run(tiny_model, monkeypatch):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this machine really has CUDA")
+    # The build claims CUDA, but the session cannot start it and quietly uses the CPU: that must be refused.
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    with pytest.raises(ProviderError, match="fell back to CPUExecutionProvider"):
+        Scorer(tiny_model, device="cuda")
+    auto = Scorer(tiny_model, device="auto")  # auto may fall back, and says what it uses
+    assert auto.device == "cpu" and auto.providers == ["CPUExecutionProvider"]
+
+
+def test_cuda_on_a_cpu_only_build_is_an_error(tiny_model):
+    if "CUDAExecutionProvider" in scoring.available_providers():
+        pytest.skip("this machine really has CUDA")
+    with pytest.raises(ProviderError):
+        Scorer(tiny_model, device="cuda")
+
+
+@pytest.mark.parametrize("kwargs", [dict(device="gpu"), dict(threads=0)])
+def test_bad_constructor_arguments(tiny_model, kwargs):
+    with pytest.raises(ValueError):
+        Scorer(tiny_model, **kwargs)
+
+
+# ---- score_folder ----------------------------------------------------------------------------------------------
+
+@pytest.fixture()
+def mixed_folder(tmp_path) -> tuple[Path, list[str], dict[str, str]]:
+    folder = tmp_path / "images"
+    good = write_good_files(folder / "good")
+    bad = write_bad_files(folder / "bad")
+    return folder, [f"good/{g}" for g in good], {f"bad/{k}": v for k, v in bad.items()}
+
+
+def expected_for(folder: Path, rel: str, scorer: Scorer) -> float:
+    batch = preprocess_batch([read_image(folder / rel)], scorer.card.preprocess)
+    return float(expected_probability(batch)[0])
+
+
+@pytest.mark.parametrize("batch_size, workers", [(1, 1), (4, 2), (64, 3)])
+def test_score_folder_rows_in_sorted_order_with_error_rows(scorer, mixed_folder, batch_size, workers):
+    folder, good, bad = mixed_folder
+    rows = list(score_folder(folder, scorer, batch_size=batch_size, workers=workers))
+    assert [r.path for r in rows] == sorted(good + list(bad))
+    by_path = {r.path: r for r in rows}
+    for rel, code in bad.items():
+        assert (by_path[rel].status, by_path[rel].error_code) == ("error", code), rel
+        assert by_path[rel].probability is None and by_path[rel].label_pred is None and by_path[rel].error_message
+    for rel in good:
+        row = by_path[rel]
+        assert row.status == "ok", (rel, row.error_code, row.error_message)
+        assert row.probability == pytest.approx(expected_for(folder, rel, scorer), abs=1e-6)
+        assert row.label_pred == int(row.probability >= 0.5)
+
+
+@pytest.mark.parametrize("threshold", [0.0, 1.0])
+def test_threshold_override_sets_the_label(scorer, mixed_folder, threshold):
+    folder, good, _ = mixed_folder
+    rows = [r for r in score_folder(folder, scorer, threshold=threshold) if r.ok]
+    assert len(rows) == len(good)
+    assert {r.label_pred for r in rows} == {1 if threshold == 0.0 else 0}
+
+
+def test_unexpected_exception_on_one_file_becomes_an_internal_row(scorer, mixed_folder, monkeypatch):
+    import cxr.runtime.imaging as imaging
+
+    folder, good, _ = mixed_folder
+    real = imaging.read_image
+
+    def flaky(path):
+        if Path(path).name == "gray8.png":
+            raise RuntimeError("decoder exploded")
+        return real(path)
+
+    monkeypatch.setattr(imaging, "read_image", flaky)
+    rows = {r.path: r for r in score_folder(folder, scorer, batch_size=4)}
+    assert rows["good/gray8.png"].error_code == scoring.INTERNAL
+    assert "RuntimeError: decoder exploded" in rows["good/gray8.png"].error_message
+    assert all(rows[g].ok for g in good if g != "good/gray8.png")
+
+
+def test_a_failing_batch_is_retried_one_by_one(scorer, mixed_folder, monkeypatch):
+    folder, good, _ = mixed_folder
+    poison = expected_for(folder, "good/rgb.jpg", scorer)
+    real_predict = Scorer.predict
+
+    def predict(self, batch):
+        probs = expected_probability(batch)
+        if batch.shape[0] > 1 or abs(probs[0] - poison) < 1e-9:
+            raise RuntimeError("session failed")
+        return real_predict(self, batch)
+
+    monkeypatch.setattr(Scorer, "predict", predict)
+    rows = {r.path: r for r in score_folder(folder, scorer, batch_size=8, files=[Path(g) for g in good])}
+    assert list(rows) == good  # no file of the failed batches is lost
+    assert rows["good/rgb.jpg"].error_code == scoring.INFERENCE_FAILED
+    assert "session failed" in rows["good/rgb.jpg"].error_message
+    assert all(rows[g].ok for g in good if g != "good/rgb.jpg")
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_in_flight_files_stay_bounded(scorer, tmp_path, monkeypatch, batch_size):
+    folder = tmp_path / "many"
+    names = [f"{i:03d}.png" for i in range(40)]
+    write_good_files(tmp_path / "src")
+    for name in names:
+        (folder / name).parent.mkdir(exist_ok=True)
+        (folder / name).write_bytes((tmp_path / "src" / "gray8.png").read_bytes())
+    started: list[str] = []
+    real_load = scoring._load_one
+    monkeypatch.setattr(scoring, "_load_one", lambda p, c: (started.append(p.name), real_load(p, c))[1])
+    peak = 0
+
+    def on_item(row):
+        nonlocal peak
+        done = names.index(row.path) + 1
+        peak = max(peak, len(started) - done)
+
+    rows = list(score_folder(folder, scorer, batch_size=batch_size, workers=2, on_item=on_item))
+    assert [r.path for r in rows] == names and all(r.ok for r in rows)
+    assert batch_size <= peak <= 2 * batch_size  # reading ahead does happen, within the bound
+
+
+def test_dangling_symlink_becomes_an_unreadable_row(scorer, tmp_path):
+    import os
+
+    write_good_files(tmp_path)
+    os.symlink(tmp_path / "gone.png", tmp_path / "dangling.png")
+    rows = {r.path: r for r in score_folder(tmp_path, scorer)}
+    assert rows["dangling.png"].error_code == errors.UNREADABLE
