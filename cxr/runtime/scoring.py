@@ -256,18 +256,18 @@ def score_folder(folder: str | os.PathLike, scorer: Scorer, batch_size: int = 16
     pending: deque[tuple[Path, Future]] = deque()
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cxr-read")
 
-    def fill() -> None:
-        while len(pending) < max_in_flight:
+    def fill(limit: int) -> None:
+        while len(pending) < limit:
             rel = next(todo, None)
             if rel is None:
                 return
             pending.append((rel, pool.submit(_load_one, root / rel, config)))
 
     try:
-        fill()
+        fill(max_in_flight)
         while pending:
             batch = [pending.popleft() for _ in range(min(batch_size, len(pending)))]
-            fill()  # the workers read the next batch while this one is scored
+            fill(max_in_flight - len(batch))  # the workers read the next batch while this one is scored
             loaded = [(Path(rel).as_posix(), fut.result()) for rel, fut in batch]
             for row in _score_batch(scorer, loaded, thr):
                 if on_item is not None:
