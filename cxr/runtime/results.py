@@ -1,0 +1,281 @@
+"""results.csv and its JSON manifest, written so that a crash or Ctrl-C never leaves a half-written file.
+
+The CSV goes to a temporary file beside the final one, one flushed line per row; on success it is fsync'd and
+`os.replace`d onto the final name (atomic on POSIX). On failure the rows already done are kept as `<out>.partial`
+and the final name is left untouched (a previous results file there survives).
+Columns: path,prob_cardiomegaly,cardiomegaly,status,error (see DESIGN.md, 'The results contract').
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import platform
+import sys
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from cxr.runtime.scoring import ScoreRow
+
+logger = logging.getLogger(__name__)
+
+COLUMNS = ("path", "prob_cardiomegaly", "cardiomegaly", "status", "error")
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def safe_cell(text: str) -> str:
+    """Prefix a quote to cells a spreadsheet would run as a formula (CSV injection); other text is unchanged."""
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
+def csv_cells(row: ScoreRow) -> list[str]:
+    """The five CSV cells of one row (probability with 6 decimals; label and probability empty on error rows)."""
+    if row.ok:
+        prob, label, error = f"{row.probability:.6f}", str(int(row.label_pred)), ""
+    else:
+        prob, label, error = "", "", f"{row.error_code}: {row.error_message}"
+    return [safe_cell(row.path), prob, label, row.status, safe_cell(error)]
+
+
+def partial_path(out: Path) -> Path:
+    return out.with_name(out.name + ".partial")
+
+
+def manifest_path(out: Path) -> Path:
+    """results.csv -> results.manifest.json; a name without .csv gets .manifest.json appended."""
+    out = Path(out)
+    if out.suffix.lower() == ".csv":
+        return out.with_name(out.name[: -len(out.suffix)] + ".manifest.json")
+    return out.with_name(out.name + ".manifest.json")
+
+
+class ResultsWriter:
+    """Write results rows to a temporary file beside `out`; `commit()` publishes it, `abort()` keeps `.partial`.
+
+    Creating the writer creates the temporary file, so an unwritable location fails (OSError) before any scoring.
+    As a context manager: commit is explicit; leaving the block by an exception (KeyboardInterrupt included)
+    aborts, and `partial` then names the kept file (None when no row had been written).
+    """
+
+    def __init__(self, out: str | os.PathLike):
+        self.out = Path(out)
+        if self.out.is_dir():
+            raise IsADirectoryError(f"{self.out}: is a folder; --out must name a file")
+        directory = self.out.parent
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.out.name}.", suffix=".tmp", dir=directory)
+        os.fchmod(fd, _file_mode())  # mkstemp makes 0600; the results should get the user's usual permissions
+        self.tmp = Path(tmp)
+        self._fh = os.fdopen(fd, "w", newline="", encoding="utf-8")
+        self._csv = csv.writer(self._fh, lineterminator="\n")
+        self._csv.writerow(COLUMNS)
+        self._fh.flush()
+        self.rows = 0
+        self.partial: Path | None = None
+        self.done = False
+
+    def write(self, row: ScoreRow) -> None:
+        self._csv.writerow(csv_cells(row))
+        self._fh.flush()  # rows done survive a crash of this process (the OS has them)
+        self.rows += 1
+
+    def _close(self) -> None:
+        if not self._fh.closed:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self._fh.close()
+
+    def commit(self) -> Path:
+        """fsync and atomically move the temporary file onto `out`."""
+        self._close()
+        os.replace(self.tmp, self.out)
+        _fsync_dir(self.out.parent)
+        self.done = True
+        return self.out
+
+    def abort(self) -> Path | None:
+        """Keep the rows written so far as `<out>.partial` (or remove the temporary file when there are none)."""
+        if self.done:
+            return self.partial
+        self.done = True
+        try:
+            self._close()
+        except OSError:
+            pass
+        if self.rows == 0:
+            self.tmp.unlink(missing_ok=True)
+            return None
+        self.partial = partial_path(self.out)
+        os.replace(self.tmp, self.partial)
+        return self.partial
+
+    def discard(self) -> None:
+        """Remove the temporary file (nothing was scored, nothing to keep)."""
+        if not self.done:
+            self.done = True
+            try:
+                self._fh.close()
+            finally:
+                self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> "ResultsWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+        elif not self.done:
+            self.abort()
+
+
+def write_json_atomic(path: str | os.PathLike, data: Mapping[str, Any]) -> Path:
+    """JSON (NaN/inf written as null) to a temporary file beside `path`, fsync'd, then renamed onto it."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, _file_mode())
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(_json_safe(data), fh, indent=2, sort_keys=False, allow_nan=False)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item") and callable(value.item):  # numpy scalars
+        return _json_safe(value.item())
+    return value
+
+
+def _file_mode() -> int:
+    """0666 minus the process umask: the mode an ordinary open(..., 'w') would have given."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class Tally:
+    """Running counts and timings over the rows of one run (what the manifest and the summary report)."""
+
+    files: int = 0
+    ok: int = 0
+    error: int = 0
+    by_code: Counter = field(default_factory=Counter)
+    read_ms: float = 0.0
+    model_ms: float = 0.0
+
+    def add(self, row: ScoreRow) -> None:
+        self.files += 1
+        self.read_ms += row.read_ms
+        self.model_ms += row.model_ms
+        if row.ok:
+            self.ok += 1
+        else:
+            self.error += 1
+            self.by_code[row.error_code] += 1
+
+
+def versions() -> dict[str, str]:
+    """Versions of what produced the numbers (read from the loaded modules; pydicom only if importable)."""
+    import cv2
+    import numpy
+
+    import cxr
+
+    out = {"cxr": cxr.__version__, "numpy": numpy.__version__, "opencv": cv2.__version__,
+           "python": platform.python_version()}
+    try:
+        import onnxruntime
+
+        out["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        out["onnxruntime"] = "absent"
+    try:
+        import pydicom
+
+        out["pydicom"] = pydicom.__version__
+    except ImportError:
+        out["pydicom"] = "absent"
+    return out
+
+
+def card_summary(card) -> dict[str, Any]:
+    """The parts of the model card a reader of the results needs."""
+    return {
+        "task": card.task,
+        "positive_label": card.positive_label,
+        "input_size": card.input_size,
+        "preprocess": card.preprocess.to_dict(),
+        "normalization": card.normalization.to_dict(),
+        "threshold": {"value": float(card.threshold.value), "method": card.threshold.method,
+                      "detail": card.threshold.detail},
+        "training": card.training,
+        "export": card.export,
+    }
+
+
+def build_manifest(*, scorer, folder: Path, out: Path, tally: Tally, walk, threshold: float,
+                   threshold_source: str, started: str, finished: str, total_s: float, scoring_s: float,
+                   command: list[str], labels: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Everything needed to trust or reproduce a results file, as one JSON-ready dict."""
+    images_per_s = tally.files / scoring_s if scoring_s > 0 else None
+    return {
+        "results_csv": str(out),
+        "folder": str(folder),
+        "model": {"path": str(scorer.model_path), "sha256": scorer.model_sha256},
+        "card": card_summary(scorer.card),
+        "threshold": {"value": float(threshold), "source": threshold_source},
+        "device": {"requested": scorer.requested_device, "used": scorer.device, "providers": scorer.providers},
+        "counts": {
+            "files": tally.files, "ok": tally.ok, "error": tally.error, "by_error_code": dict(sorted(tally.by_code.items())),
+            "skipped_non_images": walk.skipped_non_images, "skipped_hidden": walk.skipped_hidden,
+            "walk_problems": list(walk.problems),
+        },
+        "timings": {
+            "total_s": round(total_s, 4),
+            "scoring_s": round(scoring_s, 4),
+            "images_per_s": round(images_per_s, 3) if images_per_s is not None else None,
+            "mean_model_ms_per_image": round(tally.model_ms / tally.ok, 3) if tally.ok else None,
+            "mean_read_ms_per_image": round(tally.read_ms / tally.files, 3) if tally.files else None,
+            "mean_end_to_end_ms_per_image": round(scoring_s * 1000 / tally.files, 3) if tally.files else None,
+        },
+        "versions": versions(),
+        "started": started,
+        "finished": finished,
+        "command": list(command),
+        "labels": dict(labels) if labels is not None else None,
+        "platform": {"system": platform.system(), "machine": platform.machine(), "executable": sys.executable},
+    }
