@@ -249,13 +249,16 @@ def card_summary(card) -> dict[str, Any]:
 
 def build_manifest(*, scorer, folder: Path, out: Path, tally: Tally, walk, threshold: float,
                    threshold_source: str, started: str, finished: str, total_s: float, scoring_s: float,
-                   command: list[str], labels: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                   command: list[str], options: Mapping[str, Any] | None = None,
+                   labels: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Everything needed to trust or reproduce a results file, as one JSON-ready dict."""
     images_per_s = tally.files / scoring_s if scoring_s > 0 else None
     return {
         "results_csv": str(out),
         "folder": str(folder),
-        "model": {"path": str(scorer.model_path), "sha256": scorer.model_sha256},
+        "folder_resolved": str(Path(folder).resolve()),
+        "model": {"path": str(scorer.model_path), "resolved": str(Path(scorer.model_path).resolve()),
+                  "sha256": scorer.model_sha256, "size_bytes": Path(scorer.model_path).stat().st_size},
         "card": card_summary(scorer.card),
         "threshold": {"value": float(threshold), "source": threshold_source},
         "device": {"requested": scorer.requested_device, "used": scorer.device, "providers": scorer.providers},
@@ -276,6 +279,7 @@ def build_manifest(*, scorer, folder: Path, out: Path, tally: Tally, walk, thres
         "started": started,
         "finished": finished,
         "command": list(command),
+        "options": dict(options or {}),
         "labels": dict(labels) if labels is not None else None,
         "platform": {"system": platform.system(), "machine": platform.machine(), "executable": sys.executable},
     }

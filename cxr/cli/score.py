@@ -1,0 +1,185 @@
+"""cxr-score: score every image under a folder with an exported cxr model; write results.csv and a manifest.
+
+Exit codes: 0 every file scored; 3 finished but some files failed (error rows) or some folders could not be
+walked; 1 nothing could be done (missing/invalid model or card, unwritable output, requested device unavailable,
+folder with no images); 2 usage errors (click), including a labels file that is missing or lacks path,label;
+130 interrupted (Ctrl-C), with the rows done kept in <out>.partial.
+onnxruntime is imported inside the command, so `cxr-score --help` and `--version` stay fast and torch-free.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import click
+
+from cxr import __version__
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+def _error(message: str) -> None:
+    click.echo(f"cxr-score: error: {message}", err=True)
+
+
+def _note(message: str, quiet: bool) -> None:
+    if not quiet:
+        click.echo(f"cxr-score: {message}", err=True)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Results CSV to write (its manifest goes beside it as <name>.manifest.json).")
+@click.option("--model", required=True, envvar="CXR_MODEL", type=click.Path(path_type=Path),
+              help="ONNX model exported by cxr-export (or set CXR_MODEL).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="cuda fails rather than silently running on CPU; auto reports what it picked.")
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=16, show_default=True)
+@click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True,
+              help="Threads that read and preprocess images while the model runs.")
+@click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=None,
+              help="Decision threshold for the cardiomegaly column; default: the model card's.")
+@click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="CSV with columns path,label (0/1, paths relative to FOLDER): adds metrics to the manifest.")
+@click.option("--quiet", is_flag=True, help="No progress bar and no summary; errors only.")
+@click.version_option(__version__, prog_name="cxr-score")
+def main(folder: Path, out: Path, model: Path, device: str, batch_size: int, workers: int,
+         threshold: float | None, labels: Path | None, quiet: bool) -> None:
+    """Score every image under FOLDER (recursively, sorted) for cardiomegaly.
+
+    Writes one row per image file to --out (path,prob_cardiomegaly,cardiomegaly,status,error); an unreadable image
+    becomes an error row and the run goes on. Research software, not a medical device.
+    """
+    started_wall = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    t0 = time.perf_counter()
+    from cxr.runtime.labels import LabelMatcher, LabelsError, read_labels
+
+    label_table = None
+    if labels is not None:
+        try:
+            label_table = read_labels(labels)
+        except LabelsError as exc:
+            raise click.BadParameter(str(exc), param_hint="--labels") from None
+
+    from cxr.runtime.errors import CxrError
+    from cxr.runtime.results import ResultsWriter, Tally, build_manifest, manifest_path, write_json_atomic
+    from cxr.runtime.scoring import Scorer, score_folder
+    from cxr.runtime.walk import find_images
+
+    if out.is_dir():
+        _error(f"--out {out} is a folder; give a file name such as {out / 'results.csv'}")
+        sys.exit(EXIT_FAILED)
+    if not out.parent.is_dir():
+        _error(f"cannot write {out}: folder {out.parent} does not exist")
+        sys.exit(EXIT_FAILED)
+    try:
+        writer = ResultsWriter(out)  # creates the temporary file now: an unwritable place fails before scoring
+    except OSError as exc:
+        _error(f"cannot write results to {out}: {exc.strerror or exc}")
+        sys.exit(EXIT_FAILED)
+
+    try:
+        scorer = Scorer(model, device=device)
+    except CxrError as exc:
+        writer.discard()
+        _error(str(exc))
+        sys.exit(EXIT_FAILED)
+    thr = scorer.threshold if threshold is None else float(threshold)
+    thr_source = "card" if threshold is None else "--threshold"
+    _note(f"model {model} on {scorer.device} ({', '.join(scorer.providers)}); threshold {thr:g} ({thr_source})",
+          quiet)
+
+    walk = find_images(folder)
+    for problem in walk.problems:
+        click.echo(f"cxr-score: warning: {problem}", err=True)
+    if not walk.files:
+        writer.discard()
+        _error(f"no images found in {folder} ({walk.skipped_non_images} other file(s) skipped)")
+        sys.exit(EXIT_FAILED)
+
+    from tqdm import tqdm
+
+    tally = Tally()
+    matcher = LabelMatcher(label_table) if label_table is not None else None
+    bar = tqdm(total=len(walk.files), unit="img", file=sys.stderr, dynamic_ncols=True,
+               disable=quiet or not sys.stderr.isatty())
+    t_score = time.perf_counter()
+    try:
+        for row in score_folder(folder, scorer, batch_size=batch_size, workers=workers, threshold=thr,
+                                files=walk.files):
+            writer.write(row)
+            tally.add(row)
+            if matcher is not None:
+                matcher.add(row)
+            bar.update(1)
+        scoring_s = time.perf_counter() - t_score
+        bar.close()
+        writer.commit()
+    except KeyboardInterrupt:
+        bar.close()
+        kept = writer.abort()
+        _error(f"interrupted after {writer.rows} of {len(walk.files)} file(s); {out} was not written"
+               + (f"; the rows done are in {kept}" if kept else ""))
+        sys.exit(EXIT_INTERRUPTED)
+    except BaseException as exc:
+        bar.close()
+        kept = writer.abort()
+        _error(f"stopped by {type(exc).__name__}: {exc}; {out} was not written"
+               + (f"; the rows done are in {kept}" if kept else ""))
+        raise
+
+    label_report = matcher.report(thr) if matcher is not None else None
+    manifest = build_manifest(
+        scorer=scorer, folder=folder, out=out, tally=tally, walk=walk, threshold=thr, threshold_source=thr_source,
+        started=started_wall, finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        total_s=time.perf_counter() - t0, scoring_s=scoring_s, command=sys.argv, labels=label_report,
+        options={"folder": folder, "out": out, "model": model, "device": device, "batch_size": batch_size,
+                 "workers": workers, "threshold": threshold, "labels": labels, "quiet": quiet})
+    mpath = manifest_path(out)
+    try:
+        write_json_atomic(mpath, manifest)
+    except OSError as exc:
+        _error(f"results written to {out}, but the manifest {mpath} could not be: {exc.strerror or exc}")
+        sys.exit(EXIT_FAILED)
+    if not quiet:
+        _summary(out, mpath, tally, walk, thr, thr_source, scorer, manifest["timings"], label_report)
+    sys.exit(EXIT_OK if tally.error == 0 and not walk.problems else EXIT_PARTIAL)
+
+
+def _summary(out, mpath, tally, walk, thr, thr_source, scorer, timings, label_report) -> None:
+    lines = [f"{tally.files} file(s): {tally.ok} ok, {tally.error} error"
+             + (" (" + ", ".join(f"{code} {n}" for code, n in sorted(tally.by_code.items())) + ")"
+                if tally.by_code else "")
+             + f"; {walk.skipped_non_images} non-image file(s) skipped"
+             + (f"; {len(walk.problems)} folder problem(s)" if walk.problems else ""),
+             f"threshold {thr:g} ({thr_source}); device {scorer.device} ({', '.join(scorer.providers)})",
+             f"{timings['images_per_s']} images/s; model {timings['mean_model_ms_per_image']} ms/image, "
+             f"end to end {timings['mean_end_to_end_ms_per_image']} ms/image"]
+    if label_report is not None:
+        lines.append(f"labels: {label_report['matched']} matched, {label_report['labelled_not_found']} labelled "
+                     f"but not found, {label_report['labelled_not_scored']} labelled but failed, "
+                     f"{label_report['scored_without_label']} scored without label, "
+                     f"{label_report['ignored_lines']} label line(s) ignored")
+        m = label_report["metrics"]
+        if m is not None:
+            lo, hi = m["auroc_ci95"]
+            lines.append(f"AUROC {_num(m['auroc'])} (95% CI {_num(lo)}-{_num(hi)}), n={m['n']} "
+                         f"({m['n_positive']} positive); at {thr:g}: sensitivity {_num(m['sensitivity'])}, "
+                         f"specificity {_num(m['specificity'])}, PPV {_num(m['ppv'])}, NPV {_num(m['npv'])}, "
+                         f"F1 {_num(m['f1'])}")
+    lines.append(f"results: {out}; manifest: {mpath}")
+    for line in lines:
+        click.echo(f"cxr-score: {line}", err=True)
+
+
+def _num(value: float) -> str:
+    """4 decimals, or 'n/a' for an undefined ratio (NaN), e.g. NPV with no predicted negatives."""
+    return "n/a" if value != value else f"{value:.4f}"
+
+
+if __name__ == "__main__":
+    main()
