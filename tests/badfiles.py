@@ -53,9 +53,11 @@ def huge_png_bytes(width: int = 100_000, height: int = 100_000) -> bytes:
 
 
 def write_dicom(path: Path, pixels: np.ndarray | None, *, photometric: str = "MONOCHROME2",
-                frames: int = 1, extra: dict | None = None) -> Path:
-    """Write an uncompressed (explicit VR little endian) DICOM; `pixels` [H, W] or [F, H, W] uint8/uint16, or None
-    for a file without PixelData (rows/columns then 256)."""
+                frames: int = 1, extra: dict | None = None, transfer_syntax: str | None = None,
+                pixel_data: bytes | None = None) -> Path:
+    """Write a DICOM, by default uncompressed (explicit VR little endian); `pixels` [H, W] or [F, H, W] uint8/uint16,
+    or None for a file without PixelData (rows/columns then 256). `pixel_data` replaces the PixelData bytes (e.g.
+    encapsulated frames for a compressed `transfer_syntax`); `extra` sets further attributes."""
     import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
@@ -63,7 +65,7 @@ def write_dicom(path: Path, pixels: np.ndarray | None, *, photometric: str = "MO
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.TransferSyntaxUID = transfer_syntax or ExplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta = meta
     ds.SOPClassUID = meta.MediaStorageSOPClassUID
@@ -84,7 +86,7 @@ def write_dicom(path: Path, pixels: np.ndarray | None, *, photometric: str = "MO
         ds.HighBit = bits - 1
         if frames > 1:
             ds.NumberOfFrames = frames
-        ds.PixelData = np.ascontiguousarray(pixels).tobytes()
+        ds.PixelData = np.ascontiguousarray(pixels).tobytes() if pixel_data is None else pixel_data
     for key, value in (extra or {}).items():
         setattr(ds, key, value)
     pydicom.dcmwrite(path, ds, enforce_file_format=True)
