@@ -1,0 +1,199 @@
+"""cxr-train: train the cardiomegaly DenseNet-121 into a run directory (defaults = the original recipe).
+
+One option per TrainConfig field, generated from the dataclass so the two never drift; the help text of each is the
+field's docstring. Exit codes: 0 trained; 1 a problem the user can fix (bad data, a split without positives, ImageNet
+weights unavailable, a run directory that cannot be resumed), printed as `cxr-train: error: ...` without a traceback;
+2 usage errors (click); 130 interrupted (resume with --resume RUN_DIR). torch is imported inside the command.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import json
+import logging
+import os
+import sys
+import typing
+from pathlib import Path
+
+import click
+
+from cxr import __version__
+from cxr.train import config as C
+
+EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
+_SPECIAL = {"dataset", "data_root", "csv_path"}  # given as --data KIND:PATH and --csv
+_CHOICES = {"dataset": C.DATASET_KINDS, "arch": C.ARCHS, "optimizer": C.OPTIMIZERS, "amp": C.AMP_MODES,
+            "device": C.DEVICES, "cache_images": C.CACHE_MODES, "uncertain": C.UNCERTAIN_POLICIES,
+            "threshold_method": ("youden_j", "target_sensitivity")}
+
+
+class PosWeight(click.ParamType):
+    """'auto', 'none' or a positive number."""
+
+    name = "auto|none|FLOAT"
+
+    def convert(self, value, param, ctx):
+        if value is None or isinstance(value, float):
+            return value
+        text = str(value).strip().lower()
+        if text in ("auto", "none"):
+            return None if text == "none" else "auto"
+        try:
+            return float(text)
+        except ValueError:
+            self.fail(f"{value!r} is not auto, none or a number", param, ctx)
+
+
+def _field_docs() -> dict[str, str]:
+    """The docstring under each TrainConfig field (the single source of the option help)."""
+    tree = ast.parse(inspect.getsource(C.TrainConfig))
+    body, docs = tree.body[0].body, {}
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+            docs[node.target.id] = " ".join(str(nxt.value.value).split())
+    return docs
+
+
+def _option(field: dataclasses.Field, doc: str):
+    name = "--" + field.name.replace("_", "-")
+    hint = typing.get_type_hints(C.TrainConfig)[field.name]
+    kw = {"default": field.default, "show_default": True, "help": doc}
+    if field.name == "pos_weight":
+        return click.option(name, type=PosWeight(), **{**kw, "default": "none"})
+    if field.name in _CHOICES:
+        return click.option(name, type=click.Choice(_CHOICES[field.name]), **kw)
+    if hint is bool:
+        return click.option(f"{name}/--no-{name[2:]}", **kw)
+    base = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    kind = {int: int, float: float, str: str}.get(base[0], str)
+    return click.option(name, type=kind, **kw)
+
+
+def _with_config_options(func):
+    docs = _field_docs()
+    for field in reversed(dataclasses.fields(C.TrainConfig)):
+        if field.name not in _SPECIAL:
+            func = _option(field, docs.get(field.name, ""))(func)
+    return func
+
+
+def _parse_data(value: str | None) -> tuple[str, str] | None:
+    if value is None:
+        return None
+    kind, sep, path = value.partition(":")
+    if not sep or kind not in C.DATASET_KINDS or not path:
+        raise click.BadParameter(f"expected KIND:PATH with KIND one of {', '.join(C.DATASET_KINDS)}, got {value!r}",
+                                 param_hint="--data")
+    return kind, path
+
+
+def _error(message: str) -> None:
+    click.echo(f"cxr-train: error: {message}", err=True)
+
+
+def _setup_logging(verbose: bool) -> None:
+    rank = int(os.environ.get("RANK", "0"))
+    level = logging.DEBUG if verbose else (logging.INFO if rank == 0 else logging.WARNING)
+    prefix = "cxr-train" if "RANK" not in os.environ else f"cxr-train[{rank}]"
+    logging.basicConfig(level=level, format=f"{prefix}: %(message)s", stream=sys.stderr)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120})
+@click.option("--data", "data_spec", metavar="KIND:PATH", default=None,
+              help=f"Dataset kind and root, e.g. folder:/data/nih (Cardiomegaly/ and Normal/ subfolders), "
+                   f"csv:/data/imgs (with --csv labels.csv), nih:/data/ChestX-ray14, chexpert:/data/CheXpert-v1.0, "
+                   f"phantom:DIR (the synthetic set made by cxr-phantom). KIND is one of "
+                   f"{', '.join(C.DATASET_KINDS)}. Required unless --resume.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Labels CSV (kind csv; optional for nih/chexpert). Columns set by --path-column etc.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Run directory to create (config.json, splits.csv, history.csv, best.pt, last.pt, metrics.json, "
+                   "plots). Required unless --resume.")
+@click.option("--resume", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Continue the interrupted run in this directory from its last.pt (optimizer, scheduler, early "
+                   f"stopping and RNG state). Only {', '.join(C.RESUMABLE_OVERRIDES)} may be changed.")
+@_with_config_options
+@click.option("--verbose", is_flag=True, help="Debug logging.")
+@click.version_option(__version__, prog_name="cxr-train")
+@click.pass_context
+def main(ctx: click.Context, data_spec: str | None, csv_path: Path | None, out: Path | None, resume: Path | None,
+         verbose: bool, **fields) -> None:
+    """Train DenseNet-121 to detect cardiomegaly; the defaults are the original recipe (ImageNet init, Adam 1e-5
+    with L2 1e-2, batch 32, plateau patience 2 x0.1, early stopping 4, rotation 5 degrees, 224 px).
+
+    \b
+    Examples:
+      cxr-train --data folder:/data/nih_cardiomegaly --out runs/r1
+      cxr-train --data phantom:demo_out/phantom --init random --lr 1e-4 --image-size 128 --out runs/demo
+      cxr-train --resume runs/r1
+      torchrun --standalone --nproc_per_node 2 -m cxr.cli.train --data folder:/data/nih --out runs/ddp
+    Research software, not a medical device.
+    """
+    _setup_logging(verbose)
+    data = _parse_data(data_spec)
+    explicit = {k for k in fields if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE}
+    try:
+        if resume is not None:
+            if out is not None and out.resolve() != resume.resolve():
+                raise ValueError(f"--out {out} and --resume {resume} name different run directories")
+            if data is not None or csv_path is not None:
+                raise ValueError("--data/--csv cannot change when resuming (the run's splits.csv is used)")
+            saved = json.loads((resume / "config.json").read_text(encoding="utf-8"))
+            config = C.TrainConfig.from_dict(saved).replace(**{k: fields[k] for k in explicit})
+            run_dir = resume
+        else:
+            if data is None or out is None:
+                raise click.UsageError("--data KIND:PATH and --out RUN_DIR are required (or --resume RUN_DIR)")
+            config = C.TrainConfig(dataset=data[0], data_root=str(Path(data[1]).expanduser().resolve()),
+                                   csv_path=None if csv_path is None else str(csv_path.expanduser().resolve()),
+                                   **fields)
+            run_dir = out
+    except (OSError, json.JSONDecodeError) as exc:
+        _error(f"--resume {resume}: cannot read config.json ({exc})")
+        sys.exit(EXIT_FAILED)
+    except ValueError as exc:
+        _error(str(exc))
+        sys.exit(EXIT_FAILED)
+
+    from cxr.runtime.errors import CxrError
+    from cxr.train.loop import train
+    from cxr.train.model import InitWeightsError
+
+    try:
+        summary = train(config, run_dir, resume=resume is not None)
+    except (ValueError, InitWeightsError, CxrError, FileNotFoundError) as exc:
+        _error(str(exc))
+        sys.exit(EXIT_FAILED)
+    except KeyboardInterrupt:
+        _error(f"interrupted; continue with: cxr-train --resume {run_dir}")
+        sys.exit(EXIT_INTERRUPTED)
+    if int(os.environ.get("RANK", "0")) == 0:
+        _print_summary(summary)
+
+
+def _print_summary(summary: dict) -> None:
+    def fmt(x) -> str:
+        return "n/a" if x is None or x != x else f"{x:.3f}"
+
+    m = summary["metrics"]
+    th = summary["threshold"]
+    lines = [f"run: {summary['run_dir']}", f"epochs: {summary['epochs_run']} (best {summary['best_epoch']}"
+             f"{', stopped early' if summary['stopped_early'] else ''})",
+             f"threshold: {th['value']:.4f} ({th['detail']})",
+             f"val AUROC {fmt(m['val']['auroc'])}  sensitivity {fmt(m['val']['sensitivity'])}  "
+             f"specificity {fmt(m['val']['specificity'])}"]
+    if "test" in m:
+        t = m["test"]
+        lo, hi = t["auroc_ci95"]
+        lines.append(f"test AUROC {fmt(t['auroc'])} (95% CI {fmt(lo)}-{fmt(hi)})  AUPRC {fmt(t['auprc'])}  "
+                     f"sensitivity {fmt(t['sensitivity'])}  specificity {fmt(t['specificity'])}  (n={t['n']})")
+        for name, s in t.get("by_source", {}).items():
+            lines.append(f"  test[{name}] AUROC {fmt(s['auroc'])}  n={s['n']} ({s['n_positive']} positive)")
+    click.echo("\n".join(lines))
+
+
+if __name__ == "__main__":  # torchrun -m cxr.cli.train
+    main()

@@ -1,0 +1,198 @@
+"""TrainConfig: every knob of a training run, defaults = the original recipe (DESIGN.md, 'The training recipe').
+
+A frozen dataclass with a docstring under each field; `__post_init__` raises ValueError for impossible values so a bad
+command line fails before any image is read. `to_dict`/`from_dict` round-trip through config.json in the run directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from cxr.runtime.preprocess import PreprocessConfig
+
+DATASET_KINDS = ("folder", "csv", "nih", "chexpert", "phantom")  # mirrors cxr.train.datasets.DATASET_KINDS
+ARCHS = ("densenet121", "densenet_tiny")  # cxr.train.model.ARCHS (kept torch-free here so --help is fast)
+OPTIMIZERS = ("adam", "adamw")
+AMP_MODES = ("auto", "on", "off")
+DEVICES = ("auto", "cpu", "cuda")
+CACHE_MODES = ("auto", "on", "off")
+UNCERTAIN_POLICIES = ("zeros", "ones", "ignore", "drop")
+CACHE_AUTO_LIMIT = 20_000  # cache_images="auto" keeps preprocessed images in memory below this many images
+
+# Fields that may differ between the saved config and the one given to --resume (they do not change the result).
+RESUMABLE_OVERRIDES = ("max_epochs", "num_workers", "bootstrap_n", "cache_images", "verify_images", "device")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A training run. Defaults reproduce the recipe except where a field says otherwise."""
+
+    # --- data ---
+    dataset: str = "folder"
+    """Dataset kind: folder (Cardiomegaly/ and Normal/ subfolders, optionally under train/val/test), csv, nih
+    (Data_Entry_2017.csv), chexpert, phantom (the built-in synthetic set)."""
+    data_root: str = ""
+    """Directory holding the images (and the labels file for nih/chexpert/phantom)."""
+    csv_path: str | None = None
+    """Labels CSV (kind csv; optional override for nih/chexpert). Relative image paths resolve against data_root."""
+    path_column: str = "path"
+    """CSV column with the image path."""
+    label_column: str = "cardiomegaly"
+    """CSV column with the label (1/0, or class names positive_class/negative_class)."""
+    patient_column: str = "patient_id"
+    """CSV column with the patient id (used so that no patient lands in two splits)."""
+    split_column: str = "split"
+    """CSV column with a predefined split (train/val/test); absent means splits are assigned by patient."""
+    source_column: str | None = None
+    """CSV column naming each image's source dataset; test figures are also reported per source."""
+    positive_class: str = "Cardiomegaly"
+    """Folder/class name of positives."""
+    negative_class: str = "Normal"
+    """Folder/class name of negatives."""
+    uncertain: str = "zeros"
+    """CheXpert uncertain labels (-1): zeros, ones, or ignore (= drop: leave those images out)."""
+    frontal_only: bool = False
+    """CheXpert: keep frontal views only."""
+    verify_images: bool = False
+    """Decode every image while indexing and skip (and report) unreadable ones before training starts."""
+    val_fraction: float = 0.15
+    """Share of patients assigned to validation when the data has no predefined split."""
+    test_fraction: float = 0.15
+    """Share of patients assigned to test when the data has no predefined split (0 = no test split)."""
+    max_train_images: int | None = None
+    """Use at most this many training images (a seeded subset, for quick runs; NOT the recipe)."""
+    max_eval_images: int | None = None
+    """Use at most this many validation and test images each (quick runs; NOT the recipe)."""
+    # --- model ---
+    arch: str = "densenet121"
+    """densenet121 (the recipe) or densenet_tiny (a small DenseNet for tests of mechanics only)."""
+    dropout: float = 0.2
+    """Dropout before the final Linear(1024, 1)."""
+    init: str = "imagenet"
+    """Initial weights: imagenet (torchvision's cache; fails clearly offline), random, or a PATH to a checkpoint or
+    state dict."""
+    image_size: int = 224
+    """Model input side S (preprocessing resizes to S x S, see cxr.runtime.preprocess)."""
+    # --- optimization ---
+    optimizer: str = "adam"
+    """adam (weight decay as coupled L2, the recipe) or adamw (decoupled weight decay)."""
+    lr: float = 1e-5
+    """Learning rate (the recipe's fine-tuning rate; from random init use about 1e-4)."""
+    weight_decay: float = 1e-2
+    """Weight decay (L2 for adam, decoupled for adamw)."""
+    batch_size: int = 32
+    """Images per optimizer step (per process under torchrun)."""
+    max_epochs: int = 30
+    """Upper bound on epochs."""
+    plateau_patience: int = 2
+    """ReduceLROnPlateau patience (PyTorch semantics: the lr drops after patience+1 epochs without improvement)."""
+    plateau_factor: float = 0.1
+    """ReduceLROnPlateau factor (mode min, on validation loss)."""
+    early_stopping_patience: int = 4
+    """Stop after this many epochs without a lower validation loss; the best-validation-loss weights are kept."""
+    rotation_degrees: float = 5.0
+    """Train-time augmentation: random rotation uniformly within +/- this many degrees (0 = none)."""
+    pos_weight: float | str | None = None
+    """BCE pos_weight: None (the recipe), 'auto' (n_negative / n_positive on the training split) or a number."""
+    # --- operating point and evaluation ---
+    threshold_method: str = "youden_j"
+    """How the decision threshold is chosen on validation: youden_j or target_sensitivity."""
+    target_sensitivity: float | None = None
+    """With threshold_method target_sensitivity: the sensitivity to reach on validation, in (0, 1]."""
+    bootstrap_n: int = 1000
+    """Bootstrap resamples for the test AUROC 95% interval."""
+    # --- execution ---
+    seed: int = 0
+    """Seeds splits, subsets, weights, shuffling and augmentation. Runs on CPU are deterministic given the seed."""
+    num_workers: int = 2
+    """DataLoader worker processes (0 = load in the main process)."""
+    amp: str = "auto"
+    """Mixed precision: auto (on for CUDA only), on (CUDA required), off."""
+    device: str = "auto"
+    """auto, cpu or cuda (cuda that is not available is an error, never a silent CPU run)."""
+    cache_images: str = "auto"
+    """Keep preprocessed uint8 images in memory: auto (on below 20,000 images), on, off."""
+
+    def __post_init__(self) -> None:
+        def bad(name: str, why: str) -> None:
+            raise ValueError(f"{name}: {why}, got {getattr(self, name)!r}")
+
+        if self.dataset not in DATASET_KINDS:
+            bad("dataset", f"must be one of {DATASET_KINDS}")
+        if self.arch not in ARCHS:
+            bad("arch", f"must be one of {ARCHS}")
+        if self.optimizer not in OPTIMIZERS:
+            bad("optimizer", f"must be one of {OPTIMIZERS}")
+        for name, allowed in (("amp", AMP_MODES), ("device", DEVICES), ("cache_images", CACHE_MODES),
+                              ("uncertain", UNCERTAIN_POLICIES)):
+            if getattr(self, name) not in allowed:
+                bad(name, f"must be one of {allowed}")
+        if not isinstance(self.init, str) or not self.init:
+            bad("init", "must be imagenet, random or a path")
+        if not 0.0 <= self.dropout < 1.0:
+            bad("dropout", "must lie in [0, 1)")
+        if not self.lr > 0:
+            bad("lr", "must be positive")
+        if self.weight_decay < 0:
+            bad("weight_decay", "must be >= 0")
+        for name in ("batch_size", "max_epochs", "plateau_patience", "early_stopping_patience", "bootstrap_n"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                bad(name, "must be a positive integer")
+        if not isinstance(self.num_workers, int) or self.num_workers < 0:
+            bad("num_workers", "must be an integer >= 0")
+        if not 0.0 < self.plateau_factor < 1.0:
+            bad("plateau_factor", "must lie in (0, 1)")
+        if not 0.0 <= self.rotation_degrees <= 180.0:
+            bad("rotation_degrees", "must lie in [0, 180]")
+        if not (0.0 < self.val_fraction < 1.0 and 0.0 <= self.test_fraction < 1.0
+                and self.val_fraction + self.test_fraction < 1.0):
+            raise ValueError(f"val_fraction and test_fraction must be fractions leaving some training data, got "
+                             f"{self.val_fraction!r} and {self.test_fraction!r}")
+        for name in ("max_train_images", "max_eval_images"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 2):
+                bad(name, "must be an integer >= 2 or None")
+        if isinstance(self.pos_weight, str):
+            if self.pos_weight != "auto":
+                bad("pos_weight", "must be None, 'auto' or a positive number")
+        elif self.pos_weight is not None and not (isinstance(self.pos_weight, (int, float)) and self.pos_weight > 0):
+            bad("pos_weight", "must be None, 'auto' or a positive number")
+        if self.threshold_method == "youden_j":
+            if self.target_sensitivity is not None:
+                bad("target_sensitivity", "is only used with threshold_method target_sensitivity")
+        elif self.threshold_method == "target_sensitivity":
+            if self.target_sensitivity is None or not 0.0 < self.target_sensitivity <= 1.0:
+                bad("target_sensitivity", "must lie in (0, 1] with threshold_method target_sensitivity")
+        else:
+            bad("threshold_method", "must be youden_j or target_sensitivity")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            bad("seed", "must be an integer >= 0")
+        self.preprocess  # validates image_size through PreprocessConfig
+
+    @property
+    def preprocess(self) -> PreprocessConfig:
+        """The preprocessing contract for this run (only the size differs from the defaults)."""
+        return PreprocessConfig(size=self.image_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
+        """Build from config.json; unknown keys are an error naming them (a config from another cxr version)."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"train config must be a JSON object, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"train config has unknown fields {unknown}")
+        return cls(**dict(data))
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+    def cache_enabled(self, n_images: int) -> bool:
+        """Whether to keep preprocessed images in memory for a dataset of `n_images`."""
+        return self.cache_images == "on" or (self.cache_images == "auto" and n_images < CACHE_AUTO_LIMIT)

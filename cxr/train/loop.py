@@ -1,0 +1,301 @@
+"""The training loop: `train(config, run_dir, resume=False) -> summary`.
+
+The recipe: Adam (coupled L2) or AdamW, BCE-with-logits (optional pos_weight), ReduceLROnPlateau stepped on the
+validation loss, early stopping that keeps the best-validation-loss weights. Each epoch is a pure function of
+(seed, epoch, rank) and the state saved in last.pt, so `resume=True` after an interruption ends exactly where an
+uninterrupted run would: the shuffling order (DistributedSampler: seed + epoch), the augmentation angles (seed, epoch,
+index) and the dropout RNG (re-seeded per epoch) are all derived, and last.pt also stores the RNG states, optimizer,
+scheduler and early-stopping state. Under torchrun the same code runs data-parallel (see cxr.train.distributed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+
+import cxr
+from cxr.runtime.card import Threshold
+from cxr.train import distributed as D
+from cxr.train import rundir
+from cxr.train.checkpoints import load_checkpoint, save_checkpoint
+from cxr.train.config import RESUMABLE_OVERRIDES, TrainConfig
+from cxr.train.data import CxrDataset
+from cxr.train.evaluate import choose_threshold, epoch_metrics, evaluate_split, report
+from cxr.train.model import CardiomegalyNet, build_model
+from cxr.train.prepare import PreparedData, prepare_data
+
+log = logging.getLogger(__name__)
+
+
+def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
+
+
+def _rng_state() -> dict[str, Any]:
+    """Every RNG state as tensors/lists/numbers (loadable with weights_only=True)."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "python": {"version": py_state[0], "state": list(py_state[1]), "gauss_next": py_state[2]},
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss_next"]))
+
+
+def _versions() -> dict[str, str]:
+    import torchvision
+
+    return {"cxr": cxr.__version__ if hasattr(cxr, "__version__") else "unknown", "torch": str(torch.__version__),
+            "torchvision": str(torchvision.__version__), "python": sys.version.split()[0]}
+
+
+def _amp(config: TrainConfig, device: torch.device):
+    """(autocast context factory, GradScaler or None). AMP is for CUDA only."""
+    use = config.amp == "on" or (config.amp == "auto" and device.type == "cuda")
+    if use and device.type != "cuda":
+        raise ValueError("--amp on needs CUDA; this run is on the CPU (use --amp auto or off)")
+    if not use:
+        return contextlib.nullcontext, None
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    return (lambda: torch.autocast("cuda", dtype=dtype)), scaler
+
+
+def _loaders(config: TrainConfig, data: PreparedData, ctx: D.DistContext):
+    pp, kw = config.preprocess, {"num_workers": config.num_workers, "pin_memory": ctx.device.type == "cuda"}
+    train_ds = CxrDataset(data.samples["train"], pp, train=True, rotation_degrees=config.rotation_degrees,
+                          seed=config.seed, cache=data.cache.get("train"))
+    sampler = DistributedSampler(train_ds, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
+                                 seed=config.seed, drop_last=False)
+    train_loader = DataLoader(train_ds, batch_size=config.batch_size, sampler=sampler, **kw)
+    evals = {}
+    for split in ("val", "test"):
+        if data.samples.get(split):
+            ds = CxrDataset(data.samples[split], pp, cache=data.cache.get(split))
+            evals[split] = DataLoader(Subset(ds, D.shard(ctx, len(ds))), batch_size=config.batch_size,
+                                      shuffle=False, **kw)
+    return train_ds, sampler, train_loader, evals
+
+
+def _train_epoch(model, loader, optimizer, criterion, ctx, autocast, scaler, epoch: int) -> tuple[float, int]:
+    """One pass over this rank's share; returns (mean training loss over all ranks, unreadable images masked)."""
+    from tqdm import tqdm
+
+    model.train()
+    total, count, masked = 0.0, 0, 0
+    show = ctx.is_main and sys.stderr.isatty()
+    for images, labels, ok, _ in tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not show):
+        images, labels = images.to(ctx.device, non_blocking=True), labels.to(ctx.device)
+        okf = ok.to(ctx.device).float()
+        with autocast():
+            logits = model(images)
+        per_image = criterion(logits.float(), labels) * okf  # unreadable images weigh nothing (same step count)
+        loss = per_image.sum() / okf.sum().clamp(min=1.0)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        total += float(per_image.sum().detach())
+        count += int(ok.sum())
+        masked += int((~ok).sum())
+    total, count, masked = D.all_reduce_sum(ctx, [total, count, masked])
+    if masked:
+        log.warning("epoch %d: %d unreadable training image(s) left out (named in the warnings above)", epoch, masked)
+    return (total / count if count else float("nan")), int(masked)
+
+
+def _payload(kind: str, model: CardiomegalyNet, config: TrainConfig, data: PreparedData, threshold: Threshold,
+             metrics: dict, epoch: int, state_dict=None) -> dict[str, Any]:
+    return {
+        "kind": kind, "model": {"arch": config.arch, "dropout": config.dropout},
+        "model_state": {k: v.detach().cpu().clone() for k, v in (state_dict or model.state_dict()).items()},
+        "preprocess": config.preprocess.to_dict(), "normalization": model_normalization(model),
+        "threshold": {"value": float(threshold.value), "method": threshold.method, "detail": threshold.detail},
+        "metrics": metrics, "config": config.to_dict(), "data": data.summary, "epoch": int(epoch),
+        "versions": _versions(),
+    }
+
+
+def model_normalization(model: CardiomegalyNet) -> dict[str, float]:
+    return {"mean": float(model.mean), "std": float(model.std)}
+
+
+def _check_resumable(saved: TrainConfig, given: TrainConfig, run_dir: Path) -> TrainConfig:
+    diff = [k for k, v in saved.to_dict().items() if k not in RESUMABLE_OVERRIDES and v != getattr(given, k)]
+    if diff:
+        raise ValueError(f"--resume {run_dir}: the run was started with a different {', '.join(diff)}; only "
+                         f"{', '.join(RESUMABLE_OVERRIDES)} may change when resuming")
+    return given
+
+
+def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> dict[str, Any]:
+    """Train per `config` into `run_dir` (see the README for the files); returns the summary written to metrics.json.
+
+    Raises ValueError (bad data, a split without positives, a config that cannot resume) and
+    cxr.train.model.InitWeightsError (initial weights unavailable) for problems a user can fix.
+    """
+    run_dir = Path(run_dir)
+    ctx = D.setup(config.device)
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    try:
+        if ctx.device.type == "cpu":
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        return _train(config, run_dir, resume, ctx)
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+        D.teardown(ctx)
+
+
+def _train(config: TrainConfig, run_dir: Path, resume: bool, ctx: D.DistContext) -> dict[str, Any]:
+    last = None
+    if resume:
+        if not (run_dir / "last.pt").is_file():
+            raise ValueError(f"--resume {run_dir}: no last.pt there, nothing to resume")
+        last = load_checkpoint(run_dir / "last.pt")
+        config = _check_resumable(TrainConfig.from_dict(last["config"]), config, run_dir)
+    elif ctx.is_main:
+        if (run_dir / "last.pt").exists():
+            raise ValueError(f"{run_dir} already holds a run (last.pt); use --resume {run_dir} or another --out")
+        run_dir.mkdir(parents=True, exist_ok=True)
+    D.barrier(ctx)
+
+    random.seed(config.seed)
+    np.random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    # the model first: unavailable initial weights fail before any image is read
+    model = build_model(config.arch, config.dropout, init=config.init if last is None else "random")
+    data = prepare_data(config, run_dir, ctx, resume=resume)
+    if last is not None:
+        data.summary = dict(last["data"])  # the same samples (from splits.csv) as the interrupted run
+    if ctx.is_main and not resume:
+        rundir.write_json(run_dir / "config.json", config.to_dict())
+    model.to(ctx.device)
+    net = torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None) if ctx.enabled else model
+    opt_cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    optimizer = opt_cls(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", patience=config.plateau_patience,
+                                                           factor=config.plateau_factor)
+    pos_weight = data.pos_weight
+    criterion = torch.nn.BCEWithLogitsLoss(
+        reduction="none", pos_weight=None if pos_weight is None else torch.tensor(pos_weight, device=ctx.device))
+    autocast, scaler = _amp(config, ctx.device)
+    train_ds, sampler, train_loader, evals = _loaders(config, data, ctx)
+
+    history: list[dict[str, Any]] = []
+    stop = {"best_val_loss": float("inf"), "best_epoch": 0, "bad_epochs": 0, "stopped": False}
+    best_state = None
+    start = 1
+    if last is not None:
+        model.load_state_dict(last["model_state"])
+        optimizer.load_state_dict(last["optimizer_state"])
+        scheduler.load_state_dict(last["scheduler_state"])
+        if scaler is not None and last.get("scaler_state"):
+            scaler.load_state_dict(last["scaler_state"])
+        stop, history = dict(last["early_stopping"]), list(last["history"])
+        best_state = load_checkpoint(run_dir / "best.pt")["model_state"]
+        _set_rng_state(last["rng"])
+        start = int(last["epoch"]) + 1
+        log.info("resuming %s after epoch %d", run_dir, last["epoch"])
+
+    for epoch in range(start, config.max_epochs + 1):
+        if stop["stopped"]:
+            break
+        t0 = time.perf_counter()
+        torch.manual_seed(_epoch_seed(config.seed, epoch, ctx.rank))
+        sampler.set_epoch(epoch)
+        train_ds.set_epoch(epoch)
+        lr = optimizer.param_groups[0]["lr"]
+        train_loss, _ = _train_epoch(net, train_loader, optimizer, criterion, ctx, autocast, scaler, epoch)
+        ev = evaluate_split(model, evals["val"], ctx, pos_weight, autocast)
+        threshold = choose_threshold(config.threshold_method, config.target_sensitivity, ev.labels,
+                                     ev.probabilities)
+        row = {"epoch": epoch, "lr": lr, "train_loss": train_loss, **epoch_metrics(ev, threshold)}
+        scheduler.step(ev.loss)  # every rank holds the same gathered val loss, so schedulers agree
+        improved = ev.loss < stop["best_val_loss"]
+        if improved:
+            stop.update(best_val_loss=ev.loss, best_epoch=epoch, bad_epochs=0)
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        else:
+            stop["bad_epochs"] += 1
+        stop["stopped"] = bool(D.broadcast_from_main(ctx, stop["bad_epochs"] >= config.early_stopping_patience))
+        row.update(seconds=round(time.perf_counter() - t0, 3), is_best=int(improved))
+        history.append(row)
+        log.info("epoch %d: lr %.2e train_loss %.4f val_loss %.4f val_auroc %.4f%s", epoch, lr, train_loss,
+                 ev.loss, row["val_auroc"], " (best)" if improved else "")
+        if ctx.is_main:
+            val_metrics = rundir.jsonable({"val": {k[4:]: v for k, v in row.items() if k.startswith("val_")}})
+            if improved:
+                save_checkpoint(_payload("best", model, config, data, threshold, val_metrics, epoch),
+                                run_dir / "best.pt")
+            state = _payload("last", model, config, data, threshold, val_metrics, epoch)
+            state.update(optimizer_state=optimizer.state_dict(), scheduler_state=scheduler.state_dict(),
+                         scaler_state=scaler.state_dict() if scaler is not None else {},
+                         early_stopping=dict(stop), rng=_rng_state(), history=history,
+                         sampler={"seed": config.seed, "epoch": epoch, "world_size": ctx.world_size})
+            save_checkpoint(state, run_dir / "last.pt")
+            rundir.write_history(run_dir / "history.csv", history)
+        if stop["stopped"]:
+            log.info("early stopping after epoch %d: no lower validation loss for %d epochs (best epoch %d)",
+                     epoch, stop["bad_epochs"], stop["best_epoch"])
+
+    return _finish(config, run_dir, ctx, data, model, best_state, stop, history, evals, pos_weight, autocast)
+
+
+def _finish(config, run_dir, ctx, data, model, best_state, stop, history, evals, pos_weight, autocast):
+    """Best weights back, threshold chosen on validation with them, test evaluated once; best.pt, metrics, plots."""
+    model.load_state_dict(best_state)
+    val = evaluate_split(model, evals["val"], ctx, pos_weight, autocast)
+    threshold = choose_threshold(config.threshold_method, config.target_sensitivity, val.labels, val.probabilities)
+    metrics = {"val": report(val, threshold, n_boot=config.bootstrap_n, seed=config.seed)}
+    test = None
+    if "test" in evals:
+        test = evaluate_split(model, evals["test"], ctx, pos_weight, autocast)
+        sources = [s.source for s in data.samples["test"]]
+        metrics["test"] = report(test, threshold, sources, n_boot=config.bootstrap_n, seed=config.seed)
+    summary = {
+        "run_dir": str(run_dir), "best_epoch": stop["best_epoch"], "epochs_run": len(history),
+        "stopped_early": stop["stopped"], "threshold": {"value": threshold.value, "method": threshold.method,
+                                                        "detail": threshold.detail},
+        "pos_weight": pos_weight, "world_size": ctx.world_size, "device": str(ctx.device), "data": data.summary,
+        "metrics": metrics,
+    }
+    if ctx.is_main:
+        save_checkpoint(_payload("best", model, config, data, threshold, rundir.jsonable(metrics),
+                                 stop["best_epoch"]), run_dir / "best.pt")
+        rundir.write_json(run_dir / "metrics.json", summary)
+        from cxr.train import plots
+
+        plots.plot_history(history, run_dir)
+        if test is not None and test.labels.size and test.labels.any() and not test.labels.all():
+            plots.plot_roc(test.labels, test.probabilities, threshold.value, run_dir / "test_roc.png",
+                           f"test (n={test.labels.size}), best epoch {stop['best_epoch']}")
+    D.barrier(ctx)
+    return copy.deepcopy(summary)

@@ -1,0 +1,64 @@
+"""The run directory's plain files: config.json, history.csv, metrics.json. Only rank 0 calls these.
+
+Each file is written to a temporary name and renamed, so an interrupted run never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+HISTORY_COLUMNS = ("epoch", "lr", "train_loss", "val_loss", "val_auroc", "val_auprc", "val_sensitivity",
+                   "val_specificity", "val_f1", "threshold", "seconds", "is_best")
+RUN_FILES = ("config.json", "splits.csv", "history.csv", "best.pt", "last.pt", "metrics.json")
+
+
+def _atomic_write(path: Path, text: str) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def jsonable(value: Any) -> Any:
+    """NaN/inf become null (strict JSON), numpy scalars become Python numbers, tuples become lists."""
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json(path: Path, data: Mapping[str, Any]) -> Path:
+    return _atomic_write(Path(path), json.dumps(jsonable(data), indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+def write_history(path: Path, history: Iterable[Mapping[str, Any]]) -> Path:
+    """history.csv: one row per completed epoch, the columns of HISTORY_COLUMNS."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=HISTORY_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for row in history:
+            writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()})
+    os.replace(tmp, path)
+    return path
+
+
+def read_history(path: Path) -> list[dict[str, Any]]:
+    """history.csv back as dicts of numbers (empty cells are NaN)."""
+    rows = []
+    with open(path, newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            rows.append({k: (int(v) if k in ("epoch", "is_best") else (float(v) if v != "" else math.nan))
+                         for k, v in row.items()})
+    return rows

@@ -1,0 +1,137 @@
+"""The training loop's wiring: plateau scheduler, early stopping, best weights, unreadable images, pos_weight.
+
+Mechanics only: densenet_tiny at 64 px on 60 phantom images (see train_fixtures). The validation loss is scripted by
+wrapping the real evaluation, so the scheduler and early stopping inside `train` are driven exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from cxr.train import loop
+from cxr.train.checkpoints import load_checkpoint
+from cxr.train.data import CxrDataset, rotation_angle
+from cxr.train.loop import train
+from cxr.train.rundir import HISTORY_COLUMNS, read_history
+from tests.train.train_fixtures import make_small_phantom, state_equal, tiny_config
+
+LR = 1e-3
+SCRIPT = [1.0, 0.9, 0.95, 0.95, 0.95, 0.95, 0.95, 0.95]  # best at epoch 2, then never better
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory):
+    return make_small_phantom(tmp_path_factory.mktemp("phantom"))
+
+
+@pytest.fixture(scope="module")
+def scripted_run(phantom, tmp_path_factory):
+    """A run whose per-epoch validation loss follows SCRIPT; records the weights seen at each validation."""
+    real = loop.evaluate_split
+    seen: list[dict] = []
+
+    def scripted(model, *args, **kwargs):
+        ev = real(model, *args, **kwargs)
+        if len(seen) < len(SCRIPT):
+            ev.loss = SCRIPT[len(seen)]
+            seen.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return ev
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(loop, "evaluate_split", scripted)
+    run_dir = tmp_path_factory.mktemp("scripted") / "run"
+    try:
+        summary = train(tiny_config(phantom, max_epochs=len(SCRIPT), lr=LR), run_dir)
+    finally:
+        mp.undo()
+    return summary, run_dir, seen
+
+
+def test_lr_drops_tenfold_after_patience_epochs_without_improvement(scripted_run):
+    """PyTorch semantics with patience 2: epochs 3, 4 are tolerated, epoch 5 is the third without improvement, so
+    the lr used from epoch 6 on is a tenth."""
+    _, run_dir, _ = scripted_run
+    lrs = [row["lr"] for row in read_history(run_dir / "history.csv")]
+    assert lrs == pytest.approx([LR] * 5 + [LR / 10])
+
+
+def test_early_stopping_fires_after_four_epochs_and_keeps_best_weights(scripted_run):
+    summary, run_dir, seen = scripted_run
+    history = read_history(run_dir / "history.csv")
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4, 5, 6]  # epochs 3-6 without improvement, then stop
+    assert [r["is_best"] for r in history] == [1, 1, 0, 0, 0, 0]
+    assert summary["stopped_early"] and summary["best_epoch"] == 2
+    best = load_checkpoint(run_dir / "best.pt")
+    assert best["epoch"] == 2
+    assert state_equal(best["model_state"], seen[1])  # the weights validated in epoch 2
+    assert not state_equal(best["model_state"], seen[5])
+    last = load_checkpoint(run_dir / "last.pt")
+    assert state_equal(last["model_state"], seen[5])
+    assert last["early_stopping"] == {"best_val_loss": 0.9, "best_epoch": 2, "bad_epochs": 4, "stopped": True}
+
+
+def test_run_dir_files_and_history_columns(scripted_run):
+    summary, run_dir, _ = scripted_run
+    for name in ("config.json", "splits.csv", "history.csv", "best.pt", "last.pt", "metrics.json", "loss.png",
+                 "val_auroc.png", "lr.png", "test_roc.png"):
+        assert (run_dir / name).is_file(), name
+    header = (run_dir / "history.csv").read_text().splitlines()[0].split(",")
+    assert header == list(HISTORY_COLUMNS)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    test = metrics["metrics"]["test"]
+    assert test["n"] == summary["data"]["n_test"] and len(test["auroc_ci95"]) == 2
+    best = load_checkpoint(run_dir / "best.pt")
+    assert best["threshold"]["method"] == "youden_j" and 0.0 <= best["threshold"]["value"] <= 1.0
+    assert set(best["metrics"]) == {"val", "test"}
+    assert not list(run_dir.glob(".*tmp*"))
+
+
+@pytest.mark.parametrize("cache", ["on", "off"])
+def test_unreadable_image_is_reported_not_fatal(phantom, tmp_path, cache, caplog):
+    bad = phantom / "images" / "P00000_0.png"
+    original = bad.read_bytes()
+    bad.write_bytes(b"not a png at all")
+    try:
+        with caplog.at_level(logging.WARNING):
+            summary = train(tiny_config(phantom, max_epochs=1, cache_images=cache), tmp_path / "run")
+    finally:
+        bad.write_bytes(original)
+    assert "P00000_0.png" in caplog.text
+    if cache == "on":  # dropped up front and listed in the run record
+        assert [u["path"] for u in summary["data"]["unreadable"]] == [str(bad)]
+    assert summary["epochs_run"] == 1
+
+
+def test_pos_weight_auto_is_negatives_over_positives_on_train(phantom, tmp_path):
+    summary = train(tiny_config(phantom, max_epochs=1, pos_weight="auto"), tmp_path / "run")
+    data = summary["data"]
+    assert summary["pos_weight"] == pytest.approx(data["negatives"]["train"] / data["positives"]["train"])
+
+
+def test_existing_run_dir_is_refused(phantom, tmp_path, scripted_run):
+    _, run_dir, _ = scripted_run
+    with pytest.raises(ValueError, match="already holds a run"):
+        train(tiny_config(phantom), run_dir)
+
+
+def test_rotation_is_seeded_per_epoch_and_index(phantom):
+    from cxr.train.datasets import load_dataset
+
+    samples = load_dataset("phantom", phantom).samples[:3]
+    cfg = tiny_config(phantom)
+    ds = CxrDataset(samples, cfg.preprocess, train=True, rotation_degrees=5.0, seed=0)
+    plain = CxrDataset(samples, cfg.preprocess)
+    image, label, ok, index = ds[1]
+    assert image.dtype == torch.uint8 and tuple(image.shape) == (1, 64, 64) and bool(ok) and int(index) == 1
+    assert label.dtype == torch.float32 and float(label) == samples[1].label
+    assert torch.equal(ds[1][0], image)  # same epoch, same angle
+    ds.set_epoch(1)
+    assert not torch.equal(ds[1][0], image)
+    assert not torch.equal(plain[1][0], image)
+    angles = [rotation_angle(0, e, i, 5.0) for e in range(20) for i in range(20)]
+    assert max(np.abs(angles)) <= 5.0 and len(set(angles)) == len(angles)
