@@ -29,6 +29,7 @@ import contextlib
 import io
 import logging
 import struct
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -171,21 +172,34 @@ def _read_raster(path: Path, data: bytes, kind: str) -> np.ndarray:
     return image
 
 
+_quiet_lock = threading.Lock()
+_quiet_depth = 0
+_quiet_previous = None
+
+
 @contextlib.contextmanager
 def _quiet_opencv():
-    """Silence OpenCV's own log (decoder warnings) for the duration of a decode, then restore the level."""
-    logging_api = getattr(getattr(cv2, "utils", None), "logging", None)
-    get_level = getattr(logging_api, "getLogLevel", None) or getattr(cv2, "getLogLevel", None)
-    set_level = getattr(logging_api, "setLogLevel", None) or getattr(cv2, "setLogLevel", None)
+    """Silence OpenCV's own log (decoder warnings) while any thread decodes; the first to enter saves the level and
+    the last to leave restores it, so concurrent readers never leave it silenced."""
+    global _quiet_depth, _quiet_previous
+    api = getattr(getattr(cv2, "utils", None), "logging", None)
+    get_level = getattr(api, "getLogLevel", None) or getattr(cv2, "getLogLevel", None)
+    set_level = getattr(api, "setLogLevel", None) or getattr(cv2, "setLogLevel", None)
     if get_level is None or set_level is None:
         yield
         return
-    previous = get_level()
-    set_level(getattr(logging_api, "LOG_LEVEL_SILENT", 0))
+    with _quiet_lock:
+        if _quiet_depth == 0:
+            _quiet_previous = get_level()
+            set_level(getattr(api, "LOG_LEVEL_SILENT", 0))
+        _quiet_depth += 1
     try:
         yield
     finally:
-        set_level(previous)
+        with _quiet_lock:
+            _quiet_depth -= 1
+            if _quiet_depth == 0:
+                set_level(_quiet_previous)
 
 
 def _png_header(path: Path, data: bytes) -> tuple[int, int]:

@@ -300,3 +300,13 @@ def test_linear_window_matches_pydicom(tmp_path, center, width):
     ref = apply_voi_lut(ds.pixel_array, ds, index=0).astype(np.float64)
     ref = (ref - ref.min()) * 65535.0 / (ref.max() - ref.min())
     assert np.abs(read_image(path).astype(np.float64) - ref).max() <= 1.0
+
+
+def test_concurrent_reads_restore_the_opencv_log_level(good_folder):
+    from concurrent.futures import ThreadPoolExecutor
+
+    level = cv2.utils.logging.getLogLevel()
+    with ThreadPoolExecutor(4) as pool:
+        shapes = list(pool.map(lambda n: read_image(good_folder / n).shape, ["gray8.png", "rgb.jpg", "rgba.png"] * 8))
+    assert shapes[:3] == [(256, 224), (200, 200), (128, 128)]
+    assert cv2.utils.logging.getLogLevel() == level
