@@ -1,0 +1,406 @@
+"""Index a labelled chest X-ray collection into `Sample`s (path, label, patient, split, source). No torch here.
+
+Five layouts (`DATASET_KINDS`):
+  folder    root/{train,val,test}/{Cardiomegaly,Normal}/...  or  root/{Cardiomegaly,Normal}/...  (split None)
+  csv       a labels CSV: path,label[,patient_id][,split][,dataset|source]
+  nih       ChestX-ray14: Data_Entry_2017*.csv, images anywhere under root/images*/, train_val_list.txt/test_list.txt
+  chexpert  CheXpert train.csv (split None: split by patient later) and valid.csv, which becomes "test": CheXpert's
+            small hand-labelled validation set is what papers report as the held-out set
+  phantom   a folder written by cxr-phantom (its labels.csv)
+Nothing is dropped silently: every row or file left out is in `DatasetIndex.skipped` with a reason, and a warning
+gives the counts. Splits that are not in the data are assigned later by patient (cxr.train.splits).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import re
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+log = logging.getLogger(__name__)
+
+DATASET_KINDS = ("folder", "csv", "nih", "chexpert", "phantom")
+SPLITS = ("train", "val", "test")
+UNCERTAIN_POLICIES = ("zeros", "ones", "ignore", "drop")  # "drop" is a synonym of "ignore"
+_SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+                  "test": "test", "testing": "test"}
+_TRUE = {"1", "1.0", "true", "yes", "positive", "y", "t"}
+_FALSE = {"0", "0.0", "false", "no", "negative", "n", "f"}
+_FALLBACK_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff", ".bmp", ".pgm"}
+_NIH_NAME = re.compile(r"^(\d{8})_\d{3}$")
+_CHEXPERT_PATIENT = re.compile(r"(patient\d+)")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One labelled image."""
+
+    path: Path
+    """Absolute path to the image."""
+    label: int
+    """1 = cardiomegaly, 0 = not."""
+    patient_id: str
+    """Never empty: where the data has no patient ids it is the image's own id (file stem)."""
+    split: str | None = None
+    """'train' | 'val' | 'test', or None when still to be assigned (by patient, cxr.train.splits)."""
+    source: str = ""
+    """Sub-dataset or site (wingspan, jsrt, nih, chexpert, phantom, ...) for per-source figures."""
+
+
+@dataclass
+class DatasetIndex:
+    """What `load_dataset` found: the usable samples and every row or file it left out, with the reason."""
+
+    samples: list[Sample]
+    skipped: list[tuple[str, str]]
+    kind: str
+    root: Path
+    patient_ids_known: bool
+
+    def summary(self) -> dict:
+        """Counts for logs and the run record: totals, positives/negatives per split and per source, skips by reason."""
+        def counts(group: Iterable[Sample]) -> dict:
+            group = list(group)
+            pos = sum(s.label for s in group)
+            return {"total": len(group), "positives": pos, "negatives": len(group) - pos}
+
+        by_split = {name: counts(s for s in self.samples if (s.split or "unassigned") == name)
+                    for name in sorted({s.split or "unassigned" for s in self.samples})}
+        by_source = {name: counts(s for s in self.samples if s.source == name)
+                     for name in sorted({s.source for s in self.samples})}
+        return {"kind": self.kind, "root": str(self.root), **counts(self.samples),
+                "patients": len({s.patient_id for s in self.samples}), "patient_ids_known": self.patient_ids_known,
+                "by_split": by_split, "by_source": by_source,
+                "skipped": dict(sorted(Counter(reason for _, reason in self.skipped).items()))}
+
+
+def load_dataset(kind: str, root: Path | str, *, csv_path: Path | str | None = None, path_column: str = "path",
+                 label_column: str = "cardiomegaly", patient_column: str = "patient_id", split_column: str = "split",
+                 source_column: str | None = None, positive_class: str = "Cardiomegaly",
+                 negative_class: str = "Normal", uncertain: str = "zeros", frontal_only: bool = False,
+                 verify_images: bool = False, workers: int = 2) -> DatasetIndex:
+    """Index the dataset of `kind` under `root` (see the module docstring for the layouts).
+
+    Raises ValueError for an unknown kind or policy, a missing root or labels file, or a CSV without a needed column.
+    With verify_images=True every image is also decoded (cxr.runtime.imaging.read_image, `workers` threads) and the
+    unreadable ones are skipped with their ImageError code as the reason.
+    """
+    if kind not in DATASET_KINDS:
+        raise ValueError(f"dataset kind must be one of {DATASET_KINDS}, got {kind!r}")
+    if uncertain not in UNCERTAIN_POLICIES:
+        raise ValueError(f"uncertain must be one of {UNCERTAIN_POLICIES}, got {uncertain!r}")
+    root = Path(root).expanduser().resolve()
+    if not root.exists():
+        raise ValueError(f"{root}: dataset root does not exist")
+    classes = (positive_class, negative_class)
+    if kind == "folder":
+        index = _load_folder(root, classes)
+    elif kind in ("csv", "phantom"):
+        if kind == "phantom" and csv_path is None:
+            csv_path = root / "labels.csv"
+        index = _load_csv(root, csv_path, path_column, label_column, patient_column, split_column, source_column,
+                          classes, default_source="phantom" if kind == "phantom" else "")
+        index.kind = kind
+    elif kind == "nih":
+        index = _load_nih(root, csv_path)
+    else:
+        index = _load_chexpert(root, csv_path, uncertain, frontal_only)
+    if verify_images:
+        _verify(index, workers)
+    if index.skipped:
+        log.warning("%s dataset %s: %d of %d entries skipped (%s)", kind, root, len(index.skipped),
+                    len(index.skipped) + len(index.samples),
+                    ", ".join(f"{r}: {c}" for r, c in index.summary()["skipped"].items()))
+    return index
+
+
+def parse_label(value: str, classes: tuple[str, str] = ("Cardiomegaly", "Normal")) -> int | None:
+    """1/0 from 1/0, 1.0/0.0, true/false, yes/no, positive/negative or the class names; None if it is none of those."""
+    text = (value or "").strip().lower()
+    if text in _TRUE or text == classes[0].lower():
+        return 1
+    if text in _FALSE or text == classes[1].lower():
+        return 0
+    return None
+
+
+def parse_split(value: str) -> str | None:
+    """'train' | 'val' | 'test' (also training/valid/validation/testing) or None for blank; ValueError otherwise."""
+    text = (value or "").strip().lower()
+    if not text:
+        return None
+    if text not in _SPLIT_ALIASES:
+        raise ValueError(f"unknown split {value!r} (expected one of {SPLITS} or blank)")
+    return _SPLIT_ALIASES[text]
+
+
+def is_image_file(path: Path) -> bool:
+    """cxr.runtime.imaging.is_image_candidate where it exists, else a suffix check."""
+    try:
+        from cxr.runtime.imaging import is_image_candidate
+    except ImportError:
+        return path.suffix.lower() in _FALLBACK_SUFFIXES
+    return bool(is_image_candidate(path))
+
+
+# ------------------------------------------------------------------------------------------------ folder
+
+
+def _load_folder(root: Path, classes: tuple[str, str]) -> DatasetIndex:
+    if not root.is_dir():
+        raise ValueError(f"{root}: a folder dataset must be a directory")
+    skipped: list[tuple[str, str]] = []
+    split_dirs = {_SPLIT_ALIASES[p.name.lower()]: p for p in _subdirs(root) if p.name.lower() in _SPLIT_ALIASES}
+    layouts = [(split, d) for split, d in sorted(split_dirs.items())] if split_dirs else [(None, root)]
+    if split_dirs:
+        for other in sorted(set(_subdirs(root)) - set(split_dirs.values())):
+            skipped.append((str(other), "not a split folder"))
+    entries: list[tuple[Path, int, str | None]] = []
+    for split, base in layouts:
+        found = {p.name.lower(): p for p in _subdirs(base)}
+        class_dirs = [(found.get(name.lower()), label) for name, label in zip(classes, (1, 0))]
+        if all(d is None for d, _ in class_dirs):
+            raise ValueError(f"{base}: no class folders {classes[0]!r} or {classes[1]!r} "
+                             f"(expected {root}/[train|val|test/]{classes[0]}|{classes[1]}/...)")
+        used = {d for d, _ in class_dirs if d is not None}
+        for other in sorted(set(_subdirs(base)) - used - set(split_dirs.values())):
+            skipped.append((str(other), "not a class folder"))
+        for d, label in class_dirs:
+            if d is not None:
+                entries.extend((f, label, split) for f in _walk_images(d, skipped))
+    nih_ids = [_NIH_NAME.match(f.stem) for f, _, _ in entries]
+    known = bool(entries) and all(nih_ids)
+    samples = [Sample(f, label, m.group(1) if known else f.stem, split, "")
+               for (f, label, split), m in zip(entries, nih_ids)]
+    return DatasetIndex(samples, skipped, "folder", root, known)
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _walk_images(folder: Path, skipped: list[tuple[str, str]]) -> list[Path]:
+    """Image files under folder, recursively, sorted; other files go to `skipped`. Hidden entries are ignored."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            path = Path(dirpath) / name
+            if is_image_file(path):
+                out.append(path)
+            else:
+                skipped.append((str(path), "not an image file"))
+    return sorted(out)
+
+
+# ------------------------------------------------------------------------------------------------ csv
+
+
+def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            return list(reader.fieldnames or []), rows
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ValueError(f"{path}: cannot read the labels CSV: {exc}") from exc
+
+
+def _require(path: Path, columns: list[str], needed: Iterable[str]) -> None:
+    missing = [c for c in needed if c not in columns]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {missing}; the CSV has {columns}")
+
+
+def _load_csv(root: Path, csv_path, path_column, label_column, patient_column, split_column, source_column,
+              classes, default_source: str) -> DatasetIndex:
+    if csv_path is None:
+        csv_path = root if root.is_file() else root / "labels.csv"
+    csv_path = Path(csv_path).expanduser().resolve()
+    if not csv_path.is_file():
+        raise ValueError(f"{csv_path}: labels CSV not found")
+    columns, rows = _read_csv(csv_path)
+    _require(csv_path, columns, [path_column, label_column])
+    if source_column is None:
+        source_column = next((c for c in ("dataset", "source") if c in columns), None)
+    elif source_column not in columns:
+        raise ValueError(f"{csv_path}: source column {source_column!r} not found; the CSV has {columns}")
+    bases = [root] if root.is_dir() else []
+    bases += [csv_path.parent] if csv_path.parent not in bases else []
+    has_patients = patient_column in columns
+    skipped: list[tuple[str, str]] = []
+    samples: list[Sample] = []
+    all_ids = True
+    for line, row in enumerate(rows, start=2):
+        where = f"{csv_path}:{line}"
+        rel = (row.get(path_column) or "").strip()
+        if not rel:
+            skipped.append((where, "no path"))
+            continue
+        raw = (row.get(label_column) or "").strip()
+        label = parse_label(raw, classes)
+        if label is None:
+            skipped.append((f"{where} {rel}", "no label" if not raw else f"bad label {raw!r}"))
+            continue
+        try:
+            split = parse_split(row.get(split_column, "")) if split_column in columns else None
+        except ValueError as exc:
+            skipped.append((f"{where} {rel}", str(exc)))
+            continue
+        path = _resolve(rel, bases)
+        if path is None:
+            skipped.append((str(bases[0] / rel), "missing file"))
+            continue
+        pid = (row.get(patient_column) or "").strip() if has_patients else ""
+        all_ids &= bool(pid)
+        source = (row.get(source_column) or "").strip() if source_column else default_source
+        samples.append(Sample(path, label, pid or path.stem, split, source or default_source))
+    return DatasetIndex(samples, skipped, "csv", bases[0], has_patients and all_ids)
+
+
+def _resolve(rel: str, bases: list[Path]) -> Path | None:
+    p = Path(rel).expanduser()
+    candidates = [p] if p.is_absolute() else [b / p for b in bases]
+    return next((c.resolve() for c in candidates if c.is_file()), None)
+
+
+# ------------------------------------------------------------------------------------------------ nih
+
+
+def _load_nih(root: Path, csv_path) -> DatasetIndex:
+    if csv_path is None:
+        found = sorted(root.glob("Data_Entry_2017*.csv"))
+        if not found:
+            raise ValueError(f"{root}: no Data_Entry_2017*.csv (the ChestX-ray14 labels file)")
+        if len(found) > 1:
+            log.warning("%s: several label files %s; using %s", root, [f.name for f in found], found[0].name)
+        csv_path = found[0]
+    csv_path = Path(csv_path)
+    columns, rows = _read_csv(csv_path)
+    _require(csv_path, columns, ["Image Index", "Finding Labels", "Patient ID"])
+    image_dirs = sorted(p for p in root.glob("images*") if p.is_dir()) or [root]
+    names: dict[str, Path] = {}
+    for d in image_dirs:
+        for dirpath, dirnames, filenames in os.walk(d, followlinks=True):
+            dirnames.sort()
+            for name in filenames:
+                names.setdefault(name, Path(dirpath) / name)
+    split_of = {}
+    for list_name, split in (("train_val_list.txt", None), ("test_list.txt", "test")):
+        list_path = root / list_name
+        if list_path.is_file():
+            split_of.update({n.strip(): split for n in list_path.read_text().split() if n.strip()})
+    skipped: list[tuple[str, str]] = []
+    samples = []
+    outside_lists = 0
+    for line, row in enumerate(rows, start=2):
+        name = row["Image Index"].strip()
+        path = names.get(name)
+        if path is None:
+            skipped.append((f"{csv_path}:{line} {name}", "missing file"))
+            continue
+        findings = {f.strip() for f in row["Finding Labels"].split("|")}
+        pid = row["Patient ID"].strip()
+        pid = f"{int(pid):08d}" if pid.isdigit() else pid or Path(name).stem
+        if split_of and name not in split_of:
+            outside_lists += 1
+        samples.append(Sample(path.resolve(), int("Cardiomegaly" in findings), pid, split_of.get(name), "nih"))
+    if outside_lists:
+        log.warning("%s: %d images are in neither train_val_list.txt nor test_list.txt; they are left unassigned",
+                    root, outside_lists)
+    return DatasetIndex(samples, skipped, "nih", root, True)
+
+
+# ------------------------------------------------------------------------------------------------ chexpert
+
+
+def _load_chexpert(root: Path, csv_path, uncertain: str, frontal_only: bool) -> DatasetIndex:
+    files = [(Path(csv_path), None)] if csv_path is not None else \
+        [(root / name, split) for name, split in (("train.csv", None), ("valid.csv", "test")) if (root / name).is_file()]
+    if not files:
+        raise ValueError(f"{root}: no train.csv or valid.csv (the CheXpert label files)")
+    bases = [root.parent, root]
+    skipped: list[tuple[str, str]] = []
+    samples = []
+    for path, split in files:
+        columns, rows = _read_csv(path)
+        _require(path, columns, ["Path", "Cardiomegaly"] + (["Frontal/Lateral"] if frontal_only else []))
+        for line, row in enumerate(rows, start=2):
+            rel = row["Path"].strip()
+            where = f"{path}:{line} {rel}"
+            if frontal_only and row["Frontal/Lateral"].strip().lower() != "frontal":
+                skipped.append((where, "lateral view"))
+                continue
+            label = _chexpert_label(row["Cardiomegaly"], uncertain)
+            if label is None:
+                skipped.append((where, "uncertain label"))
+                continue
+            if label == -2:
+                skipped.append((where, f"bad label {row['Cardiomegaly']!r}"))
+                continue
+            image = _resolve(rel, bases) or _resolve(_strip_first(rel), [root])
+            if image is None:
+                skipped.append((str(root.parent / rel), "missing file"))
+                continue
+            m = _CHEXPERT_PATIENT.search(rel)
+            samples.append(Sample(image, label, m.group(1) if m else image.stem, split, "chexpert"))
+    return DatasetIndex(samples, skipped, "chexpert", root, True)
+
+
+def _chexpert_label(value: str, uncertain: str) -> int | None:
+    """1.0 -> 1; 0.0 or blank (not mentioned) -> 0; -1.0 per policy (None = skip); -2 for anything else."""
+    text = (value or "").strip()
+    if text == "":
+        return 0
+    try:
+        number = float(text)
+    except ValueError:
+        return -2
+    if number == 1.0:
+        return 1
+    if number == 0.0:
+        return 0
+    if number == -1.0:
+        return {"ones": 1, "zeros": 0}.get(uncertain)
+    return -2
+
+
+def _strip_first(rel: str) -> str:
+    parts = Path(rel).parts
+    return str(Path(*parts[1:])) if len(parts) > 1 else rel
+
+
+# ------------------------------------------------------------------------------------------------ verification
+
+
+def _verify(index: DatasetIndex, workers: int) -> None:
+    """Decode every image; move the unreadable ones to `skipped` with their ImageError code."""
+    from cxr.runtime.errors import ImageError
+    from cxr.runtime.imaging import read_image
+
+    def check(sample: Sample) -> str | None:
+        try:
+            read_image(sample.path)
+        except ImageError as exc:
+            return exc.code
+        except (OSError, ValueError) as exc:
+            return f"unreadable ({type(exc).__name__})"
+        return None
+
+    with ThreadPoolExecutor(max_workers=max(1, int(workers))) as pool:
+        problems = list(pool.map(check, index.samples))
+    kept = []
+    for sample, problem in zip(index.samples, problems):
+        if problem is None:
+            kept.append(sample)
+        else:
+            index.skipped.append((str(sample.path), problem))
+    index.samples = kept
