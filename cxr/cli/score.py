@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 import time
+from contextlib import closing
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -30,7 +31,10 @@ def _note(message: str, quiet: bool) -> None:
         click.echo(f"cxr-score: {message}", err=True)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(context_settings={"help_option_names": ["-h", "--help"]},
+               epilog="Exit codes: 0 all files scored; 3 finished but some files (or folders) failed; 1 nothing "
+                      "could be done (model, card, output, device, no images); 2 usage; 130 interrupted "
+                      "(rows done kept in OUT.partial).")
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="Results CSV to write (its manifest goes beside it as <name>.manifest.json).")
@@ -109,13 +113,15 @@ def main(folder: Path, out: Path, model: Path, device: str, batch_size: int, wor
                disable=quiet or not sys.stderr.isatty())
     t_score = time.perf_counter()
     try:
-        for row in score_folder(folder, scorer, batch_size=batch_size, workers=workers, threshold=thr,
-                                files=walk.files):
-            writer.write(row)
-            tally.add(row)
-            if matcher is not None:
-                matcher.add(row)
-            bar.update(1)
+        rows = score_folder(folder, scorer, batch_size=batch_size, workers=workers, threshold=thr,
+                            files=walk.files)
+        with closing(rows):  # on Ctrl-C the reader threads are stopped now, not at garbage collection
+            for row in rows:
+                writer.write(row)
+                tally.add(row)
+                if matcher is not None:
+                    matcher.add(row)
+                bar.update(1)
         scoring_s = time.perf_counter() - t_score
         bar.close()
         writer.commit()

@@ -71,7 +71,8 @@ class ResultsWriter:
         fd, tmp = tempfile.mkstemp(prefix=f".{self.out.name}.", suffix=".tmp", dir=directory)
         os.fchmod(fd, _file_mode())  # mkstemp makes 0600; the results should get the user's usual permissions
         self.tmp = Path(tmp)
-        self._fh = os.fdopen(fd, "w", newline="", encoding="utf-8")
+        # A file name that is not valid UTF-8 (Linux allows any bytes) is written escaped, never a crash mid-run.
+        self._fh = os.fdopen(fd, "w", newline="", encoding="utf-8", errors="backslashreplace")
         self._csv = csv.writer(self._fh, lineterminator="\n")
         self._csv.writerow(COLUMNS)
         self._fh.flush()

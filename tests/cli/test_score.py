@@ -203,6 +203,17 @@ def test_folder_without_images_exit_1(tiny_model, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "tiny.onnx"]
 
 
+def test_folder_problems_are_reported_and_exit_3(tiny_model, good_folder, tmp_path):
+    folder, names = good_folder
+    os.symlink(folder, folder / "loop")
+    result = run(folder, "--out", tmp_path / "r.csv", "--model", tiny_model)
+    assert result.exit_code == 3
+    assert "cxr-score: warning: loop: symlink loop" in result.stderr
+    assert list(read_rows(tmp_path / "r.csv")) == names
+    assert json.loads((tmp_path / "r.manifest.json").read_text())["counts"]["walk_problems"] == [
+        "loop: symlink loop (points back to a folder above it), not followed"]
+
+
 def test_interrupt_keeps_partial_and_the_previous_results(tiny_model, good_folder, tmp_path, monkeypatch):
     import cxr.runtime.scoring as scoring
 

@@ -66,6 +66,15 @@ def test_formula_quoting_applies_to_the_path_cell_and_csv_quoting_to_commas(tmp_
     assert rows[2][0] == "a,b\nc.png" and rows[2][4] == "unreadable: Permission denied"
 
 
+def test_file_names_that_are_not_utf8_are_escaped_not_fatal(tmp_path):
+    name = os.fsdecode(b"scan\xff.png")  # a byte that no UTF-8 text has, as Linux file names may contain
+    out = tmp_path / "r.csv"
+    with ResultsWriter(out) as writer:
+        writer.write(ok(name, 0.5, 1))
+        writer.commit()
+    assert out.read_text(encoding="utf-8").splitlines()[1] == "scan\\udcff.png,0.500000,1,ok,"
+
+
 @pytest.mark.parametrize("crash", [KeyboardInterrupt, RuntimeError])
 def test_crash_keeps_partial_and_never_touches_the_final_name(tmp_path, crash):
     out = tmp_path / "results.csv"

@@ -244,3 +244,21 @@ def test_dangling_symlink_becomes_an_unreadable_row(scorer, tmp_path):
     os.symlink(tmp_path / "gone.png", tmp_path / "dangling.png")
     rows = {r.path: r for r in score_folder(tmp_path, scorer)}
     assert rows["dangling.png"].error_code == errors.UNREADABLE
+
+
+def test_interrupt_from_on_item_stops_the_reader_threads(scorer, mixed_folder):
+    import threading
+
+    folder, _, _ = mixed_folder
+    seen = []
+
+    def on_item(row):
+        seen.append(row.path)
+        if len(seen) == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        for _ in score_folder(folder, scorer, batch_size=2, workers=2, on_item=on_item):
+            pass
+    assert len(seen) == 3
+    assert not [t for t in threading.enumerate() if t.name.startswith("cxr-read")]
