@@ -1,0 +1,65 @@
+"""cxr-export: a cxr-train run directory (or checkpoint) to one validated, self-describing ONNX file.
+
+    cxr-export runs/exp1 --out model.onnx [--opset 17] [--sample DIR] [--quantize int8] [--fp16]
+
+Writes model.onnx and model.validation.json (and model.int8.onnx / model.fp16.onnx when asked). Exit codes: 0 written;
+1 nothing written (missing/corrupt checkpoint, architecture mismatch, failed validation); 2 usage errors.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+OPSET_MIN, OPSET_MAX = 13, 20  # must equal cxr.export.onnx_export.SUPPORTED_OPSETS (a test checks)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Output ONNX file (e.g. model.onnx); side files are named after it.")
+@click.option("--opset", default=17, show_default=True, type=click.IntRange(OPSET_MIN, OPSET_MAX),
+              help="ONNX opset; the written file's default-domain opset is checked to equal it.")
+@click.option("--sample", "sample_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder of real chest X-rays for validation (default: the run's validation split).")
+@click.option("--labels", type=click.Path(dir_okay=False, path_type=Path),
+              help="CSV (path,label|cardiomegaly) for --sample images; used for the AUROC change of --quantize/--fp16.")
+@click.option("--no-validate", is_flag=True, help="Skip the behavioural checks (parity, batch invariance, runtime).")
+@click.option("--quantize", type=click.Choice(["int8"]), help="Also write MODEL.int8.onnx (static QDQ).")
+@click.option("--calibration", "calibration_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder of calibration images for --quantize (default: the validation images).")
+@click.option("--fp16", is_flag=True, help="Also write MODEL.fp16.onnx (uint8 input and float32 outputs kept).")
+@click.option("--max-auroc-drop", default=0.01, show_default=True, type=float,
+              help="Refuse a reduced-precision copy whose AUROC drops by more than this.")
+@click.option("--force", is_flag=True, help="Write reduced-precision copies even when the AUROC guard refuses them.")
+@click.option("--max-samples", default=32, show_default=True, type=click.IntRange(1, 100000),
+              help="At most this many images for the parity checks.")
+@click.option("-v", "--verbose", is_flag=True, help="Log progress to stderr.")
+def main(checkpoint: Path, out: Path, opset: int, sample_dir: Path | None, labels: Path | None, no_validate: bool,
+         quantize: str | None, calibration_dir: Path | None, fp16: bool, max_auroc_drop: float, force: bool,
+         max_samples: int, verbose: bool) -> None:
+    """Export CHECKPOINT (a cxr-train run directory or a .pt file) to a validated ONNX file."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from cxr.export.errors import ExportError
+    from cxr.export.onnx_export import export_onnx
+    from cxr.train.checkpoints import CheckpointError
+
+    try:
+        report = export_onnx(checkpoint, out, opset=opset, sample_dir=sample_dir, validate=not no_validate,
+                             quantize=quantize, calibration_dir=calibration_dir, fp16=fp16,
+                             max_auroc_drop=max_auroc_drop, force=force, labels=labels, max_samples=max_samples)
+    except (CheckpointError, ExportError, ValueError, OSError) as exc:
+        click.echo(f"cxr-export: error: {exc}", err=True)
+        sys.exit(1)
+    for line in report.summary_lines():
+        click.echo(line)
+    refused = [name for name, v in report.variants.items() if not v.get("written")]
+    if refused:
+        click.echo(f"cxr-export: warning: {', '.join(refused)} copy not written (see above)", err=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""Real images for the export checks: `--sample DIR`, or the run's validation split (splits.csv), with labels.
+
+Parity on real, preprocessed chest X-rays (not random tensors) is what tells a user the exported file behaves like
+the checkpoint on the inputs it will actually see. Images go through `cxr.runtime.imaging.read_image` and
+`preprocess_batch` with the checkpoint's PreprocessConfig, exactly as `cxr-score` will feed them.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cxr.export.errors import ExportError
+from cxr.runtime.preprocess import PreprocessConfig, preprocess_batch
+
+log = logging.getLogger(__name__)
+
+LABEL_COLUMNS = ("label", "cardiomegaly")
+
+
+@dataclass
+class ImageSet:
+    """Preprocessed images uint8 [N, 1, S, S]; labels int8 [N] with -1 where unknown."""
+
+    images: np.ndarray
+    paths: list[str]
+    labels: np.ndarray
+    source: str
+    skipped: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def labelled(self) -> tuple[np.ndarray, np.ndarray]:
+        """(indices, labels) of the images with a known 0/1 label."""
+        idx = np.flatnonzero(self.labels >= 0)
+        return idx, self.labels[idx].astype(np.int64)
+
+    def summary(self) -> dict:
+        idx, y = self.labelled()
+        return {"source": self.source, "n_images": len(self), "n_labelled": int(idx.size),
+                "n_positive": int(y.sum()), "n_skipped": len(self.skipped), "skipped": self.skipped[:20]}
+
+
+def _load(paths: list[Path], labels: list[int], config: PreprocessConfig, source: str,
+          shown: list[str]) -> ImageSet:
+    from cxr.runtime.errors import ImageError
+    from cxr.runtime.imaging import read_image
+
+    arrays, kept_paths, kept_labels, skipped = [], [], [], []
+    for path, label, name in zip(paths, labels, shown):
+        try:
+            arrays.append(read_image(path))
+        except ImageError as exc:
+            log.warning("skipping %s: %s", path, exc)
+            skipped.append(f"{name}: {exc.code}")
+            continue
+        kept_paths.append(name)
+        kept_labels.append(label)
+    images = preprocess_batch(arrays, config)
+    return ImageSet(images=images, paths=kept_paths, labels=np.asarray(kept_labels, np.int8).reshape(-1),
+                    source=source, skipped=skipped)
+
+
+def read_labels(labels_csv: Path, root: Path) -> dict[Path, int]:
+    """CSV with a `path` column (relative to `root`) and `label` or `cardiomegaly` (0/1; empty = unknown)."""
+    labels_csv = Path(labels_csv)
+    try:
+        with open(labels_csv, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    except OSError as exc:
+        raise ExportError(f"{labels_csv}: cannot read labels ({exc.strerror or exc})") from None
+    column = next((c for c in LABEL_COLUMNS if rows and c in rows[0]), None)
+    if not rows or "path" not in rows[0] or column is None:
+        raise ExportError(f"{labels_csv}: expected columns 'path' and one of {LABEL_COLUMNS}")
+    out: dict[Path, int] = {}
+    for row in rows:
+        value = (row.get(column) or "").strip()
+        if value == "":
+            continue
+        if value not in ("0", "1"):
+            raise ExportError(f"{labels_csv}: label {value!r} for {row['path']!r} is not 0 or 1")
+        out[(root / row["path"]).resolve()] = int(value)
+    return out
+
+
+def images_from_dir(directory: Path, config: PreprocessConfig, limit: int | None = None,
+                    labels_csv: Path | None = None) -> ImageSet:
+    """Every image candidate under `directory` (recursive, sorted); labels from `labels_csv` (or DIR/labels.csv)."""
+    from cxr.runtime.imaging import is_image_candidate
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ExportError(f"{directory}: not a directory of sample images")
+    files = sorted(p for p in directory.rglob("*") if p.is_file() and is_image_candidate(p))
+    if limit is not None:
+        files = files[:limit]
+    if labels_csv is None and (directory / "labels.csv").is_file():
+        labels_csv = directory / "labels.csv"
+    known = read_labels(labels_csv, directory) if labels_csv is not None else {}
+    labels = [known.get(p.resolve(), -1) for p in files]
+    shown = [p.relative_to(directory).as_posix() for p in files]
+    return _load(files, labels, config, f"directory {directory}", shown)
+
+
+def images_from_run(run_dir: Path, config: PreprocessConfig, split: str = "val",
+                    limit: int | None = None) -> ImageSet:
+    """The run's `split` images and labels from run_dir/splits.csv (relative paths are taken from the run dir)."""
+    from cxr.train.splits import read_splits
+
+    splits_csv = Path(run_dir) / "splits.csv"
+    samples = [s for s in read_splits(splits_csv) if s.split == split]
+    if not samples:
+        raise ExportError(f"{splits_csv}: no images in the {split!r} split")
+    samples = samples[:limit] if limit is not None else samples
+    paths = [Path(s.path) if Path(s.path).is_absolute() else Path(run_dir) / s.path for s in samples]
+    labels = [int(s.label) if s.label in (0, 1) else -1 for s in samples]
+    return _load(paths, labels, config, f"{split} split of {splits_csv}", [str(s.path) for s in samples])
+
+
+def find_images(checkpoint_path: Path, config: PreprocessConfig, sample_dir: Path | None = None,
+                limit: int | None = None, labels_csv: Path | None = None, purpose: str = "validation") -> ImageSet:
+    """`sample_dir` if given, else the validation split of the run the checkpoint belongs to; else a clear error."""
+    if sample_dir is not None:
+        found = images_from_dir(sample_dir, config, limit=limit, labels_csv=labels_csv)
+    else:
+        run_dir = Path(checkpoint_path).parent
+        if not (run_dir / "splits.csv").is_file():
+            raise ExportError(
+                f"no real images for {purpose}: pass --sample DIR (a folder of chest X-rays), or export from a "
+                f"cxr-train run directory that has splits.csv (looked for {run_dir / 'splits.csv'})")
+        found = images_from_run(run_dir, config, limit=limit)
+    if len(found) == 0:
+        raise ExportError(f"no readable images for {purpose} in the {found.source}"
+                          + (f" ({len(found.skipped)} skipped as unreadable)" if found.skipped else ""))
+    log.info("%s images: %d from the %s", purpose, len(found), found.source)
+    return found

@@ -1,0 +1,269 @@
+"""Checks every exported file must pass before it is written under its final name.
+
+Structure: onnx.checker (full_check), one self-contained file, the opset asked for, the I/O contract, no
+BatchNormalization left in training mode. Behaviour: ONNX Runtime (CPU) against PyTorch on real preprocessed images
+(max |probability difference| <= 1e-4 in fp32), batch invariance (each image alone vs in batches of 2, 7 and 32), and
+the runtime's own `Scorer` loading the file and reproducing ONNX Runtime's probabilities.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from cxr.export.errors import ExportError
+from cxr.runtime.card import INPUT_NAME, OUTPUT_NAMES
+
+log = logging.getLogger(__name__)
+
+PARITY_TOLERANCE = 1e-4  # max |prob ORT - prob torch| for an fp32 export
+BATCH_TOLERANCE = 1e-5  # max |prob alone - prob in a batch|
+SCORER_TOLERANCE = 1e-6  # max |prob Scorer - prob ORT| (same file, same provider)
+BATCH_SIZES = (2, 7, 32)
+DEFAULT_DOMAINS = ("", "ai.onnx")
+
+
+def check_model_file(path: Path) -> dict[str, bool]:
+    """onnx.checker with full_check (shape inference included), and no external data: one self-contained file."""
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    path = Path(path)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise ExportError(f"{path}: not a loadable ONNX file ({type(exc).__name__}: {exc})") from None
+    external = [t.name for t in model.graph.initializer if uses_external_data(t)]
+    if external:
+        raise ExportError(f"{path}: {len(external)} tensor(s) stored as external data (e.g. {external[0]!r}); "
+                          "the export must be one self-contained file")
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as exc:
+        raise ExportError(f"{path}: onnx.checker rejected the model: {exc}") from None
+    return {"full_check": True, "single_file": True}
+
+
+def file_opset(path: Path) -> int:
+    """The default-domain ('' or 'ai.onnx') opset_import version of an ONNX file."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    versions = [o.version for o in model.opset_import if o.domain in DEFAULT_DOMAINS]
+    if not versions:
+        raise ExportError(f"{path}: no default-domain opset_import")
+    return int(max(versions))
+
+
+def check_opset(model_path: Path, expected: int) -> int:
+    """Raise ExportError unless the file's default-domain opset is exactly `expected`; returns it."""
+    found = file_opset(model_path)
+    if found != int(expected):
+        raise ExportError(f"{model_path}: asked for opset {expected}, file says {found}")
+    return found
+
+
+def check_batchnorm_eval(model_path: Path) -> int:
+    """No BatchNormalization in training mode (attribute training_mode=1, or running-stat outputs); returns BN count."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    count, bad = 0, []
+    for node in model.graph.node:
+        if node.op_type != "BatchNormalization":
+            continue
+        count += 1
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        outputs = [o for o in node.output if o]
+        if int(attrs.get("training_mode", 0)) != 0 or len(outputs) > 1:
+            bad.append(node.name or node.output[0])
+    if bad:
+        raise ExportError(f"{model_path}: {len(bad)} BatchNormalization node(s) in training mode (e.g. {bad[0]!r}); "
+                          "the model was exported with batch statistics instead of its running statistics")
+    return count
+
+
+def check_io(model_path: Path, size: int, input_dtype: str = "tensor(uint8)") -> dict[str, Any]:
+    """Input `image` uint8 [N, 1, S, S] with N dynamic; outputs `logit`, `probability` float32 [N]."""
+    session = ort_session(model_path)
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    problems = []
+    if len(inputs) != 1 or inputs[0].name != INPUT_NAME or inputs[0].type != input_dtype:
+        problems.append(f"input must be one {input_dtype} named {INPUT_NAME!r}, got "
+                        f"{[(i.name, i.type) for i in inputs]}")
+    elif isinstance(inputs[0].shape[0], int) or list(inputs[0].shape[1:]) != [1, size, size]:
+        problems.append(f"input shape must be [N, 1, {size}, {size}] with N dynamic, got {inputs[0].shape}")
+    if tuple(o.name for o in outputs) != OUTPUT_NAMES or any(o.type != "tensor(float)" for o in outputs):
+        problems.append(f"outputs must be {list(OUTPUT_NAMES)} float32, got {[(o.name, o.type) for o in outputs]}")
+    elif any(len(o.shape) != 1 or isinstance(o.shape[0], int) for o in outputs):
+        problems.append(f"outputs must be 1-D [N], got {[o.shape for o in outputs]}")
+    if problems:
+        raise ExportError(f"{model_path}: the I/O contract is not met: " + "; ".join(problems))
+    return {"input": [inputs[0].name, inputs[0].type, [str(d) for d in inputs[0].shape]],
+            "outputs": [[o.name, o.type, [str(d) for d in o.shape]] for o in outputs]}
+
+
+def ort_session(model_path: Path):
+    """A CPU ONNX Runtime session with fixed options (the same for every model compared)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    threads = os.environ.get("OMP_NUM_THREADS")
+    if threads and threads.isdigit():
+        options.intra_op_num_threads = int(threads)
+    return ort.InferenceSession(str(model_path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def run_ort(session, images: np.ndarray, batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """(logit, probability) float32 [N] for uint8 [N, 1, S, S], in chunks of batch_size."""
+    logits, probs = [], []
+    for start in range(0, images.shape[0], batch_size):
+        logit, prob = session.run(list(OUTPUT_NAMES), {INPUT_NAME: images[start:start + batch_size]})
+        logits.append(logit)
+        probs.append(prob)
+    return np.concatenate(logits).astype(np.float32), np.concatenate(probs).astype(np.float32)
+
+
+def run_torch(model, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
+    """Probabilities float32 [N] from the PyTorch model in eval mode (the reference the export must match)."""
+    import torch
+
+    model.eval()
+    out = []
+    with torch.inference_mode():
+        for start in range(0, images.shape[0], batch_size):
+            logit = model(torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])))
+            out.append(torch.sigmoid(logit.float()).numpy())
+    return np.concatenate(out).astype(np.float32)
+
+
+def batch_invariance(session, images: np.ndarray, sizes: Sequence[int] = BATCH_SIZES) -> dict[str, Any]:
+    """Max |prob alone - prob in a batch of b| for each b; images are repeated to fill the batches."""
+    alone = np.concatenate([run_ort(session, images[i:i + 1], 1)[1] for i in range(images.shape[0])])
+    result: dict[str, Any] = {}
+    for b in sizes:
+        n = -(-max(images.shape[0], b) // b) * b  # a whole number of full batches covering every image
+        idx = np.resize(np.arange(images.shape[0]), n)
+        batched = run_ort(session, images[idx], b)[1]
+        result[str(b)] = float(np.max(np.abs(batched - alone[idx])))
+    result["max"] = max(result[str(b)] for b in sizes)
+    return result
+
+
+def scorer_check(model_path: Path, images: np.ndarray, expected: np.ndarray) -> float:
+    """Max |prob from cxr.runtime.scoring.Scorer - expected|; the Scorer also checks the card on load."""
+    from cxr.runtime.scoring import Scorer
+
+    scorer = Scorer(model_path, device="cpu")
+    probs = np.asarray(scorer(images), np.float32).reshape(-1)
+    if probs.shape != expected.shape:
+        raise ExportError(f"{model_path}: the runtime Scorer returned {probs.shape[0]} values for "
+                          f"{expected.shape[0]} images")
+    return float(np.max(np.abs(probs - expected)))
+
+
+def _check(report: dict, name: str, fn: Callable[[], Any]) -> Any:
+    """Run one check, record passed/failed and its figures; raise ExportError on failure."""
+    try:
+        value = fn()
+    except ExportError as exc:
+        report["checks"][name] = {"passed": False, "error": str(exc)}
+        report["passed"] = False
+        raise
+    report["checks"][name] = {"passed": True, **(value if isinstance(value, dict) else {"value": value})}
+    return value
+
+
+def _within(name: str, value: float, tolerance: float, path: Path) -> dict[str, float]:
+    if not np.isfinite(value) or value > tolerance:
+        raise ExportError(f"{path}: {name} {value:.3g} exceeds the tolerance {tolerance:g}")
+    return {"max_abs_diff": float(value), "tolerance": tolerance}
+
+
+def validate_structure(model_path: Path, opset: int, size: int, report: dict) -> None:
+    """The checks that need no images: checker, single file, opset, BN mode, I/O contract."""
+    _check(report, "onnx_checker", lambda: check_model_file(model_path))
+    _check(report, "opset", lambda: {"expected": opset, "found": check_opset(model_path, opset)})
+    _check(report, "batchnorm_eval_mode", lambda: {"batchnorm_nodes": check_batchnorm_eval(model_path)})
+    _check(report, "io_contract", lambda: check_io(model_path, size))
+
+
+def validate_export(model_path: Path, model, images: np.ndarray, opset: int, size: int,
+                    parity_tolerance: float = PARITY_TOLERANCE, batch_tolerance: float = BATCH_TOLERANCE,
+                    batch_sizes: Sequence[int] = BATCH_SIZES) -> dict[str, Any]:
+    """All checks on an exported fp32 file against its PyTorch `model`. Returns the report; raises ExportError
+    (the report, with the failed check, is attached as `exc.report`) on the first failure."""
+    report: dict[str, Any] = {"model": str(model_path), "passed": True, "n_images": int(images.shape[0]),
+                              "checks": {}}
+    try:
+        validate_structure(model_path, opset, size, report)
+        session = ort_session(model_path)
+        _, ort_probs = run_ort(session, images)
+        torch_probs = run_torch(model, images)
+        parity = float(np.max(np.abs(ort_probs - torch_probs)))
+        _check(report, "parity_torch_vs_ort", lambda: _within("max |prob ORT - prob torch|", parity,
+                                                              parity_tolerance, model_path))
+        inv = batch_invariance(session, images, batch_sizes)
+        _check(report, "batch_invariance", lambda: {**_within("max |prob alone - prob batched|", inv["max"],
+                                                              batch_tolerance, model_path), "per_batch_size": inv})
+        report["ort_probabilities"] = ort_probs
+    except ExportError as exc:
+        exc.report = report
+        raise
+    return report
+
+
+def check_scorer(model_path: Path, images: np.ndarray, ort_probs: np.ndarray, report: dict,
+                 tolerance: float = SCORER_TOLERANCE) -> None:
+    """The runtime's Scorer loads the final file (card included) and reproduces ONNX Runtime's probabilities."""
+    def run() -> dict:
+        try:
+            diff = scorer_check(model_path, images, ort_probs)
+        except ExportError:
+            raise
+        except Exception as exc:  # the runtime refusing the file (bad card, bad I/O) is a failed check
+            raise ExportError(f"{model_path}: the runtime Scorer cannot use the file: "
+                              f"{type(exc).__name__}: {exc}") from None
+        return _within("max |prob Scorer - prob ORT|", diff, tolerance, model_path)
+
+    try:
+        _check(report, "runtime_scorer", run)
+    except ExportError as exc:
+        exc.report = report
+        raise
+
+
+def write_report(report: dict[str, Any], path: Path) -> Path:
+    """Write a JSON report atomically (NaN/inf become null; numpy arrays are left out)."""
+    path = Path(path)
+    clean = jsonable({k: v for k, v in report.items() if not isinstance(v, np.ndarray)})
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(clean, indent=2, sort_keys=True, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def jsonable(obj: Any) -> Any:
+    """Plain JSON types: tuples to lists, paths to strings, numpy scalars to Python, NaN/inf to None."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items() if not isinstance(v, np.ndarray)}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    if obj is None or isinstance(obj, str):
+        return obj
+    if hasattr(obj, "tolist"):  # 0-d tensors or arrays
+        return jsonable(obj.tolist())
+    return str(obj)
