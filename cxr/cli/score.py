@@ -48,7 +48,8 @@ def _note(message: str, quiet: bool) -> None:
 @click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=None,
               help="Decision threshold for the cardiomegaly column; default: the model card's.")
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="CSV with columns path,label (0/1, paths relative to FOLDER): adds metrics to the manifest.")
+              help="CSV with columns path,label (or path,cardiomegaly; 0/1, paths relative to FOLDER): "
+                   "adds metrics to the manifest.")
 @click.option("--quiet", is_flag=True, help="No progress bar and no summary; errors only.")
 @click.version_option(__version__, prog_name="cxr-score")
 def main(folder: Path, out: Path, model: Path, device: str, batch_size: int, workers: int,

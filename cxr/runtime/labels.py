@@ -17,6 +17,8 @@ from cxr.runtime import metrics
 from cxr.runtime.scoring import ScoreRow
 
 REQUIRED_COLUMNS = ("path", "label")
+LABEL_ALIASES = ("label", "cardiomegaly")
+"""The label column: `label`, or else `cardiomegaly` (the column cxr-phantom and ../shared/data write)."""
 
 
 class LabelsError(ValueError):
@@ -47,14 +49,15 @@ def read_labels(path: str | os.PathLike) -> Labels:
         with open(path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
             header = [h.strip() for h in (reader.fieldnames or [])]
-            missing = [c for c in REQUIRED_COLUMNS if c not in header]
+            label_column = next((c for c in LABEL_ALIASES if c in header), "label")
+            missing = [c for c in ("path", label_column) if c not in header]
             if missing:
                 raise LabelsError(f"{path}: missing column(s) {', '.join(missing)}; found {header or 'no header'}"
                                   f" (expected a CSV with columns {','.join(REQUIRED_COLUMNS)})")
             reader.fieldnames = header
             for line_no, rec in enumerate(reader, start=2):
                 key = normalize_path(rec.get("path") or "")
-                value = (rec.get("label") or "").strip()
+                value = (rec.get(label_column) or "").strip()
                 if not key or value not in ("0", "1"):
                     out.ignored += 1
                     continue

@@ -160,9 +160,18 @@ def test_labels_are_read_normalized_and_bad_values_ignored(tmp_path):
     assert table.ignored == 2
 
 
+def test_cardiomegaly_column_is_accepted_as_the_label(tmp_path):
+    """cxr-phantom's and ../shared/data's labels.csv name the label column `cardiomegaly`; `label` wins if both."""
+    path = tmp_path / "labels.csv"
+    path.write_text("path,cardiomegaly,ctr\na.png,1,0.55\nb.png,0,0.41\nc.png,,\n")
+    assert read_labels(path).labels == {"a.png": 1, "b.png": 0}
+    path.write_text("path,cardiomegaly,label\na.png,1,0\n")
+    assert read_labels(path).labels == {"a.png": 0}
+
+
 @pytest.mark.parametrize("text, match", [
     ("file,label\na.png,1\n", "missing column.*path"),
-    ("path,cardiomegaly\na.png,1\n", "missing column.*label"),
+    ("path,finding\na.png,1\n", "missing column.*label"),
     ("", "missing column"),
     ("path,label\na.png,1\na.png,0\n", "labelled both 0 and 1"),
 ])
