@@ -1,0 +1,73 @@
+"""--resume: an interrupted run ends exactly where an uninterrupted one would.
+
+Mechanics only: densenet_tiny at 64 px on 60 phantom images (see train_fixtures), with rotation augmentation, dropout
+and one DataLoader worker, so the shuffling, augmentation and dropout RNG all have to resume correctly.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from cxr.train.checkpoints import load_checkpoint
+from cxr.train.loop import train
+from cxr.train.rundir import read_history
+from tests.train.train_fixtures import make_small_phantom, state_equal, tiny_config
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory):
+    return make_small_phantom(tmp_path_factory.mktemp("phantom"))
+
+
+@pytest.fixture(scope="module")
+def runs(phantom, tmp_path_factory):
+    base = tmp_path_factory.mktemp("resume")
+    cfg = tiny_config(phantom, max_epochs=3, num_workers=1, rotation_degrees=5.0)
+    train(cfg, base / "whole")
+    train(cfg.replace(max_epochs=2), base / "parts")  # "interrupted" after epoch 2
+    summary = train(cfg, base / "parts", resume=True)
+    return base / "whole", base / "parts", summary
+
+
+def test_resumed_history_matches_uninterrupted(runs):
+    whole, parts, summary = runs
+    a, b = read_history(whole / "history.csv"), read_history(parts / "history.csv")
+    assert [r["epoch"] for r in b] == [1, 2, 3] and summary["epochs_run"] == 3
+    for ra, rb in zip(a, b):
+        for key in ra:
+            if key != "seconds":
+                assert rb[key] == pytest.approx(ra[key], rel=1e-6, abs=1e-9, nan_ok=True), (ra["epoch"], key)
+
+
+@pytest.mark.parametrize("name", ["last.pt", "best.pt"])
+def test_resumed_weights_match_uninterrupted(runs, name):
+    whole, parts, _ = runs
+    a, b = load_checkpoint(whole / name), load_checkpoint(parts / name)
+    assert a["epoch"] == b["epoch"]
+    assert state_equal(a["model_state"], b["model_state"])
+    assert a["threshold"] == b["threshold"]
+
+
+def test_last_checkpoint_holds_resume_state(runs):
+    _, parts, _ = runs
+    last = load_checkpoint(parts / "last.pt")  # weights_only=True
+    for key in ("optimizer_state", "scheduler_state", "early_stopping", "rng", "history", "sampler"):
+        assert key in last, key
+    assert set(last["rng"]) >= {"torch", "numpy", "python"}
+    assert len(last["history"]) == 3
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"lr": 0.5}, "different lr"),
+    ({"image_size": 96}, "different image_size"),
+])
+def test_resume_refuses_a_changed_recipe(phantom, runs, change, message):
+    _, parts, _ = runs
+    cfg = tiny_config(phantom, max_epochs=4, num_workers=1, rotation_degrees=5.0, **change)
+    with pytest.raises(ValueError, match=message):
+        train(cfg, parts, resume=True)
+
+
+def test_resume_without_last_checkpoint_is_an_error(phantom, tmp_path):
+    with pytest.raises(ValueError, match="no last.pt"):
+        train(tiny_config(phantom), tmp_path, resume=True)
