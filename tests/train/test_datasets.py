@@ -301,3 +301,14 @@ def test_real_ctr_labels_parse(shared_data, label_column, total, by_source):
     assert summary["skipped"] == ({"no label": 506 - total} if total < 506 else {})
     assert index.patient_ids_known is True and summary["patients"] == total
     assert all(s.path.is_file() for s in index.samples[:20])
+
+
+def test_data_modules_do_not_import_torch():
+    """The training data layer stays torch-free so indexing, splitting and cxr-phantom are light and fast."""
+    import subprocess
+    import sys
+
+    code = ("import sys, cxr.train.datasets, cxr.train.splits, cxr.train.phantom, cxr.cli.phantom; "
+            "print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
