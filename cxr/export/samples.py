@@ -67,7 +67,8 @@ def _load(paths: list[Path], labels: list[int], config: PreprocessConfig, source
 
 
 def read_labels(labels_csv: Path, root: Path) -> dict[Path, int]:
-    """CSV with a `path` column (relative to `root`) and `label` or `cardiomegaly` (0/1; empty = unknown)."""
+    """CSV with a `path` column (relative to `root`) and `label` or `cardiomegaly` (0/1; empty = unknown -> -1).
+    Returns every listed file, in the CSV's order, with its label."""
     labels_csv = Path(labels_csv)
     try:
         with open(labels_csv, newline="") as fh:
@@ -80,30 +81,33 @@ def read_labels(labels_csv: Path, root: Path) -> dict[Path, int]:
     out: dict[Path, int] = {}
     for row in rows:
         value = (row.get(column) or "").strip()
-        if value == "":
-            continue
-        if value not in ("0", "1"):
+        if value not in ("", "0", "1"):
             raise ExportError(f"{labels_csv}: label {value!r} for {row['path']!r} is not 0 or 1")
-        out[(root / row["path"]).resolve()] = int(value)
+        out[root / row["path"]] = int(value) if value else -1
     return out
 
 
 def images_from_dir(directory: Path, config: PreprocessConfig, limit: int | None = None,
                     labels_csv: Path | None = None) -> ImageSet:
-    """Every image candidate under `directory` (recursive, sorted); labels from `labels_csv` (or DIR/labels.csv)."""
+    """The files a labels CSV lists (`labels_csv`, else DIR/labels.csv when present), else every image candidate
+    under `directory` (recursive, sorted). A labels file defines the set, so masks or other images lying beside
+    the X-rays are not mistaken for them."""
     from cxr.runtime.imaging import is_image_candidate
 
     directory = Path(directory)
     if not directory.is_dir():
         raise ExportError(f"{directory}: not a directory of sample images")
-    files = sorted(p for p in directory.rglob("*") if p.is_file() and is_image_candidate(p))
-    if limit is not None:
-        files = files[:limit]
     if labels_csv is None and (directory / "labels.csv").is_file():
         labels_csv = directory / "labels.csv"
-    known = read_labels(labels_csv, directory) if labels_csv is not None else {}
-    labels = [known.get(p.resolve(), -1) for p in files]
-    shown = [p.relative_to(directory).as_posix() for p in files]
+    if labels_csv is not None:
+        listed = read_labels(labels_csv, directory)
+        files, labels = list(listed), list(listed.values())
+    else:
+        files = sorted(p for p in directory.rglob("*") if p.is_file() and is_image_candidate(p))
+        labels = [-1] * len(files)
+    if limit is not None:
+        files, labels = files[:limit], labels[:limit]
+    shown = [p.relative_to(directory).as_posix() if p.is_relative_to(directory) else str(p) for p in files]
     return _load(files, labels, config, f"directory {directory}", shown)
 
 
