@@ -234,18 +234,10 @@ def versions() -> dict[str, str]:
 
 
 def card_summary(card) -> dict[str, Any]:
-    """The parts of the model card a reader of the results needs."""
-    return {
-        "task": card.task,
-        "positive_label": card.positive_label,
-        "input_size": card.input_size,
-        "preprocess": card.preprocess.to_dict(),
-        "normalization": card.normalization.to_dict(),
-        "threshold": {"value": float(card.threshold.value), "method": card.threshold.method,
-                      "detail": card.threshold.detail},
-        "training": card.training,
-        "export": card.export,
-    }
+    """The parts of the model card a reader of the results needs (the card's own JSON form, less the I/O shapes)."""
+    keep = ("task", "positive_label", "input_size", "preprocess", "normalization", "threshold", "training", "export")
+    full = card.to_dict()
+    return {key: full[key] for key in keep}
 
 
 def build_manifest(*, scorer, folder: Path, out: Path, tally: Tally, walk, threshold: float,
