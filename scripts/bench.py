@@ -217,11 +217,13 @@ def targets_section(data: dict, found: dict, idx: dict) -> list[str]:
              f"{_verdict(None if mem['estimate'] is None else mem['estimate'] < TARGETS['rss_mb'] and max(mem['runs'].values()) < TARGETS['rss_mb'])} (estimate) |",
              ""]
     if mem["estimate"] is not None:
+        per_file = idx[("mem", "densenet121-fp32", mem["densenet_files"])]["stats"]["median"] / mem["densenet_files"]
         lines += [f"How the memory estimate is made: DenseNet-121 fp32 was run on {mem['densenet_files']:,} files "
-                  f"(2 s of model time per 40 files makes {MODEL_FILES:,} too slow for this run); the pipeline's growth "
+                  f"(at {per_file:.2f} s per file here, {MODEL_FILES:,} files would take "
+                  f"{per_file * MODEL_FILES / 60:.0f} minutes); the pipeline's growth "
                   f"with folder size was measured with the same reader, preprocessing and CLI on a near-zero-cost "
                   f"model at 224 from {mem['tiny'][0]:,} to {mem['tiny'][-1]:,} files: {mem['growth']:+.1f} MB. "
-                  f"Estimate = DenseNet peak + that growth. Peak RSS is the child's own ru_maxrss (os.wait4).", ""]
+                  f"Estimate = DenseNet peak + that growth. Peak RSS is cxr-score's ru_maxrss, read by a small launcher process (RUSAGE_CHILDREN) so that pytest's own memory does not leak into it.", ""]
     return lines
 
 
