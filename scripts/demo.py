@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shlex
 import subprocess
@@ -30,6 +31,13 @@ def run(cmd: list[str], allowed=(0,)) -> int:
     if rc not in allowed:
         sys.exit(f"demo: step failed with exit code {rc}: {' '.join(cmd)}")
     return rc
+
+
+def fmt(value, spec: str = ".3f") -> str:
+    """A metric for printing: undefined ones (None, NaN: e.g. NPV with no predicted negatives) read 'n/a'."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return format(value, spec)
 
 
 def tool(name: str) -> str:
@@ -96,16 +104,17 @@ def main(argv: list[str] | None = None) -> int:
     for line in history:
         print("  " + line)
     print(f"\nHeld-out phantom cohort ({holdout_dir}, n={m.get('n')}, {m.get('n_positive')} with CTR > 0.5):")
-    lo, hi = m.get("auroc_ci95", [float("nan")] * 2)
-    print(f"  AUROC        {m.get('auroc', float('nan')):.3f}  (95% bootstrap CI {lo:.3f}-{hi:.3f})")
+    lo, hi = m.get("auroc_ci95") or (None, None)
+    print(f"  AUROC        {fmt(m.get('auroc'))}  (95% bootstrap CI {fmt(lo)}-{fmt(hi)})")
     thr = manifest.get("threshold", {})
-    print(f"  threshold    {thr.get('value', float('nan')):.4f} ({thr.get('source', thr.get('method', ''))})")
+    print(f"  threshold    {fmt(thr.get('value'), '.4f')} (from the {thr.get('source', '')}: "
+          f"{manifest['card']['threshold']['detail']})")
     for key in ("sensitivity", "specificity", "ppv", "npv", "f1"):
-        print(f"  {key:<12} {m.get(key, float('nan')):.3f}")
+        print(f"  {key:<12} {fmt(m.get(key))}")
     print(f"\nSpeed on this machine ({', '.join(manifest['device']['providers'])}):")
     for key in ("mean_model_ms_per_image", "mean_read_ms_per_image", "mean_end_to_end_ms_per_image", "images_per_s"):
         if timings.get(key) is not None:
-            print(f"  {key:<30} {timings[key]:.2f}")
+            print(f"  {key:<30} {fmt(timings[key], '.2f')}")
     print(f"\nFiles: {run_dir}/ (history, plots, checkpoints), {model} (+ .validation.json), {results} (+ manifest)")
     print(f"Demo finished in {time.time() - t0:.0f} s; cxr-score exit code {rc}.")
     auroc = m.get("auroc")

@@ -35,8 +35,9 @@ def run(cmd: list[str], allowed=(0,)) -> int:
     return rc
 
 
-def fmt(m: dict, key: str) -> str:
-    v = m.get(key)
+def fmt(m: dict | None, key) -> str:
+    """m[key] for printing; undefined metrics (None, NaN) read 'n/a'."""
+    v = (m or {}).get(key) if not isinstance(m, (list, tuple)) else (m[key] if m else None)
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
 
 
@@ -88,14 +89,14 @@ def main(argv: list[str] | None = None) -> int:
          "--labels", str(test_labels), "--quiet"], allowed=(0, 3))
 
     manifest = json.loads((out / "results.manifest.json").read_text())
-    m = manifest["labels"]["metrics"]
+    m = (manifest.get("labels") or {}).get("metrics") or {}
     train_metrics = json.loads((run_dir / "metrics.json").read_text())
     print("\n" + "=" * 78)
     print(f"Real data: {labels_csv} (label {args.label_column}), patient-disjoint splits, random init.")
-    print(f"Test split scored by cxr-score (n={m['n']}, {m['n_positive']} positive):")
-    print(f"  AUROC {fmt(m, 'auroc')} (95% CI {m['auroc_ci95'][0]:.3f}-{m['auroc_ci95'][1]:.3f})  "
-          f"AUPRC {fmt(m, 'auprc')}")
-    print(f"  at threshold {m['threshold']:.4f} (chosen on validation): sensitivity {fmt(m, 'sensitivity')}  "
+    print(f"Test split scored by cxr-score (n={m.get('n')}, {m.get('n_positive')} positive):")
+    ci = m.get("auroc_ci95")
+    print(f"  AUROC {fmt(m, 'auroc')} (95% CI {fmt(ci, 0)}-{fmt(ci, 1)})  AUPRC {fmt(m, 'auprc')}")
+    print(f"  at threshold {fmt(m, 'threshold')} (chosen on validation): sensitivity {fmt(m, 'sensitivity')}  "
           f"specificity {fmt(m, 'specificity')}  PPV {fmt(m, 'ppv')}  NPV {fmt(m, 'npv')}  F1 {fmt(m, 'f1')}")
     per_source = train_metrics.get("metrics", {}).get("test", {}).get("by_source") or {}
     for source, sm in sorted(per_source.items()):

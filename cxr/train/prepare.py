@@ -94,7 +94,8 @@ def prepare_data(config: TrainConfig, run_dir: Path, ctx: DistContext, resume: b
                     len(unreadable))
 
     kept = [x for s in SPLITS for x in by_split[s]]
-    check_splits(kept, required=("train", "val"))
+    # A test split, when there is one, must hold both classes too: its AUROC is the figure users report.
+    check_splits(kept, required=("train", "val", "test") if by_split["test"] else ("train", "val"))
     if ctx.is_main and not resume:
         write_splits(kept, run_dir)
     barrier(ctx)

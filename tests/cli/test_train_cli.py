@@ -110,8 +110,22 @@ def _all_negative_csv(phantom, tmp_path):
     return path
 
 
+def _negative_test_split_csv(phantom, tmp_path):
+    """A predefined split whose test part holds negatives only: its AUROC would be undefined."""
+    path = tmp_path / "labels.csv"
+    rows = list(csv.DictReader(open(phantom / "labels.csv")))
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "cardiomegaly", "patient_id", "split"])
+        for i, row in enumerate(rows):
+            split = "test" if row["cardiomegaly"] == "0" and i % 4 == 0 else ("val" if i % 4 == 1 else "train")
+            writer.writerow([phantom / row["path"], row["cardiomegaly"], row["patient_id"], split])
+    return path
+
+
 @pytest.mark.parametrize("case, message", [
     ("missing_root", "does not exist"),
+    ("test_split_one_class", "split 'test' has no positive"),
     ("no_positives", "no positive"),
     ("imagenet_offline", "--init random"),
     ("existing_run", "already holds a run"),
@@ -123,6 +137,8 @@ def test_user_errors_exit_1_with_one_line(phantom, tmp_path, monkeypatch, case, 
         args[1] = f"phantom:{tmp_path / 'absent'}"
     elif case == "no_positives":
         args[:2] = ["--data", f"csv:{tmp_path}", "--csv", _all_negative_csv(phantom, tmp_path)]
+    elif case == "test_split_one_class":
+        args[:2] = ["--data", f"csv:{tmp_path}", "--csv", _negative_test_split_csv(phantom, tmp_path)]
     elif case == "imagenet_offline":
         import torchvision.models._api as api
 
