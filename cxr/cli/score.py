@@ -87,24 +87,27 @@ def main(folder: Path, out: Path, model: Path, device: str, batch_size: int, wor
         _error(f"cannot write results to {out}: {exc.strerror or exc}")
         sys.exit(EXIT_FAILED)
 
-    try:
-        scorer = Scorer(model, device=device)
-    except CxrError as exc:
-        writer.discard()
-        _error(str(exc))
-        sys.exit(EXIT_FAILED)
-    thr = scorer.threshold if threshold is None else float(threshold)
-    thr_source = "card" if threshold is None else "--threshold"
-    _note(f"model {model} on {scorer.device} ({', '.join(scorer.providers)}); threshold {thr:g} ({thr_source})",
-          quiet)
+    try:  # until scoring starts, any exit (Ctrl-C during a long walk included) removes the temporary file
+        try:
+            scorer = Scorer(model, device=device)
+        except CxrError as exc:
+            _error(str(exc))
+            sys.exit(EXIT_FAILED)
+        thr = scorer.threshold if threshold is None else float(threshold)
+        thr_source = "card" if threshold is None else "--threshold"
+        # What --device auto picked is always said, --quiet or not (DESIGN.md: Devices).
+        _note(f"model {model} on {scorer.device} ({', '.join(scorer.providers)}); threshold {thr:g} ({thr_source})",
+              quiet and device != "auto")
 
-    walk = find_images(folder)
-    for problem in walk.problems:
-        click.echo(f"cxr-score: warning: {problem}", err=True)
-    if not walk.files:
+        walk = find_images(folder)
+        for problem in walk.problems:
+            click.echo(f"cxr-score: warning: {problem}", err=True)
+        if not walk.files:
+            _error(f"no images found in {folder} ({walk.skipped_non_images} other file(s) skipped)")
+            sys.exit(EXIT_FAILED)
+    except BaseException:
         writer.discard()
-        _error(f"no images found in {folder} ({walk.skipped_non_images} other file(s) skipped)")
-        sys.exit(EXIT_FAILED)
+        raise
 
     from tqdm import tqdm
 

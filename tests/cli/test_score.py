@@ -86,7 +86,11 @@ def test_all_good_exit_0_relative_out_stays_where_given(tiny_model, good_folder,
     monkeypatch.chdir(work)
     result = run(folder, "--out", "scores.csv", "--model", tiny_model, "--quiet")
     assert result.exit_code == 0, result.output
-    assert result.stderr == ""  # --quiet: nothing unless something is wrong
+    # --quiet: nothing but what --device auto picked (DESIGN.md asks for it on stderr), unless something is wrong
+    assert result.stderr.splitlines() == [f"cxr-score: model {tiny_model} on cpu (CPUExecutionProvider); "
+                                          "threshold 0.5 (card)"]
+    quiet_cpu = run(folder, "--out", "scores.csv", "--model", tiny_model, "--quiet", "--device", "cpu")
+    assert quiet_cpu.exit_code == 0 and quiet_cpu.stderr == ""
     rows = read_rows(work / "scores.csv")
     assert list(rows) == names and all(r["status"] == "ok" for r in rows.values())
     manifest = json.loads((work / "scores.manifest.json").read_text())
@@ -292,3 +296,19 @@ def test_real_images_of_every_kind_plus_bad_files(shared_data, tiny_model, tmp_p
     assert any(p.endswith("RG1_UNCR.dcm") for p in rows)  # the MONOCHROME1 CR image is among them
     probe = next(p for p in linked if p.endswith("RG1_UNCR.dcm"))
     assert float(rows[probe]["prob_cardiomegaly"]) == pytest.approx(expected_prob(folder / probe), abs=2e-6)
+
+
+def test_interrupt_before_scoring_leaves_no_temporary_file(tiny_model, good_folder, tmp_path, monkeypatch):
+    """Ctrl-C during a long folder walk: no results file, no .partial (nothing was done), no hidden temp file."""
+    import cxr.runtime.walk as walk_module
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(walk_module, "find_images", interrupted)
+    folder, _ = good_folder
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    result = run(folder, "--out", out_dir / "r.csv", "--model", tiny_model)  # click turns Ctrl-C into "Aborted!"
+    assert result.exit_code != 0
+    assert list(out_dir.iterdir()) == []
