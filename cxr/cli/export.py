@@ -43,6 +43,9 @@ def main(checkpoint: Path, out: Path, opset: int, sample_dir: Path | None, label
          max_samples: int, verbose: bool) -> None:
     """Export CHECKPOINT (a cxr-train run directory or a .pt file) to a validated ONNX file."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from cxr.cli import require_training_extra
+
+    require_training_extra("cxr-export")
     from cxr.export.errors import ExportError
     from cxr.export.onnx_export import export_onnx
     from cxr.train.checkpoints import CheckpointError

@@ -158,6 +158,9 @@ def main(ctx: click.Context, data_spec: str | None, csv_path: Path | None, out: 
         _error(str(exc))
         sys.exit(EXIT_FAILED)
 
+    from cxr.cli import require_training_extra
+
+    require_training_extra("cxr-train")
     from cxr.runtime.errors import CxrError
     from cxr.train.loop import train
     from cxr.train.model import InitWeightsError
