@@ -169,7 +169,10 @@ def build_card(ckpt: dict[str, Any], export_facts: dict[str, Any]):
     from cxr.runtime.card import ModelCard, Threshold
     from cxr.runtime.preprocess import Normalization, PreprocessConfig
 
-    data = ckpt.get("data") or {}
+    data = dict(ckpt.get("data") or {})
+    # A shared model should not carry image-level file names (NIH names embed patient ids): counts only.
+    unreadable = data.pop("unreadable", None) or []
+    data["n_unreadable"] = len(unreadable)
     training = {
         "model": ckpt["model"],
         "data": data,

@@ -86,7 +86,8 @@ def write_run(run_dir: Path, model=None, arch: str = "densenet_tiny", n_val: int
         "threshold": dict(THRESHOLD),
         "metrics": {"val": {"auroc": 0.81, "auprc": math.nan, "n": n_val}},
         "config": {"arch": arch, "lr": 1e-4, "batch_size": 8, "size": SIZE, "betas": (0.9, 0.999)},
-        "data": {"kind": "phantom", "source": "tests", "n_train": 4, "n_val": n_val, "n_test": 0},
+        "data": {"kind": "phantom", "source": "tests", "n_train": 4, "n_val": n_val, "n_test": 0,
+                 "unreadable": [{"path": "/site/images/00000001_000.png", "code": "truncated"}]},
         "epoch": 3,
         "versions": {"cxr": "0.1.0"},
     }

@@ -50,6 +50,7 @@ def test_single_file_with_card_and_report(exported, tiny_run):
     assert card.export["validation"]["parity_max_abs_diff"] <= 1e-4
     assert set(card.export["versions"]) == {"cxr", "torch", "onnx", "onnxruntime"}
     assert card.training["split_sizes"] == {"train": 4, "val": 12, "test": 0}
+    assert card.training["data"]["n_unreadable"] == 1 and "unreadable" not in card.training["data"]
     assert card.training["metrics"]["val"]["auprc"] is None  # NaN in the checkpoint -> null in JSON
     assert len(card.export["checkpoint"]["sha256"]) == 64
     report = json.loads(side_path(out, "validation.json").read_text())
