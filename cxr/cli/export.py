@@ -43,6 +43,9 @@ def main(checkpoint: Path, out: Path, opset: int, sample_dir: Path | None, label
          max_samples: int, verbose: bool) -> None:
     """Export CHECKPOINT (a cxr-train run directory or a .pt file) to a validated ONNX file."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if labels is not None and sample_dir is None:
+        raise click.UsageError("--labels labels the --sample images; without --sample the run's validation split "
+                               "(with its own labels) is used")
     from cxr.cli import require_training_extra
 
     require_training_extra("cxr-export")

@@ -53,15 +53,16 @@ def _load(paths: list[Path], labels: list[int], config: PreprocessConfig, source
 
     arrays, kept_paths, kept_labels, skipped = [], [], [], []
     for path, label, name in zip(paths, labels, shown):
-        try:
-            arrays.append(read_image(path))
+        try:  # preprocessed as read: only S x S images are held, never hundreds of full-size radiographs
+            arrays.append(preprocess_batch([read_image(path)], config)[0])
         except ImageError as exc:
             log.warning("skipping %s: %s", path, exc)
             skipped.append(f"{name}: {exc.code}")
             continue
         kept_paths.append(name)
         kept_labels.append(label)
-    images = preprocess_batch(arrays, config)
+    s = config.size
+    images = np.stack(arrays) if arrays else np.zeros((0, 1, s, s), np.uint8)
     return ImageSet(images=images, paths=kept_paths, labels=np.asarray(kept_labels, np.int8).reshape(-1),
                     source=source, skipped=skipped)
 

@@ -39,6 +39,14 @@ def test_bad_opset_is_usage_error(tmp_path, opset):
     assert result.exit_code == 2 and "--opset" in result.output
 
 
+def test_labels_without_sample_is_a_usage_error(tiny_run, tmp_path):
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,label\na.png,1\n")
+    result = _run(tiny_run, "--out", tmp_path / "m.onnx", "--labels", labels)
+    assert result.exit_code == 2 and "--labels labels the --sample images" in result.output
+    assert not (tmp_path / "m.onnx").exists()
+
+
 @pytest.mark.parametrize("case", ["missing", "corrupt", "arch_mismatch", "no_images"])
 def test_failures_exit_1(tiny_run, tmp_path, case):
     if case == "missing":
