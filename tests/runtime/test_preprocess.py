@@ -103,6 +103,8 @@ def test_preprocess_batch_shape_and_equivalence_to_single_images():
     assert batch.shape == (3, 1, 96, 96) and batch.dtype == np.uint8
     for i, im in enumerate(images):
         np.testing.assert_array_equal(batch[i, 0], preprocess_image(im, cfg))
+    resized = np.stack([resize(to_uint8(im), cfg) for im in images])
+    np.testing.assert_array_equal(batch[:, 0], equalize_batch(resized))
     assert preprocess_batch([], cfg).shape == (0, 1, 96, 96)
 
 
