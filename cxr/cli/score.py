@@ -26,6 +26,11 @@ def _error(message: str) -> None:
     click.echo(f"cxr-score: error: {message}", err=True)
 
 
+def _fig(value, spec: str) -> str:
+    """A figure for the summary; None (e.g. model time when no image was scored) reads 'n/a'."""
+    return "n/a" if value is None else format(value, spec)
+
+
 def _note(message: str, quiet: bool) -> None:
     if not quiet:
         click.echo(f"cxr-score: {message}", err=True)
@@ -167,8 +172,9 @@ def _summary(out, mpath, tally, walk, thr, thr_source, scorer, timings, label_re
              + f"; {walk.skipped_non_images} non-image file(s) skipped"
              + (f"; {len(walk.problems)} folder problem(s)" if walk.problems else ""),
              f"threshold {thr:g} ({thr_source}); device {scorer.device} ({', '.join(scorer.providers)})",
-             f"{timings['images_per_s']} images/s; model {timings['mean_model_ms_per_image']} ms/image, "
-             f"end to end {timings['mean_end_to_end_ms_per_image']} ms/image"]
+             f"{_fig(timings['images_per_s'], '.1f')} images/s; "
+             f"model {_fig(timings['mean_model_ms_per_image'], '.1f')} ms/image, "
+             f"end to end {_fig(timings['mean_end_to_end_ms_per_image'], '.1f')} ms/image"]
     if label_report is not None:
         lines.append(f"labels: {label_report['matched']} matched, {label_report['labelled_not_found']} labelled "
                      f"but not found, {label_report['labelled_not_scored']} labelled but failed, "

@@ -312,3 +312,17 @@ def test_interrupt_before_scoring_leaves_no_temporary_file(tiny_model, good_fold
     result = run(folder, "--out", out_dir / "r.csv", "--model", tiny_model)  # click turns Ctrl-C into "Aborted!"
     assert result.exit_code != 0
     assert list(out_dir.iterdir()) == []
+
+
+def test_folder_of_only_bad_files_exits_3_with_a_summary(tiny_model, tmp_path):
+    """No image scored: the summary still prints (model time 'n/a'), every row is an error, exit 3."""
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    expected = write_bad_files(folder)
+    out = tmp_path / "r.csv"
+    result = run(folder, "--out", out, "--model", tiny_model)
+    assert result.exit_code == 3, result.output
+    assert f"{len(expected)} file(s): 0 ok, {len(expected)} error" in result.stderr
+    assert "model n/a ms/image" in result.stderr
+    rows = read_rows(out)
+    assert {name: r["error"].split(":")[0] for name, r in rows.items()} == expected
