@@ -7,7 +7,7 @@ Nothing can be downloaded here, so there are no ImageNet weights: the network st
 settings are scaled for a 2-core CPU. Each is printed with its reason. Everything else is the recipe (DESIGN.md).
 Re-running reuses what is already there (phantoms, a finished run, an up-to-date model) and gives the same numbers.
 
-    python scripts/demo.py [--out demo_out] [--n-train 800] [--n-holdout 300] [--epochs 8] [--size 128]
+    python scripts/demo.py [--out demo_out] [--n-train 800] [--n-holdout 300] [--epochs 6] [--size 128]
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-train", type=int, default=800, help="phantom images for train/val/test (split by patient)")
     ap.add_argument("--n-holdout", type=int, default=300, help="a separate phantom cohort scored by cxr-score")
     ap.add_argument("--size", type=int, default=128, help="model input side S")
-    ap.add_argument("--epochs", type=int, default=8, help="maximum epochs")
+    ap.add_argument("--epochs", type=int, default=6, help="maximum epochs")
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--arch", default="densenet121", help="densenet121 (the recipe); densenet_tiny for the smoke test")
     ap.add_argument("--bootstrap-n", type=int, default=1000)
