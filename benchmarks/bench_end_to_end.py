@@ -20,7 +20,7 @@ from cxr.runtime.preprocess import preprocess_batch
 from cxr.runtime.scoring import score_folder
 
 N_IMAGES = 64
-BATCH = 16
+BATCH = 8  # cxr-score's default batch size
 WORKERS = 2
 
 

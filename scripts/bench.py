@@ -161,7 +161,7 @@ def ratios_section(data: dict, idx: dict, peak: float | None) -> tuple[list[str]
               " (ONNX Runtime fp32). The peak is at the nominal clock; a boost clock makes the true share lower.",
               f"- int8 model size: {_fmt(sizes['int8'] and sizes['int8'] / 1e6)} MB vs fp32 "
               f"{_fmt(sizes['fp32'] and sizes['fp32'] / 1e6)} MB ({_fmt(found['size_ratio'])}x smaller).",
-              f"- End to end / model only (throughput, 64 PNGs of 1024x1024, batch 16): {_pct(e2e)}.",
+              f"- End to end / model only (throughput, 64 PNGs of 1024x1024, batch 8): {_pct(e2e)}.",
               ]
     for size in (224, 1024):
         vec, loop = _median(idx.get(("eq", size, "equalize_batch"))), _median(idx.get(("eq", size, "cv2_loop")))

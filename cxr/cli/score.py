@@ -47,7 +47,9 @@ def _note(message: str, quiet: bool) -> None:
               help="ONNX model exported by cxr-export (or set CXR_MODEL).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="cuda fails rather than silently running on CPU; auto reports what it picked.")
-@click.option("--batch-size", type=click.IntRange(1, 4096), default=16, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=8, show_default=True,
+              help="Images per model call. 8 keeps DenseNet-121 at 224 under ~350 MB peak (16: ~530 MB) and is as "
+                   "fast per image on CPU; raise it on a GPU.")
 @click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True,
               help="Threads that read and preprocess images while the model runs.")
 @click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=None,

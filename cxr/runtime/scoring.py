@@ -228,7 +228,7 @@ def _load_one(path: Path, scorer_config) -> _Loaded:
         return _Loaded(None, (INTERNAL, f"{type(exc).__name__}: {exc}"), _ms(start))
 
 
-def score_folder(folder: str | os.PathLike, scorer: Scorer, batch_size: int = 16, workers: int = 2,
+def score_folder(folder: str | os.PathLike, scorer: Scorer, batch_size: int = 8, workers: int = 2,
                  on_item: Callable[[ScoreRow], None] | None = None, *, threshold: float | None = None,
                  files: Sequence[Path] | None = None) -> Iterator[ScoreRow]:
     """Score every image candidate under `folder`; yield one `ScoreRow` per file, in sorted relative-path order.
