@@ -59,7 +59,7 @@ class PreprocessConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "PreprocessConfig":
-        return _from_dict(cls, data, "preprocess")
+        return dataclass_from_dict(cls, data, "preprocess")
 
 
 @dataclass(frozen=True)
@@ -80,10 +80,11 @@ class Normalization:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Normalization":
-        return _from_dict(cls, data, "normalization")
+        return dataclass_from_dict(cls, data, "normalization")
 
 
-def _from_dict(cls, data: Mapping[str, Any], what: str):
+def dataclass_from_dict(cls, data: Mapping[str, Any], what: str):
+    """Build dataclass `cls` from JSON data; unknown keys (a file from another cxr version) are an error naming them."""
     if not isinstance(data, Mapping):
         raise ValueError(f"{what} must be a JSON object, got {type(data).__name__}")
     known = {f.name for f in dataclasses.fields(cls)}

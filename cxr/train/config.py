@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from cxr.runtime.preprocess import PreprocessConfig
+from cxr.runtime.preprocess import PreprocessConfig, dataclass_from_dict
 
 DATASET_KINDS = ("folder", "csv", "nih", "chexpert", "phantom")  # mirrors cxr.train.datasets.DATASET_KINDS
 ARCHS = ("densenet121", "densenet_tiny")  # cxr.train.model.ARCHS (kept torch-free here so --help is fast)
@@ -182,13 +182,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
         """Build from config.json; unknown keys are an error naming them (a config from another cxr version)."""
-        if not isinstance(data, Mapping):
-            raise ValueError(f"train config must be a JSON object, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"train config has unknown fields {unknown}")
-        return cls(**dict(data))
+        return dataclass_from_dict(cls, data, "train config")
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
