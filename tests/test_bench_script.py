@@ -53,7 +53,7 @@ def _target_rows(text: str) -> dict[str, str]:
 def test_render_targets_and_ratios(bench, tmp_path, ort_b1, torch_b1, e2e, rss_10k, verdicts):
     src, out = tmp_path / "latest.json", tmp_path / "BENCHMARKS.md"
     src.write_text(json.dumps(_data(ort_b1, torch_b1, e2e, 0.9, rss_10k)))
-    assert bench.main(["--render-only", str(src), "--out", str(out)]) == 0
+    assert bench.main(["--render-only", str(src), "--out", str(out), "--int8-report", str(tmp_path / "none")]) == 0
     text = out.read_text()
     rows = _target_rows(text)
     for key, verdict in verdicts.items():
@@ -66,8 +66,24 @@ def test_render_targets_and_ratios(bench, tmp_path, ort_b1, torch_b1, e2e, rss_1
     assert "No CUDA device on this machine" in text
 
 
+@pytest.mark.parametrize("change, verdict, written", [(-0.014, "MISS", False), (-0.004, "PASS", True)])
+def test_trained_int8_report_fills_the_auroc_loss(bench, tmp_path, change, verdict, written):
+    """make demo's export report (a trained model) gives the int8 AUROC change; both speed and AUROC decide."""
+    src, out, report = tmp_path / "latest.json", tmp_path / "BENCHMARKS.md", tmp_path / "model.validation.json"
+    src.write_text(json.dumps(_data(0.040, 0.080, 1.00, 0.9, 110.0)))
+    report.write_text(json.dumps({"variants": {"int8": {"auroc_change": change, "auroc_fp32": 0.9961,
+                                                        "auroc": 0.9961 + change, "n_labelled": 120,
+                                                        "written": written}}}))
+    assert bench.main(["--render-only", str(src), "--out", str(out), "--int8-report", str(report)]) == 0
+    row = _target_rows(out.read_text())["int8"]
+    assert f"AUROC change {change:+.4f}" in row and "120 validation images" in row
+    assert ("refused by the export guard" in row) is (not written)
+    assert f"**{verdict}**" in row and "(speed only)" not in row
+
+
 def test_render_only_without_benchmarks_fails(bench, tmp_path):
     src = tmp_path / "empty.json"
     src.write_text(json.dumps({"benchmarks": []}))
-    assert bench.main(["--render-only", str(src), "--out", str(tmp_path / "B.md")]) == 1
+    assert bench.main(["--render-only", str(src), "--out", str(tmp_path / "B.md"),
+                       "--int8-report", str(tmp_path / "none")]) == 1
     assert not (tmp_path / "B.md").exists()
