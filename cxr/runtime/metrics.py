@@ -90,12 +90,10 @@ def bootstrap_auroc_ci(y_true, scores, n_boot: int = 1000, seed: int = 0,
         raise ValueError("AUROC interval needs positives and negatives")
     rng = np.random.default_rng(seed)
     aucs = np.empty(n_boot, np.float64)
-    labels = np.r_[np.ones(pos.size, np.int64), np.zeros(neg.size, np.int64)]
     for b in range(n_boot):
         sample = np.r_[rng.choice(pos, pos.size), rng.choice(neg, neg.size)]
         ranks = _midranks(sample)
         aucs[b] = (ranks[: pos.size].sum() - pos.size * (pos.size + 1) / 2.0) / (pos.size * neg.size)
-    del labels
     alpha = (1.0 - confidence) / 2.0
     lo, hi = np.quantile(aucs, [alpha, 1.0 - alpha])
     return float(lo), float(hi)

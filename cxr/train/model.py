@@ -90,8 +90,7 @@ def load_imagenet_features(model: CardiomegalyNet) -> None:
     ref.load_state_dict(state)
     conv0 = ref.features.conv0.weight.detach().sum(dim=1, keepdim=True)
     feats = {k: v for k, v in ref.features.state_dict().items() if k != "conv0.weight"}
-    missing, unexpected = model.features.load_state_dict({**feats, "conv0.weight": conv0}, strict=True), None
-    del missing, unexpected
+    model.features.load_state_dict({**feats, "conv0.weight": conv0}, strict=True)
 
 
 def load_init_file(model: CardiomegalyNet, path: str | Path) -> None:
