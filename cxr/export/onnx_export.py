@@ -14,7 +14,6 @@ external data when asked for 17 (FIELD-NOTES); the opset of the written file is 
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import os
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from cxr.export.errors import ExportError
+from cxr.runtime.serialization import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -94,14 +94,6 @@ def _fmt(value: Any) -> str:
     return "n/a" if value is None else f"{value:+.4f}"
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def export_graph(model, opset: int, size: int, training: bool = False):
     """Trace `model` (uint8 [N,1,S,S] -> logit [N]) into an in-memory onnx.ModelProto with outputs logit and
     probability, N dynamic. `training=True` exists only so tests can produce a training-mode file."""
@@ -165,7 +157,7 @@ def versions() -> dict[str, str]:
 
 def build_card(ckpt: dict[str, Any], export_facts: dict[str, Any]):
     """The model card from the checkpoint: preprocess, normalization, threshold, training summary, export facts."""
-    from cxr.export.validate import jsonable
+    from cxr.runtime.serialization import jsonable
     from cxr.runtime.card import ModelCard, Threshold
     from cxr.runtime.preprocess import Normalization, PreprocessConfig
 

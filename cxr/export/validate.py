@@ -18,6 +18,7 @@ import numpy as np
 
 from cxr.export.errors import ExportError
 from cxr.runtime.card import INPUT_NAME, OUTPUT_NAMES
+from cxr.runtime.serialization import jsonable
 
 log = logging.getLogger(__name__)
 
@@ -243,27 +244,8 @@ def check_scorer(model_path: Path, images: np.ndarray, ort_probs: np.ndarray, re
 def write_report(report: dict[str, Any], path: Path) -> Path:
     """Write a JSON report atomically (NaN/inf become null; numpy arrays are left out)."""
     path = Path(path)
-    clean = jsonable({k: v for k, v in report.items() if not isinstance(v, np.ndarray)})
+    clean = jsonable(report, drop_arrays=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(clean, indent=2, sort_keys=True, allow_nan=False) + "\n")
     os.replace(tmp, path)
     return path
-
-
-def jsonable(obj: Any) -> Any:
-    """Plain JSON types: tuples to lists, paths to strings, numpy scalars to Python, NaN/inf to None."""
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items() if not isinstance(v, np.ndarray)}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if np.isfinite(obj) else None
-    if obj is None or isinstance(obj, str):
-        return obj
-    if hasattr(obj, "tolist"):  # 0-d tensors or arrays
-        return jsonable(obj.tolist())
-    return str(obj)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import math
 import os
 import platform
 import sys
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from cxr.runtime.scoring import ScoreRow
+from cxr.runtime.serialization import jsonable
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ def write_json_atomic(path: str | os.PathLike, data: Mapping[str, Any]) -> Path:
     os.fchmod(fd, _file_mode())
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(_json_safe(data), fh, indent=2, sort_keys=False, allow_nan=False)
+            json.dump(jsonable(data), fh, indent=2, sort_keys=False, allow_nan=False)
             fh.write("\n")
             fh.flush()
             os.fsync(fh.fileno())
@@ -151,20 +151,6 @@ def write_json_atomic(path: str | os.PathLike, data: Mapping[str, Any]) -> Path:
         raise
     _fsync_dir(path.parent)
     return path
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "item") and callable(value.item):  # numpy scalars
-        return _json_safe(value.item())
-    return value
 
 
 def _file_mode() -> int:

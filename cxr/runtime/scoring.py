@@ -8,7 +8,6 @@ error row, so one bad image never stops a run.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
@@ -25,6 +24,7 @@ import numpy as np
 from cxr.runtime.card import INPUT_NAME, OUTPUT_NAMES, ModelCard
 from cxr.runtime.errors import ImageError, ModelCardError, ModelLoadError, ProviderError
 from cxr.runtime.preprocess import preprocess_batch
+from cxr.runtime.serialization import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -142,11 +142,7 @@ class Scorer:
     @cached_property
     def model_sha256(self) -> str:
         """SHA-256 of the model file, computed on first use (the manifest records it)."""
-        digest = hashlib.sha256()
-        with open(self.model_path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-        return digest.hexdigest()
+        return sha256_file(self.model_path)
 
     def _check_batch(self, batch) -> np.ndarray:
         if not isinstance(batch, np.ndarray):

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 import cxr
 from cxr.runtime.card import Threshold
+from cxr.runtime.serialization import jsonable
 from cxr.train import distributed as D
 from cxr.train import rundir
 from cxr.train.checkpoints import load_checkpoint, save_checkpoint
@@ -251,7 +252,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, ctx: D.DistContext)
         log.info("epoch %d: lr %.2e train_loss %.4f val_loss %.4f val_auroc %.4f%s", epoch, lr, train_loss,
                  ev.loss, row["val_auroc"], " (best)" if improved else "")
         if ctx.is_main:
-            val_metrics = rundir.jsonable({"val": {k[4:]: v for k, v in row.items() if k.startswith("val_")}})
+            val_metrics = jsonable({"val": {k[4:]: v for k, v in row.items() if k.startswith("val_")}})
             if improved:
                 save_checkpoint(_payload("best", model, config, data, threshold, val_metrics, epoch),
                                 run_dir / "best.pt")
@@ -288,7 +289,7 @@ def _finish(config, run_dir, ctx, data, model, best_state, stop, history, evals,
         "metrics": metrics,
     }
     if ctx.is_main:
-        save_checkpoint(_payload("best", model, config, data, threshold, rundir.jsonable(metrics),
+        save_checkpoint(_payload("best", model, config, data, threshold, jsonable(metrics),
                                  stop["best_epoch"]), run_dir / "best.pt")
         rundir.write_json(run_dir / "metrics.json", summary)
         from cxr.train import plots

@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from cxr.runtime.serialization import jsonable
+
 HISTORY_COLUMNS = ("epoch", "lr", "train_loss", "val_loss", "val_auroc", "val_auprc", "val_sensitivity",
                    "val_specificity", "val_f1", "threshold", "seconds", "is_best")
 RUN_FILES = ("config.json", "splits.csv", "history.csv", "best.pt", "last.pt", "metrics.json")
@@ -22,19 +24,6 @@ def _atomic_write(path: Path, text: str) -> Path:
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
     return path
-
-
-def jsonable(value: Any) -> Any:
-    """NaN/inf become null (strict JSON), numpy scalars become Python numbers, tuples become lists."""
-    if isinstance(value, Mapping):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def write_json(path: Path, data: Mapping[str, Any]) -> Path:
