@@ -87,3 +87,40 @@ def test_fp16_copy(tiny_run, tmp_path):
     assert {o.type for o in session.get_outputs()} == {"tensor(float)"}
     prob = session.run(["probability"], {"image": np.zeros((3, 1, 64, 64), np.uint8)})[0]
     assert prob.shape == (3,) and prob.dtype == np.float32
+
+
+def test_int8_keeps_stem_and_classifier_float(int8_export):
+    """The stem Conv reads the equalized image (flat 0..255 histogram), where uint8 x int8 kernels without VNNI
+    saturate; it and the classifier stay float, every other Conv is quantized."""
+    fp32 = onnx.load(str(int8_export.path))
+    int8 = onnx.load(str(side_path(int8_export.path, "int8.onnx")))
+    produced_by = {out: node.op_type for node in int8.graph.node for out in node.output}
+    convs = [n for n in int8.graph.node if n.op_type == "Conv"]
+    assert len(convs) == sum(n.op_type == "Conv" for n in fp32.graph.node) >= 3
+    weight_from_dq = [produced_by.get(n.input[1]) == "DequantizeLinear" for n in convs]
+    assert weight_from_dq[0] is False and all(weight_from_dq[1:])
+    assert produced_by.get(convs[0].input[0]) != "DequantizeLinear"  # float activations into the stem
+    gemm = [n for n in int8.graph.node if n.op_type == "Gemm"]
+    assert len(gemm) == 1 and produced_by.get(gemm[0].input[1]) != "DequantizeLinear"
+    kept = int8_export.variants["int8"]["settings"]["kept_float"]
+    assert len(kept) == 2 and "stem Conv" in kept[0] and "classifier Gemm" in kept[1]
+    session, card = _card(side_path(int8_export.path, "int8.onnx"))
+    assert card.export["reduced_precision"]["kept_float"] == kept
+
+
+def test_float_nodes_names_unnamed_nodes():
+    from onnx import TensorProto, helper
+
+    from cxr.export.quantize import float_nodes
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])
+    w1 = helper.make_tensor("w1", TensorProto.FLOAT, [1, 1, 1, 1], [1.0])
+    w2 = helper.make_tensor("w2", TensorProto.FLOAT, [1, 1, 1, 1], [1.0])
+    wg = helper.make_tensor("wg", TensorProto.FLOAT, [2, 16], [0.1] * 32)
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"]), helper.make_node("Conv", ["a", "w2"], ["b"], name="c2"),
+             helper.make_node("Flatten", ["b"], ["f"]), helper.make_node("Gemm", ["f", "wg"], ["y"], transB=1)]
+    proto = helper.make_model(helper.make_graph(nodes, "g", [x], [y], [w1, w2, wg]))
+    names, why = float_nodes(proto)
+    assert names == ["n0", "n3"] and proto.graph.node[0].name == "n0" and proto.graph.node[1].name == "c2"
+    assert "stem Conv" in why[0] and "classifier Gemm" in why[1]
