@@ -99,6 +99,29 @@ def bootstrap_auroc_ci(y_true, scores, n_boot: int = 1000, seed: int = 0,
     return float(lo), float(hi)
 
 
+def bootstrap_auroc_change_ci(y_true, scores_a, scores_b, n_boot: int = 1000, seed: int = 0,
+                              confidence: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval for AUROC(b) - AUROC(a) of two models scored on the same images (paired: each
+    resample takes the same images for both; positives and negatives resampled separately, as above)."""
+    y, a = _check(y_true, scores_a)
+    _, b = _check(y_true, scores_b)
+    if a.shape != b.shape:
+        raise ValueError(f"paired scores differ in length: {a.size} vs {b.size}")
+    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    if pos.size == 0 or neg.size == 0:
+        raise ValueError("AUROC interval needs positives and negatives")
+    rng = np.random.default_rng(seed)
+    diffs = np.empty(n_boot, np.float64)
+    for i in range(n_boot):
+        take = np.r_[rng.choice(pos, pos.size), rng.choice(neg, neg.size)]
+        auc = [(_midranks(s[take])[: pos.size].sum() - pos.size * (pos.size + 1) / 2.0) / (pos.size * neg.size)
+               for s in (a, b)]
+        diffs[i] = auc[1] - auc[0]
+    alpha = (1.0 - confidence) / 2.0
+    lo, hi = np.quantile(diffs, [alpha, 1.0 - alpha])
+    return float(lo), float(hi)
+
+
 def binary_metrics(y_true, probabilities, threshold: float) -> dict[str, Any]:
     """Confusion counts and rates at `probability >= threshold`. Undefined ratios are NaN, never a made-up 0."""
     y, p = _check(y_true, probabilities)

@@ -49,6 +49,29 @@ def test_bootstrap_interval_contains_estimate_and_is_seeded():
     assert (lo, hi) == metrics.bootstrap_auroc_ci(y, s, n_boot=300, seed=7)
 
 
+def test_paired_auroc_change_interval():
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 2, 300)
+    a = rng.random(300) + 0.5 * y
+    # identical models: every paired resample gives exactly zero change
+    assert metrics.bootstrap_auroc_change_ci(y, a, a, n_boot=200) == (0.0, 0.0)
+    # a model with more signal: the interval holds the observed change and lies above zero
+    b = a + 0.5 * y
+    change = metrics.roc_auc(y, b) - metrics.roc_auc(y, a)
+    lo, hi = metrics.bootstrap_auroc_change_ci(y, a, b, n_boot=300, seed=3)
+    assert 0.0 < lo < change < hi
+    assert (lo, hi) == metrics.bootstrap_auroc_change_ci(y, a, b, n_boot=300, seed=3)
+    # pairing makes the interval of a small perturbation much narrower than the unpaired AUROC interval
+    c = a + rng.normal(0, 0.01, 300)
+    lo_c, hi_c = metrics.bootstrap_auroc_change_ci(y, a, c, n_boot=300)
+    lo_a, hi_a = metrics.bootstrap_auroc_ci(y, a, n_boot=300)
+    assert hi_c - lo_c < (hi_a - lo_a) / 4
+    with pytest.raises(ValueError, match="differ in length"):
+        metrics.bootstrap_auroc_change_ci(y, a, a[:-1])
+    with pytest.raises(ValueError, match="positives and negatives"):
+        metrics.bootstrap_auroc_change_ci([1, 1], [0.1, 0.2], [0.2, 0.3])
+
+
 def test_single_class_gives_nan_auroc_not_a_number_made_up():
     out = metrics.summarize([1, 1, 1], [0.2, 0.7, 0.9], threshold=0.5, n_boot=10)
     assert math.isnan(out["auroc"]) and out["sensitivity"] == pytest.approx(2 / 3)
