@@ -52,6 +52,9 @@ def _note(message: str, quiet: bool) -> None:
                    "fast per image on CPU; raise it on a GPU.")
 @click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True,
               help="Threads that read and preprocess images while the model runs.")
+@click.option("--threads", type=click.IntRange(1, 1024), default=None,
+              help="Intra-op threads for ONNX Runtime (default: its own choice, one per physical core). Lower it "
+                   "to share the machine with other work.")
 @click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=None,
               help="Decision threshold for the cardiomegaly column; default: the model card's.")
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
@@ -59,7 +62,7 @@ def _note(message: str, quiet: bool) -> None:
                    "adds metrics to the manifest.")
 @click.option("--quiet", is_flag=True, help="No progress bar and no summary; errors only.")
 @click.version_option(__version__, prog_name="cxr-score")
-def main(folder: Path, out: Path, model: Path, device: str, batch_size: int, workers: int,
+def main(folder: Path, out: Path, model: Path, device: str, batch_size: int, workers: int, threads: int | None,
          threshold: float | None, labels: Path | None, quiet: bool) -> None:
     """Score every image under FOLDER (recursively, sorted) for cardiomegaly.
 
@@ -96,7 +99,7 @@ def main(folder: Path, out: Path, model: Path, device: str, batch_size: int, wor
 
     try:  # until scoring starts, any exit (Ctrl-C during a long walk included) removes the temporary file
         try:
-            scorer = Scorer(model, device=device)
+            scorer = Scorer(model, device=device, threads=threads)
         except CxrError as exc:
             _error(str(exc))
             sys.exit(EXIT_FAILED)
@@ -155,7 +158,7 @@ def main(folder: Path, out: Path, model: Path, device: str, batch_size: int, wor
         started=started_wall, finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         total_s=time.perf_counter() - t0, scoring_s=scoring_s, command=sys.argv, labels=label_report,
         options={"folder": folder, "out": out, "model": model, "device": device, "batch_size": batch_size,
-                 "workers": workers, "threshold": threshold, "labels": labels, "quiet": quiet})
+                 "workers": workers, "threads": threads, "threshold": threshold, "labels": labels, "quiet": quiet})
     mpath = manifest_path(out)
     try:
         write_json_atomic(mpath, manifest)

@@ -240,7 +240,8 @@ def build_manifest(*, scorer, folder: Path, out: Path, tally: Tally, walk, thres
                   "sha256": scorer.model_sha256, "size_bytes": Path(scorer.model_path).stat().st_size},
         "card": card_summary(scorer.card),
         "threshold": {"value": float(threshold), "source": threshold_source},
-        "device": {"requested": scorer.requested_device, "used": scorer.device, "providers": scorer.providers},
+        "device": {"requested": scorer.requested_device, "used": scorer.device, "providers": scorer.providers,
+                   "intra_op_threads": scorer.threads},  # None: onnxruntime's default
         "counts": {
             "files": tally.files, "ok": tally.ok, "error": tally.error, "by_error_code": dict(sorted(tally.by_code.items())),
             "skipped_non_images": walk.skipped_non_images, "skipped_hidden": walk.skipped_hidden,

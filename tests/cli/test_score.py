@@ -72,7 +72,8 @@ def test_mixed_folder_one_row_per_file_error_codes_and_exit_3(tiny_model, mixed_
     counts = manifest["counts"]
     assert (counts["files"], counts["ok"], counts["error"]) == (len(good) + len(bad), len(good), len(bad))
     assert sum(counts["by_error_code"].values()) == len(bad)
-    assert manifest["device"] == {"requested": "cpu", "used": "cpu", "providers": ["CPUExecutionProvider"]}
+    assert manifest["device"] == {"requested": "cpu", "used": "cpu", "providers": ["CPUExecutionProvider"],
+                                  "intra_op_threads": None}
     assert manifest["threshold"] == {"value": 0.5, "source": "card"}
     assert len(manifest["model"]["sha256"]) == 64
     assert f"{len(bad)} error" in result.stderr
@@ -95,6 +96,30 @@ def test_all_good_exit_0_relative_out_stays_where_given(tiny_model, good_folder,
     assert list(rows) == names and all(r["status"] == "ok" for r in rows.values())
     manifest = json.loads((work / "scores.manifest.json").read_text())
     assert manifest["counts"]["skipped_non_images"] == 1
+
+
+def test_threads_reach_the_session_and_the_manifest(tiny_model, good_folder, tmp_path, monkeypatch):
+    from cxr.runtime import scoring
+
+    folder, names = good_folder
+    seen = []
+    real_session = scoring.Scorer._load
+
+    def spy(self):
+        seen.append(self.threads)
+        real_session(self)
+
+    monkeypatch.setattr(scoring.Scorer, "_load", spy)
+    result = run(folder, "--out", tmp_path / "t.csv", "--model", tiny_model, "--threads", "1", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert seen == [1]
+    manifest = json.loads((tmp_path / "t.manifest.json").read_text())
+    assert manifest["device"]["intra_op_threads"] == 1 and manifest["options"]["threads"] == 1
+    default = run(folder, "--out", tmp_path / "d.csv", "--model", tiny_model, "--quiet")
+    assert default.exit_code == 0 and seen == [1, None]
+    assert json.loads((tmp_path / "d.manifest.json").read_text())["device"]["intra_op_threads"] is None
+    bad = run(folder, "--out", tmp_path / "b.csv", "--model", tiny_model, "--threads", "0")
+    assert bad.exit_code == 2 and "--threads" in bad.output and not (tmp_path / "b.csv").exists()
 
 
 def test_threshold_override_is_used_and_reported(tiny_model, good_folder, tmp_path):

@@ -134,6 +134,15 @@ def test_bad_constructor_arguments(tiny_model, kwargs):
         Scorer(tiny_model, **kwargs)
 
 
+def test_threads_set_the_session_and_survive_pickling(tiny_model):
+    import pickle
+
+    scorer = Scorer(tiny_model, device="cpu", threads=1)
+    assert scorer._session.get_session_options().intra_op_num_threads == 1
+    again = pickle.loads(pickle.dumps(scorer))
+    assert again.threads == 1 and again._session.get_session_options().intra_op_num_threads == 1
+
+
 # ---- score_folder ----------------------------------------------------------------------------------------------
 
 @pytest.fixture()
