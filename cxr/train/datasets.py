@@ -186,19 +186,22 @@ def _subdirs(folder: Path) -> list[Path]:
 
 
 def _walk_images(folder: Path, skipped: list[tuple[str, str]]) -> list[Path]:
-    """Image files under folder, recursively, sorted; other files go to `skipped`. Hidden entries are ignored."""
-    out = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if name.startswith("."):
-                continue
-            path = Path(dirpath) / name
-            if is_image_file(path):
-                out.append(path)
-            else:
-                skipped.append((str(path), "not an image file"))
-    return sorted(out)
+    """Image files under folder, recursively, sorted; other files go to `skipped`. Hidden entries are ignored.
+    The runtime's walk (cxr.runtime.walk): symlinked folders are followed, but a link back to a folder above it is
+    a skipped entry, not a loop that lists every image again at each level."""
+    from cxr.runtime.walk import find_images
+
+    def candidate(path: Path) -> bool:
+        if is_image_file(path):
+            return True
+        skipped.append((str(path), "not an image file"))
+        return False
+
+    result = find_images(folder, is_candidate=candidate)
+    for line in result.problems:  # "rel/path: what is wrong"
+        rel, _, reason = line.partition(": ")
+        skipped.append((str(folder / rel), reason))
+    return [folder / f for f in result.files]
 
 
 # ------------------------------------------------------------------------------------------------ csv

@@ -56,6 +56,19 @@ def test_folder_with_split_folders(tmp_path):
     assert reasons == {"notes.txt": "not an image file", "Other": "not a class folder", "extras": "not a split folder"}
 
 
+def test_folder_symlink_loop_lists_each_image_once(tmp_path):
+    write_png(tmp_path / "Cardiomegaly" / "a.png")
+    write_png(tmp_path / "Normal" / "sub" / "b.png")
+    (tmp_path / "Normal" / "sub" / "back").symlink_to(tmp_path / "Normal", target_is_directory=True)
+    write_png(tmp_path / "elsewhere" / "c.png")
+    (tmp_path / "Normal" / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    index = load_dataset("folder", tmp_path)
+    names = sorted(s.path.relative_to(tmp_path).as_posix() for s in index.samples)
+    assert names == ["Cardiomegaly/a.png", "Normal/linked/c.png", "Normal/sub/b.png"]  # followed, not looped
+    loops = [(Path(p).relative_to(tmp_path).as_posix(), r) for p, r in index.skipped if "loop" in r]
+    assert loops == [("Normal/sub/back", "symlink loop (points back to a folder above it), not followed")]
+
+
 def test_folder_without_split_folders_and_custom_class_names(tmp_path):
     write_png(tmp_path / "enlarged" / "x.png")
     write_png(tmp_path / "enlarged" / "y.png")
