@@ -41,6 +41,13 @@ def _jpeg_bytes(image: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
+def _webp_bytes(image: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".webp", image)
+    if not ok:
+        raise RuntimeError("cv2 could not encode a WebP")
+    return buf.tobytes()
+
+
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
@@ -109,6 +116,7 @@ def write_bad_files(folder: Path) -> dict[str, str]:
         "tiny.png": (_png_bytes(np.full((1, 1), 200, np.uint8)), errors.TOO_SMALL),
         "constant.png": (_png_bytes(np.full((256, 256), 128, np.uint8)), errors.BLANK),
         "huge.png": (huge_png_bytes(), errors.TOO_LARGE),
+        "scan.webp": (_webp_bytes(chest_like()), errors.UNSUPPORTED),  # a real image in a format cxr refuses
     }
     for name, (data, _) in files.items():
         (folder / name).write_bytes(data)

@@ -44,6 +44,8 @@ from cxr.runtime.errors import (
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom"})
+UNSUPPORTED_SUFFIXES = frozenset({".gif", ".webp", ".jp2", ".j2k", ".jpx", ".heic", ".heif"})
+"""Image formats cxr does not read: such files still become rows (error `unsupported`), never silently skipped."""
 MIN_SIDE = 32  # pixels; a side shorter than this is `too_small`
 MAX_PIXELS = 100_000_000  # rows * columns above this is `too_large` (checked from the header, before decoding)
 MAX_FILE_BYTES = 1 << 30  # files larger than this are `too_large` without being read
@@ -72,18 +74,29 @@ def _sniff(head: bytes) -> str | None:
     return None
 
 
+def _other_image(head: bytes) -> str | None:
+    """The name of an image format cxr does not read (GIF, WebP, JPEG 2000) that the first bytes announce."""
+    for magic, name in _OTHER_IMAGES.items():
+        if head.startswith(magic):
+            return name
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    return None
+
+
 def is_image_candidate(path: Path) -> bool:
-    """True when `path` should become a row when scoring a folder: a known image suffix, or a known signature
-    (DICM at byte 128, PNG, JPEG, TIFF, BMP) in a file with another or no suffix. Reads at most 132 bytes."""
+    """True when `path` should become a row when scoring a folder: a known image suffix (read or refused, see
+    UNSUPPORTED_SUFFIXES), or a known signature (DICM at byte 128, PNG, JPEG, TIFF, BMP; GIF, WebP, JPEG 2000) in
+    a file with another or no suffix. Reads at most 132 bytes."""
     path = Path(path)
-    if path.suffix.lower() in IMAGE_SUFFIXES:
+    if path.suffix.lower() in IMAGE_SUFFIXES or path.suffix.lower() in UNSUPPORTED_SUFFIXES:
         return True
     try:
         with open(path, "rb") as f:
             head = f.read(132)
     except OSError:
         return False
-    return _sniff(head) is not None
+    return _sniff(head) is not None or _other_image(head) is not None
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -95,6 +108,10 @@ def read_image(path: str | Path) -> np.ndarray:
         image = _read_dicom(path, data)
     elif kind is not None:
         image = _read_raster(path, data, kind)
+    elif (other := _other_image(data[:132])) is not None or path.suffix.lower() in UNSUPPORTED_SUFFIXES:
+        other = other or path.suffix.lower()[1:].upper()
+        raise ImageError(UNSUPPORTED, path, f"{other} images are not supported (convert to PNG; cxr reads PNG, "
+                                            "JPEG, TIFF, BMP and DICOM)")
     else:
         raise ImageError(NOT_AN_IMAGE, path, _unknown_bytes_message(path, data))
     _check_size(path, *image.shape)
@@ -121,11 +138,6 @@ def _read_bytes(path: Path) -> bytes:
 
 
 def _unknown_bytes_message(path: Path, data: bytes) -> str:
-    for magic, name in _OTHER_IMAGES.items():
-        if data.startswith(magic):
-            return f"{name} images are not supported (use PNG, JPEG, TIFF, BMP or DICOM)"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "WebP images are not supported (use PNG, JPEG, TIFF, BMP or DICOM)"
     if path.suffix.lower() in _DICOM_SUFFIXES:
         return "named like DICOM but is not DICOM (no 'DICM' marker at byte 128)"
     return "not a PNG, JPEG, TIFF, BMP or DICOM file (unrecognised content)"

@@ -99,7 +99,7 @@ def bad_folder(tmp_path_factory) -> tuple[Path, dict[str, str]]:
 
 
 BAD_NAMES = ["empty.png", "truncated.png", "truncated.jpg", "notes.png", "random.dcm", "nopixels.dcm", "tiny.png",
-             "constant.png", "huge.png", "multiframe.dcm"]
+             "constant.png", "huge.png", "multiframe.dcm", "scan.webp"]
 
 
 @pytest.mark.parametrize("name", BAD_NAMES)
@@ -270,11 +270,37 @@ def test_dicom_cases(tmp_path, case, code):
     ("photo", b"\x89PNG\r\n\x1a\n" + b"\0" * 32, True),
     ("image.jpeg.bak", b"\xff\xd8\xff\xe0", True),
     ("data.bin", b"\0" * 200, False),
+    ("scan.webp", b"", True),  # a format cxr refuses still becomes a row, never a silent skip
+    ("scan.GIF", b"", True),
+    ("export", b"GIF89a" + b"\0" * 20, True),
+    ("frame", b"RIFF\0\0\0\0WEBPVP8 " + b"\0" * 20, True),
 ])
 def test_is_image_candidate(tmp_path, name, content, expected):
     path = tmp_path / name
     path.write_bytes(content)
     assert is_image_candidate(path) is expected
+
+
+@pytest.mark.parametrize("name,write,shown", [
+    ("xray.webp", "cv2", "WebP images are not supported"),
+    ("xray.gif", b"GIF89a\x40\x00\x40\x00" + b"\0" * 40, "GIF images are not supported"),
+    ("xray.jp2", b"\x00\x00\x00\x0cjP  \r\n\x87\n" + b"\0" * 40, "JPEG 2000 images are not supported"),
+    ("noext", b"GIF87a" + b"\0" * 40, "GIF images are not supported"),
+    ("xray.png", b"RIFF\0\0\0\0WEBPVP8 " + b"\0" * 40, "WebP images are not supported"),  # misnamed
+    ("xray.heic", b"\0\0\0\x18ftypheic" + b"\0" * 40, "HEIC images are not supported"),
+])
+def test_other_image_formats_are_unsupported_rows(tmp_path, name, write, shown):
+    path = tmp_path / name
+    if write == "cv2":
+        image = np.tile(np.arange(64, dtype=np.uint8), (64, 1))
+        assert cv2.imwrite(str(path), image), "this OpenCV cannot write WebP"
+    else:
+        path.write_bytes(write)
+    assert is_image_candidate(path)
+    with pytest.raises(ImageError) as info:
+        read_image(path)
+    assert info.value.code == errors.UNSUPPORTED
+    assert shown in str(info.value) and "convert to PNG" in str(info.value) and str(path) in str(info.value)
 
 
 def test_public_constants():
