@@ -139,6 +139,8 @@ def main(folder: Path, out: Path, model: Path, device: str, batch_size: int, wor
         scoring_s = time.perf_counter() - t_score
         bar.close()
         writer.commit()
+        if writer.removed_partial is not None:
+            _note(f"removed {writer.removed_partial}, left by an earlier interrupted run: {out} is complete", quiet)
     except KeyboardInterrupt:
         bar.close()
         kept = writer.abort()

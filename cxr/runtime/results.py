@@ -2,7 +2,8 @@
 
 The CSV goes to a temporary file beside the final one, one flushed line per row; on success it is fsync'd and
 `os.replace`d onto the final name (atomic on POSIX). On failure the rows already done are kept as `<out>.partial`
-and the final name is left untouched (a previous results file there survives).
+and the final name is left untouched (a previous results file there survives). A later run that completes removes a
+`<out>.partial` left by an earlier interrupted one, since the complete results now stand beside it.
 Columns: path,prob_cardiomegaly,cardiomegaly,status,error (see DESIGN.md, 'The results contract').
 """
 
@@ -78,6 +79,8 @@ class ResultsWriter:
         self._fh.flush()
         self.rows = 0
         self.partial: Path | None = None
+        self.removed_partial: Path | None = None
+        """A `<out>.partial` from an earlier interrupted run that commit() removed (None when there was none)."""
         self.done = False
 
     def write(self, row: ScoreRow) -> None:
@@ -95,6 +98,15 @@ class ResultsWriter:
         """fsync and atomically move the temporary file onto `out`."""
         self._close()
         os.replace(self.tmp, self.out)
+        stale = partial_path(self.out)
+        try:
+            stale.unlink()
+            self.removed_partial = stale
+        except FileNotFoundError:
+            pass
+        except OSError as exc:  # the results are committed; an old leftover that cannot go is only worth a warning
+            logger.warning("%s: could not remove this leftover of an interrupted run: %s",
+                                                stale, exc.strerror or exc)
         _fsync_dir(self.out.parent)
         self.done = True
         return self.out

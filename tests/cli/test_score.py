@@ -264,6 +264,11 @@ def test_interrupt_keeps_partial_and_the_previous_results(tiny_model, good_folde
     assert list(read_rows(tmp_path / "r.csv.partial")) == names[:2]
     assert "interrupted after 2 of" in result.stderr and "r.csv.partial" in result.stderr
     assert not (tmp_path / "r.manifest.json").exists()
+    monkeypatch.setattr(scoring, "score_folder", real)  # the run is repeated and completes
+    again = run(folder, "--out", out, "--model", tiny_model)
+    assert again.exit_code == 0 and list(read_rows(out)) == names
+    assert f"removed {tmp_path / 'r.csv.partial'}, left by an earlier interrupted run" in again.stderr
+    assert not (tmp_path / "r.csv.partial").exists()
 
 
 def test_version_and_help_are_fast_paths():

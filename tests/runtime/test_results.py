@@ -93,6 +93,25 @@ def test_crash_keeps_partial_and_never_touches_the_final_name(tmp_path, crash):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.csv", "results.csv.partial"]
 
 
+def test_a_complete_run_removes_the_partial_of_an_interrupted_one(tmp_path):
+    out = tmp_path / "results.csv"
+    with pytest.raises(KeyboardInterrupt):
+        with ResultsWriter(out) as writer:
+            writer.write(ok("1.png", 0.25, 0))
+            raise KeyboardInterrupt
+    assert partial_path(out).is_file()
+    with ResultsWriter(out) as again:
+        again.write(ok("1.png", 0.25, 0))
+        again.write(ok("2.png", 0.75, 1))
+        again.commit()
+    assert again.removed_partial == partial_path(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.csv"]
+    assert len(out.read_text().splitlines()) == 3
+    with ResultsWriter(out) as third:  # nothing stale: nothing removed
+        third.commit()
+    assert third.removed_partial is None and out.read_text().splitlines() == [",".join(COLUMNS)]
+
+
 def test_crash_before_any_row_leaves_nothing(tmp_path):
     out = tmp_path / "results.csv"
     with pytest.raises(KeyboardInterrupt):
