@@ -265,13 +265,39 @@ def targets_section(found: dict, idx: dict) -> list[str]:
 
 
 def cuda_section(data: dict) -> list[str]:
-    used = {p for b in data["benchmarks"] for p in (b.get("extra_info", {}).get("providers") or [])
-            if isinstance(b.get("extra_info", {}).get("providers"), list)}
-    if "CUDAExecutionProvider" in used:
-        return ["## CUDA", "", "CUDA benchmarks are in the table above (providers=CUDA).", ""]
-    return ["## CUDA", "", "No CUDA device on this machine; run `cxr-bench --model model.onnx --device cuda "
-            "--batch-sizes 1,8,32 --json cuda.json` on a GPU machine (I/O binding: the input is copied to the GPU "
-            "once, outputs stay on the device).", ""]
+    """Issue 5 item 5: batch 64, fp32 and fp16, ONNX Runtime CUDA EP (I/O binding) against PyTorch eager, card named."""
+    rows = {(b["extra_info"].get("engine"), b["extra_info"].get("precision")): b for b in data["benchmarks"]
+            if (b.get("group") or "").startswith("cuda-b")}
+    if not rows:
+        return ["## CUDA", "", "No CUDA device in this run. On a GPU machine, `make bench` adds batch-64 fp32/fp16 rows "
+                "for ONNX Runtime's CUDA execution provider (onnxruntime-gpu, I/O binding) and PyTorch eager on the "
+                "same card (benchmarks/bench_cuda.py); `cxr-bench --model model.onnx --device cuda --batch-sizes "
+                "1,8,64 --json cuda.json` times any exported model there.", ""]
+    gpus = sorted({b["extra_info"].get("gpu", "unknown GPU") for b in rows.values()})
+    batch = next(iter(rows.values()))["extra_info"].get("batch", "?")
+    lines = ["## CUDA", "", f"Card: {', '.join(gpus)}. Batch {batch}, input already on the GPU, every call synchronized.",
+             "", "| engine | precision | median ms per batch | IQR ms | ms / image | images/s |",
+             "|---|---|---:|---:|---:|---:|"]
+    for (engine, precision), b in sorted(rows.items()):
+        med, n = b["stats"]["median"], b["extra_info"].get("images") or 1
+        label = "ONNX Runtime CUDA EP (I/O binding)" if engine == "onnxruntime" else "PyTorch eager"
+        lines.append(f"| {label} | {precision} | {med * 1000:.2f} | {b['stats']['iqr'] * 1000:.2f} | "
+                     f"{med * 1000 / n:.3f} | {n / med:.0f} |")
+    lines.append("")
+    for precision in ("fp32", "fp16"):
+        ort_b, pt_b = rows.get(("onnxruntime", precision)), rows.get(("pytorch", precision))
+        if ort_b and pt_b:
+            lines.append(f"- ONNX Runtime / PyTorch at {precision}: {_ratio(_median(pt_b), _median(ort_b)):.2f}x "
+                         "the throughput.")
+    for engine in ("onnxruntime", "pytorch"):
+        f32, f16 = rows.get((engine, "fp32")), rows.get((engine, "fp16"))
+        if f32 and f16:
+            lines.append(f"- fp16 / fp32 with {engine}: {_ratio(_median(f32), _median(f16)):.2f}x the throughput.")
+    for engine, why in (("onnxruntime", "no CUDAExecutionProvider: onnxruntime-gpu is not installed"),
+                        ("pytorch", "torch saw no CUDA device")):
+        if not any(e == engine for e, _ in rows):
+            lines.append(f"- No {engine} rows: {why}.")
+    return lines + [""]
 
 
 def render(data: dict) -> str:

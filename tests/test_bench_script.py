@@ -72,7 +72,7 @@ def test_render_targets_and_ratios(bench, tmp_path, ort_b1, torch_b1, e2e, rss, 
     assert f"{rss:.0f} MB peak RSS: DenseNet-121 fp32 at 224 on 10,000 files" in rows["cxr-score"]
     assert "4.00x smaller" in text and "Peak fp32: 160.0 GFLOP/s" in text
     assert "1 of 300 decisions flip" in text and "Kept float: conv0 (stem Conv)" in text
-    assert "No CUDA device on this machine" in text
+    assert "No CUDA device in this run" in text
 
 
 @pytest.mark.parametrize("change, verdict", [(-0.014, "MISS"), (-0.004, "PASS")])
@@ -109,6 +109,24 @@ def test_demo_run_is_reused_when_finished(bench, tmp_path, monkeypatch):
     (tmp_path / "phantom_holdout").mkdir()
     (tmp_path / "phantom_holdout" / "labels.csv").write_text("path,label\n")
     assert bench.ensure_demo_run(tmp_path) == 0 and len(calls) == 1
+
+
+def test_cuda_rows_name_the_card_and_give_the_ratios(bench, tmp_path):
+    data = _data(0.040, 0.080, 1.00, 0.9, 350.0)
+    gpu = {"gpu": "NVIDIA H100 80GB HBM3", "batch": 64, "images": 64}
+    data["benchmarks"] += [
+        _bench("ort32", "cuda-b64", 0.100, engine="onnxruntime", precision="fp32", **gpu),
+        _bench("ort16", "cuda-b64", 0.040, engine="onnxruntime", precision="fp16", **gpu),
+        _bench("pt32", "cuda-b64", 0.150, engine="pytorch", precision="fp32", **gpu)]
+    src, out = tmp_path / "latest.json", tmp_path / "BENCHMARKS.md"
+    src.write_text(json.dumps(data))
+    assert bench.main(["--render-only", str(src), "--out", str(out)]) == 0
+    cuda = out.read_text().split("## CUDA", 1)[1]
+    assert "Card: NVIDIA H100 80GB HBM3. Batch 64" in cuda
+    assert "| ONNX Runtime CUDA EP (I/O binding) | fp16 | 40.00 | 0.00 | 0.625 | 1600 |" in cuda
+    assert "ONNX Runtime / PyTorch at fp32: 1.50x" in cuda and "fp16 / fp32 with onnxruntime: 2.50x" in cuda
+    assert "at fp16:" not in cuda  # no PyTorch fp16 row, no made-up ratio
+    assert "No CUDA device" not in cuda and "No pytorch rows" not in cuda
 
 
 def test_render_only_without_benchmarks_fails(bench, tmp_path):
