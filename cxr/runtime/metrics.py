@@ -81,22 +81,32 @@ def average_precision(y_true, scores) -> float:
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
+def _bootstrap_aucs(y: np.ndarray, score_sets: list[np.ndarray], n_boot: int, seed: int) -> np.ndarray:
+    """AUROC of each score set on `n_boot` stratified resamples (positives and negatives drawn separately, the same
+    images for every set): float64 [n_boot, len(score_sets)]."""
+    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    if pos.size == 0 or neg.size == 0:
+        raise ValueError("AUROC interval needs positives and negatives")
+    rng = np.random.default_rng(seed)
+    aucs = np.empty((n_boot, len(score_sets)), np.float64)
+    for i in range(n_boot):
+        take = np.r_[rng.choice(pos, pos.size), rng.choice(neg, neg.size)]
+        for j, s in enumerate(score_sets):
+            aucs[i, j] = (_midranks(s[take])[: pos.size].sum() - pos.size * (pos.size + 1) / 2.0) / (pos.size * neg.size)
+    return aucs
+
+
+def _percentile_interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
+    alpha = (1.0 - confidence) / 2.0
+    lo, hi = np.quantile(values, [alpha, 1.0 - alpha])
+    return float(lo), float(hi)
+
+
 def bootstrap_auroc_ci(y_true, scores, n_boot: int = 1000, seed: int = 0,
                        confidence: float = 0.95) -> tuple[float, float]:
     """Percentile bootstrap interval for AUROC, resampling positives and negatives separately (stratified)."""
     y, s = _check(y_true, scores)
-    pos, neg = s[y == 1], s[y == 0]
-    if pos.size == 0 or neg.size == 0:
-        raise ValueError("AUROC interval needs positives and negatives")
-    rng = np.random.default_rng(seed)
-    aucs = np.empty(n_boot, np.float64)
-    for b in range(n_boot):
-        sample = np.r_[rng.choice(pos, pos.size), rng.choice(neg, neg.size)]
-        ranks = _midranks(sample)
-        aucs[b] = (ranks[: pos.size].sum() - pos.size * (pos.size + 1) / 2.0) / (pos.size * neg.size)
-    alpha = (1.0 - confidence) / 2.0
-    lo, hi = np.quantile(aucs, [alpha, 1.0 - alpha])
-    return float(lo), float(hi)
+    return _percentile_interval(_bootstrap_aucs(y, [s], n_boot, seed)[:, 0], confidence)
 
 
 def bootstrap_auroc_change_ci(y_true, scores_a, scores_b, n_boot: int = 1000, seed: int = 0,
@@ -107,19 +117,8 @@ def bootstrap_auroc_change_ci(y_true, scores_a, scores_b, n_boot: int = 1000, se
     _, b = _check(y_true, scores_b)
     if a.shape != b.shape:
         raise ValueError(f"paired scores differ in length: {a.size} vs {b.size}")
-    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
-    if pos.size == 0 or neg.size == 0:
-        raise ValueError("AUROC interval needs positives and negatives")
-    rng = np.random.default_rng(seed)
-    diffs = np.empty(n_boot, np.float64)
-    for i in range(n_boot):
-        take = np.r_[rng.choice(pos, pos.size), rng.choice(neg, neg.size)]
-        auc = [(_midranks(s[take])[: pos.size].sum() - pos.size * (pos.size + 1) / 2.0) / (pos.size * neg.size)
-               for s in (a, b)]
-        diffs[i] = auc[1] - auc[0]
-    alpha = (1.0 - confidence) / 2.0
-    lo, hi = np.quantile(diffs, [alpha, 1.0 - alpha])
-    return float(lo), float(hi)
+    aucs = _bootstrap_aucs(y, [a, b], n_boot, seed)
+    return _percentile_interval(aucs[:, 1] - aucs[:, 0], confidence)
 
 
 def binary_metrics(y_true, probabilities, threshold: float) -> dict[str, Any]:
