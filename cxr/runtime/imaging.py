@@ -44,7 +44,7 @@ from cxr.runtime.errors import (
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom"})
-UNSUPPORTED_SUFFIXES = frozenset({".gif", ".webp", ".jp2", ".j2k", ".jpx", ".heic", ".heif"})
+UNSUPPORTED_SUFFIXES = frozenset({".gif", ".webp", ".jp2", ".j2k", ".jpx", ".heic", ".heif", ".avif"})
 """Image formats cxr does not read: such files still become rows (error `unsupported`), never silently skipped."""
 MIN_SIDE = 32  # pixels; a side shorter than this is `too_small`
 MAX_PIXELS = 100_000_000  # rows * columns above this is `too_large` (checked from the header, before decoding)
@@ -57,6 +57,8 @@ _BMP = b"BM"
 _DICOM_SUFFIXES = (".dcm", ".dicom")
 _OTHER_IMAGES = {b"GIF87a": "GIF", b"GIF89a": "GIF", b"\x00\x00\x00\x0cjP  \r\n\x87\n": "JPEG 2000",
                  b"\xff\x4f\xff\x51": "JPEG 2000 codestream"}
+_HEIF_BRANDS = {b"heic": "HEIC", b"heix": "HEIC", b"hevc": "HEIC", b"hevx": "HEIC", b"heim": "HEIC", b"heis": "HEIC",
+                b"mif1": "HEIF", b"msf1": "HEIF", b"avif": "AVIF", b"avis": "AVIF"}  # ISO-BMFF 'ftyp' major brands
 
 
 def _sniff(head: bytes) -> str | None:
@@ -75,13 +77,32 @@ def _sniff(head: bytes) -> str | None:
 
 
 def _other_image(head: bytes) -> str | None:
-    """The name of an image format cxr does not read (GIF, WebP, JPEG 2000) that the first bytes announce."""
+    """The name of an image format cxr does not read (GIF, WebP, JPEG 2000, HEIC/HEIF/AVIF) that the first bytes
+    announce."""
     for magic, name in _OTHER_IMAGES.items():
         if head.startswith(magic):
             return name
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "WebP"
+    if head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS:
+        return _HEIF_BRANDS[head[8:12]]
     return None
+
+
+def unsupported_format(path: Path) -> str | None:
+    """The name of the refused image format `path` holds (by signature, else by suffix), or None. Reads 132 bytes."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        head = b""
+    if _sniff(head) is not None:
+        return None
+    name = _other_image(head)
+    if name is None and path.suffix.lower() in UNSUPPORTED_SUFFIXES:
+        name = path.suffix.lower()[1:].upper()
+    return name
 
 
 def is_image_candidate(path: Path) -> bool:

@@ -188,10 +188,18 @@ def _subdirs(folder: Path) -> list[Path]:
 def _walk_images(folder: Path, skipped: list[tuple[str, str]]) -> list[Path]:
     """Image files under folder, recursively, sorted; other files go to `skipped`. Hidden entries are ignored.
     The runtime's walk (cxr.runtime.walk): symlinked folders are followed, but a link back to a folder above it is
-    a skipped entry, not a loop that lists every image again at each level."""
+    a skipped entry, not a loop that lists every image again at each level. Images in a format cxr refuses (GIF,
+    WebP, JPEG 2000, HEIC) are skipped with that reason before splitting, not masked out of every batch later."""
+    from cxr.runtime.imaging import unsupported_format
     from cxr.runtime.walk import find_images
 
     def candidate(path: Path) -> bool:
+        if not path.exists():
+            return False  # a dangling symlink: the walk reports it (once)
+        refused = unsupported_format(path)
+        if refused is not None:
+            skipped.append((str(path), f"unsupported image format ({refused}); convert to PNG"))
+            return False
         if is_image_file(path):
             return True
         skipped.append((str(path), "not an image file"))
@@ -201,7 +209,7 @@ def _walk_images(folder: Path, skipped: list[tuple[str, str]]) -> list[Path]:
     for line in result.problems:  # "rel/path: what is wrong"
         rel, _, reason = line.partition(": ")
         skipped.append((str(folder / rel), reason))
-    return [folder / f for f in result.files]
+    return sorted(folder / f for f in result.files)  # Path order, as before: the same folder gives the same splits
 
 
 # ------------------------------------------------------------------------------------------------ csv

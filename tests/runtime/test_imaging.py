@@ -11,7 +11,8 @@ import pytest
 
 from cxr.runtime import errors
 from cxr.runtime.errors import ImageError
-from cxr.runtime.imaging import IMAGE_SUFFIXES, MAX_PIXELS, MIN_SIDE, is_image_candidate, read_image
+from cxr.runtime.imaging import (IMAGE_SUFFIXES, MAX_PIXELS, MIN_SIDE, is_image_candidate, read_image,
+                                 unsupported_format)
 from cxr.runtime.preprocess import preprocess_image
 from tests.badfiles import chest_like, write_bad_files, write_dicom, write_good_files
 
@@ -288,6 +289,8 @@ def test_is_image_candidate(tmp_path, name, content, expected):
     ("noext", b"GIF87a" + b"\0" * 40, "GIF images are not supported"),
     ("xray.png", b"RIFF\0\0\0\0WEBPVP8 " + b"\0" * 40, "WebP images are not supported"),  # misnamed
     ("xray.heic", b"\0\0\0\x18ftypheic" + b"\0" * 40, "HEIC images are not supported"),
+    ("IMG_0001", b"\0\0\0\x18ftypheic" + b"\0" * 40, "HEIC images are not supported"),  # no suffix: signature
+    ("photo.dat", b"\0\0\0\x1cftypavif" + b"\0" * 40, "AVIF images are not supported"),
 ])
 def test_other_image_formats_are_unsupported_rows(tmp_path, name, write, shown):
     path = tmp_path / name
@@ -301,6 +304,16 @@ def test_other_image_formats_are_unsupported_rows(tmp_path, name, write, shown):
         read_image(path)
     assert info.value.code == errors.UNSUPPORTED
     assert shown in str(info.value) and "convert to PNG" in str(info.value) and str(path) in str(info.value)
+    assert unsupported_format(path) == shown.split(" images")[0]
+
+
+def test_unsupported_format_is_none_for_readable_and_unknown_files(tmp_path):
+    png = tmp_path / "scan.gif"  # a real PNG misnamed .gif is read as the PNG it is
+    assert cv2.imwrite(str(tmp_path / "x.png"), np.tile(np.arange(64, dtype=np.uint8), (64, 1)))
+    (tmp_path / "x.png").rename(png)
+    assert unsupported_format(png) is None and read_image(png).shape == (64, 64)
+    (tmp_path / "notes.txt").write_text("hello")
+    assert unsupported_format(tmp_path / "notes.txt") is None
 
 
 def test_public_constants():

@@ -69,6 +69,31 @@ def test_folder_symlink_loop_lists_each_image_once(tmp_path):
     assert loops == [("Normal/sub/back", "symlink loop (points back to a folder above it), not followed")]
 
 
+def test_folder_refused_formats_and_broken_links_are_skipped_once_with_a_reason(tmp_path):
+    write_png(tmp_path / "Cardiomegaly" / "a.png")
+    write_png(tmp_path / "Normal" / "b.png")
+    ok, webp = cv2.imencode(".webp", np.tile(np.arange(64, dtype=np.uint8), (64, 1)))
+    (tmp_path / "Normal" / "c.webp").write_bytes(webp.tobytes() if ok else b"RIFF\0\0\0\0WEBPVP8 " + b"\0" * 32)
+    (tmp_path / "Normal" / "d.gif").write_bytes(b"GIF89a" + b"\0" * 40)
+    (tmp_path / "Normal" / "gone.png").symlink_to(tmp_path / "missing.png")
+    (tmp_path / "Normal" / "gone").symlink_to(tmp_path / "missing")
+    index = load_dataset("folder", tmp_path)
+    assert sorted(s.path.name for s in index.samples) == ["a.png", "b.png"]
+    reasons = sorted((Path(p).name, r) for p, r in index.skipped)
+    assert reasons == [("c.webp", "unsupported image format (WebP); convert to PNG"),
+                       ("d.gif", "unsupported image format (GIF); convert to PNG"),
+                       ("gone", "broken symlink"), ("gone.png", "broken symlink")]
+
+
+def test_folder_samples_keep_path_order(tmp_path):
+    for rel in ("Normal/a-b/x.png", "Normal/a/x.png", "Normal/a.png", "Normal/B.png"):
+        write_png(tmp_path / rel)
+    write_png(tmp_path / "Cardiomegaly" / "c.png")
+    index = load_dataset("folder", tmp_path)
+    normal = [s.path for s in index.samples if s.label == 0]
+    assert normal == sorted(normal) and len(normal) == 4
+
+
 def test_folder_without_split_folders_and_custom_class_names(tmp_path):
     write_png(tmp_path / "enlarged" / "x.png")
     write_png(tmp_path / "enlarged" / "y.png")
