@@ -45,7 +45,8 @@ def trained_int8(tmp_path_factory) -> dict:
     scorers = {"fp32": Scorer(out, device="cpu", threads=THREADS),
                "int8": Scorer(side_path(out, "int8.onnx"), device="cpu", threads=THREADS)}
     cohort = images_from_dir(holdout, scorers["fp32"].card.preprocess)
-    return {"scorers": scorers, "cohort": cohort, "variant": variant, "paths": {"fp32": out, "int8": side_path(out, "int8.onnx")}}
+    return {"scorers": scorers, "cohort": cohort, "variant": variant,
+            "paths": {"fp32": out, "int8": side_path(out, "int8.onnx")}}
 
 
 def test_int8_vs_fp32_trained(benchmark, annotate, trained_int8):

@@ -84,6 +84,16 @@ def test_trained_int8_auroc_loss_decides_with_speed(bench, tmp_path, change, ver
     assert f"AUROC change {change:+.4f}" in row and f"**{verdict}**" in row and "(speed only)" not in row
 
 
+def test_auroc_loss_is_a_miss_even_without_speed_rows(bench, tmp_path):
+    data = _data(0.040, 0.080, 1.00, 0.9, 350.0, trained_change=-0.02)
+    data["benchmarks"] = [b for b in data["benchmarks"] if not b["group"].startswith("inference-")]
+    src, out = tmp_path / "latest.json", tmp_path / "BENCHMARKS.md"
+    src.write_text(json.dumps(data))
+    assert bench.main(["--render-only", str(src), "--out", str(out)]) == 0
+    row = _target_rows(out.read_text())["int8"]
+    assert "speed-up n/a" in row and "**MISS**" in row
+
+
 def test_without_trained_run_int8_is_speed_only(bench, tmp_path):
     src, out = tmp_path / "latest.json", tmp_path / "BENCHMARKS.md"
     src.write_text(json.dumps(_data(0.040, 0.080, 1.00, 0.9, 350.0, trained_change=None)))
