@@ -83,6 +83,7 @@ def float_nodes(proto) -> tuple[list[str], list[str]]:
     the quantizer excludes nodes by name."""
     names, why = [], []
     stem_found = False
+    taken = {node.name for node in proto.graph.node}
     for i, node in enumerate(proto.graph.node):
         if node.op_type == "Conv" and not stem_found:
             stem_found = True
@@ -92,7 +93,8 @@ def float_nodes(proto) -> tuple[list[str], list[str]]:
         else:
             continue
         if not node.name:
-            node.name = f"n{i}"
+            node.name = next(n for n in (f"n{i}", *(f"n{i}_{k}" for k in range(1, len(taken) + 2))) if n not in taken)
+            taken.add(node.name)
         names.append(node.name)
         why.append(f"{node.name} ({reason})")
     return names, why

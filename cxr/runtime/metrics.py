@@ -114,9 +114,7 @@ def bootstrap_auroc_change_ci(y_true, scores_a, scores_b, n_boot: int = 1000, se
     """Percentile bootstrap interval for AUROC(b) - AUROC(a) of two models scored on the same images (paired: each
     resample takes the same images for both; positives and negatives resampled separately, as above)."""
     y, a = _check(y_true, scores_a)
-    _, b = _check(y_true, scores_b)
-    if a.shape != b.shape:
-        raise ValueError(f"paired scores differ in length: {a.size} vs {b.size}")
+    _, b = _check(y_true, scores_b)  # both checked against the labels, so a and b have the same length
     aucs = _bootstrap_aucs(y, [a, b], n_boot, seed)
     return _percentile_interval(aucs[:, 1] - aucs[:, 0], confidence)
 

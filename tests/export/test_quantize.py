@@ -118,9 +118,10 @@ def test_float_nodes_names_unnamed_nodes():
     w1 = helper.make_tensor("w1", TensorProto.FLOAT, [1, 1, 1, 1], [1.0])
     w2 = helper.make_tensor("w2", TensorProto.FLOAT, [1, 1, 1, 1], [1.0])
     wg = helper.make_tensor("wg", TensorProto.FLOAT, [2, 16], [0.1] * 32)
-    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"]), helper.make_node("Conv", ["a", "w2"], ["b"], name="c2"),
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"]), helper.make_node("Conv", ["a", "w2"], ["b"], name="n0"),
              helper.make_node("Flatten", ["b"], ["f"]), helper.make_node("Gemm", ["f", "wg"], ["y"], transB=1)]
     proto = helper.make_model(helper.make_graph(nodes, "g", [x], [y], [w1, w2, wg]))
     names, why = float_nodes(proto)
-    assert names == ["n0", "n3"] and proto.graph.node[0].name == "n0" and proto.graph.node[1].name == "c2"
+    # the stem had no name; "n0" is taken by the second Conv, which must not be excluded with it
+    assert names == ["n0_1", "n3"] and proto.graph.node[0].name == "n0_1" and proto.graph.node[1].name == "n0"
     assert "stem Conv" in why[0] and "classifier Gemm" in why[1]

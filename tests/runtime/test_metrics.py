@@ -66,7 +66,7 @@ def test_paired_auroc_change_interval():
     lo_c, hi_c = metrics.bootstrap_auroc_change_ci(y, a, c, n_boot=300)
     lo_a, hi_a = metrics.bootstrap_auroc_ci(y, a, n_boot=300)
     assert hi_c - lo_c < (hi_a - lo_a) / 4
-    with pytest.raises(ValueError, match="differ in length"):
+    with pytest.raises(ValueError, match="labels and scores differ in length"):
         metrics.bootstrap_auroc_change_ci(y, a, a[:-1])
     with pytest.raises(ValueError, match="positives and negatives"):
         metrics.bootstrap_auroc_change_ci([1, 1], [0.1, 0.2], [0.2, 0.3])
