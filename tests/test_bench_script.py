@@ -139,6 +139,24 @@ def test_cuda_rows_name_the_card_and_give_the_ratios(bench, tmp_path):
     assert "No CUDA device" not in cuda and "No pytorch rows" not in cuda
 
 
+def test_a_run_keeps_its_json_beside_the_report(bench, tmp_path, monkeypatch):
+    raw = tmp_path / "raw.json"
+
+    def fake_run(json_path, extra_args, demo_out):
+        json_path.write_text(json.dumps(_data(0.040, 0.080, 1.00, 0.9, 350.0)))
+        return 0
+
+    monkeypatch.setattr(bench, "run_benchmarks", fake_run)
+    out = tmp_path / "BENCHMARKS.md"
+    assert bench.main(["--json", str(raw), "--out", str(out), "--no-demo"]) == 0
+    kept = tmp_path / "BENCHMARKS.json"
+    assert kept.read_text() == raw.read_text()
+    assert "[BENCHMARKS.json](BENCHMARKS.json)" in out.read_text()
+    kept.unlink()
+    assert bench.main(["--render-only", str(raw), "--out", str(out)]) == 0
+    assert not kept.exists()  # re-rendering writes only the report
+
+
 def test_render_only_without_benchmarks_fails(bench, tmp_path):
     src = tmp_path / "empty.json"
     src.write_text(json.dumps({"benchmarks": []}))
