@@ -233,7 +233,8 @@ def targets_section(found: dict, idx: dict) -> list[str]:
         e = t8["extra_info"]
         lo, hi = e["auroc_change_ci95"]
         int8_auroc_text = (f"AUROC change {e['auroc_change']:+.4f} (95% CI {lo:+.4f} to {hi:+.4f}; "
-                           f"{e['auroc_fp32']:.4f} -> {e['auroc_int8']:.4f}) on the trained demo model's {e['images']} held-out images; "
+                           f"{e['auroc_fp32']:.4f} -> {e['auroc_int8']:.4f}) on the trained demo model's "
+                           f"{e['images']} held-out images; "
                            f"{_fmt(found.get('int8_trained_speedup'))}x on that model at {e['size']} px")
         auroc_ok = -e["auroc_change"] <= TARGETS["int8_auroc_drop"]
         int8_ok = False if not auroc_ok else speed_ok  # an AUROC loss past the limit is a MISS with or without speed

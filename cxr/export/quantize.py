@@ -79,8 +79,8 @@ def compact_names(proto) -> None:
 
 def float_nodes(proto) -> tuple[list[str], list[str]]:
     """(node names, why) of the nodes int8 leaves in float: the first Conv in graph order (the stem, which reads the
-    equalized image) and every Gemm/MatMul (the classifier). Nodes without a name are named here (n<index>), since
-    the quantizer excludes nodes by name."""
+    equalized image) and every Gemm/MatMul (the classifier). Nodes without a name are named here (n<index>, made
+    unique), since the quantizer excludes nodes by name."""
     names, why = [], []
     stem_found = False
     taken = {node.name for node in proto.graph.node}
@@ -93,8 +93,12 @@ def float_nodes(proto) -> tuple[list[str], list[str]]:
         else:
             continue
         if not node.name:
-            node.name = next(n for n in (f"n{i}", *(f"n{i}_{k}" for k in range(1, len(taken) + 2))) if n not in taken)
-            taken.add(node.name)
+            name, k = f"n{i}", 0
+            while name in taken:  # never the name of another node, which would then be excluded too
+                k += 1
+                name = f"n{i}_{k}"
+            node.name = name
+            taken.add(name)
         names.append(node.name)
         why.append(f"{node.name} ({reason})")
     return names, why
@@ -111,9 +115,10 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, per_
     source = onnx.load(str(fp32_path))
     unnamed = any(not node.name for node in source.graph.node)
     excluded, why = float_nodes(source)
-    named = out_path.with_name(f".{out_path.name}.named.onnx")  # the fp32 graph with its excluded nodes named
-    if unnamed:
-        onnx.save(source, str(named))
+    model_in = fp32_path
+    if unnamed:  # quantize a copy in which the excluded nodes have the names float_nodes gave them
+        model_in = out_path.with_name(f".{out_path.name}.named.onnx")
+        onnx.save(source, str(model_in))
     del source
     settings = {"method": "onnxruntime.quantization.quantize_static", "format": "QDQ", "per_channel": per_channel,
                 "weight_type": "int8", "activation_type": "uint8", "op_types": ["Conv", "Gemm"],
@@ -123,14 +128,15 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, per_
     level = quant_logger.level
     quant_logger.setLevel(logging.ERROR)
     try:
-        quantize_static(str(named if unnamed else fp32_path), str(out_path), Reader(calibration), quant_format=QuantFormat.QDQ,
+        quantize_static(str(model_in), str(out_path), Reader(calibration), quant_format=QuantFormat.QDQ,
                         per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         op_types_to_quantize=["Conv", "Gemm"], nodes_to_exclude=excluded)
     except Exception as exc:
         raise ExportError(f"{fp32_path}: int8 quantization failed ({type(exc).__name__}: {exc})") from None
     finally:
         quant_logger.setLevel(level)
-        named.unlink(missing_ok=True)
+        if model_in != fp32_path:
+            model_in.unlink(missing_ok=True)
     proto = onnx.load(str(out_path))
     compact_names(proto)
     onnx.save(proto, str(out_path))

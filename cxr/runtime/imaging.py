@@ -89,20 +89,26 @@ def _other_image(head: bytes) -> str | None:
     return None
 
 
-def unsupported_format(path: Path) -> str | None:
-    """The name of the refused image format `path` holds (by signature, else by suffix), or None. Reads 132 bytes."""
-    path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            head = f.read(132)
-    except OSError:
-        head = b""
+def _refused_format(path: Path, head: bytes) -> str | None:
+    """The refused format of a file whose first bytes are `head`: by signature, else by suffix (None for a format
+    cxr reads, whatever its name, or for no recognisable image at all)."""
     if _sniff(head) is not None:
         return None
     name = _other_image(head)
     if name is None and path.suffix.lower() in UNSUPPORTED_SUFFIXES:
         name = path.suffix.lower()[1:].upper()
     return name
+
+
+def unsupported_format(path: Path) -> str | None:
+    """The name of the refused image format `path` holds (GIF, WebP, ...), or None. Reads 132 bytes."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        head = b""
+    return _refused_format(path, head)
 
 
 def is_image_candidate(path: Path) -> bool:
@@ -129,9 +135,8 @@ def read_image(path: str | Path) -> np.ndarray:
         image = _read_dicom(path, data)
     elif kind is not None:
         image = _read_raster(path, data, kind)
-    elif (other := _other_image(data[:132])) is not None or path.suffix.lower() in UNSUPPORTED_SUFFIXES:
-        other = other or path.suffix.lower()[1:].upper()
-        raise ImageError(UNSUPPORTED, path, f"{other} images are not supported (convert to PNG; cxr reads PNG, "
+    elif (refused := _refused_format(path, data[:132])) is not None:
+        raise ImageError(UNSUPPORTED, path, f"{refused} images are not supported (convert to PNG; cxr reads PNG, "
                                             "JPEG, TIFF, BMP and DICOM)")
     else:
         raise ImageError(NOT_AN_IMAGE, path, _unknown_bytes_message(path, data))

@@ -89,10 +89,11 @@ def _bootstrap_aucs(y: np.ndarray, score_sets: list[np.ndarray], n_boot: int, se
         raise ValueError("AUROC interval needs positives and negatives")
     rng = np.random.default_rng(seed)
     aucs = np.empty((n_boot, len(score_sets)), np.float64)
+    offset, pairs = pos.size * (pos.size + 1) / 2.0, pos.size * neg.size
     for i in range(n_boot):
         take = np.r_[rng.choice(pos, pos.size), rng.choice(neg, neg.size)]
         for j, s in enumerate(score_sets):
-            aucs[i, j] = (_midranks(s[take])[: pos.size].sum() - pos.size * (pos.size + 1) / 2.0) / (pos.size * neg.size)
+            aucs[i, j] = (_midranks(s[take])[: pos.size].sum() - offset) / pairs
     return aucs
 
 

@@ -105,8 +105,8 @@ class ResultsWriter:
         except FileNotFoundError:
             pass
         except OSError as exc:  # the results are committed; an old leftover that cannot go is only worth a warning
-            logger.warning("%s: could not remove this leftover of an interrupted run: %s",
-                                                stale, exc.strerror or exc)
+            logger.warning("%s: could not remove this leftover of an interrupted run: %s", stale,
+                           exc.strerror or exc)
         _fsync_dir(self.out.parent)
         self.done = True
         return self.out
