@@ -73,7 +73,7 @@ def ort_cuda_models(densenet) -> dict:
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_onnxruntime_cuda(benchmark, annotate, ort_cuda_models, precision):
-    from cxr.cli.bench import _runner
+    from cxr.cli.bench import bound_runner
     from cxr.runtime.errors import ProviderError
     from cxr.runtime.scoring import Scorer
 
@@ -82,11 +82,11 @@ def test_onnxruntime_cuda(benchmark, annotate, ort_cuda_models, precision):
     except ProviderError as exc:  # the provider is listed but CUDA/cuDNN could not be loaded
         pytest.skip(f"CUDAExecutionProvider listed but not usable: {exc}")
     x = _batch()
-    run = _runner(scorer, x, "cuda")  # I/O binding: input on the GPU once, outputs left there
+    run, binding = bound_runner(scorer._session, x, "cuda")  # as cxr-bench --device cuda: input on the GPU once
     benchmark.group = f"cuda-b{BATCH}"
     benchmark.pedantic(run, rounds=ROUNDS, warmup_rounds=3)
-    # the timed path must give real numbers: the same batch through the plain session, against CPU fp32
-    _, prob = scorer.predict(x)
+    # the timed path must give real numbers: the last timed run's outputs, copied back, against CPU fp32
+    prob = binding.copy_outputs_to_cpu()[1].astype(np.float64)
     reference = Scorer(ort_cuda_models["fp32"], device="cpu").predict(x)[1]
     max_diff = float(np.max(np.abs(prob - reference)))
     annotate(providers=scorer.providers, threads="n/a", images=BATCH, batch=BATCH, engine="onnxruntime",

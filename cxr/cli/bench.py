@@ -37,19 +37,29 @@ def _runner(scorer, batch, device: str):
     if device != "cuda":
         feed = {INPUT_NAME: batch}
         return lambda: session.run(list(OUTPUT_NAMES), feed)
+    return bound_runner(session, batch, "cuda")[0]
+
+
+def bound_runner(session, batch, device_type: str, device_id: int = 0):
+    """(run, binding): `batch` copied once to `device_type` and bound as the input, outputs bound on the same device,
+    so each `run()` is one inference and a wait for it, with no host-device copy. `binding.copy_outputs_to_cpu()`
+    gives the last run's outputs in OUTPUT_NAMES order. The same code binds "cpu" in the tests and "cuda" here."""
     import onnxruntime as ort
 
+    from cxr.runtime.card import INPUT_NAME, OUTPUT_NAMES
+
     binding = session.io_binding()
-    on_gpu = ort.OrtValue.ortvalue_from_numpy(batch, "cuda", 0)  # copied to the device once, outside the timing
-    binding.bind_ortvalue_input(INPUT_NAME, on_gpu)
+    on_device = ort.OrtValue.ortvalue_from_numpy(batch, device_type, device_id)  # one copy, outside the timing
+    binding.bind_ortvalue_input(INPUT_NAME, on_device)
     for name in OUTPUT_NAMES:
-        binding.bind_output(name, "cuda")
+        binding.bind_output(name, device_type, device_id)
 
     def run():
         session.run_with_iobinding(binding)
         binding.synchronize_outputs()
 
-    return run
+    run.keep_alive = on_device  # the bound input must outlive the binding's use
+    return run, binding
 
 
 def measure(scorer, batch_size: int, seconds: float, warmup: int, device: str, min_runs: int = 3) -> dict:

@@ -76,3 +76,31 @@ def test_bench_cli_does_not_import_torch(tiny_model, tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_io_binding_runner_gives_the_plain_sessions_outputs(tiny_model):
+    """The I/O-binding path that cxr-bench --device cuda and benchmarks/bench_cuda.py time, bound on the CPU here:
+    each run must write fresh outputs equal to session.run on the same batch (logit and probability, in order)."""
+    import numpy as np
+
+    from cxr.cli.bench import bound_runner
+    from cxr.runtime.scoring import Scorer
+
+    scorer = Scorer(tiny_model, device="cpu")
+    rng = np.random.default_rng(3)
+    first = rng.integers(0, 256, (5, 1, 64, 64), dtype=np.uint8)
+    expected = scorer._session.run(["logit", "probability"], {"image": first})
+    run, binding = bound_runner(scorer._session, first, "cpu")
+    run()
+    logit, prob = binding.copy_outputs_to_cpu()
+    np.testing.assert_allclose(logit, expected[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(prob, expected[1], rtol=1e-5, atol=1e-6)
+    assert prob.shape == (5,) and np.all((prob > 0) & (prob < 1))
+    np.testing.assert_allclose(prob, 1 / (1 + np.exp(-logit.astype(np.float64))), rtol=1e-5)
+    # a second binding on another batch gives that batch's outputs, not the first one's
+    second = rng.integers(0, 256, (5, 1, 64, 64), dtype=np.uint8)
+    run2, binding2 = bound_runner(scorer._session, second, "cpu")
+    run2()
+    np.testing.assert_allclose(binding2.copy_outputs_to_cpu()[1],
+                               scorer._session.run(["probability"], {"image": second})[0], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(binding2.copy_outputs_to_cpu()[1], prob)
