@@ -27,8 +27,16 @@ class WalkResult:
     """Regular files that are not image candidates (README.txt, labels.csv, ...)."""
     skipped_hidden: int = 0
     """Files and folders whose name starts with '.' (not descended into, not counted as non-images)."""
-    problems: list[str] = field(default_factory=list)
-    """One line per folder that could not be listed, symlink loop, or special file; each names the path."""
+    problem_entries: list[tuple[str, str]] = field(default_factory=list)
+    """(relative POSIX path, what is wrong) per folder that could not be listed, symlink loop, or special file."""
+
+    @property
+    def problems(self) -> list[str]:
+        """One line per problem, "path: what is wrong" (the path may itself contain ": ")."""
+        return [f"{path}: {reason}" for path, reason in self.problem_entries]
+
+    def add_problem(self, path: str, reason: str) -> None:
+        self.problem_entries.append((path, reason))
 
 
 def find_images(folder: str | os.PathLike, is_candidate: Callable[[Path], bool] | None = None) -> WalkResult:
@@ -59,7 +67,7 @@ def find_images(folder: str | os.PathLike, is_candidate: Callable[[Path], bool] 
             with os.scandir(directory) as it:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as exc:  # PermissionError, vanished folder, I/O error
-            result.problems.append(f"{shown}: cannot list folder: {exc.strerror or exc}")
+            result.add_problem(shown, f"cannot list folder: {exc.strerror or exc}")
             logger.warning("%s: cannot list folder: %s", directory, exc.strerror or exc)
             continue
         subdirs = []
@@ -74,16 +82,15 @@ def find_images(folder: str | os.PathLike, is_candidate: Callable[[Path], bool] 
                 if entry.is_symlink() and _safe_candidate(is_candidate, Path(entry.path)):
                     found.append((rel.as_posix(), Path(rel)))  # dangling link: an 'unreadable' row, not silence
                 else:
-                    result.problems.append(f"{rel.as_posix()}: broken symlink")
+                    result.add_problem(rel.as_posix(), "broken symlink")
                 continue
             except OSError as exc:
-                result.problems.append(f"{rel.as_posix()}: cannot stat: {exc.strerror or exc}")
+                result.add_problem(rel.as_posix(), f"cannot stat: {exc.strerror or exc}")
                 continue
             if stat.S_ISDIR(st.st_mode):
                 ident = (st.st_dev, st.st_ino)
                 if ident in ancestors:
-                    result.problems.append(
-                        f"{rel.as_posix()}: symlink loop (points back to a folder above it), not followed")
+                    result.add_problem(rel.as_posix(), "symlink loop (points back to a folder above it), not followed")
                     logger.warning("%s: symlink loop, not followed", entry.path)
                     continue
                 subdirs.append((Path(entry.path), rel, ancestors | {ident}))
@@ -93,7 +100,7 @@ def find_images(folder: str | os.PathLike, is_candidate: Callable[[Path], bool] 
                 else:
                     result.skipped_non_images += 1
             else:
-                result.problems.append(f"{rel.as_posix()}: not a regular file (FIFO, socket or device), skipped")
+                result.add_problem(rel.as_posix(), "not a regular file (FIFO, socket or device), skipped")
         stack.extend(reversed(subdirs))
     found.sort(key=lambda item: item[0])
     result.files = [path for _, path in found]

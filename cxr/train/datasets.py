@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 import re
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -206,8 +205,7 @@ def _walk_images(folder: Path, skipped: list[tuple[str, str]]) -> list[Path]:
         return False
 
     result = find_images(folder, is_candidate=candidate)
-    for line in result.problems:  # "rel/path: what is wrong"
-        rel, _, reason = line.partition(": ")
+    for rel, reason in result.problem_entries:
         skipped.append((str(folder / rel), reason))
     return sorted(folder / f for f in result.files)  # Path order, as before: the same folder gives the same splits
 
@@ -298,18 +296,20 @@ def _load_nih(root: Path, csv_path) -> DatasetIndex:
     columns, rows = _read_csv(csv_path)
     _require(csv_path, columns, ["Image Index", "Finding Labels", "Patient ID"])
     image_dirs = sorted(p for p in root.glob("images*") if p.is_dir()) or [root]
+    from cxr.runtime.walk import find_images
+
     names: dict[str, Path] = {}
-    for d in image_dirs:
-        for dirpath, dirnames, filenames in os.walk(d, followlinks=True):
-            dirnames.sort()
-            for name in filenames:
-                names.setdefault(name, Path(dirpath) / name)
+    skipped: list[tuple[str, str]] = []
+    for d in image_dirs:  # the CSV picks the files, so every file is a candidate; a symlink loop is walked once
+        walked = find_images(d, is_candidate=lambda _path: True)
+        for rel in walked.files:
+            names.setdefault(rel.name, d / rel)
+        skipped.extend((str(d / rel), reason) for rel, reason in walked.problem_entries)
     split_of = {}
     for list_name, split in (("train_val_list.txt", None), ("test_list.txt", "test")):
         list_path = root / list_name
         if list_path.is_file():
             split_of.update({n.strip(): split for n in list_path.read_text().split() if n.strip()})
-    skipped: list[tuple[str, str]] = []
     samples = []
     outside_lists = 0
     for line, row in enumerate(rows, start=2):

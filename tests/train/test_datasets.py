@@ -56,17 +56,18 @@ def test_folder_with_split_folders(tmp_path):
     assert reasons == {"notes.txt": "not an image file", "Other": "not a class folder", "extras": "not a split folder"}
 
 
-def test_folder_symlink_loop_lists_each_image_once(tmp_path):
+@pytest.mark.parametrize("sub", ["sub", "scan: 2024"])  # a folder name with ": " keeps its whole path
+def test_folder_symlink_loop_lists_each_image_once(tmp_path, sub):
     write_png(tmp_path / "Cardiomegaly" / "a.png")
-    write_png(tmp_path / "Normal" / "sub" / "b.png")
-    (tmp_path / "Normal" / "sub" / "back").symlink_to(tmp_path / "Normal", target_is_directory=True)
+    write_png(tmp_path / "Normal" / sub / "b.png")
+    (tmp_path / "Normal" / sub / "back").symlink_to(tmp_path / "Normal", target_is_directory=True)
     write_png(tmp_path / "elsewhere" / "c.png")
     (tmp_path / "Normal" / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
     index = load_dataset("folder", tmp_path)
     names = sorted(s.path.relative_to(tmp_path).as_posix() for s in index.samples)
-    assert names == ["Cardiomegaly/a.png", "Normal/linked/c.png", "Normal/sub/b.png"]  # followed, not looped
+    assert names == sorted(["Cardiomegaly/a.png", "Normal/linked/c.png", f"Normal/{sub}/b.png"])  # not looped
     loops = [(Path(p).relative_to(tmp_path).as_posix(), r) for p, r in index.skipped if "loop" in r]
-    assert loops == [("Normal/sub/back", "symlink loop (points back to a folder above it), not followed")]
+    assert loops == [(f"Normal/{sub}/back", "symlink loop (points back to a folder above it), not followed")]
 
 
 def test_folder_refused_formats_and_broken_links_are_skipped_once_with_a_reason(tmp_path):
@@ -223,6 +224,17 @@ def test_nih(nih_root):
     assert [r for _, r in index.skipped] == ["missing file"]
     assert "00000004_000.png" in index.skipped[0][0]
     assert index.patient_ids_known is True
+
+
+def test_nih_symlink_loop_is_walked_once_and_reported(nih_root):
+    images = nih_root / "images_001" / "images"
+    (images / "again").symlink_to(nih_root / "images_001", target_is_directory=True)
+    index = load_dataset("nih", nih_root)
+    assert sorted(by_name(index)) == ["00000001_000.png", "00000001_001.png", "00000002_000.png", "00000003_000.png"]
+    assert by_name(index)["00000001_000.png"].path == (images / "00000001_000.png").resolve()
+    assert sorted(index.skipped) == sorted([
+        (str(images / "again"), "symlink loop (points back to a folder above it), not followed"),
+        (f"{nih_root / 'Data_Entry_2017_v2020.csv'}:6 00000004_000.png", "missing file")])
 
 
 def test_nih_without_lists_leaves_everything_unassigned(nih_root):
