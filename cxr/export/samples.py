@@ -19,8 +19,6 @@ from cxr.runtime.preprocess import PreprocessConfig, preprocess_batch
 
 log = logging.getLogger(__name__)
 
-LABEL_COLUMNS = ("label", "cardiomegaly")
-
 
 @dataclass
 class ImageSet:
@@ -68,23 +66,27 @@ def _load(paths: list[Path], labels: list[int], config: PreprocessConfig, source
 
 
 def read_labels(labels_csv: Path, root: Path) -> dict[Path, int]:
-    """CSV with a `path` column (relative to `root`) and `label` or `cardiomegaly` (0/1; empty = unknown -> -1).
-    Returns every listed file, in the CSV's order, with its label."""
+    """CSV with a `path` column (relative to `root`) and `label` or `cardiomegaly` (0/1; empty = unknown -> -1),
+    read by cxr-score's reader (cxr.runtime.labels.label_rows). Returns every listed file, in the CSV's order, with
+    its label. Any other label, or one file listed with two labels, is an ExportError naming the file and line."""
+    from cxr.runtime.labels import LabelsError, label_rows
+
     labels_csv = Path(labels_csv)
-    try:
-        with open(labels_csv, newline="") as fh:
-            rows = list(csv.DictReader(fh))
-    except OSError as exc:
-        raise ExportError(f"{labels_csv}: cannot read labels ({exc.strerror or exc})") from None
-    column = next((c for c in LABEL_COLUMNS if rows and c in rows[0]), None)
-    if not rows or "path" not in rows[0] or column is None:
-        raise ExportError(f"{labels_csv}: expected columns 'path' and one of {LABEL_COLUMNS}")
     out: dict[Path, int] = {}
-    for row in rows:
-        value = (row.get(column) or "").strip()
-        if value not in ("", "0", "1"):
-            raise ExportError(f"{labels_csv}: label {value!r} for {row['path']!r} is not 0 or 1")
-        out[root / row["path"]] = int(value) if value else -1
+    try:
+        for line_no, key, value in label_rows(labels_csv):
+            if not key:
+                raise ExportError(f"{labels_csv}: line {line_no}: empty path")
+            if value not in ("", "0", "1"):
+                raise ExportError(f"{labels_csv}: line {line_no}: label {value!r} for {key!r} is not 0, 1 or empty")
+            label = int(value) if value else -1
+            if out.get(root / key, label) != label:
+                raise ExportError(f"{labels_csv}: line {line_no}: {key!r} is listed with two different labels")
+            out[root / key] = label
+    except LabelsError as exc:
+        raise ExportError(str(exc)) from None
+    if not out:
+        raise ExportError(f"{labels_csv}: no files listed")
     return out
 
 

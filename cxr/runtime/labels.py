@@ -11,7 +11,7 @@ import csv
 import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from cxr.runtime import metrics
 from cxr.runtime.scoring import ScoreRow
@@ -41,10 +41,14 @@ def normalize_path(text: str) -> str:
     return PurePosixPath(*parts).as_posix() if parts else ""
 
 
-def read_labels(path: str | os.PathLike) -> Labels:
-    """Read a labels CSV with columns path,label (other columns are ignored). Raises LabelsError naming the file."""
+def label_rows(path: str | os.PathLike) -> Iterator[tuple[int, str, str]]:
+    """(line number, normalized path, stripped label text) for each data line of a labels CSV, in file order.
+
+    The one reader of labels files (cxr-score --labels, cxr-export --sample): UTF-8 with or without a BOM (as
+    spreadsheets save it), header names stripped, the label column `label` or else `cardiomegaly`. What a blank or
+    non-0/1 label means is the caller's decision. Raises LabelsError naming the file for missing columns or a file
+    that cannot be read."""
     path = Path(path)
-    out = Labels(source=path)
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
@@ -56,17 +60,23 @@ def read_labels(path: str | os.PathLike) -> Labels:
                                   f" (expected a CSV with columns {','.join(REQUIRED_COLUMNS)})")
             reader.fieldnames = header
             for line_no, rec in enumerate(reader, start=2):
-                key = normalize_path(rec.get("path") or "")
-                value = (rec.get(label_column) or "").strip()
-                if not key or value not in ("0", "1"):
-                    out.ignored += 1
-                    continue
-                label = int(value)
-                if out.labels.get(key, label) != label:
-                    raise LabelsError(f"{path}: line {line_no}: {key!r} is labelled both 0 and 1")
-                out.labels[key] = label
+                yield line_no, normalize_path(rec.get("path") or ""), (rec.get(label_column) or "").strip()
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise LabelsError(f"{path}: cannot read labels: {exc}") from None
+
+
+def read_labels(path: str | os.PathLike) -> Labels:
+    """Read a labels CSV with columns path,label (other columns are ignored). Raises LabelsError naming the file."""
+    path = Path(path)
+    out = Labels(source=path)
+    for line_no, key, value in label_rows(path):
+        if not key or value not in ("0", "1"):
+            out.ignored += 1
+            continue
+        label = int(value)
+        if out.labels.get(key, label) != label:
+            raise LabelsError(f"{path}: line {line_no}: {key!r} is labelled both 0 and 1")
+        out.labels[key] = label
     return out
 
 
