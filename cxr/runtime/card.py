@@ -30,7 +30,8 @@ class Threshold:
     """Free text, e.g. 'Youden's J on the validation split (n=86)' or 'target sensitivity 0.90 on validation'."""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.value, (int, float)) or not 0.0 <= float(self.value) <= 1.0:
+        if (isinstance(self.value, bool) or not isinstance(self.value, (int, float))
+                or not 0.0 <= float(self.value) <= 1.0):
             raise ValueError(f"threshold value must be a probability in [0, 1], got {self.value!r}")
         if self.method not in THRESHOLD_METHODS:
             raise ValueError(f"threshold method must be one of {THRESHOLD_METHODS}, got {self.method!r}")
@@ -101,7 +102,11 @@ class ModelCard:
         if "input_size" in data and data["input_size"] != preprocess.size:
             raise ModelCardError(
                 f"model card input_size {data['input_size']} disagrees with preprocess.size {preprocess.size}")
-        outputs = tuple(data.get("outputs", OUTPUT_NAMES))
+        raw_outputs = data.get("outputs", list(OUTPUT_NAMES))
+        if not isinstance(raw_outputs, (list, tuple)) or not all(isinstance(o, str) for o in raw_outputs):
+            raise ModelCardError(f"model card outputs must be a list of names {list(OUTPUT_NAMES)}, "
+                                 f"got {raw_outputs!r}")
+        outputs = tuple(raw_outputs)
         if outputs != OUTPUT_NAMES:
             raise ModelCardError(f"model card outputs {list(outputs)} differ from the contract {list(OUTPUT_NAMES)}")
         for key in ("training", "export"):

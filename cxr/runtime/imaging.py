@@ -122,7 +122,9 @@ def is_image_candidate(path: Path) -> bool:
         with open(path, "rb") as f:
             head = f.read(132)
     except OSError:
-        return False
+        # Cannot even sniff it. A DICOM file often has no suffix or a numeric one (IM0001, 1.2.840...3.1): such a
+        # file becomes an `unreadable` row naming it, not a silent "non-image". A locked notes.txt stays a non-image.
+        return not path.suffix or not path.suffix[1:].isalpha()
     return _sniff(head) is not None or _other_image(head) is not None
 
 
@@ -413,7 +415,7 @@ def _apply_voi(path: Path, values: np.ndarray, ds, apply_voi_lut) -> np.ndarray:
     if "VOILUTSequence" in ds or function != "LINEAR":
         return np.asarray(apply_voi_lut(values, ds, index=0), dtype=np.float32)
     center, width = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
-    if width is None or float(width) < 1:
+    if width is None or center is None or float(width) < 1:
         log.warning("%s: ignoring invalid DICOM window (center %s, width %s)", path, center, width)
         return values
     # DICOM PS3.3 C.11.2.1.2.1, up to the affine output range (the caller maps [min, max] to uint16 anyway).

@@ -52,6 +52,11 @@ def _mutated(**changes) -> str:
     (_mutated(preprocess={"size": 128, "equalize": "clahe"}), "equalize"),
     (_mutated(input_size=224), "disagrees with preprocess.size 128"),
     (_mutated(outputs=["prob"]), "differ from the contract"),
+    (_mutated(outputs=5), "outputs must be a list of names"),
+    (_mutated(outputs=[None, None]), "outputs must be a list of names"),
+    (_mutated(outputs="logit"), "outputs must be a list of names"),
+    (_mutated(outputs=None).replace("{", '{"outputs": null, ', 1), "outputs must be a list of names"),
+    (_mutated(threshold={"value": True, "method": "youden_j"}), "probability in [0, 1], got True"),
     (_mutated(normalization={"mean": 0.5, "std": 0}), "std must be positive"),
 ])
 def test_invalid_cards_are_refused_with_the_reason(text, message):

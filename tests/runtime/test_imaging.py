@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 from pathlib import Path
 
 import cv2
@@ -282,6 +283,20 @@ def test_is_image_candidate(tmp_path, name, content, expected):
     assert is_image_candidate(path) is expected
 
 
+@pytest.mark.parametrize("name,expected", [
+    ("IM0002", True), ("1.2.840.113619.2.55.3", True),  # DICOM names: no or numeric suffix -> an unreadable row
+    ("chest.png", True), ("notes.txt", False), ("data.bin", False)])
+def test_a_file_that_cannot_be_opened_is_a_candidate_when_it_may_be_dicom(tmp_path, monkeypatch, name, expected):
+    path = tmp_path / name
+    path.write_bytes(b"\0" * 128 + b"DICM")
+
+    def locked(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("cxr.runtime.imaging.open", locked, raising=False)
+    assert is_image_candidate(path) is expected
+
+
 @pytest.mark.parametrize("name,write,shown", [
     ("xray.webp", "cv2", "WebP images are not supported"),
     ("xray.gif", b"GIF89a\x40\x00\x40\x00" + b"\0" * 40, "GIF images are not supported"),
@@ -339,6 +354,19 @@ def test_linear_window_matches_pydicom(tmp_path, center, width):
     ref = apply_voi_lut(ds.pixel_array, ds, index=0).astype(np.float64)
     ref = (ref - ref.min()) * 65535.0 / (ref.max() - ref.min())
     assert np.abs(read_image(path).astype(np.float64) - ref).max() <= 1.0
+
+
+@pytest.mark.parametrize("center,width", [(None, 400), (1500, None), (None, None), (1500, 0)])
+def test_an_empty_or_invalid_window_is_ignored_with_a_warning(tmp_path, caplog, center, width):
+    """WindowCenter/Width are Type 3: an empty one (or a width below 1) means no usable window, not a broken file."""
+    pixels = chest_like(64, 80, np.uint16) >> 4
+    plain = read_image(write_dicom(tmp_path / "plain.dcm", pixels))
+    path = write_dicom(tmp_path / "w.dcm", pixels, extra={"WindowCenter": center, "WindowWidth": width})
+    with caplog.at_level(logging.WARNING, logger="cxr.runtime.imaging"):
+        image = read_image(path)
+    np.testing.assert_array_equal(image, plain)
+    assert any("ignoring invalid DICOM window" in r.getMessage() and str(path) in r.getMessage()
+               for r in caplog.records)
 
 
 def test_concurrent_reads_restore_the_opencv_log_level(good_folder):
