@@ -135,6 +135,9 @@ def main(model_path: Path, device: str, batch_sizes: list[int], seconds: float, 
     from cxr.runtime.errors import CxrError
     from cxr.runtime.scoring import Scorer
 
+    if json_out is not None and not json_out.parent.is_dir():  # found out now, not after minutes of timing
+        click.echo(f"cxr-bench: error: cannot write {json_out}: folder {json_out.parent} does not exist", err=True)
+        sys.exit(1)
     try:
         scorer = Scorer(model_path, device=device, threads=threads)
     except CxrError as exc:
@@ -150,7 +153,9 @@ def main(model_path: Path, device: str, batch_sizes: list[int], seconds: float, 
         payload = {**facts, "settings": {"batch_sizes": batch_sizes, "seconds": seconds, "warmup": warmup,
                                          "io_binding": scorer.device == "cuda"}, "results": results}
         try:
-            json_out.write_text(json.dumps(payload, indent=2) + "\n")
+            from cxr.runtime.results import write_json_atomic
+
+            write_json_atomic(json_out, payload)
         except OSError as exc:
             click.echo(f"cxr-bench: error: cannot write {json_out}: {exc.strerror or exc}", err=True)
             sys.exit(1)

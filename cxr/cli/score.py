@@ -3,15 +3,18 @@
 Exit codes: 0 every file scored; 3 finished but some files failed (error rows) or some folders could not be
 walked; 1 nothing could be done (missing/invalid model or card, unwritable output, requested device unavailable,
 folder with no images); 2 usage errors (click), including a labels file that is missing or lacks path,label;
-130 interrupted (Ctrl-C), with the rows done kept in <out>.partial.
+130 interrupted (Ctrl-C) or 143 terminated (SIGTERM: a batch system's time limit, `timeout`, `docker stop`), with
+the rows done kept in <out>.partial either way.
 onnxruntime is imported inside the command, so `cxr-score --help` and `--version` stay fast and torch-free.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import time
-from contextlib import closing
+from contextlib import closing, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -19,7 +22,48 @@ import click
 
 from cxr import __version__
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 3, 130, 143
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread so it unwinds like Ctrl-C: the rows done are kept, temp files removed."""
+
+
+@contextmanager
+def _sigterm_raises():
+    def handler(signum, frame):
+        raise _Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (an embedding application): leave its signal handling alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return a.resolve() == b.resolve()
+
+
+def _check_out(out: Path, model: Path, labels: Path | None) -> None:
+    """--out (and its manifest) must not overwrite an input: the model, the labels file, or an image."""
+    from cxr.runtime.imaging import is_image_candidate
+    from cxr.runtime.results import manifest_path
+
+    for target in (out, manifest_path(out)):
+        for name, given in (("--model", model), ("--labels", labels)):
+            if given is not None and _same_file(target, given):
+                raise click.BadParameter(f"{target} would overwrite the {name} file {given}", param_hint="--out")
+    if out.is_file() and is_image_candidate(out):
+        raise click.BadParameter(f"{out} is an image; results go to a CSV such as {out.with_suffix('.csv')}",
+                                 param_hint="--out")
 
 
 def _error(message: str) -> None:
@@ -38,8 +82,8 @@ def _note(message: str, quiet: bool) -> None:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]},
                epilog="Exit codes: 0 all files scored; 3 finished but some files (or folders) failed; 1 nothing "
-                      "could be done (model, card, output, device, no images); 2 usage; 130 interrupted "
-                      "(rows done kept in OUT.partial).")
+                      "could be done (model, card, output, device, no images); 2 usage; 130 interrupted, 143 "
+                      "terminated (rows done kept in OUT.partial).")
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="Results CSV to write (its manifest goes beside it as <name>.manifest.json).")
@@ -69,6 +113,16 @@ def main(folder: Path, out: Path, model: Path, device: str, batch_size: int, wor
     Writes one row per image file to --out (path,prob_cardiomegaly,cardiomegaly,status,error); an unreadable image
     becomes an error row and the run goes on. Research software, not a medical device.
     """
+    with _sigterm_raises():
+        try:
+            _score(folder, out, model, device, batch_size, workers, threads, threshold, labels, quiet)
+        except _Terminated:  # before scoring started or after the results were committed
+            _error(f"terminated (SIGTERM); {out} is " + ("complete" if out.is_file() else "not written"))
+            sys.exit(EXIT_TERMINATED)
+
+
+def _score(folder: Path, out: Path, model: Path, device: str, batch_size: int, workers: int, threads: int | None,
+           threshold: float | None, labels: Path | None, quiet: bool) -> None:
     started_wall = datetime.now(timezone.utc).isoformat(timespec="seconds")
     t0 = time.perf_counter()
     from cxr.runtime.labels import LabelMatcher, LabelsError, read_labels
@@ -91,6 +145,7 @@ def main(folder: Path, out: Path, model: Path, device: str, batch_size: int, wor
     if not out.parent.is_dir():
         _error(f"cannot write {out}: folder {out.parent} does not exist")
         sys.exit(EXIT_FAILED)
+    _check_out(out, model, labels)
     try:
         writer = ResultsWriter(out)  # creates the temporary file now: an unwritable place fails before scoring
     except OSError as exc:
@@ -139,14 +194,22 @@ def main(folder: Path, out: Path, model: Path, device: str, batch_size: int, wor
         scoring_s = time.perf_counter() - t_score
         bar.close()
         writer.commit()
-        if writer.removed_partial is not None:
-            _note(f"removed {writer.removed_partial}, left by an earlier interrupted run: {out} is complete", quiet)
-    except KeyboardInterrupt:
+        if writer.removed_partials:
+            _note(f"removed {', '.join(map(str, writer.removed_partials))}, left by earlier interrupted run(s): "
+                  f"{out} is complete", quiet)
+    except (KeyboardInterrupt, _Terminated) as exc:
         bar.close()
         kept = writer.abort()
-        _error(f"interrupted after {writer.rows} of {len(walk.files)} file(s); {out} was not written"
+        how = "terminated (SIGTERM)" if isinstance(exc, _Terminated) else "interrupted"
+        _error(f"{how} after {writer.rows} of {len(walk.files)} file(s); {out} was not written"
                + (f"; the rows done are in {kept}" if kept else ""))
-        sys.exit(EXIT_INTERRUPTED)
+        sys.exit(EXIT_TERMINATED if isinstance(exc, _Terminated) else EXIT_INTERRUPTED)
+    except OSError as exc:  # disk full, file too large, output folder gone: say so, keep the rows, no traceback
+        bar.close()
+        kept = writer.abort()
+        _error(f"cannot write results: {exc.strerror or exc}; {out} was not written"
+               + (f"; the rows done are in {kept}" if kept else ""))
+        sys.exit(EXIT_FAILED)
     except BaseException as exc:
         bar.close()
         kept = writer.abort()

@@ -10,6 +10,7 @@ Columns: path,prob_cardiomegaly,cardiomegaly,status,error (see DESIGN.md, 'The r
 from __future__ import annotations
 
 import csv
+import glob
 import json
 import logging
 import os
@@ -44,8 +45,17 @@ def csv_cells(row: ScoreRow) -> list[str]:
     return [safe_cell(row.path), prob, label, row.status, safe_cell(error)]
 
 
-def partial_path(out: Path) -> Path:
-    return out.with_name(out.name + ".partial")
+def partial_path(out: Path, n: int = 1) -> Path:
+    """results.csv -> results.csv.partial; the n-th kept partial (n >= 2) of the same results: .partial.n."""
+    return out.with_name(out.name + ".partial" + (f".{n}" if n > 1 else ""))
+
+
+def stale_partials(out: Path) -> list[Path]:
+    """The `.partial` files that interrupted runs left for `out`, in order."""
+    found = [partial_path(out)] if partial_path(out).is_file() else []
+    numbered = [(int(p.name.rsplit(".", 1)[1]), p) for p in out.parent.glob(glob.escape(out.name) + ".partial.*")
+                if p.name.rsplit(".", 1)[1].isdigit() and p.is_file()]
+    return found + [p for _, p in sorted(numbered)]
 
 
 def manifest_path(out: Path) -> Path:
@@ -79,8 +89,8 @@ class ResultsWriter:
         self._fh.flush()
         self.rows = 0
         self.partial: Path | None = None
-        self.removed_partial: Path | None = None
-        """A `<out>.partial` from an earlier interrupted run that commit() removed (None when there was none)."""
+        self.removed_partials: list[Path] = []
+        """The `<out>.partial` files of earlier interrupted runs that commit() removed."""
         self.done = False
 
     def write(self, row: ScoreRow) -> None:
@@ -98,21 +108,22 @@ class ResultsWriter:
         """fsync and atomically move the temporary file onto `out`."""
         self._close()
         os.replace(self.tmp, self.out)
-        stale = partial_path(self.out)
-        try:
-            stale.unlink()
-            self.removed_partial = stale
-        except FileNotFoundError:
-            pass
-        except OSError as exc:  # the results are committed; an old leftover that cannot go is only worth a warning
-            logger.warning("%s: could not remove this leftover of an interrupted run: %s", stale,
-                           exc.strerror or exc)
+        for stale in stale_partials(self.out):
+            try:
+                stale.unlink()
+                self.removed_partials.append(stale)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:  # the results are committed; a leftover that cannot go is only worth a warning
+                logger.warning("%s: could not remove this leftover of an interrupted run: %s", stale,
+                               exc.strerror or exc)
         _fsync_dir(self.out.parent)
         self.done = True
         return self.out
 
     def abort(self) -> Path | None:
-        """Keep the rows written so far as `<out>.partial` (or remove the temporary file when there are none)."""
+        """Keep the rows written so far as `<out>.partial` (`.partial.2`, ... when an earlier interrupted run's rows are
+    there already), or remove the temporary file when there are none."""
         if self.done:
             return self.partial
         self.done = True
@@ -123,7 +134,10 @@ class ResultsWriter:
         if self.rows == 0:
             self.tmp.unlink(missing_ok=True)
             return None
-        self.partial = partial_path(self.out)
+        n = 1
+        while partial_path(self.out, n).exists():  # an earlier run's rows are kept too, never overwritten
+            n += 1
+        self.partial = partial_path(self.out, n)
         os.replace(self.tmp, self.partial)
         return self.partial
 
@@ -249,7 +263,7 @@ def build_manifest(*, scorer, folder: Path, out: Path, tally: Tally, walk, thres
         "folder": str(folder),
         "folder_resolved": str(Path(folder).resolve()),
         "model": {"path": str(scorer.model_path), "resolved": str(Path(scorer.model_path).resolve()),
-                  "sha256": scorer.model_sha256, "size_bytes": Path(scorer.model_path).stat().st_size},
+                  "sha256": scorer.model_sha256, "size_bytes": scorer.model_size_bytes},
         "card": card_summary(scorer.card),
         "threshold": {"value": float(threshold), "source": threshold_source},
         "device": {"requested": scorer.requested_device, "used": scorer.device, "providers": scorer.providers,

@@ -8,6 +8,7 @@ error row, so one bad image never stops a run.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -15,7 +16,6 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -24,7 +24,6 @@ import numpy as np
 from cxr.runtime.card import INPUT_NAME, OUTPUT_NAMES, ModelCard
 from cxr.runtime.errors import ImageError, ModelCardError, ModelLoadError, ProviderError
 from cxr.runtime.preprocess import preprocess_batch
-from cxr.runtime.serialization import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -77,12 +76,19 @@ class Scorer:
         if not path.is_file():
             raise ModelLoadError(f"{path}: not a file")
         providers = self._providers_to_try(list(ort.get_available_providers()))
+        try:  # one read: the session, the hash and the size all describe the same bytes, whatever happens later
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ModelLoadError(f"{path}: cannot read the model file: {exc.strerror or exc}") from None
+        self.model_sha256 = hashlib.sha256(data).hexdigest()
+        """SHA-256 of the bytes the session was built from (the manifest records it)."""
+        self.model_size_bytes = len(data)
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only; we report the provider outcome ourselves
         if self.threads is not None:
             options.intra_op_num_threads = self.threads
         try:
-            session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+            session = ort.InferenceSession(data, sess_options=options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf/... types
             raise ModelLoadError(f"{path}: cannot be loaded as an ONNX model: {_short(exc)}") from None
         active = list(session.get_providers())
@@ -138,11 +144,6 @@ class Scorer:
         missing = [n for n in OUTPUT_NAMES if n not in names]
         if missing:
             raise ModelLoadError(f"{path}: missing output(s) {missing}; the model has {names}")
-
-    @cached_property
-    def model_sha256(self) -> str:
-        """SHA-256 of the model file, computed on first use (the manifest records it)."""
-        return sha256_file(self.model_path)
 
     def _check_batch(self, batch) -> np.ndarray:
         if not isinstance(batch, np.ndarray):

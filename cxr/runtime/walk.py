@@ -1,8 +1,9 @@
 """Find the image files under a folder: recursive, sorted, hidden entries skipped, loops and unreadable folders reported.
 
 The walk never fails on one bad entry: a folder it cannot list, a symlink loop or a special file (FIFO, socket,
-device) becomes a line in `WalkResult.problems`, and the walk goes on. Symlinked folders are followed (a loop is
-detected by the (st_dev, st_ino) of the real directories on the current path); symlinked files are scored like files.
+device) becomes a line in `WalkResult.problems`, and the walk goes on; callers report those lines (cxr-score prints
+each once), so the walk itself only logs them at debug level. Symlinked folders are followed (a loop is detected by
+the (st_dev, st_ino) of the real directories on the current path); symlinked files are scored like files.
 Which file counts as an image is `cxr.runtime.imaging.is_image_candidate`'s decision.
 """
 
@@ -68,7 +69,7 @@ def find_images(folder: str | os.PathLike, is_candidate: Callable[[Path], bool] 
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as exc:  # PermissionError, vanished folder, I/O error
             result.add_problem(shown, f"cannot list folder: {exc.strerror or exc}")
-            logger.warning("%s: cannot list folder: %s", directory, exc.strerror or exc)
+            logger.debug("%s: cannot list folder: %s", directory, exc.strerror or exc)
             continue
         subdirs = []
         for entry in entries:
@@ -91,7 +92,7 @@ def find_images(folder: str | os.PathLike, is_candidate: Callable[[Path], bool] 
                 ident = (st.st_dev, st.st_ino)
                 if ident in ancestors:
                     result.add_problem(rel.as_posix(), "symlink loop (points back to a folder above it), not followed")
-                    logger.warning("%s: symlink loop, not followed", entry.path)
+                    logger.debug("%s: symlink loop, not followed", entry.path)
                     continue
                 subdirs.append((Path(entry.path), rel, ancestors | {ident}))
             elif stat.S_ISREG(st.st_mode):

@@ -104,3 +104,11 @@ def test_io_binding_runner_gives_the_plain_sessions_outputs(tiny_model):
     np.testing.assert_allclose(binding2.copy_outputs_to_cpu()[1],
                                scorer._session.run(["probability"], {"image": second})[0], rtol=1e-5, atol=1e-6)
     assert not np.allclose(binding2.copy_outputs_to_cpu()[1], prob)
+
+
+def test_json_into_a_missing_folder_is_refused_before_any_timing(tiny_model, tmp_path):
+    out = tmp_path / "no-such-folder" / "bench.json"
+    result = _run(["--model", tiny_model, "--seconds", 0.2, "--json", out])
+    assert result.exit_code == 1
+    assert f"cannot write {out}: folder {out.parent} does not exist" in result.output
+    assert "p50 ms/img" not in result.output and not out.parent.exists()

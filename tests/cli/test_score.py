@@ -238,6 +238,7 @@ def test_folder_problems_are_reported_and_exit_3(tiny_model, good_folder, tmp_pa
     result = run(folder, "--out", tmp_path / "r.csv", "--model", tiny_model)
     assert result.exit_code == 3
     assert "cxr-score: warning: loop: symlink loop" in result.stderr
+    assert result.stderr.count("symlink loop") == 1  # said once, not also by a logger
     assert list(read_rows(tmp_path / "r.csv")) == names
     assert json.loads((tmp_path / "r.manifest.json").read_text())["counts"]["walk_problems"] == [
         "loop: symlink loop (points back to a folder above it), not followed"]
@@ -267,8 +268,132 @@ def test_interrupt_keeps_partial_and_the_previous_results(tiny_model, good_folde
     monkeypatch.setattr(scoring, "score_folder", real)  # the run is repeated and completes
     again = run(folder, "--out", out, "--model", tiny_model)
     assert again.exit_code == 0 and list(read_rows(out)) == names
-    assert f"removed {tmp_path / 'r.csv.partial'}, left by an earlier interrupted run" in again.stderr
+    assert f"removed {tmp_path / 'r.csv.partial'}, left by earlier interrupted run(s)" in again.stderr
     assert not (tmp_path / "r.csv.partial").exists()
+
+
+SLOW_AFTER_TWO_ROWS = """
+import sys, time
+import cxr.runtime.scoring as scoring
+real = scoring.score_folder
+def slow(*args, **kwargs):
+    for i, row in enumerate(real(*args, **kwargs)):
+        if i == 2:
+            print("two rows done", flush=True)
+            time.sleep(120)
+        yield row
+scoring.score_folder = slow
+from cxr.cli.score import main
+main(sys.argv[1:])
+"""
+
+
+def test_sigterm_keeps_the_rows_done_like_ctrl_c(tiny_model, good_folder, tmp_path):
+    """A batch system's time limit (SIGTERM) mid-run: exit 143, the rows done in .partial, the earlier results and
+    no hidden temporary file left behind. A real signal to a real process."""
+    import signal
+
+    folder, names = good_folder
+    out = tmp_path / "r.csv"
+    out.write_text("earlier run\n")
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_AFTER_TWO_ROWS, str(folder), "--out", str(out), "--model",
+                             str(tiny_model), "--batch-size", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=REPO)
+    try:
+        assert proc.stdout.readline().strip() == "two rows done"
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, stderr
+    assert "terminated (SIGTERM) after 2 of" in stderr and "r.csv.partial" in stderr and "Traceback" not in stderr
+    assert out.read_text() == "earlier run\n"
+    assert list(read_rows(tmp_path / "r.csv.partial")) == names[:2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good", "r.csv", "r.csv.partial", "tiny.onnx"]
+
+
+def test_sigterm_before_scoring_leaves_nothing(tiny_model, good_folder, tmp_path, monkeypatch):
+    import signal
+
+    import cxr.runtime.walk as walk_module
+
+    def terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM did not stop the walk")
+
+    monkeypatch.setattr(walk_module, "find_images", terminated)
+    folder, _ = good_folder
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    before = signal.getsignal(signal.SIGTERM)
+    result = run(folder, "--out", out_dir / "r.csv", "--model", tiny_model)
+    assert result.exit_code == 143 and "terminated (SIGTERM)" in result.stderr and "not written" in result.stderr
+    assert list(out_dir.iterdir()) == []
+    assert signal.getsignal(signal.SIGTERM) == before  # the handler is cxr-score's only while it runs
+
+
+def test_a_write_error_keeps_the_rows_done_and_exits_1_without_a_traceback(tiny_model, good_folder, tmp_path,
+                                                                          monkeypatch):
+    from cxr.runtime.results import ResultsWriter
+
+    folder, names = good_folder
+    out = tmp_path / "r.csv"
+    real = ResultsWriter.write
+
+    def disk_full(self, row):
+        if self.rows == 2:
+            raise OSError(28, "No space left on device")
+        real(self, row)
+
+    monkeypatch.setattr(ResultsWriter, "write", disk_full)
+    result = run(folder, "--out", out, "--model", tiny_model, "--batch-size", "1")
+    assert result.exit_code == 1
+    assert "cannot write results: No space left on device" in result.stderr and "r.csv.partial" in result.stderr
+    assert list(read_rows(tmp_path / "r.csv.partial")) == names[:2] and not out.exists()
+
+
+@pytest.mark.parametrize("target", ["model", "labels", "manifest_is_model", "image"])
+def test_out_never_overwrites_an_input(tiny_model, good_folder, tmp_path, target):
+    folder, names = good_folder
+    model = tmp_path / "model.onnx"
+    shutil.copy(tiny_model, model)
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,label\n" + "".join(f"{n},{i % 2}\n" for i, n in enumerate(names)))
+    out = {"model": model, "labels": labels, "manifest_is_model": tmp_path / "model.csv",
+           "image": folder / names[0]}[target]
+    if target == "manifest_is_model":  # model.csv's manifest is model.manifest.json: make that the model's name
+        model = model.rename(tmp_path / "model.manifest.json")
+    kept = {p: p.read_bytes() for p in (model, labels, folder / names[0])}
+    result = CliRunner().invoke(main, [str(folder), "--out", str(out), "--model", str(model), "--labels", str(labels)])
+    assert result.exit_code == 2 and "--out" in result.output
+    assert ("would overwrite" in result.output) if target != "image" else ("is an image" in result.output)
+    assert {p: p.read_bytes() for p in kept} == kept
+    assert not any(p.name.endswith(".tmp") for p in tmp_path.rglob("*"))
+
+
+def test_the_manifest_hash_is_of_the_model_that_scored(tiny_model, good_folder, tmp_path, monkeypatch):
+    """Replacing the model file during a run (a re-export) must not change what the manifest says was used."""
+    import hashlib
+
+    import cxr.runtime.scoring as scoring
+
+    folder, _ = good_folder
+    model = tmp_path / "model.onnx"
+    shutil.copy(tiny_model, model)
+    used = hashlib.sha256(model.read_bytes()).hexdigest()
+    real = scoring.score_folder
+
+    def replaced_midway(*args, **kwargs):
+        for i, row in enumerate(real(*args, **kwargs)):
+            if i == 1:
+                model.write_bytes(b"a different file")
+            yield row
+
+    monkeypatch.setattr(scoring, "score_folder", replaced_midway)
+    result = run(folder, "--out", tmp_path / "r.csv", "--model", model)
+    assert result.exit_code == 0, result.stderr
+    recorded = json.loads((tmp_path / "r.manifest.json").read_text())["model"]
+    assert recorded["sha256"] == used and recorded["size_bytes"] == tiny_model.stat().st_size
 
 
 def test_version_and_help_are_fast_paths():

@@ -93,23 +93,27 @@ def test_crash_keeps_partial_and_never_touches_the_final_name(tmp_path, crash):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.csv", "results.csv.partial"]
 
 
-def test_a_complete_run_removes_the_partial_of_an_interrupted_one(tmp_path):
-    out = tmp_path / "results.csv"
-    with pytest.raises(KeyboardInterrupt):
-        with ResultsWriter(out) as writer:
-            writer.write(ok("1.png", 0.25, 0))
-            raise KeyboardInterrupt
-    assert partial_path(out).is_file()
+def test_a_second_interrupted_run_keeps_the_first_ones_rows_and_a_complete_run_removes_both(tmp_path):
+    out = tmp_path / "results [v2].csv"  # glob characters in the name must not hide its partials
+    for rows in (["1.png", "2.png", "3.png"], ["1.png"]):
+        with pytest.raises(KeyboardInterrupt):
+            with ResultsWriter(out) as writer:
+                for name in rows:
+                    writer.write(ok(name, 0.25, 0))
+                raise KeyboardInterrupt
+    assert writer.partial == partial_path(out, 2) and writer.partial.name == "results [v2].csv.partial.2"
+    assert len(partial_path(out).read_text().splitlines()) == 4  # the longer, earlier run: not overwritten
+    assert len(partial_path(out, 2).read_text().splitlines()) == 2
     with ResultsWriter(out) as again:
         again.write(ok("1.png", 0.25, 0))
         again.write(ok("2.png", 0.75, 1))
         again.commit()
-    assert again.removed_partial == partial_path(out)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.csv"]
+    assert again.removed_partials == [partial_path(out), partial_path(out, 2)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results [v2].csv"]
     assert len(out.read_text().splitlines()) == 3
     with ResultsWriter(out) as third:  # nothing stale: nothing removed
         third.commit()
-    assert third.removed_partial is None and out.read_text().splitlines() == [",".join(COLUMNS)]
+    assert third.removed_partials == [] and out.read_text().splitlines() == [",".join(COLUMNS)]
 
 
 def test_crash_before_any_row_leaves_nothing(tmp_path):
