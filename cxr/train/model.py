@@ -8,6 +8,7 @@ channel by summing its RGB weights, which equals feeding the grey image copied t
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import torch
@@ -71,6 +72,21 @@ def adapt_first_conv_to_gray(model: CardiomegalyNet) -> None:
     model.features.conv0 = new
 
 
+_LEGACY_DENSENET_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|"
+                                  r"running_var|num_batches_tracked))$")
+
+
+def rename_legacy_densenet_keys(state: dict) -> dict:
+    """The published DenseNet files (densenet121-a639ec97.pth) name layers 'denselayer1.norm.1.weight'; the modules
+    are 'denselayer1.norm1.weight' since PyTorch 0.4. torchvision renames them when it loads the file itself; a
+    state dict read directly needs the same renaming. Other keys are kept as they are."""
+    out = {}
+    for key, value in state.items():
+        match = _LEGACY_DENSENET_KEY.match(key)
+        out[match.group(1) + match.group(2) if match else key] = value
+    return out
+
+
 def load_imagenet_features(model: CardiomegalyNet) -> None:
     """ImageNet DenseNet-121 weights from torchvision's cache (or its download); the RGB conv0 summed to grey."""
     if model.arch != "densenet121":
@@ -87,7 +103,10 @@ def load_imagenet_features(model: CardiomegalyNet) -> None:
             "or pass --init PATH to a local weights file, or train from scratch with --init random "
             "(then raise the learning rate, e.g. --lr 1e-4: the recipe's 1e-5 is a fine-tuning rate).") from None
     ref = densenet121(weights=None)
-    ref.load_state_dict(state)
+    try:
+        ref.load_state_dict(rename_legacy_densenet_keys(state))
+    except RuntimeError as exc:
+        raise InitWeightsError(f"ImageNet weights for DenseNet-121 do not fit torchvision's densenet121: {exc}") from None
     conv0 = ref.features.conv0.weight.detach().sum(dim=1, keepdim=True)
     feats = {k: v for k, v in ref.features.state_dict().items() if k != "conv0.weight"}
     model.features.load_state_dict({**feats, "conv0.weight": conv0}, strict=True)
@@ -106,6 +125,7 @@ def load_init_file(model: CardiomegalyNet, path: str | Path) -> None:
     state = obj.get("model_state", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict):
         raise InitWeightsError(f"--init {path}: expected a state dict or a cxr checkpoint")
+    state = rename_legacy_densenet_keys(state)  # e.g. torchvision's own densenet121-a639ec97.pth
     if any(k.startswith("head.") for k in state):
         try:
             model.load_state_dict(state, strict=True)

@@ -68,6 +68,45 @@ def test_imagenet_init_offline_stops_train_before_reading_data(offline, tmp_path
         train(C.TrainConfig(dataset="folder", data_root=str(tmp_path / "absent"), init="imagenet"), tmp_path / "r")
 
 
+def _published_densenet121_state() -> tuple[dict, dict]:
+    """(torchvision DenseNet-121 state, the same weights named as in the published densenet121-a639ec97.pth)."""
+    import re
+
+    from torchvision.models import densenet121
+
+    torch.manual_seed(7)
+    state = densenet121(weights=None).state_dict()
+    legacy = {re.sub(r"(denselayer\d+\.(?:norm|relu|conv))([12])\.", r"\1.\2.", k): v for k, v in state.items()
+              if not k.endswith("num_batches_tracked")}  # the 2017 file predates BatchNorm's counter
+    assert "features.denseblock1.denselayer1.norm.1.weight" in legacy  # the file's old-style names
+    return state, legacy
+
+
+def _assert_features_are(model, state) -> None:
+    got = model.features.state_dict()
+    for key, value in state.items():
+        if not key.startswith("features."):
+            continue
+        name = key[len("features."):]
+        expected = value.sum(dim=1, keepdim=True) if name == "conv0.weight" else value  # RGB summed to grey
+        assert torch.equal(got[name], expected), name
+
+
+def test_imagenet_init_loads_the_published_files_old_layer_names(monkeypatch):
+    import torchvision.models._api as api
+
+    state, legacy = _published_densenet121_state()
+    monkeypatch.setattr(api, "load_state_dict_from_url", lambda *a, **k: dict(legacy))
+    _assert_features_are(build_model("densenet121", init="imagenet"), state)
+
+
+def test_init_path_loads_the_published_file_as_saved(tmp_path):
+    state, legacy = _published_densenet121_state()
+    path = tmp_path / "densenet121-a639ec97.pth"
+    torch.save(legacy, path)
+    _assert_features_are(build_model("densenet121", init=str(path)), state)
+
+
 def test_init_from_a_checkpoint_starts_from_its_weights(phantom, tmp_path):
     train(tiny_config(phantom, max_epochs=1), tmp_path / "first")
     best = tmp_path / "first" / "best.pt"
