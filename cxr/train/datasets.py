@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 DATASET_KINDS = ("folder", "csv", "nih", "chexpert", "phantom")
 SPLITS = ("train", "val", "test")
 UNCERTAIN_POLICIES = ("zeros", "ones", "ignore", "drop")  # "drop" is a synonym of "ignore"
+DEFAULT_PATIENT_COLUMN = "patient_id"
 _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                   "test": "test", "testing": "test"}
 _TRUE = {"1", "1.0", "true", "yes", "positive", "y", "t"}
@@ -80,8 +81,8 @@ class DatasetIndex:
 
 
 def load_dataset(kind: str, root: Path | str, *, csv_path: Path | str | None = None, path_column: str = "path",
-                 label_column: str = "cardiomegaly", patient_column: str = "patient_id", split_column: str = "split",
-                 source_column: str | None = None, positive_class: str = "Cardiomegaly",
+                 label_column: str = "cardiomegaly", patient_column: str = DEFAULT_PATIENT_COLUMN,
+                 split_column: str = "split", source_column: str | None = None, positive_class: str = "Cardiomegaly",
                  negative_class: str = "Normal", uncertain: str = "zeros", frontal_only: bool = False,
                  verify_images: bool = False, workers: int = 2) -> DatasetIndex:
     """Index the dataset of `kind` under `root` (see the module docstring for the layouts).
@@ -173,11 +174,25 @@ def _load_folder(root: Path, classes: tuple[str, str]) -> DatasetIndex:
         for d, label in class_dirs:
             if d is not None:
                 entries.extend((f, label, split) for f in _walk_images(d, skipped))
+    # The patient is the NIH-style name's first part (00000001_000.png -> 00000001) wherever a name has that form;
+    # any other image is its own patient, named by its path under the root (a file stem repeats across folders,
+    # e.g. study1/view1_frontal.png and study2/view1_frontal.png, and would merge unrelated images).
     nih_ids = [_NIH_NAME.match(f.stem) for f, _, _ in entries]
-    known = bool(entries) and all(nih_ids)
-    samples = [Sample(f, label, m.group(1) if known else f.stem, split, "")
+    unmatched = sum(m is None for m in nih_ids)
+    if unmatched and unmatched < len(entries):
+        log.warning("%s: %d of %d image names are not NIH-style (00000001_000.png); each of those is its own patient",
+                    root, unmatched, len(entries))
+    samples = [Sample(f, label, m.group(1) if m else _relative_id(f, root), split, "")
                for (f, label, split), m in zip(entries, nih_ids)]
-    return DatasetIndex(samples, skipped, "folder", root, known)
+    return DatasetIndex(samples, skipped, "folder", root, bool(entries) and unmatched == 0)
+
+
+def _relative_id(path: Path, root: Path) -> str:
+    """An image's own patient id when none is known: its path under `root` (POSIX), else its absolute path."""
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.as_posix()
 
 
 def _subdirs(folder: Path) -> list[Path]:
@@ -245,6 +260,8 @@ def _load_csv(root: Path, csv_path, path_column, label_column, patient_column, s
     bases = [root] if root.is_dir() else []
     bases += [csv_path.parent] if csv_path.parent not in bases else []
     has_patients = patient_column in columns
+    if not has_patients and patient_column != DEFAULT_PATIENT_COLUMN:  # named by the user: a typo must not leak
+        raise ValueError(f"{csv_path}: patient column {patient_column!r} not found; the CSV has {columns}")
     skipped: list[tuple[str, str]] = []
     samples: list[Sample] = []
     all_ids = True
@@ -271,7 +288,7 @@ def _load_csv(root: Path, csv_path, path_column, label_column, patient_column, s
         pid = (row.get(patient_column) or "").strip() if has_patients else ""
         all_ids &= bool(pid)
         source = (row.get(source_column) or "").strip() if source_column else default_source
-        samples.append(Sample(path, label, pid or path.stem, split, source or default_source))
+        samples.append(Sample(path, label, pid or rel.replace("\\", "/"), split, source or default_source))
     return DatasetIndex(samples, skipped, "csv", bases[0], has_patients and all_ids)
 
 

@@ -34,7 +34,7 @@ class PreparedData:
 
 def _index(config: TrainConfig) -> tuple[list, dict[str, Any]]:
     from cxr.train.datasets import load_dataset
-    from cxr.train.splits import assign_splits
+    from cxr.train.splits import assign_splits, check_patient_leaks
 
     if not config.data_root:
         raise ValueError("no dataset given: pass --data KIND:PATH (e.g. --data folder:/data/nih)")
@@ -50,6 +50,11 @@ def _index(config: TrainConfig) -> tuple[list, dict[str, Any]]:
     # keeps a split the data already names (a given test is never redrawn); assigns the rest by patient
     samples = assign_splits(samples, val_fraction=config.val_fraction, test_fraction=config.test_fraction,
                             seed=config.seed)
+    check_patient_leaks(samples)  # now, before minutes of reading images, not after
+    if not index.patient_ids_known:
+        log.warning("%s: patient ids are not known for every image; those images count as their own patient, so "
+                    "one patient's images may land in different splits (name a patient column, or use NIH-style "
+                    "file names like 00000001_000.png)", config.data_root)
     summary = {"index": index.summary(), "patient_ids_known": bool(index.patient_ids_known)}
     return samples, summary
 

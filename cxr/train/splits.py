@@ -111,6 +111,13 @@ def check_splits(samples: Sequence[Sample], required: Sequence[str] = ("train", 
             problems.append(f"split '{name}' has no negative images ({c['images']} images)")
     if problems:
         raise ValueError("; ".join(problems))
+    check_patient_leaks(samples)
+
+
+def check_patient_leaks(samples: Sequence[Sample]) -> None:
+    """ValueError naming the patients whose images are in more than one split, and the way out. Only the data can
+    cause this (cxr keeps a patient's images together): splits given per image, as the original recipe's
+    train/val/test folders were."""
     seen: dict[str, set[str]] = defaultdict(set)
     for s in samples:
         if s.split is not None:
@@ -119,7 +126,11 @@ def check_splits(samples: Sequence[Sample], required: Sequence[str] = ("train", 
     if leaks:
         shown = ", ".join(f"{pid} ({'/'.join(sorted(seen[pid]))})" for pid in leaks[:5])
         more = f" and {len(leaks) - 5} more" if len(leaks) > 5 else ""
-        raise ValueError(f"{len(leaks)} patient(s) are in more than one split: {shown}{more}")
+        raise ValueError(
+            f"{len(leaks)} patient(s) are in more than one split: {shown}{more}. The data's splits were made per "
+            "image; let cxr split by patient instead: move the images out of train/val/test folders into "
+            "ROOT/<positive class>/ and ROOT/<negative class>/, or leave the split column empty (a given test split "
+            "can stay if its patients are nowhere else)")
 
 
 def write_splits(samples: Sequence[Sample], run_dir: Path | str) -> Path:

@@ -48,8 +48,9 @@ def test_folder_with_split_folders(tmp_path):
     (tmp_path / "extras").mkdir()
     index = load_dataset("folder", tmp_path)
     got = {n: (s.label, s.split, s.patient_id) for n, s in by_name(index).items()}
-    assert got == {"a.png": (1, "train", "a"), "b.png": (0, "train", "b"), "c.png": (1, "val", "c"),
-                   "d.jpg": (0, "val", "d"), "e.png": (0, "test", "e")}
+    assert got == {"a.png": (1, "train", "train/Cardiomegaly/a.png"), "b.png": (0, "train", "train/Normal/b.png"),
+                   "c.png": (1, "val", "val/Cardiomegaly/c.png"), "d.jpg": (0, "val", "val/Normal/d.jpg"),
+                   "e.png": (0, "test", "test/Normal/sub/e.png")}  # no NIH-style names: each image its own patient
     assert index.patient_ids_known is False
     assert all(s.path.is_absolute() for s in index.samples)
     reasons = {Path(p).name: r for p, r in index.skipped}
@@ -107,15 +108,27 @@ def test_folder_without_split_folders_and_custom_class_names(tmp_path):
 
 @pytest.mark.parametrize("names, known, patients", [
     (["00000001_000.png", "00000001_001.png", "00000002_000.png"], True, {"00000001", "00000002"}),
-    (["00000001_000.png", "scan.png"], False, {"00000001_000", "scan"}),
+    # one other name keeps the NIH patients grouped; that image alone is its own patient (by its path)
+    (["00000001_000.png", "00000001_000 (copy).png"], False, {"00000001", "Normal/00000001_000 (copy).png"}),
 ])
-def test_folder_patient_ids_from_nih_style_names(tmp_path, names, known, patients):
+def test_folder_patient_ids_from_nih_style_names(tmp_path, caplog, names, known, patients):
     for name in names:
         write_png(tmp_path / "Normal" / name)
     write_png(tmp_path / "Cardiomegaly" / names[0].replace("_000", "_009"))
-    index = load_dataset("folder", tmp_path)
+    with caplog.at_level(logging.WARNING, logger="cxr.train.datasets"):
+        index = load_dataset("folder", tmp_path)
     assert index.patient_ids_known is known
-    assert patients <= {s.patient_id for s in index.samples}
+    assert {s.patient_id for s in index.samples} == patients
+    assert ("1 of 3 image names are not NIH-style" in caplog.text) is (not known)
+
+
+def test_folder_images_with_one_file_name_in_many_folders_are_different_patients(tmp_path):
+    """CheXpert-like trees repeat file names (study1/view1_frontal.png): without patient ids, never merge them."""
+    for i in range(3):
+        write_png(tmp_path / "Normal" / f"study{i}" / "view1_frontal.png")
+        write_png(tmp_path / "Cardiomegaly" / f"study{i}" / "view1_frontal.png")
+    index = load_dataset("folder", tmp_path)
+    assert len({s.patient_id for s in index.samples}) == 6 and index.patient_ids_known is False
 
 
 def test_folder_without_class_folders_is_an_error(tmp_path):
@@ -133,7 +146,7 @@ def test_csv_with_custom_columns(tmp_path, caplog):
     labels = write_csv(tmp_path / "meta" / "labels.csv", ["file", "y", "pid", "fold", "site"], [
         [str(tmp_path / "img" / "a.png"), "1", "p1", "train", "s1"],  # absolute path
         ["img/b.png", "no", "p1", "", "s1"],
-        ["img/c.png", "Positive", "", "test", "s2"],  # no patient id: the stem is used
+        ["img/c.png", "Positive", "", "test", "s2"],  # no patient id: its own patient, named by its path
         ["img/d.png", "maybe", "p3", "", "s2"],
         ["img/e.png", "", "p4", "", "s2"],
         ["img/missing.png", "1", "p5", "", "s2"],
@@ -143,7 +156,7 @@ def test_csv_with_custom_columns(tmp_path, caplog):
         index = load_dataset("csv", tmp_path, csv_path=labels, path_column="file", label_column="y",
                              patient_column="pid", split_column="fold", source_column="site")
     got = {n: (s.label, s.patient_id, s.split, s.source) for n, s in by_name(index).items()}
-    assert got == {"a.png": (1, "p1", "train", "s1"), "b.png": (0, "p1", None, "s1"), "c.png": (1, "c", "test", "s2")}
+    assert got == {"a.png": (1, "p1", "train", "s1"), "b.png": (0, "p1", None, "s1"), "c.png": (1, "img/c.png", "test", "s2")}
     assert index.patient_ids_known is False  # one row had no patient id
     reasons = sorted(r for _, r in index.skipped)
     assert reasons == ["bad label 'maybe'", "missing file", "no label",
@@ -164,13 +177,14 @@ def test_csv_paths_relative_to_the_csv_folder_and_default_source_column(tmp_path
     labels = write_csv(tmp_path / "data" / "labels.csv", ["path", "cardiomegaly", "dataset"], [["x.png", "1", "siteA"]])
     index = load_dataset("csv", labels)  # root may be the CSV itself
     assert [(s.path, s.source, s.patient_id) for s in index.samples] == [
-        ((tmp_path / "data" / "x.png").resolve(), "siteA", "x")]
+        ((tmp_path / "data" / "x.png").resolve(), "siteA", "x.png")]
     assert index.patient_ids_known is False
 
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"label_column": "label"}, r"missing column\(s\) \['label'\]"),
     ({"source_column": "site"}, "source column 'site' not found"),
+    ({"patient_column": "PatientXX"}, "patient column 'PatientXX' not found"),  # a typo must not split by image
 ])
 def test_csv_missing_columns_are_named(tmp_path, kwargs, message):
     write_csv(tmp_path / "labels.csv", ["path", "cardiomegaly"], [["x.png", "1"]])

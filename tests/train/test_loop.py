@@ -135,3 +135,47 @@ def test_rotation_is_seeded_per_epoch_and_index(phantom):
     assert not torch.equal(plain[1][0], image)
     angles = [rotation_angle(0, e, i, 5.0) for e in range(20) for i in range(20)]
     assert max(np.abs(angles)) <= 5.0 and len(set(angles)) == len(angles)
+
+
+def test_per_image_splits_that_split_a_patient_stop_before_any_image_is_read(tmp_path, monkeypatch):
+    """The original recipe's train/val/test folders were split per image: NIH names show one patient in two splits.
+    The run must stop at once, before preloading every image, and say how to let cxr split by patient."""
+    import cv2
+
+    import cxr.train.prepare as prepare
+
+    image = np.full((40, 40), 90, np.uint8)
+    image[10:30, 10:30] = 200
+    for split, patients in [("train", ["00000001", "00000002"]), ("val", ["00000001", "00000003"])]:
+        for cls, follow_up in (("Cardiomegaly", 0), ("Normal", 1)):
+            for pid in patients:  # patient 00000001 has images in train and in val
+                path = tmp_path / "data" / split / cls / f"{pid}_{follow_up}{split == 'val':d}0.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                assert cv2.imwrite(str(path), image)
+
+    def never(*args, **kwargs):
+        raise AssertionError("images were read before the split check")
+
+    monkeypatch.setattr(prepare, "preload", never)
+    with pytest.raises(ValueError) as info:
+        train(tiny_config(tmp_path / "data", dataset="folder", cache_images="on"), tmp_path / "run")
+    message = str(info.value)
+    assert "1 patient(s) are in more than one split: 00000001 (train/val)" in message
+    assert "ROOT/<positive class>/" in message
+
+
+def test_missing_patient_ids_are_warned_about(tmp_path, caplog):
+    import cv2
+
+    from cxr.train.prepare import _index
+
+    image = np.full((40, 40), 90, np.uint8)
+    image[10:30, 10:30] = 200
+    for cls in ("Cardiomegaly", "Normal"):
+        for i in range(3):
+            (tmp_path / cls).mkdir(exist_ok=True)
+            assert cv2.imwrite(str(tmp_path / cls / f"scan{i}.png"), image)
+    with caplog.at_level(logging.WARNING, logger="cxr.train.prepare"):
+        samples, summary = _index(tiny_config(tmp_path, dataset="folder"))
+    assert summary["patient_ids_known"] is False and len(samples) == 6
+    assert "patient ids are not known for every image" in caplog.text
