@@ -236,6 +236,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, ctx: D.DistContext)
         lr = optimizer.param_groups[0]["lr"]
         train_loss, _ = _train_epoch(net, train_loader, optimizer, criterion, ctx, autocast, scaler, epoch)
         ev = evaluate_split(model, evals["val"], ctx, pos_weight, autocast)
+        _require_usable_validation(ev, data.samples["val"])
         threshold = choose_threshold(config.threshold_method, config.target_sensitivity, ev.labels,
                                      ev.probabilities)
         row = {"epoch": epoch, "lr": lr, "train_loss": train_loss, **epoch_metrics(ev, threshold)}
@@ -270,8 +271,27 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, ctx: D.DistContext)
     return _finish(config, run_dir, ctx, data, model, best_state, stop, history, evals, pos_weight, autocast)
 
 
+def _require_usable_validation(ev, samples) -> None:
+    """ValueError when the readable validation images cannot select a model: none of them, or a single class.
+    (With the image cache on, unreadable images are dropped and the splits checked before training; without it,
+    this is where an unreadable validation split shows.)"""
+    classes = set(np.unique(ev.labels).tolist())
+    if ev.labels.size and classes == {0, 1}:
+        return
+    readable = set(ev.index.tolist())
+    unreadable = [str(s.path) for i, s in enumerate(samples) if i not in readable]
+    shown = ", ".join(unreadable[:3]) + (f" and {len(unreadable) - 3} more" if len(unreadable) > 3 else "")
+    what = ("none of the validation images could be read" if not ev.labels.size else
+            f"the readable validation images are all {'positive' if classes == {1} else 'negative'}")
+    raise ValueError(f"{what} ({ev.labels.size} readable, {len(unreadable)} unreadable"
+                     + (f": {shown}" if unreadable else "") + "); a model cannot be selected on them")
+
+
 def _finish(config, run_dir, ctx, data, model, best_state, stop, history, evals, pos_weight, autocast):
     """Best weights back, threshold chosen on validation with them, test evaluated once; best.pt, metrics, plots."""
+    if best_state is None:  # the validation loss was never a number: the weights diverged (NaN/inf) from epoch 1
+        raise ValueError(f"the validation loss was never finite ({[h['val_loss'] for h in history][:5]}...): "
+                         "training diverged; lower --lr or check the images")
     model.load_state_dict(best_state)
     val = evaluate_split(model, evals["val"], ctx, pos_weight, autocast)
     threshold = choose_threshold(config.threshold_method, config.target_sensitivity, val.labels, val.probabilities)

@@ -179,3 +179,39 @@ def test_missing_patient_ids_are_warned_about(tmp_path, caplog):
         samples, summary = _index(tiny_config(tmp_path, dataset="folder"))
     assert summary["patient_ids_known"] is False and len(samples) == 6
     assert "patient ids are not known for every image" in caplog.text
+
+
+def test_an_unreadable_validation_split_stops_with_the_files_named(tmp_path):
+    """Image cache off: unreadable validation images only show at evaluation. One epoch, then a clear error naming
+    them, not epochs of NaN losses and a traceback at the end."""
+    import csv
+
+    import cv2
+
+    rows = []
+    for i in range(8):
+        path = tmp_path / f"train{i}.png"
+        image = np.full((48, 48), 60 + 20 * i, np.uint8)
+        image[8:40, 8:40] = 230 - 20 * i
+        assert cv2.imwrite(str(path), image)
+        rows.append([path.name, i % 2, f"t{i}", "train"])
+    for i in range(4):
+        (tmp_path / f"val{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+        rows.append([f"val{i}.png", i % 2, f"v{i}", "val"])
+    with open(tmp_path / "labels.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([["path", "cardiomegaly", "patient_id", "split"], *rows])
+    config = tiny_config(tmp_path, dataset="csv", cache_images="off", test_fraction=0.0, max_epochs=2)
+    with pytest.raises(ValueError) as info:
+        train(config, tmp_path / "run")
+    message = str(info.value)
+    assert message.startswith("none of the validation images could be read (0 readable, 4 unreadable: ")
+    assert str(tmp_path / "val0.png") in message and "and 1 more" in message
+
+
+def test_a_validation_loss_that_is_never_finite_is_a_clear_error(phantom, tmp_path, monkeypatch):
+    import dataclasses
+
+    real = loop.evaluate_split
+    monkeypatch.setattr(loop, "evaluate_split", lambda *a, **k: dataclasses.replace(real(*a, **k), loss=float("nan")))
+    with pytest.raises(ValueError, match="the validation loss was never finite .*training diverged; lower --lr"):
+        train(tiny_config(phantom, max_epochs=1), tmp_path / "run")
