@@ -46,6 +46,9 @@ def main(checkpoint: Path, out: Path, opset: int, sample_dir: Path | None, label
     if labels is not None and sample_dir is None:
         raise click.UsageError("--labels labels the --sample images; without --sample the run's validation split "
                                "(with its own labels) is used")
+    if out.suffix.lower() != ".onnx":
+        raise click.BadParameter(f"{out}: give an ONNX file name ending in .onnx, e.g. {out.with_suffix('.onnx')}",
+                                 param_hint="--out")
     from cxr.cli import require_training_extra
 
     require_training_extra("cxr-export")

@@ -221,6 +221,8 @@ def export_onnx(checkpoint: Path, out: Path, opset: int = 17, sample_dir: Path |
     if max_samples < 1:
         raise ValueError(f"max_samples must be at least 1, got {max_samples}")
     out = Path(out)
+    if out.suffix.lower() != ".onnx":  # also keeps a typo from overwriting the checkpoint, splits.csv or a report
+        raise ValueError(f"--out {out}: give an ONNX file name ending in .onnx, e.g. {out.with_suffix('.onnx')}")
     if not out.parent.is_dir():
         raise ExportError(f"{out}: the output directory {out.parent} does not exist")
 
@@ -230,6 +232,11 @@ def export_onnx(checkpoint: Path, out: Path, opset: int = 17, sample_dir: Path |
     config = PreprocessConfig.from_dict(ckpt["preprocess"])
     images = (find_images(ckpt_path, config, sample_dir, limit=max_samples, labels_csv=labels)
               if validate else None)
+    variant_images = None
+    if quantize or fp16:  # before anything is written: a missing image set must not leave a half-done export
+        from cxr.export.quantize import variant_inputs
+
+        variant_images = variant_inputs(ckpt_path, config, sample_dir, calibration_dir, labels, quantize == "int8")
 
     facts: dict[str, Any] = {
         "opset": opset, "exporter": EXPORTER, "precision": "fp32", "versions": versions(),
@@ -280,9 +287,8 @@ def export_onnx(checkpoint: Path, out: Path, opset: int = 17, sample_dir: Path |
         from cxr.export.quantize import make_variants
 
         result.variants = make_variants(
-            fp32_path=out, ckpt=ckpt, ckpt_path=ckpt_path, facts=facts, config=config, opset=opset,
-            int8=quantize == "int8", fp16=fp16, sample_dir=sample_dir, calibration_dir=calibration_dir,
-            labels=labels, max_auroc_drop=max_auroc_drop, force=force)
+            fp32_path=out, ckpt=ckpt, facts=facts, config=config, opset=opset, int8=quantize == "int8", fp16=fp16,
+            inputs=variant_images, max_auroc_drop=max_auroc_drop, force=force)
         report_data = {**report, "model": str(out), "card_export": facts, "variants": result.variants}
         write_report(report_data, report_path)
     return result

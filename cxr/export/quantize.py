@@ -1,7 +1,7 @@
 """Reduced-precision copies of a validated fp32 export: int8 (static QDQ) and fp16, each judged before writing.
 
 int8: onnxruntime.quantization.quantize_static, QDQ format, per-channel int8 weights, uint8 activations, calibrated
-on real preprocessed images (`--calibration DIR`, else the images used for evaluation). Only Conv and Gemm are
+on real preprocessed images (`--calibration DIR`, else the run's training split, else the evaluation images). Only Conv and Gemm are
 quantized, so the uint8 input, the Cast/Div/Sub preprocessing nodes and the float32 outputs stay as they are.
 Two layers stay float: the stem convolution and the classifier (see `float_nodes`). The stem reads the equalized
 image, whose histogram is flat over 0..255; on x86 CPUs without VNNI, ONNX Runtime's uint8 x int8 kernels add pairs of
@@ -22,6 +22,7 @@ import logging
 import os
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ TIMING_IMAGES = 8
 CALIBRATION_IMAGES = 64
 EVAL_IMAGES = 512
 CHECK_IMAGES = 8  # images for the variant's batch-invariance and runtime-Scorer checks
+VARIANT_BATCH_TOLERANCE = 1e-4  # max |prob alone - prob in a batch| for an int8/fp16 copy (fp32: 1e-5)
 
 
 class _Calibration:
@@ -223,6 +225,7 @@ def make_variant(kind: str, fp32_path: Path, ckpt: dict, facts: dict, opset: int
     final = side_path(fp32_path, f"{kind}.onnx")
     rejected = side_path(fp32_path, f"{kind}.rejected.onnx")
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    figures: dict[str, Any] = {}
     try:
         settings = (quantize_int8(fp32_path, tmp, calibration) if kind == "int8" else convert_fp16(fp32_path, tmp))
         check_model_file(tmp)
@@ -230,6 +233,10 @@ def make_variant(kind: str, fp32_path: Path, ckpt: dict, facts: dict, opset: int
         check_io(tmp, size)
         figures = compare(fp32_path, tmp, eval_set)
         figures["batch_invariance"] = batch_invariance(ort_session(tmp), eval_set.images[:CHECK_IMAGES])
+        if not figures["batch_invariance"]["max"] <= VARIANT_BATCH_TOLERANCE:  # NaN fails too
+            raise ExportError(f"{tmp}: the {kind} copy's probability for an image changes with the other images "
+                              f"in its batch by {figures['batch_invariance']['max']:.2e} (more than "
+                              f"{VARIANT_BATCH_TOLERANCE:g})")
         variant_facts = {**facts, "precision": kind,
                          "validation": {"fp32_source": fp32_path.name, "fp32_source_validation": facts["validation"]},
                          "reduced_precision": {**settings, **{
@@ -242,6 +249,15 @@ def make_variant(kind: str, fp32_path: Path, ckpt: dict, facts: dict, opset: int
         if figures["scorer_max_abs_diff"] > 1e-6:
             raise ExportError(f"{tmp}: the runtime Scorer's probabilities differ from ONNX Runtime's by "
                               f"{figures['scorer_max_abs_diff']:.2e}")
+    except ExportError as exc:  # a broken copy is refused like an inaccurate one (even with --force); fp32 stands
+        kept = None
+        if tmp.exists():
+            os.replace(tmp, rejected)
+            kept = str(rejected)
+        reason = str(exc).replace(str(tmp), final.name)
+        log.warning("%s copy not written: %s", kind, reason)
+        return {**figures, "path": None, "rejected_path": kept, "reason": reason,
+                "written": False}
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -257,24 +273,55 @@ def make_variant(kind: str, fp32_path: Path, ckpt: dict, facts: dict, opset: int
             **({"reason": reason} if reason else {})}
 
 
-def make_variants(fp32_path: Path, ckpt: dict, ckpt_path: Path, facts: dict, config, opset: int, int8: bool,
-                  fp16: bool, sample_dir: Path | None, calibration_dir: Path | None, labels: Path | None,
-                  max_auroc_drop: float, force: bool) -> dict[str, dict[str, Any]]:
-    """The requested reduced-precision copies of the validated fp32 file at `fp32_path`."""
-    from cxr.export.samples import find_images, images_from_dir
+@dataclass
+class VariantInputs:
+    """The images the reduced-precision copies need, found before anything is written (a missing set is an error
+    before the fp32 file exists, not after)."""
+
+    eval_set: Any
+    calibration: np.ndarray | None
+    calibration_source: str | None
+
+
+def variant_inputs(ckpt_path: Path, config, sample_dir: Path | None, calibration_dir: Path | None,
+                   labels: Path | None, int8: bool) -> VariantInputs:
+    """The evaluation set (--sample DIR, else the run's validation split) and, for int8, the calibration images:
+    --calibration DIR, else the run's training split (never the images the AUROC guard is measured on), else, with
+    no training split at hand, the evaluation images themselves (said in the card and in a warning)."""
+    from cxr.export.samples import find_images, images_from_dir, images_from_run
 
     eval_set = find_images(ckpt_path, config, sample_dir, limit=EVAL_IMAGES, labels_csv=labels,
                            purpose="evaluating reduced precision")
+    if not int8:
+        return VariantInputs(eval_set, None, None)
+    if calibration_dir is not None:
+        calibration = images_from_dir(calibration_dir, config, limit=CALIBRATION_IMAGES)
+        if len(calibration) == 0:
+            raise ExportError(f"{calibration_dir}: no readable calibration images")
+        return VariantInputs(eval_set, calibration.images, str(calibration_dir))
+    run_dir = Path(ckpt_path).parent
+    if (run_dir / "splits.csv").is_file():
+        try:
+            train = images_from_run(run_dir, config, split="train", limit=CALIBRATION_IMAGES, spread=True)
+        except ExportError:
+            train = None
+        if train is not None and len(train) > 0:
+            return VariantInputs(eval_set, train.images, train.source)
+    log.warning("int8 calibration uses the %s, the same images its AUROC change is measured on (no --calibration "
+                "DIR and no training split): the check is then less strict", eval_set.source)
+    return VariantInputs(eval_set, eval_set.images[:CALIBRATION_IMAGES],
+                         f"{eval_set.source} (the evaluation images: no training split)")
+
+
+def make_variants(fp32_path: Path, ckpt: dict, facts: dict, config, opset: int, int8: bool, fp16: bool,
+                  inputs: VariantInputs, max_auroc_drop: float, force: bool) -> dict[str, dict[str, Any]]:
+    """The requested reduced-precision copies of the validated fp32 file at `fp32_path`."""
     out: dict[str, dict[str, Any]] = {}
     if int8:
-        calibration = (images_from_dir(calibration_dir, config, limit=CALIBRATION_IMAGES).images
-                       if calibration_dir is not None else eval_set.images[:CALIBRATION_IMAGES])
-        if calibration.shape[0] == 0:
-            raise ExportError(f"{calibration_dir}: no readable calibration images")
-        out["int8"] = make_variant("int8", fp32_path, ckpt, facts, opset, config.size, eval_set, calibration,
-                                   max_auroc_drop, force)
-        out["int8"]["calibration"] = str(calibration_dir) if calibration_dir else eval_set.source
+        out["int8"] = make_variant("int8", fp32_path, ckpt, facts, opset, config.size, inputs.eval_set,
+                                   inputs.calibration, max_auroc_drop, force)
+        out["int8"]["calibration"] = inputs.calibration_source
     if fp16:
-        out["fp16"] = make_variant("fp16", fp32_path, ckpt, facts, opset, config.size, eval_set, None,
+        out["fp16"] = make_variant("fp16", fp32_path, ckpt, facts, opset, config.size, inputs.eval_set, None,
                                    max_auroc_drop, force)
     return out

@@ -115,14 +115,18 @@ def images_from_dir(directory: Path, config: PreprocessConfig, limit: int | None
 
 
 def images_from_run(run_dir: Path, config: PreprocessConfig, split: str = "val",
-                    limit: int | None = None) -> ImageSet:
-    """The run's `split` images and labels from run_dir/splits.csv (relative paths are taken from the run dir)."""
+                    limit: int | None = None, spread: bool = False) -> ImageSet:
+    """The run's `split` images and labels from run_dir/splits.csv (relative paths are taken from the run dir).
+    `limit` keeps the first images, or with `spread` images evenly spaced over the split (splits.csv lists a folder
+    dataset class by class, so the first 64 training images may all be positive)."""
     from cxr.train.splits import read_splits
 
     splits_csv = Path(run_dir) / "splits.csv"
     samples = [s for s in read_splits(splits_csv) if s.split == split]
     if not samples:
         raise ExportError(f"{splits_csv}: no images in the {split!r} split")
+    if limit is not None and spread and len(samples) > limit:
+        samples = [samples[i] for i in np.unique(np.linspace(0, len(samples) - 1, limit).round().astype(int))]
     samples = samples[:limit] if limit is not None else samples
     paths = [Path(s.path) if Path(s.path).is_absolute() else Path(run_dir) / s.path for s in samples]
     labels = [int(s.label) if s.label in (0, 1) else -1 for s in samples]

@@ -79,3 +79,13 @@ def test_int8_refused_warns_but_fp32_written(tiny_run, tmp_path):
     assert result.exit_code == 0, result.output
     assert "int8: NOT written" in result.output and out.is_file()
     assert not (tmp_path / "model.int8.onnx").exists() and (tmp_path / "model.int8.rejected.onnx").exists()
+
+
+@pytest.mark.parametrize("name", ["best.pt", "model", "splits.csv"])
+def test_out_must_be_an_onnx_file_name(tiny_run, tmp_path, name):
+    """A typo such as --out run/best.pt would overwrite the trained weights."""
+    target = tmp_path / name
+    target.write_bytes(b"keep me")
+    result = _run(tiny_run, "--out", target)
+    assert result.exit_code == 2 and "ending in .onnx" in result.output
+    assert target.read_bytes() == b"keep me"

@@ -125,3 +125,53 @@ def test_float_nodes_names_unnamed_nodes():
     # the stem had no name; "n0" is taken by the second Conv, which must not be excluded with it
     assert names == ["n0_1", "n3"] and proto.graph.node[0].name == "n0_1" and proto.graph.node[1].name == "n0"
     assert "stem Conv" in why[0] and "classifier Gemm" in why[1]
+
+
+def test_int8_is_calibrated_on_the_training_split_not_on_the_images_it_is_judged_on(int8_export, tiny_run):
+    v = int8_export.variants["int8"]
+    assert v["calibration"] == f"train split of {tiny_run / 'splits.csv'}"
+    assert v["settings"]["n_calibration_images"] == 4  # the run's 4 training images
+    assert v["images"] != v["calibration"] and v["images"].startswith("val split of")
+
+
+def test_int8_without_a_training_split_says_its_calibration_is_the_evaluation_set(tiny_run, tmp_path, caplog):
+    import logging
+    import shutil
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(tiny_run / "best.pt", run / "best.pt")
+    lines = (tiny_run / "splits.csv").read_text().splitlines()
+    (run / "splits.csv").write_text("\n".join([lines[0]] + [ln for ln in lines[1:] if ",val," in ln]) + "\n")
+    with caplog.at_level(logging.WARNING, logger="cxr.export.quantize"):
+        report = export_onnx(run, tmp_path / "model.onnx", quantize="int8", max_auroc_drop=1.0)
+    assert report.variants["int8"]["calibration"].endswith("(the evaluation images: no training split)")
+    assert "the same images its AUROC change is measured on" in caplog.text
+
+
+def test_a_variant_without_images_writes_nothing_at_all(tiny_run, tmp_path):
+    """No splits.csv and no --sample: the int8 copy has nothing to be judged on. That is found before the fp32 file
+    is written, so the error's 'nothing written' is true."""
+    import shutil
+
+    from cxr.export.errors import ExportError
+
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    shutil.copy(tiny_run / "best.pt", lone / "best.pt")
+    with pytest.raises(ExportError, match="no real images for evaluating reduced precision"):
+        export_onnx(lone / "best.pt", lone / "m.onnx", validate=False, quantize="int8")
+    assert sorted(p.name for p in lone.iterdir()) == ["best.pt"]
+
+
+def test_a_variant_whose_output_depends_on_its_batch_is_refused_even_forced(tiny_run, tmp_path, monkeypatch):
+    import cxr.export.validate as validate
+
+    monkeypatch.setattr(validate, "batch_invariance", lambda session, images: {"1": 0.0, "max": 3e-3})
+    report = export_onnx(tiny_run, tmp_path / "model.onnx", fp16=True, max_auroc_drop=1.0, force=True,
+                         validate=False)
+    v = report.variants["fp16"]
+    assert v["written"] is False and "changes with the other images in its batch by 3.00e-03" in v["reason"]
+    assert "model.fp16.onnx" in v["reason"] and ".tmp-" not in v["reason"]
+    assert not side_path(report.path, "fp16.onnx").exists()
+    assert v["rejected_path"] == str(side_path(report.path, "fp16.rejected.onnx")) and report.path.is_file()
