@@ -12,12 +12,13 @@ import numpy as np
 
 
 def _check(y_true, scores) -> tuple[np.ndarray, np.ndarray]:
-    y = np.asarray(y_true).astype(np.int64).ravel()
+    raw = np.asarray(y_true).ravel()
     s = np.asarray(scores, dtype=np.float64).ravel()
-    if y.shape != s.shape:
-        raise ValueError(f"labels and scores differ in length: {y.shape[0]} vs {s.shape[0]}")
-    if not np.isin(y, (0, 1)).all():
+    if raw.shape != s.shape:
+        raise ValueError(f"labels and scores differ in length: {raw.shape[0]} vs {s.shape[0]}")
+    if raw.dtype.kind not in "biuf" or not np.isin(raw, (0, 1)).all():  # checked before any cast: 0.6 is not 0
         raise ValueError("labels must be 0 or 1")
+    y = raw.astype(np.int64)
     if not np.isfinite(s).all():
         raise ValueError("scores contain NaN or infinity")
     return y, s
@@ -133,7 +134,7 @@ def binary_metrics(y_true, probabilities, threshold: float) -> dict[str, Any]:
         return a / b if b else math.nan
 
     sens, ppv = ratio(tp, tp + fn), ratio(tp, tp + fp)
-    f1 = 2 * sens * ppv / (sens + ppv) if (sens + ppv) and not math.isnan(sens + ppv) else math.nan
+    f1 = ratio(2 * tp, 2 * tp + fp + fn)  # 0 when positives exist and none is found; NaN only with none at all
     return {
         "threshold": float(threshold), "tp": tp, "fp": fp, "tn": tn, "fn": fn,
         "sensitivity": sens, "specificity": ratio(tn, tn + fp), "ppv": ppv, "npv": ratio(tn, tn + fn),
@@ -141,8 +142,16 @@ def binary_metrics(y_true, probabilities, threshold: float) -> dict[str, Any]:
     }
 
 
+def _require_both_classes(y_true, what: str) -> None:
+    y = np.asarray(y_true)
+    if not has_both_classes(y):
+        raise ValueError(f"{what} needs positives and negatives; got {int((y == 1).sum())} positive, "
+                         f"{int((y == 0).sum())} negative")
+
+
 def youden_threshold(y_true, probabilities) -> float:
-    """The threshold maximising sensitivity + specificity - 1 (ties: the higher threshold)."""
+    """The threshold maximising sensitivity + specificity - 1 (ties: the higher threshold). Needs both classes."""
+    _require_both_classes(y_true, "Youden's J")
     fpr, tpr, thresholds = roc_curve(y_true, probabilities)
     j = tpr - fpr
     best = int(np.argmax(j[1:])) + 1  # skip the +inf point
@@ -153,6 +162,7 @@ def threshold_for_sensitivity(y_true, probabilities, target: float) -> float:
     """The highest threshold whose sensitivity is at least `target`."""
     if not 0.0 < target <= 1.0:
         raise ValueError(f"target sensitivity must lie in (0, 1], got {target}")
+    _require_both_classes(y_true, "a threshold for a target sensitivity")
     fpr, tpr, thresholds = roc_curve(y_true, probabilities)
     ok = np.flatnonzero(tpr >= target - 1e-12)
     return float(min(max(thresholds[ok[0]], 0.0), 1.0))

@@ -84,7 +84,32 @@ def test_single_class_gives_nan_auroc_not_a_number_made_up():
     ([0, 1, 2], [0.1, 0.2, 0.3], "0 or 1"),
     ([0, 1], [0.1], "differ in length"),
     ([0, 1], [0.1, float("nan")], "NaN"),
+    ([0.6, 1, 0, 0.4], [0.1, 0.9, 0.2, 0.3], "0 or 1"),  # a soft label is refused, never cast to 0
+    (["0", "1"], [0.1, 0.9], "0 or 1"),
 ])
 def test_bad_inputs_are_refused(y, s, message):
     with pytest.raises(ValueError, match=message):
         metrics.roc_auc(y, s)
+
+
+def test_boolean_and_float_labels_that_are_0_or_1_are_accepted():
+    assert metrics.roc_auc([False, True, True], [0.1, 0.8, 0.7]) == 1.0
+    assert metrics.roc_auc([0.0, 1.0, 1.0], [0.1, 0.8, 0.7]) == 1.0
+
+
+@pytest.mark.parametrize("y,p,f1", [
+    ([1, 1, 0, 0, 0], [0.1, 0.2, 0.9, 0.8, 0.7], 0.0),  # tp=0, fp=3, fn=2: F1 is 0 (as sklearn), not undefined
+    ([1, 1, 0], [0.1, 0.2, 0.3], 0.0),  # nothing called positive, positives missed: 0
+    ([0, 0, 0], [0.1, 0.2, 0.3], float("nan")),  # no positives and none called: undefined
+    ([1, 0, 1, 0], [0.9, 0.1, 0.2, 0.8], 0.5),  # tp=1, fp=1, fn=1
+])
+def test_f1_is_zero_when_positives_are_all_missed_and_nan_only_when_undefined(y, p, f1):
+    got = metrics.binary_metrics(y, p, threshold=0.5)["f1"]
+    assert (math.isnan(got) and math.isnan(f1)) or got == pytest.approx(f1)
+
+
+@pytest.mark.parametrize("fn", [lambda y, p: metrics.youden_threshold(y, p),
+                                lambda y, p: metrics.threshold_for_sensitivity(y, p, 0.9)])
+def test_thresholds_need_both_classes(fn):
+    with pytest.raises(ValueError, match="needs positives and negatives; got 0 positive, 3 negative"):
+        fn([0, 0, 0], [0.1, 0.5, 0.9])
