@@ -27,7 +27,7 @@ EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 _SPECIAL = {"dataset", "data_root", "csv_path"}  # given as --data KIND:PATH and --csv
 _CHOICES = {"dataset": C.DATASET_KINDS, "arch": C.ARCHS, "optimizer": C.OPTIMIZERS, "amp": C.AMP_MODES,
             "device": C.DEVICES, "cache_images": C.CACHE_MODES, "uncertain": C.UNCERTAIN_POLICIES,
-            "threshold_method": ("youden_j", "target_sensitivity")}
+            "nih_negatives": C.NIH_NEGATIVES, "threshold_method": ("youden_j", "target_sensitivity")}
 
 
 class PosWeight(click.ParamType):

@@ -19,6 +19,7 @@ AMP_MODES = ("auto", "on", "off")
 DEVICES = ("auto", "cpu", "cuda")
 CACHE_MODES = ("auto", "on", "off")
 UNCERTAIN_POLICIES = ("zeros", "ones", "ignore", "drop")
+NIH_NEGATIVES = ("no_finding", "all")  # mirrors cxr.train.datasets.NIH_NEGATIVES
 CACHE_AUTO_LIMIT = 20_000  # cache_images="auto" keeps preprocessed images in memory below this many images
 
 # Fields that may differ between the saved config and the one given to --resume (they do not change the result).
@@ -55,6 +56,9 @@ class TrainConfig:
     """CheXpert uncertain labels (-1): zeros, ones, or ignore (= drop: leave those images out)."""
     frontal_only: bool = False
     """CheXpert: keep frontal views only."""
+    nih_negatives: str = "no_finding"
+    """NIH ChestX-ray14 negatives: no_finding (the recipe's Normal class: images labelled 'No Finding'; images with
+    other findings only are left out) or all (every image without Cardiomegaly)."""
     verify_images: bool = False
     """Decode every image while indexing and skip (and report) unreadable ones before training starts."""
     val_fraction: float = 0.15
@@ -126,7 +130,7 @@ class TrainConfig:
         if self.optimizer not in OPTIMIZERS:
             bad("optimizer", f"must be one of {OPTIMIZERS}")
         for name, allowed in (("amp", AMP_MODES), ("device", DEVICES), ("cache_images", CACHE_MODES),
-                              ("uncertain", UNCERTAIN_POLICIES)):
+                              ("uncertain", UNCERTAIN_POLICIES), ("nih_negatives", NIH_NEGATIVES)):
             if getattr(self, name) not in allowed:
                 bad(name, f"must be one of {allowed}")
         if not isinstance(self.init, str) or not self.init:

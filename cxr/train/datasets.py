@@ -3,7 +3,9 @@
 Five layouts (`DATASET_KINDS`):
   folder    root/{train,val,test}/{Cardiomegaly,Normal}/...  or  root/{Cardiomegaly,Normal}/...  (split None)
   csv       a labels CSV: path,label[,patient_id][,split][,dataset|source]
-  nih       ChestX-ray14: Data_Entry_2017*.csv, images anywhere under root/images*/, train_val_list.txt/test_list.txt
+  nih       ChestX-ray14: Data_Entry_2017*.csv, images anywhere under root/images*/, train_val_list.txt/test_list.txt;
+            positives list Cardiomegaly, negatives are 'No Finding' (the recipe's Normal; nih_negatives="all": any
+            image without Cardiomegaly)
   chexpert  CheXpert train.csv (split None: split by patient later) and valid.csv, which becomes "test": CheXpert's
             small hand-labelled validation set is what papers report as the held-out set
   phantom   a folder written by cxr-phantom (its labels.csv)
@@ -27,6 +29,7 @@ log = logging.getLogger(__name__)
 DATASET_KINDS = ("folder", "csv", "nih", "chexpert", "phantom")
 SPLITS = ("train", "val", "test")
 UNCERTAIN_POLICIES = ("zeros", "ones", "ignore", "drop")  # "drop" is a synonym of "ignore"
+NIH_NEGATIVES = ("no_finding", "all")
 DEFAULT_PATIENT_COLUMN = "patient_id"
 _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                   "test": "test", "testing": "test"}
@@ -84,7 +87,7 @@ def load_dataset(kind: str, root: Path | str, *, csv_path: Path | str | None = N
                  label_column: str = "cardiomegaly", patient_column: str = DEFAULT_PATIENT_COLUMN,
                  split_column: str = "split", source_column: str | None = None, positive_class: str = "Cardiomegaly",
                  negative_class: str = "Normal", uncertain: str = "zeros", frontal_only: bool = False,
-                 verify_images: bool = False, workers: int = 2) -> DatasetIndex:
+                 nih_negatives: str = "no_finding", verify_images: bool = False, workers: int = 2) -> DatasetIndex:
     """Index the dataset of `kind` under `root` (see the module docstring for the layouts).
 
     Raises ValueError for an unknown kind or policy, a missing root or labels file, or a CSV without a needed column.
@@ -95,6 +98,8 @@ def load_dataset(kind: str, root: Path | str, *, csv_path: Path | str | None = N
         raise ValueError(f"dataset kind must be one of {DATASET_KINDS}, got {kind!r}")
     if uncertain not in UNCERTAIN_POLICIES:
         raise ValueError(f"uncertain must be one of {UNCERTAIN_POLICIES}, got {uncertain!r}")
+    if nih_negatives not in NIH_NEGATIVES:
+        raise ValueError(f"nih_negatives must be one of {NIH_NEGATIVES}, got {nih_negatives!r}")
     root = Path(root).expanduser().resolve()
     if not root.exists():
         raise ValueError(f"{root}: dataset root does not exist")
@@ -108,7 +113,7 @@ def load_dataset(kind: str, root: Path | str, *, csv_path: Path | str | None = N
                           classes, default_source="phantom" if kind == "phantom" else "")
         index.kind = kind
     elif kind == "nih":
-        index = _load_nih(root, csv_path)
+        index = _load_nih(root, csv_path, nih_negatives)
     else:
         index = _load_chexpert(root, csv_path, uncertain, frontal_only)
     if verify_images:
@@ -301,7 +306,7 @@ def _resolve(rel: str, bases: list[Path]) -> Path | None:
 # ------------------------------------------------------------------------------------------------ nih
 
 
-def _load_nih(root: Path, csv_path) -> DatasetIndex:
+def _load_nih(root: Path, csv_path, negatives: str = "no_finding") -> DatasetIndex:
     if csv_path is None:
         found = sorted(root.glob("Data_Entry_2017*.csv"))
         if not found:
@@ -336,6 +341,9 @@ def _load_nih(root: Path, csv_path) -> DatasetIndex:
             skipped.append((f"{csv_path}:{line} {name}", "missing file"))
             continue
         findings = {f.strip() for f in row["Finding Labels"].split("|")}
+        if negatives == "no_finding" and "Cardiomegaly" not in findings and findings != {"No Finding"}:
+            skipped.append((f"{csv_path}:{line} {name}", "other finding, not Normal (--nih-negatives all keeps it)"))
+            continue
         pid = row["Patient ID"].strip()
         pid = f"{int(pid):08d}" if pid.isdigit() else pid or Path(name).stem
         if split_of and name not in split_of:

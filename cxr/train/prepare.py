@@ -43,6 +43,7 @@ def _index(config: TrainConfig) -> tuple[list, dict[str, Any]]:
         label_column=config.label_column, patient_column=config.patient_column, split_column=config.split_column,
         source_column=config.source_column, positive_class=config.positive_class,
         negative_class=config.negative_class, uncertain=config.uncertain, frontal_only=config.frontal_only,
+        nih_negatives=config.nih_negatives,
         verify_images=config.verify_images, workers=max(1, config.num_workers))
     samples = list(index.samples)
     if not samples:

@@ -114,12 +114,16 @@ def _negative_test_split_csv(phantom, tmp_path):
     """A predefined split whose test part holds negatives only: its AUROC would be undefined."""
     path = tmp_path / "labels.csv"
     rows = list(csv.DictReader(open(phantom / "labels.csv")))
+    patients = sorted({row["patient_id"] for row in rows})
+    negative_only = {pid for pid in patients if all(r["cardiomegaly"] == "0" for r in rows if r["patient_id"] == pid)}
+    split_of = {pid: "test" if pid in negative_only and i % 4 == 0 else ("val" if i % 4 == 1 else "train")
+                for i, pid in enumerate(patients)}  # per patient: no patient in two splits
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["path", "cardiomegaly", "patient_id", "split"])
-        for i, row in enumerate(rows):
-            split = "test" if row["cardiomegaly"] == "0" and i % 4 == 0 else ("val" if i % 4 == 1 else "train")
-            writer.writerow([phantom / row["path"], row["cardiomegaly"], row["patient_id"], split])
+        for row in rows:
+            writer.writerow([phantom / row["path"], row["cardiomegaly"], row["patient_id"],
+                             split_of[row["patient_id"]]])
     return path
 
 

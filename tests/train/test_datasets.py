@@ -231,7 +231,7 @@ def nih_root(tmp_path) -> Path:
 def test_nih(nih_root):
     (nih_root / "train_val_list.txt").write_text("00000001_000.png\n00000001_001.png\n00000002_000.png\n")
     (nih_root / "test_list.txt").write_text("00000003_000.png\n00000004_000.png\n")
-    index = load_dataset("nih", nih_root)
+    index = load_dataset("nih", nih_root, nih_negatives="all")
     got = {n: (s.label, s.patient_id, s.split, s.source) for n, s in by_name(index).items()}
     assert got == {"00000001_000.png": (1, "00000001", None, "nih"), "00000001_001.png": (1, "00000001", None, "nih"),
                    "00000002_000.png": (0, "00000002", None, "nih"), "00000003_000.png": (0, "00000003", "test", "nih")}
@@ -240,10 +240,22 @@ def test_nih(nih_root):
     assert index.patient_ids_known is True
 
 
+def test_nih_negatives_are_no_finding_by_default_as_in_the_recipe(nih_root):
+    """The recipe's classes were Cardiomegaly and Normal: an image with other findings only is neither."""
+    index = load_dataset("nih", nih_root)
+    assert {n: s.label for n, s in by_name(index).items()} == {
+        "00000001_000.png": 1, "00000001_001.png": 1, "00000002_000.png": 0}  # 'Cardiomegaly|Emphysema' is positive
+    assert sorted((Path(p.split(" ")[-1]).name, r) for p, r in index.skipped) == [
+        ("00000003_000.png", "other finding, not Normal (--nih-negatives all keeps it)"),
+        ("00000004_000.png", "missing file")]
+    with pytest.raises(ValueError, match="nih_negatives must be one of"):
+        load_dataset("nih", nih_root, nih_negatives="some")
+
+
 def test_nih_symlink_loop_is_walked_once_and_reported(nih_root):
     images = nih_root / "images_001" / "images"
     (images / "again").symlink_to(nih_root / "images_001", target_is_directory=True)
-    index = load_dataset("nih", nih_root)
+    index = load_dataset("nih", nih_root, nih_negatives="all")
     assert sorted(by_name(index)) == ["00000001_000.png", "00000001_001.png", "00000002_000.png", "00000003_000.png"]
     assert by_name(index)["00000001_000.png"].path == (images / "00000001_000.png").resolve()
     assert sorted(index.skipped) == sorted([
@@ -252,7 +264,7 @@ def test_nih_symlink_loop_is_walked_once_and_reported(nih_root):
 
 
 def test_nih_without_lists_leaves_everything_unassigned(nih_root):
-    index = load_dataset("nih", nih_root)
+    index = load_dataset("nih", nih_root, nih_negatives="all")
     assert {s.split for s in index.samples} == {None}
     assert len(index.samples) == 4
 

@@ -122,6 +122,7 @@ def test_config_constants_match_the_modules_they_mirror():
     assert C.ARCHS == ARCHS
     assert C.DATASET_KINDS == datasets.DATASET_KINDS
     assert set(C.UNCERTAIN_POLICIES) == set(datasets.UNCERTAIN_POLICIES)
+    assert C.NIH_NEGATIVES == datasets.NIH_NEGATIVES and C.TrainConfig().nih_negatives == "no_finding"
 
 
 def test_config_defaults_are_the_recipe():
