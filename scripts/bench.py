@@ -62,6 +62,8 @@ def _index(benchmarks: list[dict]) -> dict[tuple, dict]:
         e, g = b.get("extra_info", {}), b.get("group") or ""
         if g.startswith("inference-"):
             out[("inf", e.get("engine"), e.get("precision"), e.get("batch"))] = b
+        elif g.startswith("in-turn-"):
+            out[("turn", e.get("batch"))] = b
         elif g == "end-to-end":
             out[("e2e", e.get("mode"))] = b
         elif g == "int8-trained":
@@ -81,6 +83,18 @@ def _paired_median(b: dict | None, key: str) -> float | None:
     """Median of the per-round times a benchmark recorded in extra_info[key] (its paired, untimed-setup rounds)."""
     values = None if b is None else b.get("extra_info", {}).get(key)
     return float(statistics.median(values)) if values else None
+
+
+def _paired(b: dict | None) -> dict[str, list[float]] | None:
+    """The per-round seconds of `test_engines_in_turn` (PyTorch, int8, fp32 on one batch, back to back)."""
+    rounds = None if b is None else b.get("extra_info", {}).get("paired_rounds")
+    return rounds if rounds and all(rounds.get(k) for k in ("fp32_s", "pytorch_s", "int8_s")) else None
+
+
+def _median_ratio(num: list[float], den: list[float]) -> float | None:
+    """The median over rounds of each round's own ratio num/den (rounds taken in turn share the machine's load)."""
+    pairs = [a / b for a, b in zip(num, den) if b > 0]
+    return float(statistics.median(pairs)) if pairs else None
 
 
 def _ratio(num: float | None, den: float | None) -> float | None:
@@ -152,15 +166,24 @@ def ratios_section(data: dict, idx: dict, peak: float | None) -> tuple[list[str]
     lines = ["## Ratios", "", "| batch | ORT fp32 ms/img | PyTorch ms/img | ORT fp32 / PyTorch speed-up | ORT int8 ms/img "
              "| int8 / fp32 speed-up | fp32 % of peak |", "|---:|---:|---:|---:|---:|---:|---:|"]
     gflop = densenet121_gflops(224)
+    in_turn = []
     for batch in (1, 8, 32):
-        f32, i8, pt = (_median(idx.get(("inf", eng, prec, batch)))
-                       for eng, prec in (("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("pytorch", "fp32")))
+        paired = _paired(idx.get(("turn", batch)))
+        if paired is not None:  # rounds taken in turn: medians of each engine's calls, ratios per round
+            in_turn.append(batch)
+            f32, i8, pt = (float(statistics.median(paired[k])) for k in ("fp32_s", "int8_s", "pytorch_s"))
+            ort_vs_torch = _median_ratio(paired["pytorch_s"], paired["fp32_s"])
+            int8_speedup = _median_ratio(paired["fp32_s"], paired["int8_s"])
+        else:  # an older JSON without them: the separate benchmarks' medians
+            f32, i8, pt = (_median(idx.get(("inf", eng, prec, batch)))
+                           for eng, prec in (("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("pytorch", "fp32")))
+            ort_vs_torch, int8_speedup = _ratio(pt, f32), _ratio(f32, i8)
         per = lambda m: None if m is None else m * 1000 / batch  # noqa: E731
         pct = None if f32 is None or not peak else 100 * gflop * batch / f32 / peak
-        found[batch] = {"ort_vs_torch": _ratio(pt, f32), "int8_speedup": _ratio(f32, i8), "pct_peak": pct,
+        found[batch] = {"ort_vs_torch": ort_vs_torch, "int8_speedup": int8_speedup, "pct_peak": pct,
                         "fp32_ms": per(f32)}
-        lines.append(f"| {batch} | {_fmt(per(f32))} | {_fmt(per(pt))} | {_fmt(_ratio(pt, f32), '.2f')}x | "
-                     f"{_fmt(per(i8))} | {_fmt(_ratio(f32, i8))}x | {_fmt(pct, '.1f')}% |")
+        lines.append(f"| {batch} | {_fmt(per(f32))} | {_fmt(per(pt))} | {_fmt(ort_vs_torch, '.2f')}x | "
+                     f"{_fmt(per(i8))} | {_fmt(int8_speedup)}x | {_fmt(pct, '.1f')}% |")
     best = min((b for b in found if found[b]["fp32_ms"] is not None), key=lambda b: found[b]["fp32_ms"], default=None)
     sizes = {}
     for prec in ("fp32", "int8"):
@@ -172,6 +195,11 @@ def ratios_section(data: dict, idx: dict, peak: float | None) -> tuple[list[str]
     e2e = _ratio(_paired_median(folder_run, "model_only_round_s"), _median(folder_run))
     found.update(best=best, e2e=e2e, size_ratio=_ratio(sizes["fp32"], sizes["int8"]))
     lines += ["",
+              (f"- Batches {', '.join(map(str, in_turn))}: rounds taken in turn (PyTorch, ONNX Runtime int8 and fp32 "
+               "on the same batch, back to back; `test_engines_in_turn`); ms/img are the medians of each engine's "
+               "calls, and each speed-up is the median over rounds of that round's own ratio, so load from other "
+               "tenants of the machine falls on both sides of it." if in_turn else
+               "- Ratios from the separate benchmarks' medians (this run has no rounds taken in turn)."),
               f"- DenseNet-121 at 224 (one grey channel in, one logit out): {gflop:.2f} GFLOP per image "
               f"(2 x {gflop / 2:.3f} GMACs, counted analytically over every convolution and the linear layer by "
               "`cxr.runtime.bench.densenet121_macs`, checked against a layer-by-layer count of the PyTorch model in "

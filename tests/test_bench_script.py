@@ -162,3 +162,20 @@ def test_render_only_without_benchmarks_fails(bench, tmp_path):
     src.write_text(json.dumps({"benchmarks": []}))
     assert bench.main(["--render-only", str(src), "--out", str(tmp_path / "B.md")]) == 1
     assert not (tmp_path / "B.md").exists()
+
+
+def test_ratios_come_from_rounds_taken_in_turn(bench, tmp_path):
+    """A burst of load hits PyTorch, int8 and fp32 of one round alike: the ratio is the median of per-round ratios,
+    not of two separate benchmarks' medians (which here say 2.00x)."""
+    data = _data(0.040, 0.080, 1.00, 0.9, 350.0)
+    data["benchmarks"].append(_bench("turn_1", "in-turn-b1", 2.0, engine="onnxruntime", precision="fp32", batch=1,
+                                     images=1, mode="engines_in_turn",
+                                     paired_rounds={"fp32_s": [1.0, 2.0, 4.0], "pytorch_s": [3.0, 5.0, 8.0],
+                                                    "int8_s": [0.5, 1.0, 2.0]}))
+    src, out = tmp_path / "latest.json", tmp_path / "BENCHMARKS.md"
+    src.write_text(json.dumps(data))
+    assert bench.main(["--render-only", str(src), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "| 1 | 2000.00 | 5000.00 | 2.50x | 1000.00 | 2.00x |" in text  # per-round 3, 2.5, 2 and 2, 2, 2
+    assert "2.50x (batch 8: n/a" in _target_rows(text)["ORT"] and "**PASS**" in _target_rows(text)["ORT"]
+    assert "- Batches 1: rounds taken in turn" in text
