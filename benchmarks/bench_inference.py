@@ -3,9 +3,10 @@
 Same intra-op threads for both engines (conftest.THREADS). Timed per call; per-image latency = median / batch.
 
 Each engine has its own benchmark. The ratios in BENCHMARKS.md come from `test_engines_in_turn`: one round is
-PyTorch, ONNX Runtime int8 and ONNX Runtime fp32 on the same batch, back to back, so a burst of load from the other
-tenants of a shared machine slows all three alike; the ratio is the median over rounds of each round's own ratio.
-(Two runs of separate benchmarks on this machine gave ORT/PyTorch 3.18x and 1.63x.)
+PyTorch, ONNX Runtime int8 and ONNX Runtime fp32 on the same batch, one after the other with a 0.1 s pause between
+engines (conftest.settle), so a burst of load from the other tenants of a shared machine slows all three alike; the
+ratio is the median over rounds of each round's own ratio. (Two runs of separate benchmarks on this machine gave
+ORT/PyTorch 3.18x and 1.63x.)
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import time
 
 import numpy as np
 import pytest
+
+from conftest import settle
 
 BATCHES = [1, 8, 32]
 ROUNDS = {1: 10, 8: 5, 32: 3}  # about 2 s of model time per engine and batch size on 2 cores
@@ -73,9 +76,12 @@ def test_engines_in_turn(benchmark, annotate, scorers, torch_model, batch):
         with torch.inference_mode():
             return torch_model(xt)
 
-    def others():
+    def others():  # a pause before each engine: the previous one's spinning threads would slow it (conftest)
+        settle()
         timed("pytorch_s", torch_run)
+        settle()
         timed("int8_s", lambda: scorers["int8"].predict(x))
+        settle()
 
     benchmark.group = f"in-turn-b{batch}"
     _, prob = benchmark.pedantic(lambda: timed("fp32_s", lambda: scorers["fp32"].predict(x)), setup=others,

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, THREADS
+from conftest import REPO, THREADS, settle
 
 TRAINED = Path(os.environ.get("CXR_BENCH_TRAINED", REPO / "demo_out"))
 BATCH = 8
@@ -58,9 +58,11 @@ def test_int8_vs_fp32_trained(benchmark, annotate, trained_int8):
     fp32_times: list[float] = []
 
     def time_fp32():
+        settle()
         start = time.perf_counter()
         _predict(scorers["fp32"], images)
         fp32_times.append(time.perf_counter() - start)
+        settle()
 
     benchmark.group = "int8-trained"
     p_int8 = benchmark.pedantic(_predict, args=(scorers["int8"], images), setup=time_fp32, rounds=3,

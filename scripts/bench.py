@@ -196,9 +196,10 @@ def ratios_section(data: dict, idx: dict, peak: float | None) -> tuple[list[str]
     found.update(best=best, e2e=e2e, size_ratio=_ratio(sizes["fp32"], sizes["int8"]))
     lines += ["",
               (f"- Batches {', '.join(map(str, in_turn))}: rounds taken in turn (PyTorch, ONNX Runtime int8 and fp32 "
-               "on the same batch, back to back; `test_engines_in_turn`); ms/img are the medians of each engine's "
-               "calls, and each speed-up is the median over rounds of that round's own ratio, so load from other "
-               "tenants of the machine falls on both sides of it." if in_turn else
+               "on the same batch, one after the other with a 0.1 s pause between engines so that one engine's "
+               "spinning threads do not slow the next; `test_engines_in_turn`); ms/img are the medians of each "
+               "engine's calls, and each speed-up is the median over rounds of that round's own ratio, so load from "
+               "other tenants of the machine falls on both sides of it." if in_turn else
                "- Ratios from the separate benchmarks' medians (this run has no rounds taken in turn)."),
               f"- DenseNet-121 at 224 (one grey channel in, one logit out): {gflop:.2f} GFLOP per image "
               f"(2 x {gflop / 2:.3f} GMACs, counted analytically over every convolution and the linear layer by "
