@@ -8,7 +8,6 @@ error row, so one bad image never stops a run.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
@@ -24,6 +23,7 @@ import numpy as np
 from cxr.runtime.card import INPUT_NAME, OUTPUT_NAMES, ModelCard
 from cxr.runtime.errors import ImageError, ModelCardError, ModelLoadError, ProviderError
 from cxr.runtime.preprocess import preprocess_batch
+from cxr.runtime.serialization import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +34,12 @@ DEVICES = ("auto", "cpu", "cuda")
 # Row error codes besides the image codes of cxr.runtime.errors.
 INTERNAL = "internal"  # an unexpected exception while reading or preprocessing one file (a bug: please report)
 INFERENCE_FAILED = "inference_failed"  # the session failed on this image even when run alone
+
+
+def _identity(path: Path) -> tuple[int, int, int, int]:
+    """(device, size, inode, mtime in ns): changes when the file is rewritten or replaced."""
+    st = os.stat(path)
+    return st.st_dev, st.st_size, st.st_ino, st.st_mtime_ns
 
 
 def available_providers() -> list[str]:
@@ -76,21 +82,31 @@ class Scorer:
         if not path.is_file():
             raise ModelLoadError(f"{path}: not a file")
         providers = self._providers_to_try(list(ort.get_available_providers()))
-        try:  # one read: the session, the hash and the size all describe the same bytes, whatever happens later
-            data = path.read_bytes()
+        # The hash and size are taken now, at load, so that the manifest describes the file the session was built
+        # from even if it is replaced during a long run; a file that changes while it is loaded is refused. (Building
+        # the session from the bytes read for the hash would settle it too, but costs ~25 MB of peak memory.)
+        try:
+            before = _identity(path)
+            self.model_sha256 = sha256_file(path)
+            """SHA-256 of the model file as loaded (the manifest records it)."""
+            self.model_size_bytes = before[1]
         except OSError as exc:
             raise ModelLoadError(f"{path}: cannot read the model file: {exc.strerror or exc}") from None
-        self.model_sha256 = hashlib.sha256(data).hexdigest()
-        """SHA-256 of the bytes the session was built from (the manifest records it)."""
-        self.model_size_bytes = len(data)
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only; we report the provider outcome ourselves
         if self.threads is not None:
             options.intra_op_num_threads = self.threads
         try:
-            session = ort.InferenceSession(data, sess_options=options, providers=providers)
+            session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf/... types
             raise ModelLoadError(f"{path}: cannot be loaded as an ONNX model: {_short(exc)}") from None
+        try:
+            changed = _identity(path) != before
+        except OSError:
+            changed = True
+        if changed:
+            raise ModelLoadError(f"{path}: the model file changed while it was being loaded; run again once it is "
+                                 "written")
         active = list(session.get_providers())
         if self.requested_device == "cuda" and CUDA not in active:
             raise ProviderError(

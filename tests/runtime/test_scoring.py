@@ -271,3 +271,30 @@ def test_interrupt_from_on_item_stops_the_reader_threads(scorer, mixed_folder):
             pass
     assert len(seen) == 3
     assert not [t for t in threading.enumerate() if t.name.startswith("cxr-read")]
+
+
+def test_a_model_file_replaced_while_it_loads_is_refused(tiny_model, tmp_path, monkeypatch):
+    """The manifest's hash must describe the file the session was built from: a file replaced between the hash and
+    the session (a re-export landing at that moment) is refused, never recorded with the other file's hash."""
+    import os
+    import shutil
+
+    import onnxruntime as ort
+
+    model = tmp_path / "model.onnx"
+    shutil.copy(tiny_model, model)
+    real = ort.InferenceSession
+
+    def replaced_during_load(*args, **kwargs):
+        session = real(*args, **kwargs)
+        other = tmp_path / "other.onnx"  # another export, moved into place as a re-export would be
+        shutil.copy(tiny_model, other)
+        os.replace(other, model)
+        return session
+
+    monkeypatch.setattr(ort, "InferenceSession", replaced_during_load)
+    with pytest.raises(ModelLoadError, match="changed while it was being loaded"):
+        Scorer(model, device="cpu")
+    monkeypatch.setattr(ort, "InferenceSession", real)
+    scorer = Scorer(model, device="cpu")
+    assert scorer.model_size_bytes == model.stat().st_size == tiny_model.stat().st_size
