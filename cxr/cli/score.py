@@ -32,6 +32,7 @@ class _Terminated(BaseException):
 @contextmanager
 def _sigterm_raises():
     def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut short keeping the rows done
         raise _Terminated()
 
     try:
@@ -42,7 +43,8 @@ def _sigterm_raises():
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if previous is not None:  # None: a handler installed from C, which Python cannot put back
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -116,8 +118,8 @@ def main(folder: Path, out: Path, model: Path, device: str, batch_size: int, wor
     with _sigterm_raises():
         try:
             _score(folder, out, model, device, batch_size, workers, threads, threshold, labels, quiet)
-        except _Terminated:  # before scoring started or after the results were committed
-            _error(f"terminated (SIGTERM); {out} is " + ("complete" if out.is_file() else "not written"))
+        except _Terminated:  # before scoring started (once it has, _score reports it itself)
+            _error(f"terminated (SIGTERM) before scoring started; nothing was written to {out}")
             sys.exit(EXIT_TERMINATED)
 
 
@@ -217,6 +219,21 @@ def _score(folder: Path, out: Path, model: Path, device: str, batch_size: int, w
                + (f"; the rows done are in {kept}" if kept else ""))
         raise
 
+    done = {"manifest": False}
+    try:
+        _finish(out, folder, model, device, batch_size, workers, threads, threshold, labels, quiet, scorer, walk,
+                tally, matcher, thr, thr_source, started_wall, t0, scoring_s, done)
+    except _Terminated:
+        _error(f"terminated (SIGTERM) after {out} was written; "
+               + ("so was its manifest" if done["manifest"] else "its manifest was not"))
+        sys.exit(EXIT_TERMINATED)
+
+
+def _finish(out, folder, model, device, batch_size, workers, threads, threshold, labels, quiet, scorer, walk, tally,
+            matcher, thr, thr_source, started_wall, t0, scoring_s, done: dict) -> None:
+    """The manifest beside the committed results, the summary, and the exit code (done["manifest"] once written)."""
+    from cxr.runtime.results import build_manifest, manifest_path, write_json_atomic
+
     label_report = matcher.report(thr) if matcher is not None else None
     manifest = build_manifest(
         scorer=scorer, folder=folder, out=out, tally=tally, walk=walk, threshold=thr, threshold_source=thr_source,
@@ -227,6 +244,7 @@ def _score(folder: Path, out: Path, model: Path, device: str, batch_size: int, w
     mpath = manifest_path(out)
     try:
         write_json_atomic(mpath, manifest)
+        done["manifest"] = True
     except OSError as exc:
         _error(f"results written to {out}, but the manifest {mpath} could not be: {exc.strerror or exc}")
         sys.exit(EXIT_FAILED)

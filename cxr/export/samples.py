@@ -75,8 +75,10 @@ def read_labels(labels_csv: Path, root: Path) -> dict[Path, int]:
     out: dict[Path, int] = {}
     try:
         for line_no, key, value in label_rows(labels_csv):
+            if not key and not value:
+                continue  # a blank row (spreadsheets save trailing ',,' lines); cxr-score ignores it too
             if not key:
-                raise ExportError(f"{labels_csv}: line {line_no}: empty path")
+                raise ExportError(f"{labels_csv}: line {line_no}: a label without a path")
             if value not in ("", "0", "1"):
                 raise ExportError(f"{labels_csv}: line {line_no}: label {value!r} for {key!r} is not 0, 1 or empty")
             label = int(value) if value else -1

@@ -124,7 +124,7 @@ def is_image_candidate(path: Path) -> bool:
     except OSError:
         # Cannot even sniff it. A DICOM file often has no suffix or a numeric one (IM0001, 1.2.840...3.1): such a
         # file becomes an `unreadable` row naming it, not a silent "non-image". A locked notes.txt stays a non-image.
-        return not path.suffix or not path.suffix[1:].isalpha()
+        return not path.suffix or path.suffix[1:].isdigit()
     return _sniff(head) is not None or _other_image(head) is not None
 
 

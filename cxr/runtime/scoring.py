@@ -261,7 +261,10 @@ def score_folder(folder: str | os.PathLike, scorer: Scorer, batch_size: int = 8,
     if files is None:
         from cxr.runtime.walk import find_images
 
-        files = find_images(root).files
+        walked = find_images(root)
+        for problem in walked.problems:  # cxr-score prints these itself; a library caller hears them here
+            logger.warning("%s: %s", root, problem)
+        files = walked.files
     thr = scorer.threshold if threshold is None else float(threshold)
     config = scorer.card.preprocess
     max_in_flight = 2 * batch_size

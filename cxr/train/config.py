@@ -22,6 +22,9 @@ UNCERTAIN_POLICIES = ("zeros", "ones", "ignore", "drop")
 NIH_NEGATIVES = ("no_finding", "all")  # mirrors cxr.train.datasets.NIH_NEGATIVES
 CACHE_AUTO_LIMIT = 20_000  # cache_images="auto" keeps preprocessed images in memory below this many images
 
+# What runs made before a field existed did; a saved config without the key gets this value (not the new default).
+LEGACY_DEFAULTS = {"nih_negatives": "all"}
+
 # Fields that may differ between the saved config and the one given to --resume (they do not change the result).
 RESUMABLE_OVERRIDES = ("max_epochs", "num_workers", "bootstrap_n", "cache_images", "verify_images", "device")
 
@@ -185,8 +188,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
-        """Build from config.json; unknown keys are an error naming them (a config from another cxr version)."""
-        return dataclass_from_dict(cls, data, "train config")
+        """Build from config.json; unknown keys are an error naming them (a config from another cxr version).
+        A key that an older cxr did not write takes the value that version used, not today's default."""
+        return dataclass_from_dict(cls, {**LEGACY_DEFAULTS, **data}, "train config")
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)

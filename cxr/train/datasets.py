@@ -291,10 +291,13 @@ def _load_csv(root: Path, csv_path, path_column, label_column, patient_column, s
             skipped.append((str(bases[0] / rel), "missing file"))
             continue
         pid = (row.get(patient_column) or "").strip() if has_patients else ""
+        if not pid:  # no id in the CSV: an NIH-style name gives one (00000001_000.png -> 00000001), as for folders
+            nih = _NIH_NAME.match(path.stem)
+            pid = nih.group(1) if nih else ""
         all_ids &= bool(pid)
         source = (row.get(source_column) or "").strip() if source_column else default_source
         samples.append(Sample(path, label, pid or rel.replace("\\", "/"), split, source or default_source))
-    return DatasetIndex(samples, skipped, "csv", bases[0], has_patients and all_ids)
+    return DatasetIndex(samples, skipped, "csv", bases[0], bool(samples) and all_ids)
 
 
 def _resolve(rel: str, bases: list[Path]) -> Path | None:

@@ -237,6 +237,9 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, ctx: D.DistContext)
         train_loss, _ = _train_epoch(net, train_loader, optimizer, criterion, ctx, autocast, scaler, epoch)
         ev = evaluate_split(model, evals["val"], ctx, pos_weight, autocast)
         _require_usable_validation(ev, data.samples["val"])
+        if not (np.isfinite(ev.loss) and np.isfinite(ev.probabilities).all()):
+            raise ValueError(f"epoch {epoch}: the model's validation outputs are not finite (loss {ev.loss}): "
+                             f"training diverged; lower --lr (now {lr:g}) or check the images")
         threshold = choose_threshold(config.threshold_method, config.target_sensitivity, ev.labels,
                                      ev.probabilities)
         row = {"epoch": epoch, "lr": lr, "train_loss": train_loss, **epoch_metrics(ev, threshold)}
@@ -289,9 +292,8 @@ def _require_usable_validation(ev, samples) -> None:
 
 def _finish(config, run_dir, ctx, data, model, best_state, stop, history, evals, pos_weight, autocast):
     """Best weights back, threshold chosen on validation with them, test evaluated once; best.pt, metrics, plots."""
-    if best_state is None:  # the validation loss was never a number: the weights diverged (NaN/inf) from epoch 1
-        raise ValueError(f"the validation loss was never finite ({[h['val_loss'] for h in history][:5]}...): "
-                         "training diverged; lower --lr or check the images")
+    if best_state is None:  # no epoch ran (max_epochs reached before the first): nothing to select from
+        raise ValueError("no epoch was trained, so there are no best weights (raise --max-epochs)")
     model.load_state_dict(best_state)
     val = evaluate_split(model, evals["val"], ctx, pos_weight, autocast)
     threshold = choose_threshold(config.threshold_method, config.target_sensitivity, val.labels, val.probabilities)

@@ -325,11 +325,31 @@ def test_sigterm_before_scoring_leaves_nothing(tiny_model, good_folder, tmp_path
     folder, _ = good_folder
     out_dir = tmp_path / "out"
     out_dir.mkdir()
+    (out_dir / "r.csv").write_text("an earlier run\n")  # left as it was, and not called complete
     before = signal.getsignal(signal.SIGTERM)
     result = run(folder, "--out", out_dir / "r.csv", "--model", tiny_model)
-    assert result.exit_code == 143 and "terminated (SIGTERM)" in result.stderr and "not written" in result.stderr
-    assert list(out_dir.iterdir()) == []
+    assert result.exit_code == 143
+    assert f"terminated (SIGTERM) before scoring started; nothing was written to {out_dir / 'r.csv'}" in result.stderr
+    assert [p.name for p in out_dir.iterdir()] == ["r.csv"] and (out_dir / "r.csv").read_text() == "an earlier run\n"
     assert signal.getsignal(signal.SIGTERM) == before  # the handler is cxr-score's only while it runs
+
+
+def test_sigterm_while_the_manifest_is_written_says_the_results_are_complete(tiny_model, good_folder, tmp_path,
+                                                                             monkeypatch):
+    import signal
+
+    import cxr.runtime.results as results
+
+    def terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM did not stop the manifest")
+
+    monkeypatch.setattr(results, "write_json_atomic", terminated)
+    folder, names = good_folder
+    result = run(folder, "--out", tmp_path / "r.csv", "--model", tiny_model)
+    assert result.exit_code == 143
+    assert f"terminated (SIGTERM) after {tmp_path / 'r.csv'} was written; its manifest was not" in result.stderr
+    assert list(read_rows(tmp_path / "r.csv")) == names
 
 
 def test_a_write_error_keeps_the_rows_done_and_exits_1_without_a_traceback(tiny_model, good_folder, tmp_path,

@@ -22,8 +22,8 @@ def _csv(path: Path, text: str, bom: bool = False) -> Path:
 
 @pytest.mark.parametrize("bom", [False, True])  # a spreadsheet's "CSV UTF-8" starts with a byte-order mark
 def test_labels_keep_csv_order_unknowns_and_normalized_paths(tmp_path, bom):
-    labels = _csv(tmp_path / "labels.csv", "path , cardiomegaly,ctr\n./b.png,1,0.6\nsub\\a.png,0,0.4\nc.png,,\n",
-                  bom=bom)
+    labels = _csv(tmp_path / "labels.csv", "path , cardiomegaly,ctr\n./b.png,1,0.6\nsub\\a.png,0,0.4\nc.png,,\n,,\n",
+                  bom=bom)  # the last, blank row is skipped as cxr-score skips it
     assert list(read_labels(labels, tmp_path).items()) == [
         (tmp_path / "b.png", 1), (tmp_path / "sub" / "a.png", 0), (tmp_path / "c.png", -1)]
 
@@ -31,7 +31,7 @@ def test_labels_keep_csv_order_unknowns_and_normalized_paths(tmp_path, bom):
 @pytest.mark.parametrize("text, needle", [
     ("path,label\na.png,2\n", "line 2: label '2' for 'a.png' is not 0, 1 or empty"),
     ("path,label\na.png,1\nb.png,0\n./a.png,0\n", "line 4: 'a.png' is listed with two different labels"),
-    ("path,label\n,1\n", "line 2: empty path"),
+    ("path,label\n,1\n", "line 2: a label without a path"),
     ("file,label\na.png,1\n", "missing column(s) path"),
     ("path,label\n", "no files listed"),
 ])

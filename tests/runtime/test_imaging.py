@@ -285,7 +285,8 @@ def test_is_image_candidate(tmp_path, name, content, expected):
 
 @pytest.mark.parametrize("name,expected", [
     ("IM0002", True), ("1.2.840.113619.2.55.3", True),  # DICOM names: no or numeric suffix -> an unreadable row
-    ("chest.png", True), ("notes.txt", False), ("data.bin", False)])
+    ("chest.png", True), ("notes.txt", False), ("data.bin", False),
+    ("clip.mp4", False), ("model.h5", False), ("notes.txt~", False)])  # not DICOM-like: still non-images
 def test_a_file_that_cannot_be_opened_is_a_candidate_when_it_may_be_dicom(tmp_path, monkeypatch, name, expected):
     path = tmp_path / name
     path.write_bytes(b"\0" * 128 + b"DICM")

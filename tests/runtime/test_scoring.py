@@ -298,3 +298,22 @@ def test_a_model_file_replaced_while_it_loads_is_refused(tiny_model, tmp_path, m
     monkeypatch.setattr(ort, "InferenceSession", real)
     scorer = Scorer(model, device="cpu")
     assert scorer.model_size_bytes == model.stat().st_size == tiny_model.stat().st_size
+
+
+def test_score_folder_walking_itself_warns_of_folder_problems(tiny_model, tmp_path, caplog):
+    """cxr-score walks first and prints problems once; a library caller that lets score_folder walk hears them too."""
+    import logging
+    import os
+
+    import cv2
+
+    folder = tmp_path / "f"
+    folder.mkdir()
+    image = np.full((40, 40), 90, np.uint8)
+    image[10:30, 10:30] = 200
+    assert cv2.imwrite(str(folder / "a.png"), image)
+    os.symlink(folder, folder / "loop")
+    with caplog.at_level(logging.WARNING, logger="cxr.runtime.scoring"):
+        rows = list(scoring.score_folder(folder, Scorer(tiny_model, device="cpu")))
+    assert [r.path for r in rows] == ["a.png"]
+    assert f"{folder}: loop: symlink loop" in caplog.text

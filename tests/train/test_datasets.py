@@ -181,6 +181,21 @@ def test_csv_paths_relative_to_the_csv_folder_and_default_source_column(tmp_path
     assert index.patient_ids_known is False
 
 
+def test_csv_without_patient_ids_uses_nih_style_names(tmp_path):
+    for name in ("00000001_000.png", "00000001_001.png", "00000002_000.png", "scan.png"):
+        write_png(tmp_path / name)
+    labels = write_csv(tmp_path / "labels.csv", ["path", "cardiomegaly"],
+                       [["00000001_000.png", "1"], ["00000001_001.png", "0"], ["00000002_000.png", "0"]])
+    index = load_dataset("csv", labels)
+    assert {n: s.patient_id for n, s in by_name(index).items()} == {
+        "00000001_000.png": "00000001", "00000001_001.png": "00000001", "00000002_000.png": "00000002"}
+    assert index.patient_ids_known is True
+    with open(labels, "a", newline="") as fh:
+        fh.write("scan.png,1\n")
+    index = load_dataset("csv", labels)
+    assert by_name(index)["scan.png"].patient_id == "scan.png" and index.patient_ids_known is False
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"label_column": "label"}, r"missing column\(s\) \['label'\]"),
     ({"source_column": "site"}, "source column 'site' not found"),

@@ -208,10 +208,19 @@ def test_an_unreadable_validation_split_stops_with_the_files_named(tmp_path):
     assert str(tmp_path / "val0.png") in message and "and 1 more" in message
 
 
-def test_a_validation_loss_that_is_never_finite_is_a_clear_error(phantom, tmp_path, monkeypatch):
-    import dataclasses
+def test_diverged_weights_stop_training_with_the_way_out(phantom, tmp_path, monkeypatch):
+    """Real divergence: NaN weights give NaN outputs. The run stops after that epoch saying so, not with a metrics
+    error about NaN scores or a traceback at the end."""
+    real = loop._train_epoch
 
-    real = loop.evaluate_split
-    monkeypatch.setattr(loop, "evaluate_split", lambda *a, **k: dataclasses.replace(real(*a, **k), loss=float("nan")))
-    with pytest.raises(ValueError, match="the validation loss was never finite .*training diverged; lower --lr"):
-        train(tiny_config(phantom, max_epochs=1), tmp_path / "run")
+    def diverging(net, *args, **kwargs):
+        out = real(net, *args, **kwargs)
+        with torch.no_grad():
+            for parameter in net.parameters():
+                parameter.fill_(float("nan"))
+        return out
+
+    monkeypatch.setattr(loop, "_train_epoch", diverging)
+    with pytest.raises(ValueError, match=r"epoch 1: the model's validation outputs are not finite .*training "
+                                         r"diverged; lower --lr \(now 0.001\)"):
+        train(tiny_config(phantom, max_epochs=2), tmp_path / "run")

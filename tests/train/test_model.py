@@ -153,6 +153,15 @@ def test_config_rejects_bad_values(field, value, message):
         C.TrainConfig(**{field: value})
 
 
+def test_a_config_saved_before_nih_negatives_existed_reads_as_what_that_run_did():
+    """Runs made before the field used every non-cardiomegaly NIH image: resuming one must record (and accept) that,
+    not today's default."""
+    old = C.TrainConfig(dataset="nih", data_root="/data/nih").to_dict()
+    del old["nih_negatives"]
+    assert C.TrainConfig.from_dict(old).nih_negatives == "all"
+    assert C.TrainConfig.from_dict({**old, "nih_negatives": "no_finding"}).nih_negatives == "no_finding"
+
+
 def test_config_from_dict_names_unknown_fields():
     with pytest.raises(ValueError, match="learning_rate"):
         C.TrainConfig.from_dict({"learning_rate": 1e-4})
