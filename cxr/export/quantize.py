@@ -1,8 +1,8 @@
 """Reduced-precision copies of a validated fp32 export: int8 (static QDQ) and fp16, each judged before writing.
 
 int8: onnxruntime.quantization.quantize_static, QDQ format, per-channel int8 weights, uint8 activations, calibrated
-on real preprocessed images (`--calibration DIR`, else the run's training split, else the evaluation images). Only Conv and Gemm are
-quantized, so the uint8 input, the Cast/Div/Sub preprocessing nodes and the float32 outputs stay as they are.
+on real preprocessed images (`--calibration DIR`, else the run's training split, else the evaluation images). Only
+Conv and Gemm are quantized, so the uint8 input, the Cast/Div/Sub preprocessing nodes and the float32 outputs stay as they are.
 Two layers stay float: the stem convolution and the classifier (see `float_nodes`). The stem reads the equalized
 image, whose histogram is flat over 0..255; on x86 CPUs without VNNI, ONNX Runtime's uint8 x int8 kernels add pairs of
 products in 16 bits (vpmaddubsw) and saturate on such inputs. On the trained demo model this one layer moved
@@ -256,8 +256,7 @@ def make_variant(kind: str, fp32_path: Path, ckpt: dict, facts: dict, opset: int
             kept = str(rejected)
         reason = str(exc).replace(str(tmp), final.name)
         log.warning("%s copy not written: %s", kind, reason)
-        return {**figures, "path": None, "rejected_path": kept, "reason": reason,
-                "written": False}
+        return {**figures, "path": None, "rejected_path": kept, "reason": reason, "written": False}
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

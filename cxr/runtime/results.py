@@ -122,8 +122,8 @@ class ResultsWriter:
         return self.out
 
     def abort(self) -> Path | None:
-        """Keep the rows written so far as `<out>.partial` (`.partial.2`, ... when an earlier interrupted run's rows are
-    there already), or remove the temporary file when there are none."""
+        """Keep the rows written so far as `<out>.partial` (`.partial.2`, ... when an earlier interrupted run's rows
+        are there already), or remove the temporary file when there are none."""
         if self.done:
             return self.partial
         self.done = True

@@ -87,8 +87,7 @@ class Scorer:
         # the session from the bytes read for the hash would settle it too, but costs ~25 MB of peak memory.)
         try:
             before = _identity(path)
-            self.model_sha256 = sha256_file(path)
-            """SHA-256 of the model file as loaded (the manifest records it)."""
+            self.model_sha256 = sha256_file(path)  # of the file as loaded; the manifest records it
             self.model_size_bytes = before[1]
         except OSError as exc:
             raise ModelLoadError(f"{path}: cannot read the model file: {exc.strerror or exc}") from None

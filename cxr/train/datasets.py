@@ -37,6 +37,12 @@ _TRUE = {"1", "1.0", "true", "yes", "positive", "y", "t"}
 _FALSE = {"0", "0.0", "false", "no", "negative", "n", "f"}
 _FALLBACK_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff", ".bmp", ".pgm"}
 _NIH_NAME = re.compile(r"^(\d{8})_\d{3}$")
+
+
+def nih_patient(path: Path) -> str | None:
+    """The patient of an NIH-style file name (00000001_000.png -> 00000001), or None for any other name."""
+    match = _NIH_NAME.match(Path(path).stem)
+    return match.group(1) if match else None
 _CHEXPERT_PATIENT = re.compile(r"(patient\d+)")
 
 
@@ -182,13 +188,13 @@ def _load_folder(root: Path, classes: tuple[str, str]) -> DatasetIndex:
     # The patient is the NIH-style name's first part (00000001_000.png -> 00000001) wherever a name has that form;
     # any other image is its own patient, named by its path under the root (a file stem repeats across folders,
     # e.g. study1/view1_frontal.png and study2/view1_frontal.png, and would merge unrelated images).
-    nih_ids = [_NIH_NAME.match(f.stem) for f, _, _ in entries]
-    unmatched = sum(m is None for m in nih_ids)
+    nih_ids = [nih_patient(f) for f, _, _ in entries]
+    unmatched = sum(pid is None for pid in nih_ids)
     if unmatched and unmatched < len(entries):
         log.warning("%s: %d of %d image names are not NIH-style (00000001_000.png); each of those is its own patient",
                     root, unmatched, len(entries))
-    samples = [Sample(f, label, m.group(1) if m else _relative_id(f, root), split, "")
-               for (f, label, split), m in zip(entries, nih_ids)]
+    samples = [Sample(f, label, pid or _relative_id(f, root), split, "")
+               for (f, label, split), pid in zip(entries, nih_ids)]
     return DatasetIndex(samples, skipped, "folder", root, bool(entries) and unmatched == 0)
 
 
@@ -291,9 +297,7 @@ def _load_csv(root: Path, csv_path, path_column, label_column, patient_column, s
             skipped.append((str(bases[0] / rel), "missing file"))
             continue
         pid = (row.get(patient_column) or "").strip() if has_patients else ""
-        if not pid:  # no id in the CSV: an NIH-style name gives one (00000001_000.png -> 00000001), as for folders
-            nih = _NIH_NAME.match(path.stem)
-            pid = nih.group(1) if nih else ""
+        pid = pid or nih_patient(path) or ""  # no id in the CSV: an NIH-style name gives one, as for folders
         all_ids &= bool(pid)
         source = (row.get(source_column) or "").strip() if source_column else default_source
         samples.append(Sample(path, label, pid or rel.replace("\\", "/"), split, source or default_source))
@@ -310,6 +314,8 @@ def _resolve(rel: str, bases: list[Path]) -> Path | None:
 
 
 def _load_nih(root: Path, csv_path, negatives: str = "no_finding") -> DatasetIndex:
+    from cxr.runtime.walk import find_images
+
     if csv_path is None:
         found = sorted(root.glob("Data_Entry_2017*.csv"))
         if not found:
@@ -321,8 +327,6 @@ def _load_nih(root: Path, csv_path, negatives: str = "no_finding") -> DatasetInd
     columns, rows = _read_csv(csv_path)
     _require(csv_path, columns, ["Image Index", "Finding Labels", "Patient ID"])
     image_dirs = sorted(p for p in root.glob("images*") if p.is_dir()) or [root]
-    from cxr.runtime.walk import find_images
-
     names: dict[str, Path] = {}
     skipped: list[tuple[str, str]] = []
     for d in image_dirs:  # the CSV picks the files, so every file is a candidate; a symlink loop is walked once

@@ -106,7 +106,8 @@ def load_imagenet_features(model: CardiomegalyNet) -> None:
     try:
         ref.load_state_dict(rename_legacy_densenet_keys(state))
     except RuntimeError as exc:
-        raise InitWeightsError(f"ImageNet weights for DenseNet-121 do not fit torchvision's densenet121: {exc}") from None
+        raise InitWeightsError(f"ImageNet weights for DenseNet-121 do not fit torchvision's densenet121: "
+                               f"{exc}") from None
     conv0 = ref.features.conv0.weight.detach().sum(dim=1, keepdim=True)
     feats = {k: v for k, v in ref.features.state_dict().items() if k != "conv0.weight"}
     model.features.load_state_dict({**feats, "conv0.weight": conv0}, strict=True)
