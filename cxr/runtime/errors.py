@@ -13,10 +13,14 @@ TOO_LARGE = "too_large"  # the header claims more pixels than we are willing to 
 BLANK = "blank"  # every pixel has the same value
 DICOM_NO_PIXELS = "dicom_no_pixels"  # a DICOM file without PixelData
 DICOM_UNSUPPORTED = "dicom_unsupported"  # multi-frame, colour, or a transfer syntax we cannot decode
-UNSUPPORTED = "unsupported"  # a readable image of a kind we refuse (e.g. float images)
+UNSUPPORTED = "unsupported"  # a readable image of a kind we refuse (e.g. float images, 12-bit JPEG)
+CORRUPT = "corrupt"  # the file is complete but its structure or coded data is invalid
+TOO_SLOW = "too_slow"  # decoding would take (or took) longer than the per-file bound
+BAD_DICOM = "bad_dicom"  # a DICOM attribute needed to read the pixels has an invalid value (named in the message)
 
 IMAGE_ERROR_CODES = (
     UNREADABLE, NOT_AN_IMAGE, TRUNCATED, TOO_SMALL, TOO_LARGE, BLANK, DICOM_NO_PIXELS, DICOM_UNSUPPORTED, UNSUPPORTED,
+    CORRUPT, TOO_SLOW, BAD_DICOM,
 )
 
 

@@ -28,17 +28,22 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import math
+import os
+import re
+import stat
 import struct
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from cxr.runtime.errors import (
-    BLANK, DICOM_NO_PIXELS, DICOM_UNSUPPORTED, NOT_AN_IMAGE, TOO_LARGE, TOO_SMALL, TRUNCATED, UNREADABLE, UNSUPPORTED,
-    ImageError,
+    BAD_DICOM, BLANK, CORRUPT, DICOM_NO_PIXELS, DICOM_UNSUPPORTED, NOT_AN_IMAGE, TOO_LARGE, TOO_SLOW, TOO_SMALL,
+    TRUNCATED, UNREADABLE, UNSUPPORTED, ImageError,
 )
 
 log = logging.getLogger(__name__)
@@ -48,7 +53,11 @@ UNSUPPORTED_SUFFIXES = frozenset({".gif", ".webp", ".jp2", ".j2k", ".jpx", ".hei
 """Image formats cxr does not read: such files still become rows (error `unsupported`), never silently skipped."""
 MIN_SIDE = 32  # pixels; a side shorter than this is `too_small`
 MAX_PIXELS = 100_000_000  # rows * columns above this is `too_large` (checked from the header, before decoding)
-MAX_FILE_BYTES = 1 << 30  # files larger than this are `too_large` without being read
+MAX_FILE_BYTES = 1 << 30  # files larger than this are `too_large` without being read (and reads stop there)
+MAX_SIDE = 65_535  # pixels; a longer side is `too_large` (JPEG's own limit; libpng refuses 1,000,000 anyway)
+MAX_DECODED_BYTES = 1 << 29  # rows * columns * channels * bytes per sample above this is `too_large`, from the header
+MAX_JPEG_SCANS = 100  # a JPEG with more scans is `too_slow` (each progressive scan re-reads the whole image)
+MAX_DECODE_SECONDS = 20.0  # a decode running longer is given up as `too_slow` (it finishes in the background)
 
 _PNG = b"\x89PNG\r\n\x1a\n"
 _JPEG = b"\xff\xd8\xff"
@@ -104,8 +113,7 @@ def unsupported_format(path: Path) -> str | None:
     """The name of the refused image format `path` holds (GIF, WebP, ...), or None. Reads 132 bytes."""
     path = Path(path)
     try:
-        with open(path, "rb") as f:
-            head = f.read(132)
+        head = _read_head(path, 132)
     except OSError:
         head = b""
     return _refused_format(path, head)
@@ -119,8 +127,7 @@ def is_image_candidate(path: Path) -> bool:
     if path.suffix.lower() in IMAGE_SUFFIXES or path.suffix.lower() in UNSUPPORTED_SUFFIXES:
         return True
     try:
-        with open(path, "rb") as f:
-            head = f.read(132)
+        head = _read_head(path, 132)
     except OSError:
         # Cannot even sniff it. A DICOM file often has no suffix or a numeric one (IM0001, 1.2.840...3.1): such a
         # file becomes an `unreadable` row naming it, not a silent "non-image". A locked notes.txt stays a non-image.
@@ -148,18 +155,52 @@ def read_image(path: str | Path) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
+class _NotAFile(OSError):
+    """The path names something other than a regular file (a folder, FIFO, device such as /dev/zero, socket)."""
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+@contextlib.contextmanager
+def _open_regular(path: Path):
+    """Open `path` for reading only when it is a regular file, checked on the opened descriptor (so a file swapped
+    for a FIFO or /dev/zero after the walk is refused, not read forever). O_NONBLOCK keeps open() of a FIFO from
+    blocking; it has no effect on regular files."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    with open(fd, "rb", closefd=True) as f:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise _NotAFile(f"{_file_kind(mode)}, not a regular file")
+        yield f
+
+
+def _read_head(path: Path, size: int) -> bytes:
+    """The first `size` bytes of a regular file; OSError otherwise."""
+    with _open_regular(path) as f:
+        return f.read(size)
+
+
 def _read_bytes(path: Path) -> bytes:
+    """The whole file, at most MAX_FILE_BYTES (the bound holds for a file that grows while it is read)."""
+    limit = f"more than the {MAX_FILE_BYTES >> 30} GiB limit"
     try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise ImageError(TOO_LARGE, path, f"file is {size / 2**30:.1f} GiB, more than the {MAX_FILE_BYTES >> 30} "
-                             "GiB limit")
-        with open(path, "rb") as f:
-            data = f.read()
-    except ImageError:
-        raise
+        with _open_regular(path) as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > MAX_FILE_BYTES:
+                raise ImageError(TOO_LARGE, path, f"file is {size / 2**30:.1f} GiB, {limit}")
+            data = f.read(MAX_FILE_BYTES + 1)
+    except _NotAFile as e:
+        raise ImageError(UNREADABLE, path, f"cannot read it: {e}") from e
     except OSError as e:
         raise ImageError(UNREADABLE, path, f"cannot read the file: {e.strerror or e}") from e
+    if len(data) > MAX_FILE_BYTES:
+        raise ImageError(TOO_LARGE, path, f"file grew while being read to {limit}")
     if not data:
         raise ImageError(NOT_AN_IMAGE, path, "empty file (0 bytes)")
     return data
@@ -172,29 +213,59 @@ def _unknown_bytes_message(path: Path, data: bytes) -> str:
 
 
 def _check_size(path: Path, rows: int, cols: int) -> None:
+    if max(rows, cols) > MAX_SIDE:
+        raise ImageError(TOO_LARGE, path, f"image is {cols}x{rows} pixels; a side longer than {MAX_SIDE:,} pixels is "
+                         "not read")
     if rows * cols > MAX_PIXELS:
         raise ImageError(TOO_LARGE, path, f"image is {cols}x{rows} pixels, more than the limit of {MAX_PIXELS:,}")
     if min(rows, cols) < MIN_SIDE:
         raise ImageError(TOO_SMALL, path, f"image is {cols}x{rows} pixels; each side must be at least {MIN_SIDE}")
 
 
+def _check_header(path: Path, cols: int, rows: int, channels: int = 1, bits: int = 8) -> None:
+    """Refuse, before decoding, an image whose header promises more than we will allocate (see _check_size and
+    MAX_DECODED_BYTES: a 16-bit RGBA image needs 8 bytes a pixel, a DICOM with BitsAllocated 32 four)."""
+    _check_size(path, rows, cols)
+    need = rows * cols * max(channels, 1) * max(1, -(-bits // 8))
+    if need > MAX_DECODED_BYTES:
+        raise ImageError(TOO_LARGE, path, f"image is {cols}x{rows} pixels with {channels} channel(s) of {bits} bits: "
+                         f"{need / 2**20:,.0f} MiB to decode, more than the limit of {MAX_DECODED_BYTES >> 20} MiB")
+
+
+def _bounded(path: Path, what: str, decode):
+    """Run `decode()` in a helper thread and give up after MAX_DECODE_SECONDS with `too_slow`. A C decoder cannot
+    be interrupted, so a runaway one finishes in the background (a daemon thread); the caller gets its error row
+    instead of a stuck run. The header checks (sizes, JPEG scan count) keep such cases rare."""
+    box: dict = {}
+
+    def run():
+        try:
+            box["value"] = decode()
+        except BaseException as e:  # handed to the caller's thread, re-raised there
+            box["error"] = e
+
+    worker = threading.Thread(target=run, name="cxr-decode", daemon=True)
+    worker.start()
+    worker.join(MAX_DECODE_SECONDS)
+    if worker.is_alive():
+        raise ImageError(TOO_SLOW, path, f"decoding the {what} took more than {MAX_DECODE_SECONDS:g} s; given up")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
 # ---------------------------------------------------------------- PNG, JPEG, TIFF, BMP (OpenCV)
 
 def _read_raster(path: Path, data: bytes, kind: str) -> np.ndarray:
     name = kind.upper()
-    header = {"png": _png_header, "jpeg": _jpeg_header, "tiff": _tiff_header, "bmp": _bmp_header}[kind]
-    size = header(path, data)  # raises TRUNCATED when the file visibly ends early
-    if size is not None:
-        _check_size(path, size[1], size[0])
-    with _quiet_opencv():
-        try:
-            image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-        except cv2.error as e:
-            image, detail = None, str(e).strip().splitlines()[-1]
-        else:
-            detail = ""
+    header = {"png": _png_header, "jpeg": _jpeg_layout, "tiff": _tiff_header, "bmp": _bmp_header}[kind]
+    info = header(path, data)  # raises TRUNCATED / CORRUPT / TOO_LARGE / TOO_SLOW from the header alone
+    image = _bounded(path, f"{name} image", lambda: _decode_raster(data, info if kind == "jpeg" else None))
+    if isinstance(image, str):
+        raise ImageError(TRUNCATED, path, f"{name} is truncated or corrupt: {image}")
     if image is None:
-        raise ImageError(TRUNCATED, path, f"{name} data is corrupt or truncated; the decoder failed {detail}".strip())
+        code, message = _decode_failure(kind, info)
+        raise ImageError(code, path, message)
     if image.dtype not in (np.uint8, np.uint16):
         raise ImageError(UNSUPPORTED, path, f"{name} with {image.dtype} pixels is not supported (8- or 16-bit only)")
     if image.ndim == 3:
@@ -210,6 +281,71 @@ def _read_raster(path: Path, data: bytes, kind: str) -> np.ndarray:
     if image.ndim != 2:
         raise ImageError(UNSUPPORTED, path, f"{name} decoded to an array of shape {image.shape}, not a 2-D image")
     return image
+
+
+def _decode_raster(data: bytes, jpeg: _JpegLayout | None) -> np.ndarray | str | None:
+    """cv2.imdecode, or _decode_jpeg for a JPEG: the array, None when the decoder fails, or a string saying why
+    the decoded pixels are not all real."""
+    if jpeg is not None:
+        return _decode_jpeg(data, jpeg)
+    with _quiet_opencv():
+        try:
+            return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        except cv2.error:
+            return None
+
+
+def _decode_jpeg(data: bytes, layout: _JpegLayout) -> np.ndarray | str | None:
+    """Decode a JPEG with Pillow and prove that no scan ran out of coded data.
+
+    libjpeg fills a scan that ends early (cut and re-terminated with FFD9, or a frame header taller than the data)
+    with grey and only warns ("Corrupt JPEG data: premature end of data segment"); OpenCV prints that on stderr and
+    returns the image, Pillow stays silent. Neither reports it, and capturing stderr is neither thread-safe nor
+    quiet. So the file is decoded a second time with filler bytes inserted before each scan's closing marker: a
+    complete scan never reads past its last block, so the filler changes nothing; a short scan decodes the filler
+    instead of grey and the images differ. Pillow (libjpeg-turbo, the same output as OpenCV) is used for both
+    decodes because it keeps libjpeg's warnings off stderr. Cost: one more decode (~35 ms for 2048x2048)."""
+    first = _pillow_jpeg(data)
+    if first is None:
+        return None
+    parts, previous = [], 0
+    for end in layout.scan_ends:
+        parts += [data[previous:end], _JPEG_FILLER]
+        previous = end
+    parts.append(data[previous:])
+    again = _pillow_jpeg(b"".join(parts))
+    if again is None or not np.array_equal(first, again):
+        return "the coded data ends before the image does (the decoder filled the rest with grey)"
+    return first
+
+
+def _pillow_jpeg(data: bytes) -> np.ndarray | None:
+    """A JPEG decoded by Pillow to gray (L kept; colour through RGB, converted like OpenCV's BGR2GRAY); None when
+    Pillow fails. JpegImageFile is built directly: the sizes are already checked, and Image.open's own
+    decompression-bomb warning would fire for legitimate 90-100 Mpx images."""
+    from PIL import JpegImagePlugin
+
+    try:
+        with JpegImagePlugin.JpegImageFile(io.BytesIO(data)) as im:
+            im.load()
+            if im.mode not in ("L", "RGB"):
+                im = im.convert("RGB")
+            array = np.asarray(im)
+    except Exception:  # Pillow raises OSError, SyntaxError, ValueError, ... on corrupt data
+        return None
+    return array if array.ndim == 2 else cv2.cvtColor(array, cv2.COLOR_RGB2GRAY)
+
+
+def _decode_failure(kind: str, info) -> tuple[str, str]:
+    """The code and message for a file whose header was sound but which OpenCV could not decode."""
+    if kind == "jpeg" and info.precision != 8:
+        return UNSUPPORTED, (f"{info.precision}-bit JPEG (sample precision {info.precision} in its frame header) "
+                             "cannot be decoded by the installed OpenCV; convert it to a 16-bit PNG")
+    if kind == "jpeg" and info.frame in _JPEG_UNUSUAL:
+        return UNSUPPORTED, f"{_JPEG_UNUSUAL[info.frame]} JPEG cannot be decoded by the installed OpenCV"
+    if kind == "bmp" and info is not None and info[2] not in (0, 1, 2, 3, 6):
+        return UNSUPPORTED, f"BMP with compression type {info[2]} (embedded JPEG/PNG or CMYK) is not supported"
+    return CORRUPT, f"{kind.upper()} data is corrupt; the decoder failed"
 
 
 _quiet_lock = threading.Lock()
@@ -242,21 +378,46 @@ def _quiet_opencv():
                 set_level(_quiet_previous)
 
 
-def _png_header(path: Path, data: bytes) -> tuple[int, int]:
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 4, 4: 4, 6: 4}  # colour type -> channels OpenCV returns (palette: up to BGRA)
+
+
+def _png_header(path: Path, data: bytes) -> None:
     if len(data) < 33 or data[12:16] != b"IHDR":
         raise ImageError(TRUNCATED, path, "PNG ends (or is corrupt) before its IHDR header")
-    width, height = struct.unpack(">II", data[16:24])
-    _check_size(path, height, width)
+    width, height, depth, colour = struct.unpack(">IIBB", data[16:26])
+    if colour not in _PNG_CHANNELS or depth not in (1, 2, 4, 8, 16):
+        raise ImageError(CORRUPT, path, f"PNG header is invalid (bit depth {depth}, colour type {colour})")
+    _check_header(path, width, height, _PNG_CHANNELS[colour], 16 if depth == 16 else 8)
     if data.rfind(b"IEND\xaeB`\x82") < 0:
         raise ImageError(TRUNCATED, path, "PNG is truncated: no IEND chunk at the end of the file")
-    return width, height
 
 
-def _jpeg_header(path: Path, data: bytes) -> tuple[int, int] | None:
-    """Walk the JPEG markers up to the first scan: size from SOFn; truncated when the file ends before a scan or
-    has no EOI marker (FFD9) after it (trailing padding allowed: the EOI is searched from the end)."""
-    size = None
-    i, n = 2, len(data)
+_JPEG_UNUSUAL = {0xC3: "lossless", 0xC5: "hierarchical", 0xC6: "hierarchical", 0xC7: "hierarchical lossless",
+                 0xCB: "lossless arithmetic-coded", 0xCD: "hierarchical", 0xCE: "hierarchical",
+                 0xCF: "hierarchical lossless"}
+_JPEG_SCAN_END = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")  # the marker after a scan's data (not RSTn, not stuffing)
+_JPEG_RESTART = re.compile(rb"\xff[\xd0-\xd7]")
+_JPEG_FILLER = bytes((i * 73 + 41) % 251 for i in range(64))  # no 0xFF: never a marker
+
+
+@dataclass
+class _JpegLayout:
+    """What the JPEG markers say: frame type and size, and where each scan's entropy-coded data ends."""
+
+    frame: int = 0  # the SOFn marker byte
+    precision: int = 8
+    width: int = 0
+    height: int = 0
+    components: dict[int, tuple[int, int]] = field(default_factory=dict)  # id -> (h, v) sampling factors
+    scan_ends: list[int] = field(default_factory=list)  # offset of the marker that ends each scan's data
+    coverage: dict[int, int] = field(default_factory=dict)  # id -> bit mask of the coefficients its scans carry
+
+
+def _jpeg_layout(path: Path, data: bytes) -> _JpegLayout:
+    """Walk every JPEG marker: the frame header's size (checked before decoding), the scans (at most
+    MAX_JPEG_SCANS; each complete, with every restart interval present) and an EOI marker after the last scan
+    (trailing padding allowed). Raises TRUNCATED, CORRUPT, TOO_LARGE or TOO_SLOW."""
+    layout, i, n, restart = _JpegLayout(), 2, len(data), 0
     while True:
         while i < n and data[i] == 0xFF:  # marker prefix and fill bytes
             i += 1
@@ -271,47 +432,137 @@ def _jpeg_header(path: Path, data: bytes) -> tuple[int, int] | None:
         if i + 2 > n:
             raise ImageError(TRUNCATED, path, "JPEG is truncated: the file ends inside a header segment")
         length = struct.unpack(">H", data[i:i + 2])[0]
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC) and i + 7 <= n:
-            height, width = struct.unpack(">HH", data[i + 3:i + 7])
-            size = (width, height) if height else None  # height 0: defined later by a DNL marker
-            if size:
-                _check_size(path, height, width)
-        if marker == 0xDA:
-            break
+        body = data[i + 2:i + length]
+        if length < 2 or len(body) < length - 2:
+            raise ImageError(TRUNCATED, path, "JPEG is truncated: the file ends inside a header segment")
         i += length
-    if data.rfind(b"\xff\xd9") < i:
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            _jpeg_frame(path, layout, marker, body)
+        elif marker == 0xDD and len(body) >= 2:
+            restart = struct.unpack(">H", body[:2])[0]
+        elif marker == 0xDA:
+            i = _jpeg_scan(path, data, layout, body, i, restart)
+            if data.find(b"\xff\xd9", i, i + 2) == i:
+                break
+    _jpeg_check_coverage(path, layout)
+    return layout
+
+
+def _jpeg_frame(path: Path, layout: _JpegLayout, marker: int, body: bytes) -> None:
+    if layout.frame or len(body) < 6:
+        raise ImageError(CORRUPT, path, "JPEG frame header is repeated or too short")
+    layout.frame = marker
+    layout.precision, layout.height, layout.width, count = struct.unpack(">BHHB", body[:6])
+    for k in range(count):
+        c = body[6 + 3 * k:9 + 3 * k]
+        if len(c) < 3 or not c[1] >> 4 or not c[1] & 15:
+            raise ImageError(CORRUPT, path, "JPEG frame header is corrupt (component list)")
+        layout.components[c[0]] = (c[1] >> 4, c[1] & 15)
+    if layout.height:  # 0: defined later by a DNL marker (not read by OpenCV)
+        _check_header(path, layout.width, layout.height, count, layout.precision)
+
+
+def _jpeg_scan(path: Path, data: bytes, layout: _JpegLayout, body: bytes, start: int, restart: int) -> int:
+    """Record one scan (its data runs from `start` to the next marker that is not RSTn); return that marker's
+    offset."""
+    if not layout.frame:
+        raise ImageError(CORRUPT, path, "JPEG has a scan before its frame header")
+    if len(layout.scan_ends) >= MAX_JPEG_SCANS:
+        raise ImageError(TOO_SLOW, path, f"JPEG has more than {MAX_JPEG_SCANS} scans (each one re-reads the whole "
+                         "image); refused before decoding")
+    ids = list(body[1:1 + 2 * body[0]:2]) if body else []
+    if not ids or len(body) < 4 + 2 * len(ids) or any(c not in layout.components for c in ids):
+        raise ImageError(CORRUPT, path, "JPEG scan header is corrupt")
+    first, last = body[1 + 2 * len(ids)], body[2 + 2 * len(ids)]
+    for c in ids:
+        layout.coverage[c] = layout.coverage.get(c, 0) | (((1 << (min(last, 63) + 1)) - 1) >> first << first)
+    end = _JPEG_SCAN_END.search(data, start)
+    if end is None:
         raise ImageError(TRUNCATED, path, "JPEG is truncated: no end-of-image marker after the image data")
-    return size
+    if restart and layout.height:
+        expected = _ceil_div(_jpeg_scan_units(layout, ids), restart) - 1
+        found = len(_JPEG_RESTART.findall(data, start, end.start()))
+        if found < expected:
+            raise ImageError(TRUNCATED, path, f"JPEG is truncated: a scan has {found + 1} of its {expected + 1} "
+                             "restart intervals")
+    layout.scan_ends.append(end.start())
+    return end.start()
 
 
-def _tiff_header(path: Path, data: bytes) -> tuple[int, int] | None:
-    """Width and length from the first IFD of a classic TIFF; None when not cheaply found (BigTIFF, odd layouts)."""
+def _jpeg_scan_units(layout: _JpegLayout, ids: list[int]) -> int:
+    """Minimum coded units in a scan: interleaved MCUs, or the blocks of its one component."""
+    hmax = max(h for h, _ in layout.components.values())
+    vmax = max(v for _, v in layout.components.values())
+    if len(ids) > 1:
+        return _ceil_div(layout.width, 8 * hmax) * _ceil_div(layout.height, 8 * vmax)
+    h, v = layout.components[ids[0]]
+    return _ceil_div(_ceil_div(layout.width * h, hmax), 8) * _ceil_div(_ceil_div(layout.height * v, vmax), 8)
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _jpeg_check_coverage(path: Path, layout: _JpegLayout) -> None:
+    """Every component must be carried, all 64 coefficients, by the scans present: a progressive JPEG cut at a
+    scan boundary (and re-terminated) would otherwise decode quietly without its detail or without a component."""
+    full = (1 << 64) - 1
+    sequential = layout.frame in (0xC0, 0xC1, 0xC3, 0xC9, 0xCB)
+    missing = [c for c in layout.components if layout.coverage.get(c, 0) != full and not
+               (sequential and c in layout.coverage)]
+    if missing:
+        raise ImageError(TRUNCATED, path, f"JPEG is truncated: its {len(layout.scan_ends)} scan(s) leave part of the "
+                         "image uncoded")
+
+
+_TIFF_TYPES = {1: "B", 3: "H", 4: "I", 16: "Q"}  # BYTE, SHORT, LONG, LONG8: the types sizes and counts come in
+
+
+def _tiff_header(path: Path, data: bytes) -> None:
+    """Size, samples and bits from the first IFD of a classic TIFF or a BigTIFF, checked before decoding."""
     order = "<" if data[:2] == b"II" else ">"
-    if data[2:4] not in (b"*\x00", b"\x00*") or len(data) < 8:
-        return None
-    offset = struct.unpack(order + "I", data[4:8])[0]
-    if offset + 2 > len(data):
+    big = data[2:4] in (b"+\x00", b"\x00+")
+    head = 16 if big else 8
+    if len(data) < head:
+        raise ImageError(TRUNCATED, path, "TIFF is truncated: the file ends inside its header")
+    offset = struct.unpack(order + ("Q" if big else "I"), data[8:16] if big else data[4:8])[0]
+    count_format, entry_size = ("Q", 20) if big else ("H", 12)
+    count_size = struct.calcsize(count_format)
+    if offset + count_size > len(data):
         raise ImageError(TRUNCATED, path, "TIFF is truncated: the file ends before its first directory")
-    count = struct.unpack(order + "H", data[offset:offset + 2])[0]
+    count = struct.unpack(order + count_format, data[offset:offset + count_size])[0]
+    table = offset + count_size
+    if table + count * entry_size > len(data):
+        raise ImageError(TRUNCATED, path, "TIFF is truncated: the file ends inside its first directory")
     found = {}
     for k in range(count):
-        entry = data[offset + 2 + 12 * k: offset + 14 + 12 * k]
-        if len(entry) < 12:
-            raise ImageError(TRUNCATED, path, "TIFF is truncated: the file ends inside its first directory")
+        entry = data[table + entry_size * k:table + entry_size * (k + 1)]
         tag, typ = struct.unpack(order + "HH", entry[:4])
-        if tag in (256, 257):
-            found[tag] = struct.unpack(order + ("H" if typ == 3 else "I"), entry[8:10] if typ == 3 else entry[8:12])[0]
-    if 256 in found and 257 in found:
-        return found[256], found[257]
-    return None
+        if tag in (256, 257, 258, 277) and typ in _TIFF_TYPES:
+            found[tag] = struct.unpack_from(order + _TIFF_TYPES[typ], entry, 12 if big else 8)[0]
+    if 256 not in found or 257 not in found:
+        raise ImageError(CORRUPT, path, "TIFF has no ImageWidth/ImageLength in its first directory")
+    bits = found.get(258, 1) if found.get(277, 1) == 1 else 16  # several samples: the value is an offset; assume 16
+    _check_header(path, found[256], found[257], found.get(277, 1), min(bits, 64))
 
 
-def _bmp_header(path: Path, data: bytes) -> tuple[int, int]:
+def _bmp_header(path: Path, data: bytes) -> tuple[int, int, int]:
+    """(width, height, compression) from a Windows (BITMAPINFOHEADER and later) or OS/2 1.x/2.x header."""
     declared = struct.unpack("<I", data[2:6])[0]
-    width, height = struct.unpack("<ii", data[18:26])
+    info = struct.unpack("<I", data[14:18])[0] if len(data) >= 18 else 0
+    if info == 12 and len(data) >= 26:  # OS/2 1.x BITMAPCOREHEADER: 16-bit unsigned sizes
+        width, height = struct.unpack("<HH", data[18:22])
+        compression = 0
+    elif info in (16, 40, 52, 56, 64, 108, 124) and len(data) >= 34:
+        width, height = struct.unpack("<ii", data[18:26])
+        compression = struct.unpack("<I", data[30:34])[0] if info >= 40 else 0
+    else:
+        raise ImageError(TRUNCATED if len(data) < 54 else CORRUPT, path,
+                         f"BMP header is {'truncated' if len(data) < 54 else f'of unknown size ({info} bytes)'}")
     if declared > len(data) and declared - len(data) > 2:  # some writers miscount by a padding word
         raise ImageError(TRUNCATED, path, f"BMP is truncated: {len(data)} of {declared} bytes")
-    return abs(width), abs(height)
+    _check_header(path, abs(width), abs(height), 4)
+    return abs(width), abs(height), compression
 
 
 # ---------------------------------------------------------------- DICOM (pydicom)
@@ -359,7 +610,11 @@ def _dicom_pixels(path: Path, ds, file_size: int) -> np.ndarray:
     rows, cols = ds.get("Rows"), ds.get("Columns")
     if not rows or not cols:
         raise ImageError(DICOM_UNSUPPORTED, path, "DICOM has pixel data but no Rows/Columns")
-    _check_size(path, int(rows), int(cols))
+    bits_allocated = int(ds.get("BitsAllocated", 0) or 0)
+    if bits_allocated not in (1, 8, 16, 32):
+        raise ImageError(DICOM_UNSUPPORTED, path, f"BitsAllocated {bits_allocated} is not supported for integer "
+                         "PixelData (1, 8, 16 or 32)")
+    _check_header(path, int(cols), int(rows), 1, bits_allocated)
     syntax_name = getattr(syntax, "name", str(syntax))
     try:
         available = get_decoder(syntax).is_available
@@ -367,14 +622,15 @@ def _dicom_pixels(path: Path, ds, file_size: int) -> np.ndarray:
         available = False
     if not available:
         raise ImageError(DICOM_UNSUPPORTED, path, f"no decoder installed for transfer syntax {syntax_name} ({syntax})")
-    bits_allocated = int(ds.get("BitsAllocated", 0) or 0)
     if not syntax.is_compressed:
         expected = int(rows) * int(cols) * max(bits_allocated, 1) // 8
         if len(ds.PixelData) < expected:
             raise ImageError(TRUNCATED, path, f"DICOM is truncated: {len(ds.PixelData)} of {expected} bytes of pixel "
                              "data")
+    else:
+        _check_dicom_frame(path, ds, int(rows), int(cols))
     try:
-        pixels = ds.pixel_array
+        pixels = _bounded(path, f"DICOM {syntax_name} pixel data", lambda: ds.pixel_array)
     except OSError as e:  # Pillow reports a cut-short JPEG as OSError
         code = TRUNCATED if "truncated" in str(e).lower() else DICOM_UNSUPPORTED
         raise ImageError(code, path, f"cannot decode {syntax_name} pixel data: {e}") from e
@@ -382,7 +638,9 @@ def _dicom_pixels(path: Path, ds, file_size: int) -> np.ndarray:
         raise ImageError(DICOM_UNSUPPORTED, path, f"DICOM pixel array has shape {pixels.shape}, not one 2-D frame")
     if pixels.dtype.kind == "f":
         raise ImageError(UNSUPPORTED, path, "DICOM with floating-point pixel data is not supported")
-    slope, intercept = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
+    slope, intercept = _dicom_number(path, ds, "RescaleSlope", 1.0), _dicom_number(path, ds, "RescaleIntercept", 0.0)
+    if slope == 0:
+        raise ImageError(BAD_DICOM, path, "RescaleSlope is 0: every pixel would take the intercept value")
     has_modality = "ModalityLUTSequence" in ds or slope != 1 or intercept != 0
     has_voi = "VOILUTSequence" in ds or "WindowCenter" in ds
     inverse = photometric == "MONOCHROME1"
@@ -396,12 +654,16 @@ def _dicom_pixels(path: Path, ds, file_size: int) -> np.ndarray:
     else:
         values = pixels.astype(np.float32)
         if has_modality:
-            values = values * np.float32(slope) + np.float32(intercept)
+            with np.errstate(over="ignore", invalid="ignore"):  # overflow to inf is reported just below
+                values = values * np.float32(slope) + np.float32(intercept)
     if has_voi:
         values = _apply_voi(path, values, ds, apply_voi_lut)
     if inverse:
         values = -values
     lo, hi = float(values.min()), float(values.max())
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ImageError(BAD_DICOM, path, f"the modality LUT (RescaleSlope {slope:g}, RescaleIntercept {intercept:g}) "
+                         "or VOI LUT gives values that are not finite numbers")
     if hi == lo:
         raise ImageError(BLANK, path, "blank image: every pixel has the same value after the DICOM LUT/window")
     out = (values - np.float32(lo)) * np.float32(65535.0 / (hi - lo))
@@ -415,13 +677,49 @@ def _apply_voi(path: Path, values: np.ndarray, ds, apply_voi_lut) -> np.ndarray:
     if "VOILUTSequence" in ds or function != "LINEAR":
         return np.asarray(apply_voi_lut(values, ds, index=0), dtype=np.float32)
     center, width = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
-    if width is None or center is None or float(width) < 1:
+    if width is None or center is None or not _finite(center, width) or float(width) < 1:
         log.warning("%s: ignoring invalid DICOM window (center %s, width %s)", path, center, width)
         return values
     # DICOM PS3.3 C.11.2.1.2.1, up to the affine output range (the caller maps [min, max] to uint16 anyway).
     c, w = float(center), float(width)
     out = (values - np.float32(c - 0.5)) * np.float32(1.0 / (w - 1) if w > 1 else 1.0) + np.float32(0.5)
     return np.clip(out, 0.0, 1.0, out=out)
+
+
+def _finite(*values) -> bool:
+    """True when every value is a finite number (a DS of 'NaN' or 'inf' is not a usable window)."""
+    try:
+        return all(math.isfinite(float(v)) for v in values)
+    except (TypeError, ValueError):
+        return False
+
+
+def _dicom_number(path: Path, ds, keyword: str, default: float) -> float:
+    """A numeric DICOM attribute (its first value), `default` when absent or empty; BAD_DICOM naming it when not a
+    finite number."""
+    value = _first(ds.get(keyword))
+    if value is None or value == "":
+        return default
+    if not _finite(value):
+        raise ImageError(BAD_DICOM, path, f"{keyword} is {value!s}, not a finite number")
+    return float(value)
+
+
+def _check_dicom_frame(path: Path, ds, rows: int, cols: int) -> None:
+    """An encapsulated JPEG frame is checked like a JPEG file before decoding (its own size, scan count): the
+    decoder allocates what the frame header says, whatever Rows/Columns say."""
+    from pydicom.encaps import generate_frames
+
+    try:
+        frame = next(generate_frames(ds.PixelData, number_of_frames=1), b"")
+    except Exception as e:  # pydicom raises several kinds on a broken item structure
+        raise ImageError(TRUNCATED, path, f"DICOM encapsulated pixel data is corrupt: {type(e).__name__}: {e}") from e
+    if not frame.startswith(_JPEG):
+        return
+    layout = _jpeg_layout(path, frame)
+    if layout.height and (layout.width, layout.height) != (cols, rows):
+        raise ImageError(BAD_DICOM, path, f"Rows/Columns say {cols}x{rows} but the embedded JPEG is "
+                         f"{layout.width}x{layout.height}")
 
 
 def _first(value):
