@@ -131,3 +131,44 @@ def test_folder_that_cannot_be_listed_is_reported_even_as_root(tmp_path, monkeyp
 def test_root_must_be_an_existing_folder(tmp_path, make, error):
     with pytest.raises(error, match="folder"):
         find_images(make(tmp_path), by_suffix)
+
+
+def test_symlink_dag_lists_each_real_file_once(tmp_path):
+    """12 levels, each holding two links to the next: 4,096 paths to one image, which must be one row."""
+    levels = [tmp_path / f"level{k:02d}" for k in range(13)]
+    for level in levels:
+        level.mkdir()
+    touch(levels[-1], "x.png")
+    for here, below in zip(levels, levels[1:]):
+        os.symlink(below, here / "a")
+        os.symlink(below, here / "b")
+    result = find_images(levels[0], by_suffix)
+    assert posix(result) == ["a/" * 12 + "x.png"]
+    assert len(result.problems) == 12
+    assert all("same folder as" in p and "not walked twice" in p for p in result.problems)
+
+
+def test_real_path_is_kept_over_a_symlink_that_sorts_first(tmp_path):
+    touch(tmp_path, "real/x.png", "z.png")
+    os.symlink(tmp_path / "real", tmp_path / "alias")  # 'alias' sorts before 'real'
+    os.symlink(tmp_path / "z.png", tmp_path / "a.png")
+    result = find_images(tmp_path, by_suffix)
+    assert posix(result) == ["real/x.png", "z.png"]
+    assert sorted(result.problems) == ["a.png: same file as z.png, listed once",
+                                       "alias: same folder as real (reached again through a symlink), not walked twice"]
+
+
+def test_hard_links_are_one_file(tmp_path):
+    touch(tmp_path, "b/x.png")
+    os.link(tmp_path / "b" / "x.png", tmp_path / "a.png")
+    result = find_images(tmp_path, by_suffix)
+    assert posix(result) == ["a.png"]
+    assert result.problems == ["b/x.png: same file as a.png, listed once"]
+
+
+def test_symlink_to_the_root_is_not_walked_again(tmp_path):
+    touch(tmp_path, "x.png", "sub/y.png")
+    os.symlink(tmp_path, tmp_path / "sub" / "up")
+    result = find_images(tmp_path, by_suffix)
+    assert posix(result) == ["sub/y.png", "x.png"]
+    assert len(result.problems) == 1 and result.problems[0].startswith("sub/up: symlink loop")
