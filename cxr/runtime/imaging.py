@@ -4,13 +4,19 @@
 returns a half-decoded image and never lets a cv2, pydicom or OS exception escape untyped.
 
 Formats are recognised by their bytes, not their names (a DICOM named .png is read as DICOM; text named .png is
-`not_an_image`). Sizes are checked from the header before anything is decoded (`MIN_SIDE`, `MAX_PIXELS`).
+`not_an_image`). Sizes are checked from the header before anything is decoded, for every format (PNG IHDR, JPEG SOF,
+TIFF/BigTIFF first IFD, BMP, DICOM Rows/Columns/BitsAllocated and an embedded JPEG's own frame): `MIN_SIDE`,
+`MAX_SIDE`, `MAX_PIXELS`, and `MAX_DECODED_BYTES` for channels times bytes per sample. Only regular files are read,
+at most `MAX_FILE_BYTES` (a FIFO or /dev/zero swapped in is `unreadable`). A JPEG with more than `MAX_JPEG_SCANS`
+scans, or any decode running past `MAX_DECODE_SECONDS`, is `too_slow`.
 
-PNG, JPEG, TIFF, BMP (OpenCV, IMREAD_UNCHANGED, so EXIF orientation is ignored and a TIFF gives its first page):
+PNG, TIFF, BMP (OpenCV, IMREAD_UNCHANGED, so a TIFF gives its first page) and JPEG (Pillow, see _decode_jpeg; EXIF
+orientation is ignored either way):
     8- and 16-bit gray kept as they are; colour to gray with cv2.cvtColor (BGR2GRAY; BGRA2GRAY drops alpha, so a
     transparent pixel counts with its stored colour); palette PNGs arrive as colour. Float or 32-bit images are
-    `unsupported`. A PNG without IEND, a JPEG without an EOI marker after its scan, or a decoder failure on a file
-    with a valid signature is `truncated`.
+    `unsupported`, so are JPEGs of 12-bit precision (no decoder here). A PNG without IEND, a JPEG without an EOI
+    marker after its scans, a JPEG whose scans miss part of the image (restart intervals, coefficients, or coded
+    data that ends before the last block) is `truncated`; a decoder failure on a sound header is `corrupt`.
 DICOM (pydicom; single frame, SamplesPerPixel 1, MONOCHROME1/2, any transfer syntax pydicom can decode here):
     pixel_array (pydicom applies BitsStored and the sign), then the modality LUT (Rescale Slope/Intercept or Modality
     LUT Sequence), then the first VOI LUT or window when present, then MONOCHROME1 is inverted so that high values are
@@ -20,6 +26,9 @@ DICOM (pydicom; single frame, SamplesPerPixel 1, MONOCHROME1/2, any transfer syn
       * everything else is mapped linearly from its own [min, max] (after windowing and inversion) onto uint16
         0..65535, rounded to nearest.
     The Presentation LUT Shape is ignored (for MONOCHROME1 it restates the inversion).
+    A non-finite or zero RescaleSlope, or a LUT giving non-finite values, is `bad_dicom` naming the attribute; a
+    non-finite window is ignored with a warning like any invalid (Type 3) window; BitsAllocated other than 1, 8, 16
+    or 32 is `dicom_unsupported`.
 A zero-byte file is `not_an_image` ('empty file (0 bytes)'); an error from the operating system is `unreadable`.
 """
 
