@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.cxr-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench real install clean
+.PHONY: demo test bench real external install clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -26,10 +26,15 @@ demo: $(STAMP)
 	$(PY) scripts/demo.py
 
 real: $(STAMP)
-	$(PY) scripts/real.py
+	$(PY) scripts/real.py --mode real
+
+# trains with one source left out and tests on all of it (wingspan+JSRT -> NIH, NIH+JSRT -> wingspan); add
+# EXTERNAL_ARGS=--baseline to measure today's recipe the same way
+external: $(STAMP)
+	$(PY) scripts/real.py --mode external $(EXTERNAL_ARGS)
 
 bench: $(STAMP)
 	$(PY) scripts/bench.py
 
 clean:
-	rm -rf $(VENV) demo_out real_out .pytest_cache .benchmarks
+	rm -rf $(VENV) demo_out real_out external_out .pytest_cache .benchmarks

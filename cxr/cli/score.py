@@ -149,17 +149,17 @@ def _score(folder: Path, out: Path, model: Path, device: str, batch_size: int, w
         sys.exit(EXIT_FAILED)
     _check_out(out, model, labels)
     try:
-        writer = ResultsWriter(out)  # creates the temporary file now: an unwritable place fails before scoring
+        scorer = Scorer(model, device=device, threads=threads)
+    except CxrError as exc:
+        _error(str(exc))
+        sys.exit(EXIT_FAILED)
+    try:  # the model first: the columns depend on its outputs (ctr)
+        writer = ResultsWriter(out, anatomy="ctr" in scorer.extra_outputs)  # an unwritable place fails now
     except OSError as exc:
         _error(f"cannot write results to {out}: {exc.strerror or exc}")
         sys.exit(EXIT_FAILED)
 
     try:  # until scoring starts, any exit (Ctrl-C during a long walk included) removes the temporary file
-        try:
-            scorer = Scorer(model, device=device, threads=threads)
-        except CxrError as exc:
-            _error(str(exc))
-            sys.exit(EXIT_FAILED)
         thr = scorer.threshold if threshold is None else float(threshold)
         thr_source = "card" if threshold is None else "--threshold"
         # What --device auto picked is always said, --quiet or not (DESIGN.md: Devices).
@@ -263,6 +263,13 @@ def _summary(out, mpath, tally, walk, thr, thr_source, scorer, timings, label_re
              f"{_fig(timings['images_per_s'], '.1f')} images/s; "
              f"model {_fig(timings['mean_model_ms_per_image'], '.1f')} ms/image, "
              f"end to end {_fig(timings['mean_end_to_end_ms_per_image'], '.1f')} ms/image"]
+    if "ctr" in scorer.extra_outputs:
+        decision = scorer.card.decision.get("mode", "classifier")
+        flags = ", ".join(f"{flag} {n}" for flag, n in sorted(tally.ctr_flags.items())) or "none"
+        lines.append(f"ctr column: the model's cardiothoracic ratio; probability from the {decision}; "
+                     f"implausible masks: {flags}")
+    elif "cam" not in scorer.extra_outputs:
+        lines.append("this model has no ctr or cam output (exported before cxr 0.2): probabilities only")
     if label_report is not None:
         lines.append(f"labels: {label_report['matched']} matched, {label_report['labelled_not_found']} labelled "
                      f"but not found, {label_report['labelled_not_scored']} labelled but failed, "

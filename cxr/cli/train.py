@@ -24,10 +24,11 @@ from cxr import __version__
 from cxr.train import config as C
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
-_SPECIAL = {"dataset", "data_root", "csv_path"}  # given as --data KIND:PATH and --csv
+_SPECIAL = {"dataset", "data_root", "csv_path", "extra_sources"}  # given as --data KIND:PATH (repeatable) and --csv
 _CHOICES = {"dataset": C.DATASET_KINDS, "arch": C.ARCHS, "optimizer": C.OPTIMIZERS, "amp": C.AMP_MODES,
             "device": C.DEVICES, "cache_images": C.CACHE_MODES, "uncertain": C.UNCERTAIN_POLICIES,
-            "nih_negatives": C.NIH_NEGATIVES, "threshold_method": ("youden_j", "target_sensitivity")}
+            "nih_negatives": C.NIH_NEGATIVES, "threshold_method": ("youden_j", "target_sensitivity"),
+            "seg_head": C.SEG_HEAD_MODES, "decision": C.DECISIONS}
 
 
 class PosWeight(click.ParamType):
@@ -80,14 +81,32 @@ def _with_config_options(func):
     return func
 
 
-def _parse_data(value: str | None) -> tuple[str, str] | None:
-    if value is None:
+def _parse_data(values: tuple[str, ...]) -> list[dict] | None:
+    """Each --data KIND:PATH[;key=value...] as a dict (kind, data_root, options); None when none was given."""
+    if not values:
         return None
-    kind, sep, path = value.partition(":")
-    if not sep or kind not in C.DATASET_KINDS or not path:
-        raise click.BadParameter(f"expected KIND:PATH with KIND one of {', '.join(C.DATASET_KINDS)}, got {value!r}",
-                                 param_hint="--data")
-    return kind, path
+    try:
+        specs = [C.parse_source(v) for v in values]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--data") from None
+    for spec in specs:
+        spec["data_root"] = str(Path(spec["data_root"]).expanduser().resolve())
+        if spec.get("csv_path"):
+            spec["csv_path"] = str(Path(spec["csv_path"]).expanduser().resolve())
+    return specs
+
+
+def _first_source(spec: dict, csv_path: Path | None, fields: dict) -> dict:
+    """TrainConfig fields of the first --data: its own ;key=value options override the top-level ones."""
+    own = {k: v for k, v in spec.items() if k not in ("kind", "data_root", "name")}
+    if csv_path is not None and "csv_path" in own:
+        raise ValueError("--csv and --data ...;csv=... both name the first source's labels file; give one")
+    out = {"dataset": spec["kind"], "data_root": spec["data_root"],
+           "csv_path": None if csv_path is None else str(csv_path.expanduser().resolve())}
+    out.update(own)
+    if "name" in spec:
+        out["source_name"] = spec["name"]
+    return {**fields, **out}
 
 
 def _error(message: str) -> None:
@@ -102,11 +121,15 @@ def _setup_logging(verbose: bool) -> None:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120})
-@click.option("--data", "data_spec", metavar="KIND:PATH", default=None,
+@click.option("--data", "data_spec", metavar="KIND:PATH[;key=value...]", multiple=True,
               help=f"Dataset kind and root, e.g. folder:/data/nih (Cardiomegaly/ and Normal/ subfolders), "
                    f"csv:/data/imgs (with --csv labels.csv), nih:/data/ChestX-ray14, chexpert:/data/CheXpert-v1.0, "
                    f"phantom:DIR (the synthetic set made by cxr-phantom). KIND is one of "
-                   f"{', '.join(C.DATASET_KINDS)}. Required unless --resume.")
+                   f"{', '.join(C.DATASET_KINDS)}. Repeat it to train on several sources at once; each may set its "
+                   f"own options after ';', e.g. 'csv:/d/wj;csv=/d/wj/labels.csv;label_column=y;mask_columns=a,b,c;"
+                   f"name=wj' (keys: csv, {', '.join(C.SOURCE_OPTIONS[1:])}, name); what a source leaves out comes "
+                   f"from the options below (the first source) or their defaults. Splits are by patient within each "
+                   f"source and figures are reported per source. Required unless --resume.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Labels CSV (kind csv; optional for nih/chexpert). Columns set by --path-column etc.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -119,7 +142,7 @@ def _setup_logging(verbose: bool) -> None:
 @click.option("--verbose", is_flag=True, help="Debug logging.")
 @click.version_option(__version__, prog_name="cxr-train")
 @click.pass_context
-def main(ctx: click.Context, data_spec: str | None, csv_path: Path | None, out: Path | None, resume: Path | None,
+def main(ctx: click.Context, data_spec: tuple[str, ...], csv_path: Path | None, out: Path | None, resume: Path | None,
          verbose: bool, **fields) -> None:
     """Train DenseNet-121 to detect cardiomegaly; the defaults are the original recipe (ImageNet init, Adam 1e-5
     with L2 1e-2, batch 32, plateau patience 2 x0.1, early stopping 4, rotation 5 degrees, 224 px).
@@ -139,17 +162,15 @@ def main(ctx: click.Context, data_spec: str | None, csv_path: Path | None, out: 
         if resume is not None:
             if out is not None and out.resolve() != resume.resolve():
                 raise ValueError(f"--out {out} and --resume {resume} name different run directories")
-            if data is not None or csv_path is not None:
+            if data or csv_path is not None:
                 raise ValueError("--data/--csv cannot change when resuming (the run's splits.csv is used)")
             saved = json.loads((resume / "config.json").read_text(encoding="utf-8"))
             config = C.TrainConfig.from_dict(saved).replace(**{k: fields[k] for k in explicit})
             run_dir = resume
         else:
-            if data is None or out is None:
+            if not data or out is None:
                 raise click.UsageError("--data KIND:PATH and --out RUN_DIR are required (or --resume RUN_DIR)")
-            config = C.TrainConfig(dataset=data[0], data_root=str(Path(data[1]).expanduser().resolve()),
-                                   csv_path=None if csv_path is None else str(csv_path.expanduser().resolve()),
-                                   **fields)
+            config = C.TrainConfig(**_first_source(data[0], csv_path, fields), extra_sources=tuple(data[1:]))
             run_dir = out
     except (OSError, json.JSONDecodeError) as exc:
         _error(f"--resume {resume}: cannot read config.json ({exc})")

@@ -94,33 +94,84 @@ def _fmt(value: Any) -> str:
     return "n/a" if value is None else f"{value:+.4f}"
 
 
-def export_graph(model, opset: int, size: int, training: bool = False):
-    """Trace `model` (uint8 [N,1,S,S] -> logit [N]) into an in-memory onnx.ModelProto with outputs logit and
-    probability, N dynamic. `training=True` exists only so tests can produce a training-mode file."""
+class ExportWrapper:
+    """Builds the traced module: image uint8 -> logit, probability (the decision's), cam and, with the segmentation
+    head, ctr and masks. Every output is computed in the graph so every runtime gets it without torch."""
+
+    @staticmethod
+    def outputs(model) -> tuple[str, ...]:
+        from cxr.runtime.card import OUTPUT_NAMES
+
+        return OUTPUT_NAMES + (("cam", "ctr", "masks") if getattr(model, "seg_head", False) else ("cam",))
+
+    @staticmethod
+    def build(model, decision=None):
+        import torch
+
+        from cxr.train.anatomy import binary_masks, ctr_from_masks
+        from cxr.train.decision import Decision
+
+        decision = decision or Decision()
+        seg = bool(getattr(model, "seg_head", False))
+
+        class Wrapper(torch.nn.Module):
+            def __init__(self, inner):
+                super().__init__()
+                self.inner = inner
+
+            def forward(self, image):
+                out = self.inner.forward_all(image)
+                cls_logit = out["logit"].float()
+                cam = self.inner.cam(out["features"]).float()
+                if not seg:
+                    return cls_logit, torch.sigmoid(cls_logit), cam
+                masks = binary_masks(out["mask_logits"].float())
+                ctr = ctr_from_masks(masks)
+                if decision.mode == "classifier":
+                    logit = cls_logit
+                elif decision.mode == "ctr":
+                    logit = decision.w_ctr * ctr + decision.intercept
+                else:
+                    logit = decision.w_classifier * cls_logit + decision.w_ctr * ctr + decision.intercept
+                return logit, torch.sigmoid(logit), cam, ctr, masks
+
+        return Wrapper(model)
+
+
+def export_graph(model, opset: int, size: int, training: bool = False, decision=None):
+    """Trace `model` into an in-memory onnx.ModelProto with outputs logit, probability, cam (and ctr, masks with the
+    segmentation head), N dynamic. `training=True` exists only so tests can produce a training-mode file."""
     import onnx
     import torch
 
-    class Wrapper(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, image):
-            logit = self.inner(image).float()
-            return logit, torch.sigmoid(logit)
-
-    wrapper = Wrapper(model).train(training)
+    wrapper = ExportWrapper.build(model, decision).train(training)
+    names = list(ExportWrapper.outputs(model))
     mode = torch.onnx.TrainingMode.TRAINING if training else torch.onnx.TrainingMode.EVAL
     dummy = torch.zeros((2, 1, size, size), dtype=torch.uint8)
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*TorchScript-based ONNX export.*")
         warnings.filterwarnings("ignore", message=".*[Rr]emove usage of this function.*")
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         torch.onnx.export(wrapper, (dummy,), buffer, dynamo=False, opset_version=opset, training=mode,
-                          input_names=["image"], output_names=["logit", "probability"],
-                          dynamic_axes={"image": {0: "N"}, "logit": {0: "N"}, "probability": {0: "N"}},
+                          input_names=["image"], output_names=names,
+                          dynamic_axes={"image": {0: "N"}, **{n: {0: "N"} for n in names}},
                           do_constant_folding=not training)
-    return onnx.load_from_string(buffer.getvalue())
+    proto = onnx.load_from_string(buffer.getvalue())
+    with torch.inference_mode():
+        shapes = [tuple(t.shape) for t in wrapper.eval()(dummy)]
+    wrapper.train(training)
+    _fix_output_shapes(proto, shapes)
+    return proto
+
+
+def _fix_output_shapes(proto, shapes) -> None:
+    """Every output dimension but N is fixed by S; the tracer leaves some symbolic (e.g. after a Cast)."""
+    for output, shape in zip(proto.graph.output, shapes):
+        dims = output.type.tensor_type.shape.dim
+        for dim, size in zip(list(dims)[1:], shape[1:]):
+            dim.Clear()
+            dim.dim_value = int(size)
 
 
 def save_with_card(proto, card, path: Path) -> Path:
@@ -155,7 +206,7 @@ def versions() -> dict[str, str]:
             "onnxruntime": onnxruntime.__version__}
 
 
-def build_card(ckpt: dict[str, Any], export_facts: dict[str, Any]):
+def build_card(ckpt: dict[str, Any], export_facts: dict[str, Any], outputs: tuple[str, ...] = ("logit", "probability")):
     """The model card from the checkpoint: preprocess, normalization, threshold, training summary, export facts."""
     from cxr.runtime.serialization import jsonable
     from cxr.runtime.card import ModelCard, Threshold
@@ -177,7 +228,8 @@ def build_card(ckpt: dict[str, Any], export_facts: dict[str, Any]):
     return ModelCard(preprocess=PreprocessConfig.from_dict(ckpt["preprocess"]),
                      normalization=Normalization.from_dict(ckpt["normalization"]),
                      threshold=Threshold(**ckpt["threshold"]),
-                     training=jsonable(training), export=jsonable(export_facts))
+                     training=jsonable(training), export=jsonable(export_facts),
+                     output_names=tuple(outputs), decision=jsonable(ckpt.get("decision") or {"mode": "classifier"}))
 
 
 def _validation_summary(report: dict[str, Any]) -> dict[str, Any]:
@@ -246,21 +298,25 @@ def export_onnx(checkpoint: Path, out: Path, opset: int = 17, sample_dir: Path |
         "validation": "pending" if validate else "skipped",
     }
     log.info("exporting %s (%s, S=%d) to %s at opset %d", ckpt_path, ckpt["model"]["arch"], config.size, out, opset)
-    proto = export_graph(model, opset, config.size)
+    from cxr.train.decision import Decision
+
+    decision = Decision.from_dict(ckpt.get("decision"))
+    outputs = ExportWrapper.outputs(model)
+    proto = export_graph(model, opset, config.size, decision=decision)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     report: dict[str, Any] | None = None
     try:
-        save_with_card(proto, build_card(ckpt, facts), tmp)
+        save_with_card(proto, build_card(ckpt, facts, outputs), tmp)
         if validate:
             report = {"checkpoint": str(ckpt_path), "opset": opset, "images": images.source}
             try:
-                report.update(validate_export(tmp, model, images.images, opset, config.size))
+                report.update(validate_export(tmp, model, images.images, opset, config.size, decision=decision))
             except ExportError as exc:
                 report.update(getattr(exc, "report", {}))
                 raise
             report["image_set"] = images.summary()
             facts["validation"] = _validation_summary(report)
-            save_with_card(proto, build_card(ckpt, facts), tmp)
+            save_with_card(proto, build_card(ckpt, facts, outputs), tmp)
             check_scorer(tmp, images.images, report["ort_probabilities"], report)
         else:
             from cxr.export.validate import validate_structure

@@ -242,7 +242,8 @@ def make_variant(kind: str, fp32_path: Path, ckpt: dict, facts: dict, opset: int
                          "reduced_precision": {**settings, **{
             k: figures[k] for k in ("max_abs_prob_diff_vs_fp32", "auroc_fp32", "auroc", "auroc_change", "speedup",
                                      "size_ratio", "n_images", "images")}}}
-        save_with_card(onnx.load(str(tmp)), build_card(ckpt, variant_facts), tmp)
+        variant = onnx.load(str(tmp))
+        save_with_card(variant, build_card(ckpt, variant_facts, tuple(o.name for o in variant.graph.output)), tmp)
         check_images = eval_set.images[:CHECK_IMAGES]
         expected = run_ort(ort_session(tmp), check_images)[1]
         figures["scorer_max_abs_diff"] = scorer_check(tmp, check_images, expected)

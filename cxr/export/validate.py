@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from cxr.export.errors import ExportError
-from cxr.runtime.card import INPUT_NAME, OUTPUT_NAMES
+from cxr.runtime.card import INPUT_NAME, OPTIONAL_OUTPUTS, OUTPUT_NAMES
 from cxr.runtime.serialization import jsonable
 
 log = logging.getLogger(__name__)
@@ -100,14 +100,34 @@ def check_io(model_path: Path, size: int, input_dtype: str = "tensor(uint8)") ->
                         f"{[(i.name, i.type) for i in inputs]}")
     elif isinstance(inputs[0].shape[0], int) or list(inputs[0].shape[1:]) != [1, size, size]:
         problems.append(f"input shape must be [N, 1, {size}, {size}] with N dynamic, got {inputs[0].shape}")
-    if tuple(o.name for o in outputs) != OUTPUT_NAMES or any(o.type != "tensor(float)" for o in outputs):
+    core, extra = outputs[:len(OUTPUT_NAMES)], outputs[len(OUTPUT_NAMES):]
+    if tuple(o.name for o in core) != OUTPUT_NAMES or any(o.type != "tensor(float)" for o in core):
         problems.append(f"outputs must be {list(OUTPUT_NAMES)} float32, got {[(o.name, o.type) for o in outputs]}")
-    elif any(len(o.shape) != 1 or isinstance(o.shape[0], int) for o in outputs):
+    elif any(len(o.shape) != 1 or isinstance(o.shape[0], int) for o in core):
         problems.append(f"outputs must be 1-D [N], got {[o.shape for o in outputs]}")
+    problems += _extra_output_problems(extra, size)
     if problems:
         raise ExportError(f"{model_path}: the I/O contract is not met: " + "; ".join(problems))
     return {"input": [inputs[0].name, inputs[0].type, [str(d) for d in inputs[0].shape]],
             "outputs": [[o.name, o.type, [str(d) for d in o.shape]] for o in outputs]}
+
+
+_EXTRA_SPECS = {"cam": ("tensor(float)", 3), "ctr": ("tensor(float)", 1), "masks": ("tensor(uint8)", 4)}
+
+
+def _extra_output_problems(extra, size: int) -> list[str]:
+    """The optional outputs: known names in the contract's order, each of its type and rank, N dynamic."""
+    names = [o.name for o in extra]
+    if names != [n for n in OPTIONAL_OUTPUTS if n in names]:
+        return [f"outputs after {list(OUTPUT_NAMES)} must be among {list(OPTIONAL_OUTPUTS)} in that order, got {names}"]
+    problems = []
+    for o in extra:
+        dtype, rank = _EXTRA_SPECS[o.name]
+        if o.type != dtype or len(o.shape) != rank or isinstance(o.shape[0], int):
+            problems.append(f"output {o.name!r} must be {dtype} of rank {rank} with N dynamic, got {o.type} {o.shape}")
+        elif o.name == "masks" and list(o.shape[1:]) != [3, size, size]:
+            problems.append(f"output 'masks' must be [N, 3, {size}, {size}], got {o.shape}")
+    return problems
 
 
 def ort_session(model_path: Path):
@@ -132,17 +152,61 @@ def run_ort(session, images: np.ndarray, batch_size: int = 16) -> tuple[np.ndarr
     return np.concatenate(logits).astype(np.float32), np.concatenate(probs).astype(np.float32)
 
 
-def run_torch(model, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
+def run_torch(model, images: np.ndarray, batch_size: int = 16, decision=None) -> np.ndarray:
     """Probabilities float32 [N] from the PyTorch model in eval mode (the reference the export must match)."""
+    return run_torch_all(model, images, batch_size, decision)["probability"]
+
+
+def run_torch_all(model, images: np.ndarray, batch_size: int = 16, decision=None) -> dict[str, np.ndarray]:
+    """Every output of the export wrapper, run eagerly in PyTorch (eval mode), by output name."""
     import torch
 
-    model.eval()
-    out = []
+    from cxr.export.onnx_export import ExportWrapper
+
+    names = ExportWrapper.outputs(model)
+    wrapper = ExportWrapper.build(model, decision).eval()
+    parts: dict[str, list] = {n: [] for n in names}
     with torch.inference_mode():
         for start in range(0, images.shape[0], batch_size):
-            logit = model(torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])))
-            out.append(torch.sigmoid(logit.float()).numpy())
-    return np.concatenate(out).astype(np.float32)
+            outs = wrapper(torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])))
+            for name, value in zip(names, outs):
+                parts[name].append(value.numpy())
+    return {n: np.concatenate(v) for n, v in parts.items()}
+
+
+def run_ort_all(session, images: np.ndarray, batch_size: int = 16) -> dict[str, np.ndarray]:
+    names = [o.name for o in session.get_outputs()]
+    parts: dict[str, list] = {n: [] for n in names}
+    for start in range(0, images.shape[0], batch_size):
+        for name, value in zip(names, session.run(names, {INPUT_NAME: images[start:start + batch_size]})):
+            parts[name].append(value)
+    return {n: np.concatenate(v) for n, v in parts.items()}
+
+
+CTR_TOLERANCE = 0.02
+"""max |ctr ORT - ctr torch|: the masks are thresholded, so a pixel whose logit sits within float error of 0 can flip
+and move an extent by one pixel (1/thorax width, about 0.01 at 160 px); the probability is compared where the CTRs
+agree exactly."""
+MASK_DISAGREEMENT_TOLERANCE = 1e-3
+CAM_TOLERANCE = 1e-3
+
+
+def extra_parity(ort: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Figures for the optional outputs (cam relative to its range, mask pixels that differ, ctr)."""
+    out: dict[str, Any] = {}
+    if "cam" in ort:
+        scale = max(float(np.abs(ref["cam"]).max()), 1e-6)
+        out["cam_max_rel_diff"] = float(np.abs(ort["cam"] - ref["cam"]).max() / scale)
+    if "masks" in ort:
+        out["masks_disagreement"] = float((ort["masks"] != ref["masks"]).mean())
+    if "ctr" in ort:
+        a, b = ort["ctr"], ref["ctr"]
+        same_nan = np.isnan(a) == np.isnan(b)
+        both = ~np.isnan(a) & ~np.isnan(b)
+        out["ctr_nan_agree"] = bool(same_nan.all())
+        out["ctr_max_abs_diff"] = float(np.abs(a[both] - b[both]).max()) if both.any() else 0.0
+        out["ctr_equal"] = (a == b) | (np.isnan(a) & np.isnan(b))
+    return out
 
 
 def batch_invariance(session, images: np.ndarray, sizes: Sequence[int] = BATCH_SIZES) -> dict[str, Any]:
@@ -153,9 +217,21 @@ def batch_invariance(session, images: np.ndarray, sizes: Sequence[int] = BATCH_S
         n = -(-max(images.shape[0], b) // b) * b  # a whole number of full batches covering every image
         idx = np.resize(np.arange(images.shape[0]), n)
         batched = run_ort(session, images[idx], b)[1]
-        result[str(b)] = float(np.max(np.abs(batched - alone[idx])))
+        result[str(b)] = max_abs_diff(batched, alone[idx])
     result["max"] = max(result[str(b)] for b in sizes)
     return result
+
+
+def max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
+    """max |a - b|, where NaN in both (a CTR-based probability that cannot be measured) agrees and NaN in one is
+    infinitely far."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.size == 0:
+        return 0.0
+    if (np.isnan(a) != np.isnan(b)).any():
+        return float("inf")
+    both = ~np.isnan(a)
+    return float(np.abs(a[both] - b[both]).max()) if both.any() else 0.0
 
 
 def scorer_check(model_path: Path, images: np.ndarray, expected: np.ndarray) -> float:
@@ -167,7 +243,7 @@ def scorer_check(model_path: Path, images: np.ndarray, expected: np.ndarray) -> 
     if probs.shape != expected.shape:
         raise ExportError(f"{model_path}: the runtime Scorer returned {probs.shape[0]} values for "
                           f"{expected.shape[0]} images")
-    return float(np.max(np.abs(probs - expected)))
+    return max_abs_diff(probs, expected)
 
 
 def _check(report: dict, name: str, fn: Callable[[], Any]) -> Any:
@@ -196,9 +272,20 @@ def validate_structure(model_path: Path, opset: int, size: int, report: dict) ->
     _check(report, "io_contract", lambda: check_io(model_path, size))
 
 
+def _extra_within(extra: dict[str, Any], path: Path) -> dict[str, Any]:
+    limits = {"cam_max_rel_diff": CAM_TOLERANCE, "masks_disagreement": MASK_DISAGREEMENT_TOLERANCE,
+              "ctr_max_abs_diff": CTR_TOLERANCE}
+    for key, limit in limits.items():
+        if key in extra and not extra[key] <= limit:
+            raise ExportError(f"{path}: {key} {extra[key]:.3g} is more than {limit:g} (ONNX Runtime vs PyTorch)")
+    if extra.get("ctr_nan_agree") is False:
+        raise ExportError(f"{path}: ONNX Runtime and PyTorch disagree on which images have a measurable CTR")
+    return {**extra, "tolerances": {k: v for k, v in limits.items() if k in extra}}
+
+
 def validate_export(model_path: Path, model, images: np.ndarray, opset: int, size: int,
                     parity_tolerance: float = PARITY_TOLERANCE, batch_tolerance: float = BATCH_TOLERANCE,
-                    batch_sizes: Sequence[int] = BATCH_SIZES) -> dict[str, Any]:
+                    batch_sizes: Sequence[int] = BATCH_SIZES, decision=None) -> dict[str, Any]:
     """All checks on an exported fp32 file against its PyTorch `model`. Returns the report; raises ExportError
     (the report, with the failed check, is attached as `exc.report`) on the first failure."""
     report: dict[str, Any] = {"model": str(model_path), "passed": True, "n_images": int(images.shape[0]),
@@ -206,11 +293,19 @@ def validate_export(model_path: Path, model, images: np.ndarray, opset: int, siz
     try:
         validate_structure(model_path, opset, size, report)
         session = ort_session(model_path)
-        _, ort_probs = run_ort(session, images)
-        torch_probs = run_torch(model, images)
-        parity = float(np.max(np.abs(ort_probs - torch_probs)))
+        ort_all = run_ort_all(session, images)
+        ref_all = run_torch_all(model, images, decision=decision)
+        ort_probs, torch_probs = ort_all["probability"], ref_all["probability"]
+        extra = extra_parity(ort_all, ref_all)
+        same = extra.pop("ctr_equal", np.ones(ort_probs.shape, bool))
+        diff = np.abs(ort_probs - torch_probs)[same]
+        nan_mismatch = bool((np.isnan(ort_probs) != np.isnan(torch_probs))[same].any())
+        parity = float(np.nanmax(diff)) if diff.size and not np.isnan(diff).all() else 0.0
+        parity = float("nan") if nan_mismatch else parity
         _check(report, "parity_torch_vs_ort", lambda: _within("max |prob ORT - prob torch|", parity,
                                                               parity_tolerance, model_path))
+        if extra:
+            _check(report, "parity_extra_outputs", lambda: _extra_within(extra, model_path))
         inv = batch_invariance(session, images, batch_sizes)
         _check(report, "batch_invariance", lambda: {**_within("max |prob alone - prob batched|", inv["max"],
                                                               batch_tolerance, model_path), "per_batch_size": inv})

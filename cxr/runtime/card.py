@@ -16,6 +16,11 @@ CARD_KEY = "cxr.card"
 SCHEMA_VERSION = 1
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("logit", "probability")
+OPTIONAL_OUTPUTS = ("cam", "ctr", "masks")
+"""Outputs a model may add after OUTPUT_NAMES, in this order: cam float32 [N, h, w] (class activation map), ctr
+float32 [N] (cardiothoracic ratio on the model's masks; NaN when not measurable), masks uint8 [N, 3, S, S] (heart,
+left lung, right lung). A runtime uses those a model has and never requires them."""
+DECISION_MODES = ("classifier", "ctr", "fusion")
 TASK = "cardiomegaly"
 THRESHOLD_METHODS = ("youden_j", "target_sensitivity", "fixed")
 
@@ -53,6 +58,14 @@ class ModelCard:
     input_name: str = INPUT_NAME
     output_names: tuple[str, ...] = OUTPUT_NAMES
     schema_version: int = SCHEMA_VERSION
+    decision: dict[str, Any] = field(default_factory=lambda: {"mode": "classifier"})
+    """Where `probability` comes from: mode classifier|ctr|fusion, its coefficients, and the validation AUROC of
+    every candidate (cxr.train.decision)."""
+
+    @property
+    def extra_outputs(self) -> tuple[str, ...]:
+        """The optional outputs this model has (a subset of OPTIONAL_OUTPUTS)."""
+        return tuple(o for o in self.output_names if o in OPTIONAL_OUTPUTS)
 
     @property
     def input_size(self) -> int:
@@ -70,6 +83,7 @@ class ModelCard:
             "normalization": self.normalization.to_dict(),
             "threshold": {"value": float(self.threshold.value), "method": self.threshold.method,
                           "detail": self.threshold.detail},
+            "decision": self.decision,
             "training": self.training,
             "export": self.export,
         }
@@ -107,8 +121,14 @@ class ModelCard:
             raise ModelCardError(f"model card outputs must be a list of names {list(OUTPUT_NAMES)}, "
                                  f"got {raw_outputs!r}")
         outputs = tuple(raw_outputs)
-        if outputs != OUTPUT_NAMES:
-            raise ModelCardError(f"model card outputs {list(outputs)} differ from the contract {list(OUTPUT_NAMES)}")
+        extras = outputs[len(OUTPUT_NAMES):]
+        if outputs[:len(OUTPUT_NAMES)] != OUTPUT_NAMES or list(extras) != [o for o in OPTIONAL_OUTPUTS if o in extras]:
+            raise ModelCardError(f"model card outputs {list(outputs)} differ from the contract: {list(OUTPUT_NAMES)} "
+                                 f"then any of {list(OPTIONAL_OUTPUTS)} in that order")
+        decision = data.get("decision", {"mode": "classifier"})
+        if not isinstance(decision, Mapping) or decision.get("mode") not in DECISION_MODES:
+            raise ModelCardError(f"model card decision must be an object with mode one of {DECISION_MODES}, "
+                                 f"got {decision!r}")
         for key in ("training", "export"):
             if not isinstance(data.get(key, {}), Mapping):
                 raise ModelCardError(f"model card field {key!r} must be a JSON object")
@@ -124,6 +144,7 @@ class ModelCard:
             else INPUT_NAME,
             output_names=outputs,
             schema_version=data["schema_version"],
+            decision=dict(decision),
         )
 
     @classmethod

@@ -28,6 +28,9 @@ from cxr.runtime.serialization import jsonable
 logger = logging.getLogger(__name__)
 
 COLUMNS = ("path", "prob_cardiomegaly", "cardiomegaly", "status", "error")
+ANATOMY_COLUMNS = ("ctr", "ctr_flag")
+"""Added after COLUMNS for models with a ctr output: the ratio with 4 decimals (empty when not measurable) and why
+the masks look implausible (no_heart, no_lungs, lungs_cut_by_edge; ';'-joined; empty when they look right)."""
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
@@ -36,13 +39,17 @@ def safe_cell(text: str) -> str:
     return "'" + text if text.startswith(_FORMULA_START) else text
 
 
-def csv_cells(row: ScoreRow) -> list[str]:
-    """The five CSV cells of one row (probability with 6 decimals; label and probability empty on error rows)."""
+def csv_cells(row: ScoreRow, anatomy: bool = False) -> list[str]:
+    """The CSV cells of one row (probability with 6 decimals; label and probability empty on error rows), plus
+    ctr and ctr_flag when `anatomy`."""
     if row.ok:
         prob, label, error = f"{row.probability:.6f}", str(int(row.label_pred)), ""
     else:
         prob, label, error = "", "", f"{row.error_code}: {row.error_message}"
-    return [safe_cell(row.path), prob, label, row.status, safe_cell(error)]
+    cells = [safe_cell(row.path), prob, label, row.status, safe_cell(error)]
+    if anatomy:
+        cells += ["" if row.ctr is None else f"{row.ctr:.4f}", row.ctr_flag]
+    return cells
 
 
 def partial_path(out: Path, n: int = 1) -> Path:
@@ -74,8 +81,9 @@ class ResultsWriter:
     aborts, and `partial` then names the kept file (None when no row had been written).
     """
 
-    def __init__(self, out: str | os.PathLike):
+    def __init__(self, out: str | os.PathLike, anatomy: bool = False):
         self.out = Path(out)
+        self.anatomy = bool(anatomy)
         if self.out.is_dir():
             raise IsADirectoryError(f"{self.out}: is a folder; --out must name a file")
         directory = self.out.parent
@@ -85,7 +93,7 @@ class ResultsWriter:
         # A file name that is not valid UTF-8 (Linux allows any bytes) is written escaped, never a crash mid-run.
         self._fh = os.fdopen(fd, "w", newline="", encoding="utf-8", errors="backslashreplace")
         self._csv = csv.writer(self._fh, lineterminator="\n")
-        self._csv.writerow(COLUMNS)
+        self._csv.writerow(COLUMNS + (ANATOMY_COLUMNS if self.anatomy else ()))
         self._fh.flush()
         self.rows = 0
         self.partial: Path | None = None
@@ -94,7 +102,7 @@ class ResultsWriter:
         self.done = False
 
     def write(self, row: ScoreRow) -> None:
-        self._csv.writerow(csv_cells(row))
+        self._csv.writerow(csv_cells(row, self.anatomy))
         self._fh.flush()  # rows done survive a crash of this process (the OS has them)
         self.rows += 1
 
@@ -209,11 +217,14 @@ class Tally:
     by_code: Counter = field(default_factory=Counter)
     read_ms: float = 0.0
     model_ms: float = 0.0
+    ctr_flags: Counter = field(default_factory=Counter)
 
     def add(self, row: ScoreRow) -> None:
         self.files += 1
         self.read_ms += row.read_ms
         self.model_ms += row.model_ms
+        for flag in filter(None, row.ctr_flag.split(";")):
+            self.ctr_flags[flag] += 1
         if row.ok:
             self.ok += 1
         else:
@@ -247,7 +258,8 @@ def versions() -> dict[str, str]:
 
 def card_summary(card) -> dict[str, Any]:
     """The parts of the model card a reader of the results needs (the card's own JSON form, less the I/O shapes)."""
-    keep = ("task", "positive_label", "input_size", "preprocess", "normalization", "threshold", "training", "export")
+    keep = ("task", "positive_label", "input_size", "outputs", "decision", "preprocess", "normalization", "threshold",
+            "training", "export")
     full = card.to_dict()
     return {key: full[key] for key in keep}
 
@@ -270,6 +282,7 @@ def build_manifest(*, scorer, folder: Path, out: Path, tally: Tally, walk, thres
                    "intra_op_threads": scorer.threads},  # None: onnxruntime's default
         "counts": {
             "files": tally.files, "ok": tally.ok, "error": tally.error, "by_error_code": dict(sorted(tally.by_code.items())),
+            "ctr_flags": dict(sorted(tally.ctr_flags.items())),
             "skipped_non_images": walk.skipped_non_images, "skipped_hidden": walk.skipped_hidden,
             "walk_problems": list(walk.problems),
         },

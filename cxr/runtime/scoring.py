@@ -125,9 +125,14 @@ class Scorer:
         if card.preprocess.size != graph_size:
             raise ModelCardError(
                 f"{path}: model card says input size {card.preprocess.size} but the graph takes {graph_size}x{graph_size}")
+        absent = [o for o in card.output_names if o not in self._graph_outputs]
+        if absent:
+            raise ModelCardError(f"{path}: the model card lists output(s) {absent} that the graph lacks")
         self.card = card
         self.input_size = card.input_size
         self.threshold = float(card.threshold.value)
+        self.extra_outputs = card.extra_outputs
+        """The optional outputs this model has (cam, ctr, masks): used where present, never required."""
 
     def _providers_to_try(self, available: list[str]) -> list[str]:
         if self.requested_device == "cpu":
@@ -159,6 +164,7 @@ class Scorer:
         missing = [n for n in OUTPUT_NAMES if n not in names]
         if missing:
             raise ModelLoadError(f"{path}: missing output(s) {missing}; the model has {names}")
+        self._graph_outputs = names
 
     def _check_batch(self, batch) -> np.ndarray:
         if not isinstance(batch, np.ndarray):
@@ -182,6 +188,23 @@ class Scorer:
         if logit.shape != (n,) or prob.shape != (n,):
             raise ModelLoadError(f"{self.model_path}: the model returned {prob.shape[0]} values for {n} images")
         return logit, prob
+
+    def run(self, batch: np.ndarray, extras: Sequence[str] = ()) -> dict[str, np.ndarray]:
+        """logit and probability float32 [N] plus the requested optional outputs this model has, by name."""
+        batch = self._check_batch(batch)
+        names = list(OUTPUT_NAMES) + [e for e in extras if e in self.extra_outputs]
+        n = batch.shape[0]
+        if n == 0:
+            return {name: np.zeros(0, np.float32) for name in names}
+        values = dict(zip(names, self._session.run(names, {INPUT_NAME: batch})))
+        for name in OUTPUT_NAMES:
+            values[name] = np.asarray(values[name], np.float32).reshape(-1)
+            if values[name].shape != (n,):
+                raise ModelLoadError(f"{self.model_path}: the model returned {values[name].shape[0]} values for "
+                                     f"{n} images")
+        if "ctr" in values:
+            values["ctr"] = np.asarray(values["ctr"], np.float32).reshape(-1)
+        return values
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities float32 [N] for uint8 [N, 1, S, S]."""
@@ -210,6 +233,8 @@ class ScoreRow:
     error_message: str = ""
     read_ms: float = 0.0  # read + preprocess in a worker thread
     model_ms: float = 0.0  # this row's share of its batch's session time
+    ctr: float | None = None  # the model's cardiothoracic ratio (models with a ctr output; None: not measurable)
+    ctr_flag: str = ""  # why the masks behind `ctr` look implausible (cxr.runtime.anatomy.mask_flags), or ''
 
     @property
     def ok(self) -> bool:
@@ -294,45 +319,64 @@ def score_folder(folder: str | os.PathLike, scorer: Scorer, batch_size: int = 8,
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+_ANATOMY = ("ctr", "masks")
+NO_ANATOMY = "no_anatomy"  # a CTR-based decision on an image where the model found no heart or no lungs
+
+
 def _score_batch(scorer: Scorer, loaded: list[tuple[str, _Loaded]], threshold: float) -> list[ScoreRow]:
     good = [i for i, (_, item) in enumerate(loaded) if item.error is None]
-    outputs: dict[int, tuple[float, float] | tuple[str, str]] = {}
+    outputs: dict[int, dict | tuple[str, str]] = {}
     model_ms: dict[int, float] = {}
+    extras = [e for e in _ANATOMY if e in scorer.extra_outputs]
     if good:
         start = time.perf_counter()
         try:
-            logit, prob = scorer.predict(np.stack([loaded[i][1].image for i in good]))
+            values = scorer.run(np.stack([loaded[i][1].image for i in good]), extras)
             share = _ms(start) / len(good)
             for j, i in enumerate(good):
-                outputs[i], model_ms[i] = (float(logit[j]), float(prob[j])), share
+                outputs[i], model_ms[i] = _one(values, j), share
         except Exception as exc:  # noqa: BLE001 - retry one by one so no file of the batch is lost
             logger.warning("batch of %d failed (%s); retrying one image at a time", len(good), _short(exc))
             for i in good:
                 start = time.perf_counter()
                 try:
-                    logit, prob = scorer.predict(loaded[i][1].image[None])
-                    outputs[i] = (float(logit[0]), float(prob[0]))
+                    outputs[i] = _one(scorer.run(loaded[i][1].image[None], extras), 0)
                 except Exception as one_exc:  # noqa: BLE001
                     outputs[i] = (INFERENCE_FAILED, f"{type(one_exc).__name__}: {_short(one_exc)}")
                 model_ms[i] = _ms(start)
-    rows = []
-    for i, (rel, item) in enumerate(loaded):
-        if item.error is not None:
-            rows.append(ScoreRow(rel, "error", error_code=item.error[0], error_message=item.error[1],
-                                 read_ms=item.ms))
-            continue
-        out = outputs[i]
-        if isinstance(out[0], str):
-            rows.append(ScoreRow(rel, "error", error_code=out[0], error_message=out[1], read_ms=item.ms,
-                                 model_ms=model_ms[i]))
-        elif not (math.isfinite(out[1]) and 0.0 <= out[1] <= 1.0):
-            rows.append(ScoreRow(rel, "error", error_code=INFERENCE_FAILED,
-                                 error_message=f"the model returned an invalid probability {out[1]!r}",
-                                 read_ms=item.ms, model_ms=model_ms[i]))
-        else:
-            rows.append(ScoreRow(rel, "ok", probability=out[1], logit=out[0],
-                                 label_pred=int(out[1] >= threshold), read_ms=item.ms, model_ms=model_ms[i]))
-    return rows
+    return [_row(rel, item, outputs.get(i), model_ms.get(i, 0.0), threshold) for i, (rel, item) in enumerate(loaded)]
+
+
+def _one(values: dict[str, np.ndarray], j: int) -> dict:
+    """Image j's logit, probability and, where the model has them, CTR and mask flags."""
+    from cxr.runtime.anatomy import mask_flags
+
+    out = {"logit": float(values["logit"][j]), "probability": float(values["probability"][j])}
+    if "ctr" in values:
+        ctr = float(values["ctr"][j])
+        out["ctr"] = ctr if math.isfinite(ctr) else None
+        out["ctr_flag"] = mask_flags(values["masks"][j]) if "masks" in values else ("" if math.isfinite(ctr)
+                                                                                   else "not_measurable")
+    return out
+
+
+def _row(rel: str, item: _Loaded, out, model_ms: float, threshold: float) -> ScoreRow:
+    if item.error is not None:
+        return ScoreRow(rel, "error", error_code=item.error[0], error_message=item.error[1], read_ms=item.ms)
+    if isinstance(out, tuple):
+        return ScoreRow(rel, "error", error_code=out[0], error_message=out[1], read_ms=item.ms, model_ms=model_ms)
+    anatomy = {"ctr": out.get("ctr"), "ctr_flag": out.get("ctr_flag", "")}
+    prob = out["probability"]
+    if not (math.isfinite(prob) and 0.0 <= prob <= 1.0):
+        if "ctr" in out and out["ctr"] is None and math.isnan(prob):
+            return ScoreRow(rel, "error", error_code=NO_ANATOMY, read_ms=item.ms, model_ms=model_ms, **anatomy,
+                            error_message=f"the model's decision uses the cardiothoracic ratio, which it could not "
+                                          f"measure here ({anatomy['ctr_flag'] or 'no heart or lungs found'}); "
+                                          "is this a frontal chest radiograph?")
+        return ScoreRow(rel, "error", error_code=INFERENCE_FAILED, read_ms=item.ms, model_ms=model_ms,
+                        error_message=f"the model returned an invalid probability {prob!r}", **anatomy)
+    return ScoreRow(rel, "ok", probability=prob, logit=out["logit"], label_pred=int(prob >= threshold),
+                    read_ms=item.ms, model_ms=model_ms, **anatomy)
 
 
 def _ms(start: float) -> float:

@@ -4,7 +4,8 @@ Layout (format_version 1):
     format            "cxr-checkpoint"
     format_version    1
     kind              "best" | "last"
-    model             {"arch": str, "dropout": float}
+    model             {"arch": str, "dropout": float, "seg_head": bool (absent: False)}
+    decision          cxr.train.decision.Decision.to_dict() (absent: the classifier alone)
     model_state       state dict of CardiomegalyNet
     preprocess        PreprocessConfig.to_dict()
     normalization     Normalization.to_dict()
@@ -103,7 +104,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 def model_from_checkpoint(data: dict[str, Any]) -> CardiomegalyNet:
     """Rebuild the model and load its weights strictly; a mismatch is a CheckpointError naming the file."""
     model = CardiomegalyNet(arch=data["model"]["arch"], dropout=float(data["model"].get("dropout", 0.2)),
-                            normalization=Normalization.from_dict(data["normalization"]))
+                            normalization=Normalization.from_dict(data["normalization"]),
+                            seg_head=bool(data["model"].get("seg_head", False)))
     try:
         model.load_state_dict(data["model_state"], strict=True)
     except RuntimeError as exc:

@@ -17,13 +17,19 @@ ARCHS = ("densenet121", "densenet_tiny")  # cxr.train.model.ARCHS (kept torch-fr
 OPTIMIZERS = ("adam", "adamw")
 AMP_MODES = ("auto", "on", "off")
 DEVICES = ("auto", "cpu", "cuda")
+SEG_HEAD_MODES = ("auto", "on", "off")
+DECISIONS = ("auto", "classifier", "ctr", "fusion")  # mirrors cxr.train.decision.MODES
+SOURCE_OPTIONS = ("name", "csv_path", "path_column", "label_column", "patient_column", "split_column",
+                  "source_column", "positive_class", "negative_class", "uncertain", "frontal_only", "nih_negatives",
+                  "mask_columns", "ctr_column")
+"""What one --data source may set for itself (KIND:PATH;key=value;...); the rest comes from the top-level options."""
 CACHE_MODES = ("auto", "on", "off")
 UNCERTAIN_POLICIES = ("zeros", "ones", "ignore", "drop")
 NIH_NEGATIVES = ("no_finding", "all")  # mirrors cxr.train.datasets.NIH_NEGATIVES
 CACHE_AUTO_LIMIT = 20_000  # cache_images="auto" keeps preprocessed images in memory below this many images
 
 # What runs made before a field existed did; a saved config without the key gets this value (not the new default).
-LEGACY_DEFAULTS = {"nih_negatives": "all"}
+LEGACY_DEFAULTS = {"nih_negatives": "all", "seg_head": "off", "decision": "classifier"}
 
 # Fields that may differ between the saved config and the one given to --resume (they do not change the result).
 RESUMABLE_OVERRIDES = ("max_epochs", "num_workers", "bootstrap_n", "cache_images", "verify_images", "device")
@@ -62,6 +68,21 @@ class TrainConfig:
     nih_negatives: str = "no_finding"
     """NIH ChestX-ray14 negatives: no_finding (the recipe's Normal class: images labelled 'No Finding'; images with
     other findings only are left out) or all (every image without Cardiomegaly)."""
+    source_name: str | None = None
+    """Name of the first --data source in splits, reports and the card (default: its kind); rows of a CSV with a
+    source column keep that column's value."""
+    extra_sources: tuple = ()
+    """Further --data sources, each a dict of kind, data_root and any of the per-source options (name, csv_path,
+    *_column, positive_class, negative_class, uncertain, frontal_only, nih_negatives, mask_columns, ctr_column);
+    what a source leaves out comes from the top-level options. Splits are drawn by patient inside each source."""
+    mask_columns: str | None = None
+    """CSV columns naming the heart, left-lung and right-lung mask files, comma-separated (e.g.
+    mask_heart,mask_left_lung,mask_right_lung); masks are 8-bit images thresholded at 128. Images without masks
+    train the classifier only."""
+    ctr_column: str | None = None
+    """CSV column with a reference cardiothoracic ratio (e.g. ctr_mask); reported as the CTR error of the model."""
+    balance_sources: bool = False
+    """Draw training images so that each source is seen equally often per epoch (seeded, with replacement)."""
     verify_images: bool = False
     """Decode every image while indexing and skip (and report) unreadable ones before training starts."""
     val_fraction: float = 0.15
@@ -82,6 +103,19 @@ class TrainConfig:
     state dict."""
     image_size: int = 224
     """Model input side S (preprocessing resizes to S x S, see cxr.runtime.preprocess)."""
+    seg_head: str = "auto"
+    """Heart/lung segmentation decoder on the DenseNet blocks: auto (on when a source has --mask-columns), on, off.
+    Its masks give the model's cardiothoracic ratio (the ONNX outputs ctr and masks)."""
+    mask_loss_weight: float = 1.0
+    """Weight of the mask loss (Dice + BCE, images with masks only) added to the classifier's BCE."""
+    seg_lr: float | None = None
+    """Learning rate of the decoder (default 10 x --lr: a fresh decoder underfits at the backbone's rate)."""
+    seg_weight_decay: float = 0.0
+    """Weight decay of the decoder."""
+    decision: str = "auto"
+    """Where the probability comes from: classifier, ctr (a logistic map of the measured ratio), fusion (logistic
+    regression on both), or auto: the best validation AUROC (fusion judged by 5-fold cross-validation within
+    validation). Fitted on the validation split; needs the segmentation head for ctr and fusion."""
     # --- optimization ---
     optimizer: str = "adam"
     """adam (weight decay as coupled L2, the recipe) or adamw (decoupled weight decay)."""
@@ -101,6 +135,22 @@ class TrainConfig:
     """Stop after this many epochs without a lower validation loss; the best-validation-loss weights are kept."""
     rotation_degrees: float = 5.0
     """Train-time augmentation: random rotation uniformly within +/- this many degrees (0 = none)."""
+    aug_scale: float = 0.0
+    """Random zoom within +/- this fraction (0.1 = 0.9x to 1.1x); image and masks move together (0 = none)."""
+    aug_translate: float = 0.0
+    """Random shift within +/- this fraction of the side, image and masks together (0 = none)."""
+    aug_brightness: float = 0.0
+    """Random brightness change within +/- this fraction (applied with probability 0.5; 0 = none)."""
+    aug_contrast: float = 0.0
+    """Random contrast change within +/- this fraction (applied with probability 0.5; 0 = none)."""
+    aug_gamma: float = 0.0
+    """Random gamma within 1 +/- this (applied with probability 0.5; 0 = none)."""
+    aug_blur: float = 0.0
+    """Probability of a Gaussian blur (sigma 0.3-1.2 px at the model's size; 0 = none)."""
+    aug_noise: float = 0.0
+    """Gaussian noise std up to this fraction of full scale (applied with probability 0.5; 0 = none)."""
+    aug_jpeg: int = 0
+    """JPEG re-compression at quality between this and 95 (applied with probability 0.5; 0 = none)."""
     pos_weight: float | str | None = None
     """BCE pos_weight: None (the recipe), 'auto' (n_negative / n_positive on the training split) or a number."""
     # --- operating point and evaluation ---
@@ -133,7 +183,8 @@ class TrainConfig:
         if self.optimizer not in OPTIMIZERS:
             bad("optimizer", f"must be one of {OPTIMIZERS}")
         for name, allowed in (("amp", AMP_MODES), ("device", DEVICES), ("cache_images", CACHE_MODES),
-                              ("uncertain", UNCERTAIN_POLICIES), ("nih_negatives", NIH_NEGATIVES)):
+                              ("uncertain", UNCERTAIN_POLICIES), ("nih_negatives", NIH_NEGATIVES),
+                              ("seg_head", SEG_HEAD_MODES), ("decision", DECISIONS)):
             if getattr(self, name) not in allowed:
                 bad(name, f"must be one of {allowed}")
         if not isinstance(self.init, str) or not self.init:
@@ -176,7 +227,72 @@ class TrainConfig:
             bad("threshold_method", "must be youden_j or target_sensitivity")
         if not isinstance(self.seed, int) or self.seed < 0:
             bad("seed", "must be an integer >= 0")
+        self._check_segmentation(bad)
+        self._check_augmentation(bad)
+        for source in self.sources():
+            source.check()
         self.preprocess  # validates image_size through PreprocessConfig
+
+    def _check_segmentation(self, bad) -> None:
+        if self.mask_columns is not None and len(parse_mask_columns(self.mask_columns)) != 3:
+            bad("mask_columns", "must name 3 comma-separated columns (heart, left lung, right lung)")
+        if not (isinstance(self.mask_loss_weight, (int, float)) and self.mask_loss_weight >= 0):
+            bad("mask_loss_weight", "must be >= 0")
+        if self.seg_lr is not None and not self.seg_lr > 0:
+            bad("seg_lr", "must be positive")
+        if self.seg_weight_decay < 0:
+            bad("seg_weight_decay", "must be >= 0")
+        if self.seg_head == "on" and not self.has_masks:
+            bad("seg_head", "'on' needs masks: name them with --mask-columns")
+        if self.decision in ("ctr", "fusion") and not self.use_seg_head:
+            bad("decision", "ctr and fusion need the segmentation head (masks and --seg-head auto|on)")
+
+    def _check_augmentation(self, bad) -> None:
+        for name in ("aug_scale", "aug_translate", "aug_brightness", "aug_contrast", "aug_gamma", "aug_noise"):
+            if not (isinstance(getattr(self, name), (int, float)) and 0.0 <= getattr(self, name) < 1.0):
+                bad(name, "must lie in [0, 1)")
+        if not 0.0 <= self.aug_blur <= 1.0:
+            bad("aug_blur", "must be a probability in [0, 1]")
+        if not (isinstance(self.aug_jpeg, int) and (self.aug_jpeg == 0 or 1 <= self.aug_jpeg <= 95)):
+            bad("aug_jpeg", "must be 0 (off) or a JPEG quality in 1..95")
+
+    @property
+    def augmentation(self) -> dict[str, float]:
+        """The augmentation fields (recorded with the run; rotation_degrees included)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name.startswith("aug_") or f.name == "rotation_degrees"}
+
+    def sources(self) -> list["SourceSpec"]:
+        """Every --data source, the first from the top-level fields, each with its options resolved."""
+        first = {k: getattr(self, k) for k in SOURCE_OPTIONS if k != "name"}
+        first.update(kind=self.dataset, data_root=self.data_root, name=self.source_name or self.dataset)
+        specs = [SourceSpec(**first)]
+        for extra in self.extra_sources:
+            if not isinstance(extra, Mapping) or "kind" not in extra or "data_root" not in extra:
+                raise ValueError(f"extra_sources: each source needs kind and data_root, got {extra!r}")
+            unknown = sorted(set(extra) - set(SOURCE_OPTIONS) - {"kind", "data_root"})
+            if unknown:
+                raise ValueError(f"--data {extra.get('kind')}:{extra.get('data_root')}: unknown option(s) {unknown}; "
+                                 f"a source may set {', '.join(SOURCE_OPTIONS)}")
+            base = {k: getattr(self, k) for k in SOURCE_OPTIONS if k not in ("name", "csv_path", "mask_columns",
+                                                                            "ctr_column", "source_column")}
+            specs.append(SourceSpec(**{**base, "name": extra["kind"], **extra}))
+        names = [s.name for s in specs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"--data sources need distinct names, got {names}; set one with ;name=NAME")
+        return specs
+
+    @property
+    def has_masks(self) -> bool:
+        return any(s.mask_columns for s in self.sources())
+
+    @property
+    def use_seg_head(self) -> bool:
+        return self.seg_head == "on" or (self.seg_head == "auto" and self.has_masks)
+
+    @property
+    def decoder_lr(self) -> float:
+        return self.seg_lr if self.seg_lr is not None else 10.0 * self.lr
 
     @property
     def preprocess(self) -> PreprocessConfig:
@@ -184,13 +300,17 @@ class TrainConfig:
         return PreprocessConfig(size=self.image_size)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        out["extra_sources"] = [dict(x) for x in self.extra_sources]
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
         """Build from config.json; unknown keys are an error naming them (a config from another cxr version).
         A key that an older cxr did not write takes the value that version used, not today's default."""
-        return dataclass_from_dict(cls, {**LEGACY_DEFAULTS, **data}, "train config")
+        merged = {**LEGACY_DEFAULTS, **data}
+        merged["extra_sources"] = tuple(dict(x) for x in merged.get("extra_sources") or ())
+        return dataclass_from_dict(cls, merged, "train config")
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
@@ -198,3 +318,60 @@ class TrainConfig:
     def cache_enabled(self, n_images: int) -> bool:
         """Whether to keep preprocessed images in memory for a dataset of `n_images`."""
         return self.cache_images == "on" or (self.cache_images == "auto" and n_images < CACHE_AUTO_LIMIT)
+
+
+def parse_mask_columns(text: str | None) -> tuple[str, ...]:
+    """'a,b,c' -> ('a', 'b', 'c'); None or '' -> ()."""
+    return tuple(c.strip() for c in (text or "").split(",") if c.strip())
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """One --data source with every option resolved (see TrainConfig.sources)."""
+
+    kind: str
+    data_root: str
+    name: str
+    csv_path: str | None = None
+    path_column: str = "path"
+    label_column: str = "cardiomegaly"
+    patient_column: str = "patient_id"
+    split_column: str = "split"
+    source_column: str | None = None
+    positive_class: str = "Cardiomegaly"
+    negative_class: str = "Normal"
+    uncertain: str = "zeros"
+    frontal_only: bool = False
+    nih_negatives: str = "no_finding"
+    mask_columns: str | None = None
+    ctr_column: str | None = None
+
+    def check(self) -> None:
+        if self.kind not in DATASET_KINDS:
+            raise ValueError(f"source {self.name!r}: kind must be one of {DATASET_KINDS}, got {self.kind!r}")
+        if not self.name or any(c in self.name for c in ",;:/\\") or not self.name.isprintable():
+            raise ValueError(f"source name {self.name!r}: use letters, digits, '-' or '_'")
+        if self.mask_columns and len(parse_mask_columns(self.mask_columns)) != 3:
+            raise ValueError(f"source {self.name!r}: mask_columns must name 3 columns, got {self.mask_columns!r}")
+        if self.mask_columns and self.kind not in ("csv", "phantom"):
+            raise ValueError(f"source {self.name!r}: masks come from CSV columns; kind {self.kind!r} has none")
+
+
+def parse_source(spec: str) -> dict[str, Any]:
+    """'KIND:PATH[;key=value...]' -> {'kind', 'data_root', key: value}; ValueError naming what is wrong."""
+    head, *options = spec.split(";")
+    kind, sep, root = head.partition(":")
+    if not sep or kind not in DATASET_KINDS or not root:
+        raise ValueError(f"expected KIND:PATH[;key=value...] with KIND one of {', '.join(DATASET_KINDS)}, "
+                         f"got {spec!r}")
+    out: dict[str, Any] = {"kind": kind, "data_root": root}
+    for option in options:
+        key, eq, value = option.partition("=")
+        key = key.strip().replace("-", "_")
+        if key == "csv":
+            key = "csv_path"
+        if not eq or key not in SOURCE_OPTIONS:
+            raise ValueError(f"--data {head}: {option!r} is not key=value with key one of "
+                             f"{', '.join(('csv',) + SOURCE_OPTIONS[1:] + ('name',))}")
+        out[key] = (value.strip().lower() in ("1", "true", "yes")) if key == "frontal_only" else value.strip()
+    return out

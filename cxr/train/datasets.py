@@ -22,7 +22,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,10 @@ class Sample:
     """'train' | 'val' | 'test', or None when still to be assigned (by patient, cxr.train.splits)."""
     source: str = ""
     """Sub-dataset or site (wingspan, jsrt, nih, chexpert, phantom, ...) for per-source figures."""
+    masks: tuple[Path, Path, Path] | None = None
+    """Heart, left-lung and right-lung mask files (absolute), or None: the image then trains the classifier only."""
+    ctr: float | None = None
+    """A reference cardiothoracic ratio (e.g. measured on manual masks), reported against the model's."""
 
 
 @dataclass
@@ -93,12 +97,15 @@ def load_dataset(kind: str, root: Path | str, *, csv_path: Path | str | None = N
                  label_column: str = "cardiomegaly", patient_column: str = DEFAULT_PATIENT_COLUMN,
                  split_column: str = "split", source_column: str | None = None, positive_class: str = "Cardiomegaly",
                  negative_class: str = "Normal", uncertain: str = "zeros", frontal_only: bool = False,
-                 nih_negatives: str = "no_finding", verify_images: bool = False, workers: int = 2) -> DatasetIndex:
+                 nih_negatives: str = "no_finding", verify_images: bool = False, workers: int = 2,
+                 mask_columns: Sequence[str] = (), ctr_column: str | None = None) -> DatasetIndex:
     """Index the dataset of `kind` under `root` (see the module docstring for the layouts).
 
     Raises ValueError for an unknown kind or policy, a missing root or labels file, or a CSV without a needed column.
     With verify_images=True every image is also decoded (cxr.runtime.imaging.read_image, `workers` threads) and the
-    unreadable ones are skipped with their ImageError code as the reason.
+    unreadable ones are skipped with their ImageError code as the reason. `mask_columns` (csv/phantom: heart, left
+    lung, right lung) name mask files; a row whose mask cell is blank has no masks, a named file that is missing is
+    an error naming it. `ctr_column` gives each row's reference CTR.
     """
     if kind not in DATASET_KINDS:
         raise ValueError(f"dataset kind must be one of {DATASET_KINDS}, got {kind!r}")
@@ -116,12 +123,15 @@ def load_dataset(kind: str, root: Path | str, *, csv_path: Path | str | None = N
         if kind == "phantom" and csv_path is None:
             csv_path = root / "labels.csv"
         index = _load_csv(root, csv_path, path_column, label_column, patient_column, split_column, source_column,
-                          classes, default_source="phantom" if kind == "phantom" else "")
+                          classes, default_source="phantom" if kind == "phantom" else "",
+                          extras=(tuple(mask_columns), ctr_column))
         index.kind = kind
     elif kind == "nih":
         index = _load_nih(root, csv_path, nih_negatives)
     else:
         index = _load_chexpert(root, csv_path, uncertain, frontal_only)
+    if (mask_columns or ctr_column) and kind not in ("csv", "phantom"):
+        raise ValueError(f"{root}: mask and CTR columns come from a labels CSV; dataset kind {kind!r} has none")
     if verify_images:
         _verify(index, workers)
     if index.skipped:
@@ -256,7 +266,7 @@ def _require(path: Path, columns: list[str], needed: Iterable[str]) -> None:
 
 
 def _load_csv(root: Path, csv_path, path_column, label_column, patient_column, split_column, source_column,
-              classes, default_source: str) -> DatasetIndex:
+              classes, default_source: str, extras: tuple[tuple[str, ...], str | None] = ((), None)) -> DatasetIndex:
     if csv_path is None:
         csv_path = root if root.is_file() else root / "labels.csv"
     csv_path = Path(csv_path).expanduser().resolve()
@@ -264,6 +274,12 @@ def _load_csv(root: Path, csv_path, path_column, label_column, patient_column, s
         raise ValueError(f"{csv_path}: labels CSV not found")
     columns, rows = _read_csv(csv_path)
     _require(csv_path, columns, [path_column, label_column])
+    mask_columns, ctr_column = extras
+    for what, names in (("mask column(s) (--mask-columns)", list(mask_columns)),
+                        ("CTR column (--ctr-column)", [ctr_column] if ctr_column else [])):
+        missing = [c for c in names if c not in columns]
+        if missing:
+            raise ValueError(f"{csv_path}: {what} {missing} not found; the CSV has {columns}")
     if source_column is None:
         source_column = next((c for c in ("dataset", "source") if c in columns), None)
     elif source_column not in columns:
@@ -300,8 +316,39 @@ def _load_csv(root: Path, csv_path, path_column, label_column, patient_column, s
         pid = pid or nih_patient(path) or ""  # no id in the CSV: an NIH-style name gives one, as for folders
         all_ids &= bool(pid)
         source = (row.get(source_column) or "").strip() if source_column else default_source
-        samples.append(Sample(path, label, pid or rel.replace("\\", "/"), split, source or default_source))
+        masks = _row_masks(row, mask_columns, bases, where)
+        ctr = _row_ctr(row, ctr_column, where)
+        samples.append(Sample(path, label, pid or rel.replace("\\", "/"), split, source or default_source, masks, ctr))
     return DatasetIndex(samples, skipped, "csv", bases[0], bool(samples) and all_ids)
+
+
+def _row_masks(row: dict, columns: tuple[str, ...], bases: list[Path], where: str) -> tuple[Path, Path, Path] | None:
+    """The row's three mask files, or None when its mask cells are blank; ValueError for a partial or missing set."""
+    if not columns:
+        return None
+    cells = [(row.get(c) or "").strip() for c in columns]
+    if not any(cells):
+        return None
+    if not all(cells):
+        raise ValueError(f"{where}: some mask cells are blank ({dict(zip(columns, cells))}); give all three or none")
+    paths = [_resolve(c, bases) for c in cells]
+    missing = [c for c, p in zip(cells, paths) if p is None]
+    if missing:
+        raise ValueError(f"{where}: mask file(s) not found: {missing}")
+    return tuple(paths)  # type: ignore[return-value]
+
+
+def _row_ctr(row: dict, column: str | None, where: str) -> float | None:
+    text = (row.get(column) or "").strip() if column else ""
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{where}: CTR {text!r} is not a number") from None
+    if not 0.0 < value < 2.0:
+        raise ValueError(f"{where}: CTR {value} is not a plausible ratio")
+    return value
 
 
 def _resolve(rel: str, bases: list[Path]) -> Path | None:

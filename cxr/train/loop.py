@@ -31,7 +31,8 @@ from cxr.train import rundir
 from cxr.train.checkpoints import load_checkpoint, save_checkpoint
 from cxr.train.config import RESUMABLE_OVERRIDES, TrainConfig
 from cxr.train.data import CxrDataset
-from cxr.train.evaluate import choose_threshold, epoch_metrics, evaluate_split, report
+from cxr.train.decision import Decision, choose_decision
+from cxr.train.evaluate import anatomy_metrics, choose_threshold, epoch_metrics, evaluate_split, report
 from cxr.train.model import CardiomegalyNet, build_model
 from cxr.train.prepare import PreparedData, prepare_data
 
@@ -87,34 +88,52 @@ def _amp(config: TrainConfig, device: torch.device):
 
 def _loaders(config: TrainConfig, data: PreparedData, ctx: D.DistContext):
     pp, kw = config.preprocess, {"num_workers": config.num_workers, "pin_memory": ctx.device.type == "cuda"}
+    masks = (lambda split: data.mask_cache.get(split, {})) if config.use_seg_head else (lambda split: None)
     train_ds = CxrDataset(data.samples["train"], pp, train=True, rotation_degrees=config.rotation_degrees,
-                          seed=config.seed, cache=data.cache.get("train"))
-    sampler = DistributedSampler(train_ds, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
-                                 seed=config.seed, drop_last=False)
+                          seed=config.seed, cache=data.cache.get("train"), masks=masks("train"),
+                          augmentation=config.augmentation)
+    if config.balance_sources:
+        from cxr.train.sampling import SourceBalancedSampler
+
+        sampler = SourceBalancedSampler([s.source for s in data.samples["train"]], seed=config.seed,
+                                        num_replicas=ctx.world_size, rank=ctx.rank)
+    else:
+        sampler = DistributedSampler(train_ds, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
+                                     seed=config.seed, drop_last=False)
     train_loader = DataLoader(train_ds, batch_size=config.batch_size, sampler=sampler, **kw)
     evals = {}
     for split in ("val", "test"):
         if data.samples.get(split):
-            ds = CxrDataset(data.samples[split], pp, cache=data.cache.get(split))
+            ds = CxrDataset(data.samples[split], pp, cache=data.cache.get(split), masks=masks(split))
             evals[split] = DataLoader(Subset(ds, D.shard(ctx, len(ds))), batch_size=config.batch_size,
                                       shuffle=False, **kw)
     return train_ds, sampler, train_loader, evals
 
 
-def _train_epoch(model, loader, optimizer, criterion, ctx, autocast, scaler, epoch: int) -> tuple[float, int]:
-    """One pass over this rank's share; returns (mean training loss over all ranks, unreadable images masked)."""
+def _train_epoch(model, loader, optimizer, criterion, ctx, autocast, scaler, epoch: int,
+                 mask_weight: float | None = None) -> tuple[float, int, float]:
+    """One pass over this rank's share; returns (mean classifier loss over all ranks, unreadable images masked,
+    mean mask loss over the images with masks, NaN without the segmentation head)."""
     from tqdm import tqdm
 
+    from cxr.train.anatomy import mask_loss
+
     model.train()
-    total, count, masked = 0.0, 0, 0
+    total, count, masked, seg_total, seg_count = 0.0, 0, 0, 0.0, 0
     show = ctx.is_main and sys.stderr.isatty()
-    for images, labels, ok, _ in tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not show):
-        images, labels = images.to(ctx.device, non_blocking=True), labels.to(ctx.device)
+    for batch in tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not show):
+        images, labels, ok = batch[0].to(ctx.device, non_blocking=True), batch[1].to(ctx.device), batch[2]
         okf = ok.to(ctx.device).float()
         with autocast():
-            logits = model(images)
+            out = model(images) if mask_weight is None else model(images, all_outputs=True)
+        logits = out if mask_weight is None else out["logit"]
         per_image = criterion(logits.float(), labels) * okf  # unreadable images weigh nothing (same step count)
         loss = per_image.sum() / okf.sum().clamp(min=1.0)
+        if mask_weight is not None:
+            seg, n_seg = mask_loss(out["mask_logits"], batch[4].to(ctx.device), batch[5].to(ctx.device))
+            loss = loss + mask_weight * seg
+            seg_total += float(seg.detach()) * n_seg
+            seg_count += n_seg
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -126,16 +145,18 @@ def _train_epoch(model, loader, optimizer, criterion, ctx, autocast, scaler, epo
         total += float(per_image.sum().detach())
         count += int(ok.sum())
         masked += int((~ok).sum())
-    total, count, masked = D.all_reduce_sum(ctx, [total, count, masked])
+    total, count, masked, seg_total, seg_count = D.all_reduce_sum(ctx, [total, count, masked, seg_total, seg_count])
     if masked:
         log.warning("epoch %d: %d unreadable training image(s) left out (named in the warnings above)", epoch, masked)
-    return (total / count if count else float("nan")), int(masked)
+    return (total / count if count else float("nan")), int(masked), (seg_total / seg_count if seg_count
+                                                                     else float("nan"))
 
 
 def _payload(kind: str, model: CardiomegalyNet, config: TrainConfig, data: PreparedData, threshold: Threshold,
-             metrics: dict, epoch: int, state_dict=None) -> dict[str, Any]:
+             metrics: dict, epoch: int, state_dict=None, decision: Decision | None = None) -> dict[str, Any]:
     return {
-        "kind": kind, "model": {"arch": config.arch, "dropout": config.dropout},
+        "kind": kind, "model": {"arch": config.arch, "dropout": config.dropout, "seg_head": config.use_seg_head},
+        "decision": (decision or Decision()).to_dict(),
         "model_state": {k: v.detach().cpu().clone() for k, v in (state_dict or model.state_dict()).items()},
         "preprocess": config.preprocess.to_dict(), "normalization": model_normalization(model),
         "threshold": {"value": float(threshold.value), "method": threshold.method, "detail": threshold.detail},
@@ -144,12 +165,40 @@ def _payload(kind: str, model: CardiomegalyNet, config: TrainConfig, data: Prepa
     }
 
 
+def _param_groups(model: CardiomegalyNet, config: TrainConfig) -> list[dict[str, Any]]:
+    """The DenseNet and classifier at --lr/--weight-decay; the decoder at its own rate (a fresh decoder underfits at
+    the backbone's fine-tuning rate and strong L2)."""
+    decoder = [p for n, p in model.named_parameters() if n.startswith("decoder.")]
+    rest = [p for n, p in model.named_parameters() if not n.startswith("decoder.")]
+    groups: list[dict[str, Any]] = [{"params": rest}]
+    if decoder:
+        groups.append({"params": decoder, "lr": config.decoder_lr, "weight_decay": config.seg_weight_decay})
+    return groups
+
+
+def _selection_loss(ev, config: TrainConfig) -> float:
+    """What the plateau schedule and early stopping watch: the classifier's validation BCE, plus, with the
+    segmentation head, mask_loss_weight x (1 - mean Dice of heart and lungs) on the validation images with masks."""
+    if ev.dice is None or not np.isfinite(ev.dice).any():
+        return ev.loss
+    dice = float(np.nanmean(ev.dice[:, [0, 3]]))
+    return float(ev.loss + config.mask_loss_weight * (1.0 - dice))
+
+
+def _anatomy_note(row: dict[str, Any]) -> str:
+    if "val_dice_heart" not in row:
+        return ""
+    return (f" dice heart {row['val_dice_heart']:.3f} lungs {row['val_dice_lungs']:.3f} "
+            f"ctr_auroc {row['val_ctr_auroc']:.3f}")
+
+
 def model_normalization(model: CardiomegalyNet) -> dict[str, float]:
     return {"mean": float(model.mean), "std": float(model.std)}
 
 
 def _check_resumable(saved: TrainConfig, given: TrainConfig, run_dir: Path) -> TrainConfig:
-    diff = [k for k, v in saved.to_dict().items() if k not in RESUMABLE_OVERRIDES and v != getattr(given, k)]
+    now = given.to_dict()
+    diff = [k for k, v in saved.to_dict().items() if k not in RESUMABLE_OVERRIDES and v != now[k]]
     if diff:
         raise ValueError(f"--resume {run_dir}: the run was started with a different {', '.join(diff)}; only "
                          f"{', '.join(RESUMABLE_OVERRIDES)} may change when resuming")
@@ -191,7 +240,8 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, ctx: D.DistContext)
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)
     # the model first: unavailable initial weights fail before any image is read
-    model = build_model(config.arch, config.dropout, init=config.init if last is None else "random")
+    model = build_model(config.arch, config.dropout, init=config.init if last is None else "random",
+                        seg_head=config.use_seg_head)
     data = prepare_data(config, run_dir, ctx, resume=resume)
     if last is not None:
         data.summary = dict(last["data"])  # the same samples (from splits.csv) as the interrupted run
@@ -201,7 +251,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, ctx: D.DistContext)
     net = torch.nn.parallel.DistributedDataParallel(
         model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None) if ctx.enabled else model
     opt_cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-    optimizer = opt_cls(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = opt_cls(_param_groups(model, config), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", patience=config.plateau_patience,
                                                            factor=config.plateau_factor)
     pos_weight = data.pos_weight
@@ -209,6 +259,8 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, ctx: D.DistContext)
         reduction="none", pos_weight=None if pos_weight is None else torch.tensor(pos_weight, device=ctx.device))
     autocast, scaler = _amp(config, ctx.device)
     train_ds, sampler, train_loader, evals = _loaders(config, data, ctx)
+    seg = config.use_seg_head
+    val_sources = [s.source for s in data.samples["val"]]
 
     history: list[dict[str, Any]] = []
     stop = {"best_val_loss": float("inf"), "best_epoch": 0, "bad_epochs": 0, "stopped": False}
@@ -234,27 +286,33 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, ctx: D.DistContext)
         sampler.set_epoch(epoch)
         train_ds.set_epoch(epoch)
         lr = optimizer.param_groups[0]["lr"]
-        train_loss, _ = _train_epoch(net, train_loader, optimizer, criterion, ctx, autocast, scaler, epoch)
+        train_loss, _, train_mask_loss = _train_epoch(net, train_loader, optimizer, criterion, ctx, autocast, scaler,
+                                                      epoch, config.mask_loss_weight if seg else None)
         ev = evaluate_split(model, evals["val"], ctx, pos_weight, autocast)
+        ev_loss = _selection_loss(ev, config)
         _require_usable_validation(ev, data.samples["val"])
         if not (np.isfinite(ev.loss) and np.isfinite(ev.probabilities).all()):
             raise ValueError(f"epoch {epoch}: the model's validation outputs are not finite (loss {ev.loss}): "
                              f"training diverged; lower --lr (now {lr:g}) or check the images")
         threshold = choose_threshold(config.threshold_method, config.target_sensitivity, ev.labels,
                                      ev.probabilities)
-        row = {"epoch": epoch, "lr": lr, "train_loss": train_loss, **epoch_metrics(ev, threshold)}
-        scheduler.step(ev.loss)  # every rank holds the same gathered val loss, so schedulers agree
-        improved = ev.loss < stop["best_val_loss"]
+        row = {"epoch": epoch, "lr": lr, "train_loss": train_loss,
+               **epoch_metrics(ev, threshold, val_sources)}
+        if seg:
+            row.update(train_mask_loss=train_mask_loss, val_selection_loss=ev_loss)
+        scheduler.step(ev_loss)  # every rank holds the same gathered val loss, so schedulers agree
+        improved = ev_loss < stop["best_val_loss"]
         if improved:
-            stop.update(best_val_loss=ev.loss, best_epoch=epoch, bad_epochs=0)
+            stop.update(best_val_loss=ev_loss, best_epoch=epoch, bad_epochs=0)
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         else:
             stop["bad_epochs"] += 1
         stop["stopped"] = bool(D.broadcast_from_main(ctx, stop["bad_epochs"] >= config.early_stopping_patience))
         row.update(seconds=round(time.perf_counter() - t0, 3), is_best=int(improved))
         history.append(row)
-        log.info("epoch %d: lr %.2e train_loss %.4f val_loss %.4f val_auroc %.4f%s", epoch, lr, train_loss,
-                 ev.loss, row["val_auroc"], " (best)" if improved else "")
+        log.info("epoch %d (%s, %.0f s): lr %.2e train_loss %.4f val_loss %.4f val_auroc %.4f%s%s", epoch,
+                 ctx.device, row["seconds"], lr, train_loss, ev.loss, row["val_auroc"], _anatomy_note(row),
+                 " (best)" if improved else "")
         if ctx.is_main:
             val_metrics = jsonable({"val": {k[4:]: v for k, v in row.items() if k.startswith("val_")}})
             if improved:
@@ -291,28 +349,44 @@ def _require_usable_validation(ev, samples) -> None:
 
 
 def _finish(config, run_dir, ctx, data, model, best_state, stop, history, evals, pos_weight, autocast):
-    """Best weights back, threshold chosen on validation with them, test evaluated once; best.pt, metrics, plots."""
+    """Best weights back; the decision (classifier, CTR or fusion) and the threshold chosen on validation with them;
+    test evaluated once; best.pt, metrics, plots."""
+    from cxr.train.evaluate import decided, full_report
+
     if best_state is None:  # no epoch ran (max_epochs reached before the first): nothing to select from
         raise ValueError("no epoch was trained, so there are no best weights (raise --max-epochs)")
     model.load_state_dict(best_state)
     val = evaluate_split(model, evals["val"], ctx, pos_weight, autocast)
-    threshold = choose_threshold(config.threshold_method, config.target_sensitivity, val.labels, val.probabilities)
-    metrics = {"val": report(val, threshold, n_boot=config.bootstrap_n, seed=config.seed)}
+    decision = choose_decision(config.decision if config.use_seg_head else "classifier", val.labels, val.logits,
+                               val.ctr, seed=config.seed)
+    candidates = ({m: choose_decision(m, val.labels, val.logits, val.ctr, seed=config.seed) for m in
+                   ("classifier", "ctr", "fusion")} if val.ctr is not None and config.use_seg_head
+                  and "ctr" in decision.validation.get("auroc", {}) else {"classifier": decision})
+    val_decided = decided(val, decision)
+    threshold = choose_threshold(config.threshold_method, config.target_sensitivity, val_decided.labels,
+                                 val_decided.probabilities)
+    threshold = Threshold(threshold.value, threshold.method, f"{threshold.detail}; probability from the "
+                          f"{decision.mode}" if decision.mode != "classifier" else threshold.detail)
+    kw = {"n_boot": config.bootstrap_n, "seed": config.seed}
+    metrics = {"val": full_report(val, decision, candidates, threshold, data.samples["val"], **kw),
+               "decision": decision.to_dict(),
+               "decision_candidates": {m: d.to_dict() for m, d in candidates.items()}}
     test = None
     if "test" in evals:
         test = evaluate_split(model, evals["test"], ctx, pos_weight, autocast)
-        sources = [s.source for s in data.samples["test"]]
-        metrics["test"] = report(test, threshold, sources, n_boot=config.bootstrap_n, seed=config.seed)
+        metrics["test"] = full_report(test, decision, candidates, threshold, data.samples["test"], **kw)
+        test = decided(test, decision)
     summary = {
         "run_dir": str(run_dir), "best_epoch": stop["best_epoch"], "epochs_run": len(history),
         "stopped_early": stop["stopped"], "threshold": {"value": threshold.value, "method": threshold.method,
                                                         "detail": threshold.detail},
+        "decision": decision.to_dict(),
         "pos_weight": pos_weight, "world_size": ctx.world_size, "device": str(ctx.device), "data": data.summary,
         "metrics": metrics,
     }
     if ctx.is_main:
         save_checkpoint(_payload("best", model, config, data, threshold, jsonable(metrics),
-                                 stop["best_epoch"]), run_dir / "best.pt")
+                                 stop["best_epoch"], decision=decision), run_dir / "best.pt")
         rundir.write_json(run_dir / "metrics.json", summary)
         from cxr.train import plots
 

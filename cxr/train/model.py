@@ -3,6 +3,10 @@
 Scaling to [0, 1], the recipe's mean/std normalization and the grey-to-3-channel step happen inside `forward`, so
 the exported ONNX file takes exactly what cxr.runtime.preprocess produces. The first convolution is adapted to one
 channel by summing its RGB weights, which equals feeding the grey image copied to three channels.
+
+With `seg_head=True` a light U-Net-style decoder (cxr.train.anatomy) reads the dense blocks through skip connections
+and predicts heart, left lung and right lung; the classifier head is unchanged, and without the decoder the module
+(and its state dict) is exactly the recipe's.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ class CardiomegalyNet(nn.Module):
     """uint8 [N, 1, S, S] -> logit [N] (cardiomegaly)."""
 
     def __init__(self, arch: str = "densenet121", dropout: float = 0.2,
-                 normalization: Normalization = Normalization()):
+                 normalization: Normalization = Normalization(), seg_head: bool = False):
         super().__init__()
         if arch not in ARCHS:
             raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
@@ -42,14 +46,67 @@ class CardiomegalyNet(nn.Module):
         self.register_buffer("mean", torch.tensor(float(normalization.mean)), persistent=True)
         self.register_buffer("std", torch.tensor(float(normalization.std)), persistent=True)
         adapt_first_conv_to_gray(self)
+        self.seg_head = bool(seg_head)
+        if self.seg_head:
+            from cxr.train.anatomy import UNetDecoder
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
+            self.decoder = UNetDecoder(skip_channels(self.features))
+
+    def normalize(self, image: torch.Tensor) -> torch.Tensor:
         x = image.to(self.head[1].weight.dtype) / 255.0
-        x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
-        f = self.features(x)
-        f = torch.relu(f)
-        f = torch.flatten(nn.functional.adaptive_avg_pool2d(f, 1), 1)
+        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+
+    def forward(self, image: torch.Tensor, all_outputs: bool = False):
+        """The classifier's logit [N] (the recipe's forward; the decoder, if any, is not run), or with
+        `all_outputs` the dict of `forward_all` (so DistributedDataParallel sees the decoder's pass too)."""
+        if all_outputs:
+            return self.forward_all(image)
+        f = torch.relu(self.features(self.normalize(image)))
+        return self.classify(f)
+
+    def classify(self, relu_features: torch.Tensor) -> torch.Tensor:
+        f = torch.flatten(nn.functional.adaptive_avg_pool2d(relu_features, 1), 1)
         return self.head(f).squeeze(1)
+
+    def forward_all(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One pass for everything: 'logit' [N], 'features' (final ReLU features, for the CAM) and, with the
+        decoder, 'mask_logits' [N, 3, S, S] (heart, left lung, right lung)."""
+        x = self.normalize(image)
+        skips = []
+        for name, layer in self.features.named_children():
+            x = layer(x)
+            if name in SKIP_LAYERS:
+                skips.append(x)
+        f = torch.relu(x)
+        out = {"logit": self.classify(f), "features": f}
+        if self.seg_head:
+            out["mask_logits"] = self.decoder(f, skips, image.shape[-2:])
+        return out
+
+    def cam(self, relu_features: torch.Tensor) -> torch.Tensor:
+        """Class activation map of the positive logit: ReLU(sum_c w_c * features_c) [N, h, w] (no bias)."""
+        w = self.head[1].weight[0].to(relu_features.dtype)
+        return torch.relu(torch.einsum("nchw,c->nhw", relu_features, w))
+
+
+SKIP_LAYERS = ("relu0", "denseblock1", "denseblock2", "denseblock3")
+"""The feature maps the decoder reads: stride 2, 4, 8 and 16 (the final features, stride 32, are the bottom)."""
+
+
+def skip_channels(features: nn.Sequential) -> list[int]:
+    """Channels of SKIP_LAYERS' outputs and of the final features, found by a dry run on a tiny input."""
+    probe = torch.zeros(1, 1, 64, 64)
+    chans = []
+    with torch.no_grad():
+        was = features.training
+        features.eval()
+        x = probe
+        for name, layer in features.named_children():
+            x = layer(x)
+            if name in SKIP_LAYERS:
+                chans.append(int(x.shape[1]))
+        features.train(was)
+    return chans + [int(x.shape[1])]
 
 
 def _densenet(arch: str) -> DenseNet:
@@ -128,6 +185,8 @@ def load_init_file(model: CardiomegalyNet, path: str | Path) -> None:
         raise InitWeightsError(f"--init {path}: expected a state dict or a cxr checkpoint")
     state = rename_legacy_densenet_keys(state)  # e.g. torchvision's own densenet121-a639ec97.pth
     if any(k.startswith("head.") for k in state):
+        if getattr(model, "seg_head", False) and not any(k.startswith("decoder.") for k in state):
+            state = {**{k: v for k, v in model.state_dict().items() if k.startswith("decoder.")}, **state}
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as exc:
@@ -146,9 +205,9 @@ def load_init_file(model: CardiomegalyNet, path: str | Path) -> None:
 
 
 def build_model(arch: str = "densenet121", dropout: float = 0.2, normalization: Normalization = Normalization(),
-                init: str = "random") -> CardiomegalyNet:
-    """Build the model and apply `--init imagenet|random|PATH`."""
-    model = CardiomegalyNet(arch=arch, dropout=dropout, normalization=normalization)
+                init: str = "random", seg_head: bool = False) -> CardiomegalyNet:
+    """Build the model and apply `--init imagenet|random|PATH` (to the DenseNet and head; the decoder starts fresh)."""
+    model = CardiomegalyNet(arch=arch, dropout=dropout, normalization=normalization, seg_head=seg_head)
     if init == "imagenet":
         load_imagenet_features(model)
     elif init != "random":

@@ -31,11 +31,15 @@ def write_json(path: Path, data: Mapping[str, Any]) -> Path:
 
 
 def write_history(path: Path, history: Iterable[Mapping[str, Any]]) -> Path:
-    """history.csv: one row per completed epoch, the columns of HISTORY_COLUMNS."""
+    """history.csv: one row per completed epoch, the columns of HISTORY_COLUMNS, then the run's own (AUROC per
+    source as val_auroc[NAME], mask loss, Dice, the CTR's AUROC) in the order they first appear."""
     path = Path(path)
+    history = list(history)
+    extra = [k for row in history for k in row if k not in HISTORY_COLUMNS]
+    columns = list(HISTORY_COLUMNS) + list(dict.fromkeys(extra))
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=HISTORY_COLUMNS, extrasaction="ignore")
+        writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         for row in history:
             writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()})

@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 
 SPLITS_NAME = "splits.csv"
 SPLIT_COLUMNS = ("path", "label", "patient_id", "split", "source")
+EXTRA_COLUMNS = ("mask_heart", "mask_left_lung", "mask_right_lung", "ctr_ref")
+"""Written after SPLIT_COLUMNS (masks and reference CTR, blank where absent); optional when reading older files."""
 
 
 def assign_splits(samples: Sequence[Sample], val_fraction: float = 0.15, test_fraction: float = 0.15,
@@ -141,9 +143,11 @@ def write_splits(samples: Sequence[Sample], run_dir: Path | str) -> Path:
     tmp = target.with_name(target.name + ".tmp")
     with tmp.open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(SPLIT_COLUMNS)
+        writer.writerow(SPLIT_COLUMNS + EXTRA_COLUMNS)
         for s in samples:
-            writer.writerow([str(s.path), int(s.label), s.patient_id, s.split or "", s.source])
+            masks = [str(m) for m in s.masks] if s.masks else ["", "", ""]
+            writer.writerow([str(s.path), int(s.label), s.patient_id, s.split or "", s.source, *masks,
+                             "" if s.ctr is None else repr(float(s.ctr))])
     tmp.replace(target)
     return target
 
@@ -169,5 +173,7 @@ def read_splits(path: Path | str) -> list[Sample]:
             split = parse_split(row["split"])
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{path}:{line}: bad row {dict(row)}: {exc}") from exc
-        out.append(Sample(Path(row["path"]), label, row["patient_id"], split, row["source"] or ""))
+        masks = tuple(Path(row[c]) for c in EXTRA_COLUMNS[:3]) if all(row.get(c) for c in EXTRA_COLUMNS[:3]) else None
+        ctr = float(row["ctr_ref"]) if row.get("ctr_ref") else None
+        out.append(Sample(Path(row["path"]), label, row["patient_id"], split, row["source"] or "", masks, ctr))
     return out

@@ -57,7 +57,8 @@ def test_help_shows_recipe_defaults(help_text, option, default):
 
 def test_help_has_an_option_for_every_config_field(help_text):
     for field in dataclasses.fields(TrainConfig):
-        flag = {"dataset": "--data", "data_root": "--data", "csv_path": "--csv"}.get(
+        flag = {"dataset": "--data", "data_root": "--data", "csv_path": "--csv",
+                "extra_sources": "--data", "source_name": "name="}.get(
             field.name, "--" + field.name.replace("_", "-"))
         assert flag in help_text, field.name
     for flag in ("--out", "--resume", "KIND:PATH"):

@@ -65,12 +65,14 @@ def test_io_contract_and_dynamic_batch(exported, tiny_run):
     (inp,) = session.get_inputs()
     assert (inp.name, inp.type, inp.shape[1:]) == ("image", "tensor(uint8)", [1, SIZE, SIZE])
     assert [(o.name, o.type) for o in session.get_outputs()] == [("logit", "tensor(float)"),
-                                                                  ("probability", "tensor(float)")]
+                                                                  ("probability", "tensor(float)"),
+                                                                  ("cam", "tensor(float)")]
     batch = _val_batch(tiny_run)
     model = tiny_model()
     for n in (1, 5, 12):
-        logit, prob = session.run(None, {"image": batch[:n]})
+        logit, prob, cam = session.run(None, {"image": batch[:n]})
         assert logit.shape == prob.shape == (n,) and prob.dtype == np.float32
+        assert cam.shape[0] == n and cam.ndim == 3 and (cam >= 0).all()
         np.testing.assert_allclose(prob, 1 / (1 + np.exp(-logit)), atol=1e-6)
         assert np.max(np.abs(prob - _torch_probs(model, batch[:n]))) <= 1e-4
 
@@ -111,7 +113,7 @@ def test_exporter_writing_wrong_opset_is_rejected(tiny_run, tmp_path, monkeypatc
     import cxr.export.onnx_export as mod
 
     real = mod.export_graph
-    monkeypatch.setattr(mod, "export_graph", lambda model, opset, size, training=False: real(model, 18, size))
+    monkeypatch.setattr(mod, "export_graph", lambda model, opset, size, training=False, **kw: real(model, 18, size, **kw))
     out = tmp_path / "model.onnx"
     with pytest.raises(ExportError, match="asked for opset 17, file says 18"):
         export_onnx(tiny_run, out, opset=17)
@@ -138,8 +140,8 @@ def test_training_mode_export_rejected_end_to_end(tiny_run, tmp_path, monkeypatc
     import cxr.export.onnx_export as mod
 
     real = mod.export_graph
-    monkeypatch.setattr(mod, "export_graph", lambda model, opset, size, training=False: real(model, opset, size,
-                                                                                            training=True))
+    monkeypatch.setattr(mod, "export_graph", lambda model, opset, size, training=False, **kw: real(model, opset, size,
+                                                                                                  training=True, **kw))
     out = tmp_path / "model.onnx"
     with pytest.raises(ExportError, match="training mode"):
         export_onnx(tiny_run, out)
@@ -149,7 +151,12 @@ def test_training_mode_export_rejected_end_to_end(tiny_run, tmp_path, monkeypatc
 def test_parity_failure_rejects_file(tiny_run, tmp_path, monkeypatch):
     import cxr.export.validate as val
 
-    monkeypatch.setattr(val, "run_torch", lambda model, images, batch_size=16: np.full(images.shape[0], 0.5, "f4"))
+    real = val.run_torch_all
+
+    def wrong(model, images, batch_size=16, decision=None):
+        return {**real(model, images, batch_size, decision), "probability": np.full(images.shape[0], 0.5, "f4")}
+
+    monkeypatch.setattr(val, "run_torch_all", wrong)
     out = tmp_path / "model.onnx"
     with pytest.raises(ExportError, match="max \\|prob ORT - prob torch\\|"):
         export_onnx(tiny_run, out)

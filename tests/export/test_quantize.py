@@ -45,7 +45,9 @@ def test_int8_keeps_io_contract_and_own_card(int8_export):
     session, card = _card(side_path(int8_export.path, "int8.onnx"))
     assert [(i.name, i.type) for i in session.get_inputs()] == [("image", "tensor(uint8)")]
     assert [(o.name, o.type) for o in session.get_outputs()] == [("logit", "tensor(float)"),
-                                                                  ("probability", "tensor(float)")]
+                                                                  ("probability", "tensor(float)"),
+                                                                  ("cam", "tensor(float)")]
+    assert card.output_names == ("logit", "probability", "cam")
     assert card.export["precision"] == "int8" and card.export["opset"] == 17
     assert card.export["reduced_precision"]["format"] == "QDQ"
     assert card.threshold.value == pytest.approx(0.42)

@@ -203,15 +203,15 @@ def test_unexpected_exception_on_one_file_becomes_an_internal_row(scorer, mixed_
 def test_a_failing_batch_is_retried_one_by_one(scorer, mixed_folder, monkeypatch):
     folder, good, _ = mixed_folder
     poison = expected_for(folder, "good/rgb.jpg", scorer)
-    real_predict = Scorer.predict
+    real_run = Scorer.run
 
-    def predict(self, batch):
+    def run(self, batch, extras=()):
         probs = expected_probability(batch)
         if batch.shape[0] > 1 or abs(probs[0] - poison) < 1e-9:
             raise RuntimeError("session failed")
-        return real_predict(self, batch)
+        return real_run(self, batch, extras)
 
-    monkeypatch.setattr(Scorer, "predict", predict)
+    monkeypatch.setattr(Scorer, "run", run)
     rows = {r.path: r for r in score_folder(folder, scorer, batch_size=8, files=[Path(g) for g in good])}
     assert list(rows) == good  # no file of the failed batches is lost
     assert rows["good/rgb.jpg"].error_code == scoring.INFERENCE_FAILED

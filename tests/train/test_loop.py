@@ -87,7 +87,8 @@ def test_run_dir_files_and_history_columns(scripted_run):
     assert test["n"] == summary["data"]["n_test"] and len(test["auroc_ci95"]) == 2
     best = load_checkpoint(run_dir / "best.pt")
     assert best["threshold"]["method"] == "youden_j" and 0.0 <= best["threshold"]["value"] <= 1.0
-    assert set(best["metrics"]) == {"val", "test"}
+    assert set(best["metrics"]) == {"val", "test", "decision", "decision_candidates"}
+    assert best["decision"]["mode"] == "classifier" and best["model"]["seg_head"] is False
     assert not list(run_dir.glob(".*tmp*"))
 
 

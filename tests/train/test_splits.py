@@ -131,10 +131,20 @@ def test_bad_fractions(val_fraction, test_fraction):
 def test_write_and_read_splits_round_trip(tmp_path):
     samples = assign_splits(cohort(30), seed=2)
     samples.append(Sample(Path("/data/odd, name.png"), 1, "px", None, ""))
+    samples.append(Sample(Path("/data/m.png"), 0, "pm", "val", "wj", (Path("/m/h.png"), Path("/m/l.png"),
+                                                                      Path("/m/r.png")), 0.4375))
     path = write_splits(samples, tmp_path / "run")
     assert path == tmp_path / "run" / SPLITS_NAME
-    assert path.read_text().splitlines()[0] == "path,label,patient_id,split,source"
+    assert path.read_text().splitlines()[0] == ("path,label,patient_id,split,source,mask_heart,mask_left_lung,"
+                                                "mask_right_lung,ctr_ref")
     assert read_splits(path) == samples
+
+
+def test_splits_written_before_masks_existed_still_read(tmp_path):
+    path = tmp_path / "splits.csv"
+    path.write_text("path,label,patient_id,split,source\n/a.png,1,p,train,\n")
+    (sample,) = read_splits(path)
+    assert sample.masks is None and sample.ctr is None and sample.split == "train"
 
 
 @pytest.mark.parametrize("content, message", [

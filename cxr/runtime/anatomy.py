@@ -1,0 +1,49 @@
+"""The cardiothoracic ratio on masks, in numpy (the reference the model's in-graph CTR is tested against), and the
+plausibility checks cxr-score applies to a model's masks. No torch here.
+
+CTR, as the labels define it: the heart's horizontal extent (first to last occupied column, inclusive) over the
+largest horizontal extent of one row of the union of both lungs; NaN when the heart or the lungs are empty.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+STRUCTURES = ("heart", "left_lung", "right_lung")
+
+# ctr_flag values cxr-score writes beside an implausible measurement (empty when the masks look like a chest)
+NO_HEART = "no_heart"
+NO_LUNGS = "no_lungs"
+LUNGS_CUT = "lungs_cut_by_edge"
+
+
+def _extent(occupied: np.ndarray) -> int:
+    idx = np.flatnonzero(occupied)
+    return int(idx[-1] - idx[0] + 1) if idx.size else 0
+
+
+def ctr_reference(masks: np.ndarray) -> float:
+    """CTR of one 0/1 mask stack [3, H, W] (heart, left lung, right lung); NaN if not measurable."""
+    masks = np.asarray(masks) > 0
+    if masks.ndim != 3 or masks.shape[0] != 3:
+        raise ValueError(f"expected masks of shape [3, H, W], got {list(masks.shape)}")
+    heart_w = _extent(masks[0].any(axis=0))
+    lungs = masks[1] | masks[2]
+    thorax_w = max((_extent(row) for row in lungs), default=0)
+    if heart_w == 0 or thorax_w == 0:
+        return float("nan")
+    return heart_w / thorax_w
+
+
+def mask_flags(masks: np.ndarray) -> str:
+    """'' when the masks [3, H, W] look like a chest; else why the CTR should not be trusted (';'-joined)."""
+    masks = np.asarray(masks) > 0
+    flags = []
+    if not masks[0].any():
+        flags.append(NO_HEART)
+    lungs = masks[1] | masks[2]
+    if not lungs.any():
+        flags.append(NO_LUNGS)
+    elif lungs[:, 0].any() or lungs[:, -1].any():
+        flags.append(LUNGS_CUT)  # the widest row may run past the image: the thorax is under-measured
+    return ";".join(flags)

@@ -1,0 +1,52 @@
+"""Training augmentation for other hospitals (albumentations): zoom, shift and rotation move image and masks
+together; contrast, brightness, gamma, blur, noise and JPEG re-compression change the image alone. No horizontal flip:
+the heart lies on the patient's left, and a flipped film is not a plausible input.
+
+The photometric changes act on the equalized image the model takes: before the global equalization of the
+preprocessing contract, monotonic changes (gamma, contrast, brightness) would be undone by it. Each sample's draw is a
+pure function of (seed, epoch, index), so runs are reproducible with any number of workers and resume exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+
+class Augmenter:
+    """`augmenter(image uint8 [S, S], masks uint8 [3, S, S], seed_sequence) -> (image, masks)`."""
+
+    def __init__(self, options: Mapping[str, Any], size: int):
+        import albumentations as A
+        import cv2
+
+        self.options = dict(options)
+        o = self.options
+        geometric = []
+        if o.get("aug_scale") or o.get("aug_translate") or o.get("rotation_degrees"):
+            s, t, r = float(o.get("aug_scale", 0)), float(o.get("aug_translate", 0)), float(o.get("rotation_degrees", 0))
+            geometric.append(A.Affine(scale=(1 - s, 1 + s), translate_percent=(-t, t), rotate=(-r, r),
+                                      interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST,
+                                      border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0, p=1.0))
+        photometric = []
+        if o.get("aug_brightness") or o.get("aug_contrast"):
+            photometric.append(A.RandomBrightnessContrast(brightness_limit=float(o.get("aug_brightness", 0)),
+                                                          contrast_limit=float(o.get("aug_contrast", 0)), p=0.5))
+        if o.get("aug_gamma"):
+            g = float(o["aug_gamma"])
+            photometric.append(A.RandomGamma(gamma_limit=(100 * (1 - g), 100 * (1 + g)), p=0.5))
+        if o.get("aug_blur"):
+            photometric.append(A.GaussianBlur(sigma_limit=(0.3, 1.2), blur_limit=0, p=float(o["aug_blur"])))
+        if o.get("aug_noise"):
+            photometric.append(A.GaussNoise(std_range=(0.0, float(o["aug_noise"])), p=0.5))
+        if o.get("aug_jpeg"):
+            photometric.append(A.ImageCompression(quality_range=(int(o["aug_jpeg"]), 95), p=0.5))
+        self.size = size
+        self.transform = A.Compose(geometric + photometric, seed=0)
+
+    def __call__(self, image: np.ndarray, masks: np.ndarray, seed: np.random.SeedSequence
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        self.transform.set_random_seed(int(seed.generate_state(1)[0]))
+        out = self.transform(image=image, masks=list(masks))
+        return np.ascontiguousarray(out["image"], np.uint8), np.stack(out["masks"]).astype(np.uint8)

@@ -1,0 +1,145 @@
+"""Where the model's probability comes from: the classifier, the measured cardiothoracic ratio, or both.
+
+    classifier   logit = classifier logit                                  (the recipe)
+    ctr          logit = a * ctr + c                                       (a logistic map of the ratio)
+    fusion       logit = w * classifier logit + a * ctr + c                 (logistic regression on both)
+
+The coefficients are fitted on the validation split (numpy, Newton's method with a small ridge). `auto` picks the
+mode with the best validation AUROC; the fusion's AUROC is judged out of fold (5-fold cross-validation inside
+validation), since a model fitted and scored on the same images would look better than it is. The classifier and
+CTR maps are monotonic, so fitting them cannot change their AUROC. The chosen mode and its coefficients travel in the
+checkpoint and the model card, and the exported graph computes the same logit. Images whose CTR cannot be measured
+(no heart or no lungs found) have no ctr/fusion probability: cxr-score reports them as errors for those modes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from cxr.runtime import metrics as M
+
+MODES = ("classifier", "ctr", "fusion")
+CV_FOLDS = 5
+RIDGE = 1e-3
+
+
+@dataclass(frozen=True)
+class Decision:
+    """logit = w_classifier * classifier_logit + w_ctr * ctr + intercept (unused terms are absent from the graph)."""
+
+    mode: str = "classifier"
+    w_classifier: float = 1.0
+    w_ctr: float = 0.0
+    intercept: float = 0.0
+    validation: dict[str, Any] = field(default_factory=dict)
+    """Validation AUROC of each candidate, how it was judged, and why this mode was chosen."""
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"decision mode must be one of {MODES}, got {self.mode!r}")
+        for name in ("w_classifier", "w_ctr", "intercept"):
+            if not math.isfinite(float(getattr(self, name))):
+                raise ValueError(f"decision {name} must be finite, got {getattr(self, name)!r}")
+
+    def logit(self, classifier_logit: np.ndarray, ctr: np.ndarray | None) -> np.ndarray:
+        """The decision logit in numpy (the same formula as the exported graph)."""
+        if self.mode == "classifier":
+            return np.asarray(classifier_logit, np.float64)
+        c = np.asarray(ctr, np.float64)
+        if self.mode == "ctr":
+            return self.w_ctr * c + self.intercept
+        return self.w_classifier * np.asarray(classifier_logit, np.float64) + self.w_ctr * c + self.intercept
+
+    def probability(self, classifier_logit: np.ndarray, ctr: np.ndarray | None) -> np.ndarray:
+        return 1.0 / (1.0 + np.exp(-self.logit(classifier_logit, ctr)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> "Decision":
+        return cls() if not data else cls(**{k: data[k] for k in ("mode", "w_classifier", "w_ctr", "intercept",
+                                                                 "validation") if k in data})
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, ridge: float = RIDGE, iters: int = 50) -> tuple[np.ndarray, float]:
+    """Logistic regression (weights, intercept) by Newton's method on standardised features with an L2 ridge."""
+    x = np.asarray(x, np.float64).reshape(len(y), -1)
+    y = np.asarray(y, np.float64)
+    mu, sd = x.mean(axis=0), x.std(axis=0)
+    sd[sd == 0] = 1.0
+    z = np.column_stack([(x - mu) / sd, np.ones(len(y))])
+    beta = np.zeros(z.shape[1])
+    penalty = np.full(z.shape[1], ridge * len(y))
+    penalty[-1] = 0.0  # the intercept is not shrunk
+    for _ in range(iters):
+        p = 1.0 / (1.0 + np.exp(-(z @ beta)))
+        grad = z.T @ (p - y) + penalty * beta
+        hess = (z * (p * (1 - p))[:, None]).T @ z + np.diag(penalty) + 1e-9 * np.eye(z.shape[1])
+        step = np.linalg.solve(hess, grad)
+        beta -= step
+        if np.abs(step).max() < 1e-10:
+            break
+    w = beta[:-1] / sd
+    return w, float(beta[-1] - (w * mu).sum())
+
+
+def _oof_fusion_scores(x: np.ndarray, y: np.ndarray, seed: int) -> np.ndarray:
+    """Out-of-fold fusion logits: each image scored by a fusion fitted on the other folds (stratified folds)."""
+    rng = np.random.default_rng(seed)
+    folds = np.zeros(len(y), int)
+    for label in (0, 1):
+        idx = np.flatnonzero(y == label)
+        rng.shuffle(idx)
+        folds[idx] = np.arange(idx.size) % CV_FOLDS
+    out = np.zeros(len(y))
+    for k in range(CV_FOLDS):
+        train, test = folds != k, folds == k
+        if not test.any() or not M.has_both_classes(y[train]):
+            continue
+        w, b = fit_logistic(x[train], y[train])
+        out[test] = x[test] @ w + b
+    return out
+
+
+def choose_decision(requested: str, labels: np.ndarray, classifier_logit: np.ndarray, ctr: np.ndarray | None,
+                    seed: int = 0) -> Decision:
+    """Fit the candidates on validation and keep the requested one, or (auto) the best by validation AUROC."""
+    y = np.asarray(labels, np.int64)
+    if ctr is None or requested == "classifier":
+        auroc = M.roc_auc(y, classifier_logit) if M.has_both_classes(y) else math.nan
+        return Decision(validation={"auroc": {"classifier": auroc}, "chosen_by": "only candidate" if ctr is None
+                                    else "requested"})
+    ctr = np.asarray(ctr, np.float64)
+    ok = np.isfinite(ctr)
+    y_ok, cls_ok, ctr_ok = y[ok], np.asarray(classifier_logit, np.float64)[ok], ctr[ok]
+    if not M.has_both_classes(y_ok) or ok.sum() < 2 * CV_FOLDS:
+        if requested in ("ctr", "fusion"):
+            raise ValueError(f"--decision {requested}: too few validation images with a measurable CTR and both "
+                             f"classes ({int(ok.sum())} measurable) to fit it")
+        return Decision(validation={"auroc": {"classifier": M.roc_auc(y, classifier_logit)},
+                                    "chosen_by": "too few measurable CTRs on validation for ctr/fusion"})
+    both = np.column_stack([cls_ok, ctr_ok])
+    auroc = {"classifier": M.roc_auc(y_ok, cls_ok), "ctr": M.roc_auc(y_ok, ctr_ok),
+             "fusion": M.roc_auc(y_ok, _oof_fusion_scores(both, y_ok, seed))}
+    validation = {"auroc": auroc, "n": int(y.size), "n_ctr_measurable": int(ok.sum()),
+                  "judged": f"AUROC on the {int(ok.sum())} validation images with a measurable CTR; fusion out of "
+                            f"fold ({CV_FOLDS}-fold cross-validation), classifier and ctr as they are"}
+    if requested == "auto":
+        # the simpler candidate wins ties (order of MODES)
+        mode = max(MODES, key=lambda m: (round(auroc[m], 6), -MODES.index(m)))
+        validation["chosen_by"] = "best validation AUROC"
+    else:
+        mode = requested
+        validation["chosen_by"] = "requested"
+    if mode == "classifier":
+        return Decision(validation=validation)
+    if mode == "ctr":
+        w, b = fit_logistic(ctr_ok[:, None], y_ok)
+        return Decision("ctr", 0.0, float(w[0]), b, validation)
+    w, b = fit_logistic(both, y_ok)
+    return Decision("fusion", float(w[0]), float(w[1]), b, validation)
