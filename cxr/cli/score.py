@@ -1,7 +1,8 @@
-"""cxr-score: score every image under a folder with an exported cxr model; write results.csv and a manifest.
+"""cxr-score: score every image under a folder with an exported cxr model; write results.csv and a manifest, and
+optionally an overlay PNG per image (--overlays DIR) and an HTML review report (--report FILE.html).
 
-Exit codes: 0 every file scored; 3 finished but some files failed (error rows) or some folders could not be
-walked; 1 nothing could be done (missing/invalid model or card, unwritable output, requested device unavailable,
+Exit codes: 0 every file scored; 3 finished but some files failed (error rows), some folders could not be
+walked, or some overlays could not be written; 1 nothing could be done (missing/invalid model or card, unwritable output, requested device unavailable,
 folder with no images); 2 usage errors (click), including a labels file that is missing or lacks path,label;
 130 interrupted (Ctrl-C) or 143 terminated (SIGTERM: a batch system's time limit, `timeout`, `docker stop`), with
 the rows done kept in <out>.partial either way.
@@ -15,6 +16,7 @@ import signal
 import sys
 import time
 from contextlib import closing, contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -68,6 +70,105 @@ def _check_out(out: Path, model: Path, labels: Path | None) -> None:
                                  param_hint="--out")
 
 
+def _overlap(a: Path, b: Path) -> bool:
+    ra, rb = a.resolve(), b.resolve()
+    return ra == rb or ra.is_relative_to(rb) or rb.is_relative_to(ra)
+
+
+def _check_extras(folder: Path, out: Path, model: Path, labels: Path | None, overlays: Path | None,
+                  report: Path | None) -> None:
+    """--overlays and --report (and its thumbnails folder) must stay out of FOLDER, whose next run would score them
+    (and whose files they could replace), and the report must not replace another input or output."""
+    from cxr.runtime.report import thumbs_dir_for
+    from cxr.runtime.results import manifest_path
+
+    if overlays is not None:
+        if overlays.exists() and not overlays.is_dir():
+            raise click.BadParameter(f"{overlays} exists and is not a folder", param_hint="--overlays")
+        if _overlap(overlays, folder):
+            raise click.BadParameter(f"{overlays} overlaps the scored folder {folder}; overlays go to a folder "
+                                     "outside it (the next run would score them)", param_hint="--overlays")
+    if report is None:
+        return
+    if report.suffix.lower() not in (".html", ".htm"):
+        raise click.BadParameter(f"{report} must end in .html", param_hint="--report")
+    if report.is_dir():
+        raise click.BadParameter(f"{report} is a folder; give a file name such as {report / 'report.html'}",
+                                 param_hint="--report")
+    for name, given in (("--out", out), ("--out manifest", manifest_path(out)), ("--model", model),
+                        ("--labels", labels)):
+        if given is not None and (_same_file(report, given) or report.resolve() == given.resolve()):
+            raise click.BadParameter(f"{report} would overwrite the {name} file {given}", param_hint="--report")
+    thumbs = thumbs_dir_for(report)
+    if _overlap(thumbs, folder):
+        raise click.BadParameter(f"the report's thumbnails folder {thumbs} would lie in the scored folder "
+                                 f"{folder} (the next run would score them); write the report outside it",
+                                 param_hint="--report")
+    if overlays is not None and _overlap(thumbs_dir_for(report), overlays):
+        raise click.BadParameter(f"the report's thumbnails folder {thumbs_dir_for(report)} overlaps --overlays "
+                                 f"{overlays}", param_hint="--report")
+
+
+@dataclass
+class _Extras:
+    """The optional outputs of one run: the overlay folder, the report, and the writer that draws for both."""
+
+    overlays: Path | None = None
+    report_path: Path | None = None
+    report: object | None = None  # cxr.runtime.report.Report
+    drawer: object | None = None  # cxr.runtime.overlay.OverlayWriter
+    wait_s: float = 0.0
+
+    @property
+    def maps(self) -> bool:
+        return self.drawer is not None
+
+    def add(self, row, label) -> None:
+        index = self.report.add(row, label) if self.report is not None else 0
+        if self.drawer is not None:
+            self.drawer.submit(row, index)
+
+    def finish(self, cancel: bool = False) -> None:
+        if self.drawer is not None:
+            start = time.perf_counter()
+            self.drawer.close(cancel=cancel)
+            self.wait_s = time.perf_counter() - start
+
+    def manifest(self) -> dict:
+        out = {}
+        if self.overlays is not None:
+            out["overlays"] = {"folder": str(self.overlays), **self.drawer.stats.to_dict()}
+        if self.report_path is not None:
+            out["report"] = {"path": str(self.report_path), "thumbnails": str(self.report.thumbs),
+                             "images_not_drawn": self.drawer.stats.failed}
+        if self.drawer is not None:
+            out["drawing_wait_after_scoring_s"] = round(self.wait_s, 3)
+        return out
+
+
+def _open_extras(folder: Path, overlays: Path | None, report: Path | None, scorer, thr: float, workers: int,
+                 has_labels: bool, quiet: bool) -> _Extras:
+    """Create the overlay folder and the report's thumbnails folder (OSError when they cannot be) and the drawer."""
+    if overlays is None and report is None:
+        return _Extras()
+    from cxr.runtime.overlay import OverlayWriter
+    from cxr.runtime.report import Report
+
+    if overlays is not None:
+        overlays.mkdir(parents=True, exist_ok=True)
+    rep = None
+    if report is not None:
+        rep = Report(report, folder=folder, overlays_dir=overlays, labels=has_labels,
+                     anatomy="ctr" in scorer.extra_outputs, masks="masks" in scorer.extra_outputs)
+    if "cam" not in scorer.extra_outputs:
+        _note("this model has no activation map (cam) output: overlays show the radiograph and its call only",
+              quiet)
+    drawer = OverlayWriter(folder, overlays.resolve() if overlays is not None else None, threshold=thr,
+                           on_drawn=rep.on_drawn if rep is not None else None, workers=workers,
+                           max_pending=4 * workers)
+    return _Extras(overlays, report, rep, drawer)
+
+
 def _error(message: str) -> None:
     click.echo(f"cxr-score: error: {message}", err=True)
 
@@ -105,26 +206,37 @@ def _note(message: str, quiet: bool) -> None:
               help="Decision threshold for the cardiomegaly column; default: the model card's.")
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="CSV with columns path,label (or path,cardiomegaly; 0/1, paths relative to FOLDER): "
-                   "adds metrics to the manifest.")
+                   "adds a label column to the results and metrics to the manifest and the report.")
+@click.option("--overlays", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder (outside FOLDER; created if missing) for one PNG per scored image at the same relative "
+                   "path (.png appended unless already .png): the radiograph, the model's activation map and, for "
+                   "models with masks, the heart and lung contours and the CTR's two widths.")
+@click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Self-contained HTML review report to write (with a <name>_thumbs/ folder beside it): the run, "
+                   "ROC and metrics with --labels, and every image as a filterable card.")
 @click.option("--quiet", is_flag=True, help="No progress bar and no summary; errors only.")
 @click.version_option(__version__, prog_name="cxr-score")
 def main(folder: Path, out: Path, model: Path, device: str, batch_size: int, workers: int, threads: int | None,
-         threshold: float | None, labels: Path | None, quiet: bool) -> None:
+         threshold: float | None, labels: Path | None, overlays: Path | None, report: Path | None,
+         quiet: bool) -> None:
     """Score every image under FOLDER (recursively, sorted) for cardiomegaly.
 
-    Writes one row per image file to --out (path,prob_cardiomegaly,cardiomegaly,status,error); an unreadable image
-    becomes an error row and the run goes on. Research software, not a medical device.
+    Writes one row per image file to --out (path,prob_cardiomegaly,cardiomegaly,status,error; then ctr,ctr_flag for
+    models with a ctr output and label with --labels); an unreadable image becomes an error row (no overlay) and the
+    run goes on. Research software, not a medical device.
     """
     with _sigterm_raises():
         try:
-            _score(folder, out, model, device, batch_size, workers, threads, threshold, labels, quiet)
+            _score(folder, out, model, device, batch_size, workers, threads, threshold, labels, overlays, report,
+                   quiet)
         except _Terminated:  # before scoring started (once it has, _score reports it itself)
             _error(f"terminated (SIGTERM) before scoring started; nothing was written to {out}")
             sys.exit(EXIT_TERMINATED)
 
 
 def _score(folder: Path, out: Path, model: Path, device: str, batch_size: int, workers: int, threads: int | None,
-           threshold: float | None, labels: Path | None, quiet: bool) -> None:
+           threshold: float | None, labels: Path | None, overlays: Path | None, report: Path | None,
+           quiet: bool) -> None:
     started_wall = datetime.now(timezone.utc).isoformat(timespec="seconds")
     t0 = time.perf_counter()
     from cxr.runtime.labels import LabelMatcher, LabelsError, read_labels
@@ -148,13 +260,18 @@ def _score(folder: Path, out: Path, model: Path, device: str, batch_size: int, w
         _error(f"cannot write {out}: folder {out.parent} does not exist")
         sys.exit(EXIT_FAILED)
     _check_out(out, model, labels)
+    _check_extras(folder, out, model, labels, overlays, report)
+    if report is not None and not report.parent.is_dir():
+        _error(f"cannot write {report}: folder {report.parent} does not exist")
+        sys.exit(EXIT_FAILED)
     try:
         scorer = Scorer(model, device=device, threads=threads)
     except CxrError as exc:
         _error(str(exc))
         sys.exit(EXIT_FAILED)
     try:  # the model first: the columns depend on its outputs (ctr)
-        writer = ResultsWriter(out, anatomy="ctr" in scorer.extra_outputs)  # an unwritable place fails now
+        writer = ResultsWriter(out, anatomy="ctr" in scorer.extra_outputs,  # an unwritable place fails now
+                               labels=label_table is not None)
     except OSError as exc:
         _error(f"cannot write results to {out}: {exc.strerror or exc}")
         sys.exit(EXIT_FAILED)
@@ -172,6 +289,11 @@ def _score(folder: Path, out: Path, model: Path, device: str, batch_size: int, w
         if not walk.files:
             _error(f"no images found in {folder} ({walk.skipped_non_images} other file(s) skipped)")
             sys.exit(EXIT_FAILED)
+        try:
+            extras = _open_extras(folder, overlays, report, scorer, thr, workers, label_table is not None, quiet)
+        except OSError as exc:
+            _error(f"cannot create the overlay folder or the report's thumbnails folder: {exc}")
+            sys.exit(EXIT_FAILED)
     except BaseException:
         writer.discard()
         raise
@@ -185,22 +307,26 @@ def _score(folder: Path, out: Path, model: Path, device: str, batch_size: int, w
     t_score = time.perf_counter()
     try:
         rows = score_folder(folder, scorer, batch_size=batch_size, workers=workers, threshold=thr,
-                            files=walk.files)
+                            files=walk.files, maps=extras.maps)
         with closing(rows):  # on Ctrl-C the reader threads are stopped now, not at garbage collection
             for row in rows:
-                writer.write(row)
+                label = matcher.labels.labels.get(row.path) if matcher is not None else None
+                writer.write(row, label)
                 tally.add(row)
                 if matcher is not None:
                     matcher.add(row)
+                extras.add(row, label)  # queued for drawing, off this loop; error rows get no overlay
                 bar.update(1)
         scoring_s = time.perf_counter() - t_score
         bar.close()
+        extras.finish()
         writer.commit()
         if writer.removed_partials:
             _note(f"removed {', '.join(map(str, writer.removed_partials))}, left by earlier interrupted run(s): "
                   f"{out} is complete", quiet)
     except (KeyboardInterrupt, _Terminated) as exc:
         bar.close()
+        extras.finish(cancel=True)
         kept = writer.abort()
         how = "terminated (SIGTERM)" if isinstance(exc, _Terminated) else "interrupted"
         _error(f"{how} after {writer.rows} of {len(walk.files)} file(s); {out} was not written"
@@ -208,12 +334,14 @@ def _score(folder: Path, out: Path, model: Path, device: str, batch_size: int, w
         sys.exit(EXIT_TERMINATED if isinstance(exc, _Terminated) else EXIT_INTERRUPTED)
     except OSError as exc:  # disk full, file too large, output folder gone: say so, keep the rows, no traceback
         bar.close()
+        extras.finish(cancel=True)
         kept = writer.abort()
         _error(f"cannot write results: {exc.strerror or exc}; {out} was not written"
                + (f"; the rows done are in {kept}" if kept else ""))
         sys.exit(EXIT_FAILED)
     except BaseException as exc:
         bar.close()
+        extras.finish(cancel=True)
         kept = writer.abort()
         _error(f"stopped by {type(exc).__name__}: {exc}; {out} was not written"
                + (f"; the rows done are in {kept}" if kept else ""))
@@ -222,7 +350,7 @@ def _score(folder: Path, out: Path, model: Path, device: str, batch_size: int, w
     done = {"manifest": False}
     try:
         _finish(out, folder, model, device, batch_size, workers, threads, threshold, labels, quiet, scorer, walk,
-                tally, matcher, thr, thr_source, started_wall, t0, scoring_s, done)
+                tally, matcher, thr, thr_source, started_wall, t0, scoring_s, done, extras)
     except _Terminated:
         _error(f"terminated (SIGTERM) after {out} was written; "
                + ("so was its manifest" if done["manifest"] else "its manifest was not"))
@@ -230,7 +358,7 @@ def _score(folder: Path, out: Path, model: Path, device: str, batch_size: int, w
 
 
 def _finish(out, folder, model, device, batch_size, workers, threads, threshold, labels, quiet, scorer, walk, tally,
-            matcher, thr, thr_source, started_wall, t0, scoring_s, done: dict) -> None:
+            matcher, thr, thr_source, started_wall, t0, scoring_s, done: dict, extras: _Extras) -> None:
     """The manifest beside the committed results, the summary, and the exit code (done["manifest"] once written)."""
     from cxr.runtime.results import build_manifest, manifest_path, write_json_atomic
 
@@ -240,7 +368,9 @@ def _finish(out, folder, model, device, batch_size, workers, threads, threshold,
         started=started_wall, finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         total_s=time.perf_counter() - t0, scoring_s=scoring_s, command=sys.argv, labels=label_report,
         options={"folder": folder, "out": out, "model": model, "device": device, "batch_size": batch_size,
-                 "workers": workers, "threads": threads, "threshold": threshold, "labels": labels, "quiet": quiet})
+                 "workers": workers, "threads": threads, "threshold": threshold, "labels": labels,
+                 "overlays": extras.overlays, "report": extras.report_path, "quiet": quiet},
+        outputs=extras.manifest())
     mpath = manifest_path(out)
     try:
         write_json_atomic(mpath, manifest)
@@ -248,12 +378,33 @@ def _finish(out, folder, model, device, batch_size, workers, threads, threshold,
     except OSError as exc:
         _error(f"results written to {out}, but the manifest {mpath} could not be: {exc.strerror or exc}")
         sys.exit(EXIT_FAILED)
+    if extras.report is not None:
+        try:
+            extras.report.write(manifest, _roc(matcher))
+        except OSError as exc:
+            _error(f"results written to {out}, but the report {extras.report_path} could not be: "
+                   f"{exc.strerror or exc}")
+            sys.exit(EXIT_FAILED)
+    failed_drawings = extras.drawer.stats.failed if extras.drawer is not None else 0
+    if failed_drawings:
+        click.echo(f"cxr-score: warning: {failed_drawings} image(s) could not be drawn for the overlays/report "
+                   f"(first: {extras.drawer.stats.failures[0]}); see the manifest", err=True)
     if not quiet:
-        _summary(out, mpath, tally, walk, thr, thr_source, scorer, manifest["timings"], label_report)
-    sys.exit(EXIT_OK if tally.error == 0 and not walk.problems else EXIT_PARTIAL)
+        _summary(out, mpath, tally, walk, thr, thr_source, scorer, manifest["timings"], label_report, extras)
+    sys.exit(EXIT_OK if tally.error == 0 and not walk.problems and not failed_drawings else EXIT_PARTIAL)
 
 
-def _summary(out, mpath, tally, walk, thr, thr_source, scorer, timings, label_report) -> None:
+def _roc(matcher):
+    """(fpr, tpr) of the labelled rows for the report, or None without both classes."""
+    from cxr.runtime import metrics
+
+    if matcher is None or not metrics.has_both_classes(matcher.y):
+        return None
+    fpr, tpr, _ = metrics.roc_curve(matcher.y, matcher.p)
+    return fpr, tpr
+
+
+def _summary(out, mpath, tally, walk, thr, thr_source, scorer, timings, label_report, extras: _Extras) -> None:
     lines = [f"{tally.files} file(s): {tally.ok} ok, {tally.error} error"
              + (" (" + ", ".join(f"{code} {n}" for code, n in sorted(tally.by_code.items())) + ")"
                 if tally.by_code else "")
@@ -282,6 +433,10 @@ def _summary(out, mpath, tally, walk, thr, thr_source, scorer, timings, label_re
                          f"({m['n_positive']} positive); at {thr:g}: sensitivity {_num(m['sensitivity'])}, "
                          f"specificity {_num(m['specificity'])}, PPV {_num(m['ppv'])}, NPV {_num(m['npv'])}, "
                          f"F1 {_num(m['f1'])}")
+    if extras.overlays is not None:
+        lines.append(f"overlays: {extras.drawer.stats.written} PNG(s) in {extras.overlays}")
+    if extras.report_path is not None:
+        lines.append(f"report: {extras.report_path} (thumbnails in {extras.report.thumbs})")
     lines.append(f"results: {out}; manifest: {mpath}")
     for line in lines:
         click.echo(f"cxr-score: {line}", err=True)

@@ -4,7 +4,8 @@ The CSV goes to a temporary file beside the final one, one flushed line per row;
 `os.replace`d onto the final name (atomic on POSIX). On failure the rows already done are kept as `<out>.partial`
 and the final name is left untouched (a previous results file there survives). A later run that completes removes a
 `<out>.partial` left by an earlier interrupted one, since the complete results now stand beside it.
-Columns: path,prob_cardiomegaly,cardiomegaly,status,error (see DESIGN.md, 'The results contract').
+Columns: path,prob_cardiomegaly,cardiomegaly,status,error (see DESIGN.md, 'The results contract'), then ctr,ctr_flag
+for models with a ctr output, then label when cxr-score is given --labels.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ COLUMNS = ("path", "prob_cardiomegaly", "cardiomegaly", "status", "error")
 ANATOMY_COLUMNS = ("ctr", "ctr_flag")
 """Added after COLUMNS for models with a ctr output: the ratio with 4 decimals (empty when not measurable) and why
 the masks look implausible (no_heart, no_lungs, lungs_cut_by_edge; ';'-joined; empty when they look right)."""
+LABEL_COLUMN = "label"
+"""Added last when cxr-score is given --labels: the file's reference label 0/1, empty when the labels file has none."""
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
@@ -39,16 +42,18 @@ def safe_cell(text: str) -> str:
     return "'" + text if text.startswith(_FORMULA_START) else text
 
 
-def csv_cells(row: ScoreRow, anatomy: bool = False) -> list[str]:
-    """The CSV cells of one row (probability with 6 decimals; label and probability empty on error rows), plus
-    ctr and ctr_flag when `anatomy`."""
+def csv_cells(row: ScoreRow, anatomy: bool = False, labels: bool = False, label: int | None = None) -> list[str]:
+    """The CSV cells of one row (probability with 6 decimals; call and probability empty on error rows), plus
+    ctr and ctr_flag when `anatomy`, and the reference `label` (empty when None) when `labels`."""
     if row.ok:
-        prob, label, error = f"{row.probability:.6f}", str(int(row.label_pred)), ""
+        prob, call, error = f"{row.probability:.6f}", str(int(row.label_pred)), ""
     else:
-        prob, label, error = "", "", f"{row.error_code}: {row.error_message}"
-    cells = [safe_cell(row.path), prob, label, row.status, safe_cell(error)]
+        prob, call, error = "", "", f"{row.error_code}: {row.error_message}"
+    cells = [safe_cell(row.path), prob, call, row.status, safe_cell(error)]
     if anatomy:
         cells += ["" if row.ctr is None else f"{row.ctr:.4f}", row.ctr_flag]
+    if labels:
+        cells.append("" if label is None else str(int(label)))
     return cells
 
 
@@ -81,9 +86,10 @@ class ResultsWriter:
     aborts, and `partial` then names the kept file (None when no row had been written).
     """
 
-    def __init__(self, out: str | os.PathLike, anatomy: bool = False):
+    def __init__(self, out: str | os.PathLike, anatomy: bool = False, labels: bool = False):
         self.out = Path(out)
         self.anatomy = bool(anatomy)
+        self.labels = bool(labels)
         if self.out.is_dir():
             raise IsADirectoryError(f"{self.out}: is a folder; --out must name a file")
         directory = self.out.parent
@@ -93,7 +99,8 @@ class ResultsWriter:
         # A file name that is not valid UTF-8 (Linux allows any bytes) is written escaped, never a crash mid-run.
         self._fh = os.fdopen(fd, "w", newline="", encoding="utf-8", errors="backslashreplace")
         self._csv = csv.writer(self._fh, lineterminator="\n")
-        self._csv.writerow(COLUMNS + (ANATOMY_COLUMNS if self.anatomy else ()))
+        self._csv.writerow(COLUMNS + (ANATOMY_COLUMNS if self.anatomy else ()) + ((LABEL_COLUMN,) if self.labels
+                                                                                   else ()))
         self._fh.flush()
         self.rows = 0
         self.partial: Path | None = None
@@ -101,8 +108,9 @@ class ResultsWriter:
         """The `<out>.partial` files of earlier interrupted runs that commit() removed."""
         self.done = False
 
-    def write(self, row: ScoreRow) -> None:
-        self._csv.writerow(csv_cells(row, self.anatomy))
+    def write(self, row: ScoreRow, label: int | None = None) -> None:
+        """One row; `label` is its reference label (written only when the writer was made with labels=True)."""
+        self._csv.writerow(csv_cells(row, self.anatomy, self.labels, label))
         self._fh.flush()  # rows done survive a crash of this process (the OS has them)
         self.rows += 1
 
@@ -267,8 +275,10 @@ def card_summary(card) -> dict[str, Any]:
 def build_manifest(*, scorer, folder: Path, out: Path, tally: Tally, walk, threshold: float,
                    threshold_source: str, started: str, finished: str, total_s: float, scoring_s: float,
                    command: list[str], options: Mapping[str, Any] | None = None,
-                   labels: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Everything needed to trust or reproduce a results file, as one JSON-ready dict."""
+                   labels: Mapping[str, Any] | None = None,
+                   outputs: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Everything needed to trust or reproduce a results file, as one JSON-ready dict. `outputs`: what else the
+    run wrote (overlays, report) and how that went."""
     images_per_s = tally.files / scoring_s if scoring_s > 0 else None
     return {
         "results_csv": str(out),
@@ -300,5 +310,6 @@ def build_manifest(*, scorer, folder: Path, out: Path, tally: Tally, walk, thres
         "command": list(command),
         "options": dict(options or {}),
         "labels": dict(labels) if labels is not None else None,
+        "outputs": dict(outputs or {}),
         "platform": {"system": platform.system(), "machine": platform.machine(), "executable": sys.executable},
     }

@@ -14,7 +14,7 @@ import os
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -235,6 +235,10 @@ class ScoreRow:
     model_ms: float = 0.0  # this row's share of its batch's session time
     ctr: float | None = None  # the model's cardiothoracic ratio (models with a ctr output; None: not measurable)
     ctr_flag: str = ""  # why the masks behind `ctr` look implausible (cxr.runtime.anatomy.mask_flags), or ''
+    cam: np.ndarray | None = field(default=None, repr=False, compare=False)
+    """float32 [h, w] activation map, only when score_folder(maps=True) and the model has a cam output."""
+    masks: np.ndarray | None = field(default=None, repr=False, compare=False)
+    """uint8 [3, h, w] heart, left lung, right lung, only when score_folder(maps=True) and the model has masks."""
 
     @property
     def ok(self) -> bool:
@@ -267,11 +271,13 @@ def _load_one(path: Path, scorer_config) -> _Loaded:
 
 def score_folder(folder: str | os.PathLike, scorer: Scorer, batch_size: int = 8, workers: int = 2,
                  on_item: Callable[[ScoreRow], None] | None = None, *, threshold: float | None = None,
-                 files: Sequence[Path] | None = None) -> Iterator[ScoreRow]:
+                 files: Sequence[Path] | None = None, maps: bool = False) -> Iterator[ScoreRow]:
     """Score every image candidate under `folder`; yield one `ScoreRow` per file, in sorted relative-path order.
 
     `files` (relative paths, e.g. `find_images(folder).files`) skips the walk when the caller already did it.
     `threshold` overrides the card's for `label_pred`. `on_item(row)` is called for each row before it is yielded.
+    `maps=True` also asks the model for its `cam` and `masks` outputs (where it has them) and puts each image's on
+    its row (`row.cam`, `row.masks`) for overlays; the caller drops them with the row, so memory stays flat.
 
     Memory stays flat for any folder size: at most `2 * batch_size` files are in flight (the batch being scored
     plus the next one being read by `workers` threads); each holds only its preprocessed S x S uint8 image, the
@@ -309,7 +315,7 @@ def score_folder(folder: str | os.PathLike, scorer: Scorer, batch_size: int = 8,
             batch = [pending.popleft() for _ in range(min(batch_size, len(pending)))]
             fill(max_in_flight - len(batch))  # the workers read the next batch while this one is scored
             loaded = [(Path(rel).as_posix(), fut.result()) for rel, fut in batch]
-            for row in _score_batch(scorer, loaded, thr):
+            for row in _score_batch(scorer, loaded, thr, maps):
                 if on_item is not None:
                     on_item(row)
                 yield row
@@ -323,32 +329,35 @@ _ANATOMY = ("ctr", "masks")
 NO_ANATOMY = "no_anatomy"  # a CTR-based decision on an image where the model found no heart or no lungs
 
 
-def _score_batch(scorer: Scorer, loaded: list[tuple[str, _Loaded]], threshold: float) -> list[ScoreRow]:
+def _score_batch(scorer: Scorer, loaded: list[tuple[str, _Loaded]], threshold: float,
+                 maps: bool = False) -> list[ScoreRow]:
     good = [i for i, (_, item) in enumerate(loaded) if item.error is None]
     outputs: dict[int, dict | tuple[str, str]] = {}
     model_ms: dict[int, float] = {}
-    extras = [e for e in _ANATOMY if e in scorer.extra_outputs]
+    wanted = _ANATOMY + (("cam",) if maps else ())
+    extras = [e for e in wanted if e in scorer.extra_outputs]
     if good:
         start = time.perf_counter()
         try:
             values = scorer.run(np.stack([loaded[i][1].image for i in good]), extras)
             share = _ms(start) / len(good)
             for j, i in enumerate(good):
-                outputs[i], model_ms[i] = _one(values, j), share
+                outputs[i], model_ms[i] = _one(values, j, maps), share
         except Exception as exc:  # noqa: BLE001 - retry one by one so no file of the batch is lost
             logger.warning("batch of %d failed (%s); retrying one image at a time", len(good), _short(exc))
             for i in good:
                 start = time.perf_counter()
                 try:
-                    outputs[i] = _one(scorer.run(loaded[i][1].image[None], extras), 0)
+                    outputs[i] = _one(scorer.run(loaded[i][1].image[None], extras), 0, maps)
                 except Exception as one_exc:  # noqa: BLE001
                     outputs[i] = (INFERENCE_FAILED, f"{type(one_exc).__name__}: {_short(one_exc)}")
                 model_ms[i] = _ms(start)
     return [_row(rel, item, outputs.get(i), model_ms.get(i, 0.0), threshold) for i, (rel, item) in enumerate(loaded)]
 
 
-def _one(values: dict[str, np.ndarray], j: int) -> dict:
-    """Image j's logit, probability and, where the model has them, CTR and mask flags."""
+def _one(values: dict[str, np.ndarray], j: int, maps: bool = False) -> dict:
+    """Image j's logit, probability and, where the model has them, CTR and mask flags (and, with `maps`, its own
+    copies of the activation map and masks, so the batch's arrays are not kept alive by one row)."""
     from cxr.runtime.anatomy import mask_flags
 
     out = {"logit": float(values["logit"][j]), "probability": float(values["probability"][j])}
@@ -357,6 +366,11 @@ def _one(values: dict[str, np.ndarray], j: int) -> dict:
         out["ctr"] = ctr if math.isfinite(ctr) else None
         out["ctr_flag"] = mask_flags(values["masks"][j]) if "masks" in values else ("" if math.isfinite(ctr)
                                                                                    else "not_measurable")
+    if maps:
+        if "cam" in values:
+            out["cam"] = np.array(values["cam"][j], np.float32)
+        if "masks" in values:
+            out["masks"] = np.array(values["masks"][j], np.uint8)
     return out
 
 
@@ -365,7 +379,8 @@ def _row(rel: str, item: _Loaded, out, model_ms: float, threshold: float) -> Sco
         return ScoreRow(rel, "error", error_code=item.error[0], error_message=item.error[1], read_ms=item.ms)
     if isinstance(out, tuple):
         return ScoreRow(rel, "error", error_code=out[0], error_message=out[1], read_ms=item.ms, model_ms=model_ms)
-    anatomy = {"ctr": out.get("ctr"), "ctr_flag": out.get("ctr_flag", "")}
+    anatomy = {"ctr": out.get("ctr"), "ctr_flag": out.get("ctr_flag", ""), "cam": out.get("cam"),
+               "masks": out.get("masks")}
     prob = out["probability"]
     if not (math.isfinite(prob) and 0.0 <= prob <= 1.0):
         if "ctr" in out and out["ctr"] is None and math.isnan(prob):

@@ -360,10 +360,10 @@ def test_a_write_error_keeps_the_rows_done_and_exits_1_without_a_traceback(tiny_
     out = tmp_path / "r.csv"
     real = ResultsWriter.write
 
-    def disk_full(self, row):
+    def disk_full(self, row, *args):
         if self.rows == 2:
             raise OSError(28, "No space left on device")
-        real(self, row)
+        real(self, row, *args)
 
     monkeypatch.setattr(ResultsWriter, "write", disk_full)
     result = run(folder, "--out", out, "--model", tiny_model, "--batch-size", "1")
