@@ -173,7 +173,7 @@ def _summary(m: Mapping[str, Any]) -> str:
     training = card.get("training", {})
     run = [("folder", m.get("folder")), ("model", model.get("path")), ("sha256", model.get("sha256")),
            ("started", m.get("started")), ("device", f"{device.get('used')} ({', '.join(device.get('providers', []))})"),
-           ("threshold", f"{thr.get('value')} from {source}"),
+           ("threshold", f"{_fmt(thr.get('value'), 4)} from {source}"),
            ("files", f"{counts.get('files')}: {counts.get('ok')} ok, {counts.get('error')} error"
             + (f" ({codes})" if codes else "")),
            ("speed", f"{timings.get('images_per_s')} images/s")]
@@ -183,13 +183,25 @@ def _summary(m: Mapping[str, Any]) -> str:
                   ("input", f"{card.get('input_size')} x {card.get('input_size')}"),
                   ("decision", (card.get("decision") or {}).get("mode", "classifier")),
                   ("optional outputs", ", ".join(extras) or "none"),
-                  ("trained on", training.get("data", "not recorded")),
+                  ("trained on", _training_data(training.get("data"))),
                   ("exported", f"opset {card.get('export', {}).get('opset')}")]
     note = "" if "cam" in extras else (
         "<p class=\"warn\">This model has no activation map output (exported before cxr 0.2): the overlays show the "
         "radiograph only.</p>")
     return (f"<div class=\"summary\"><div><h2>Run</h2>{_kv(run)}</div><div><h2>Model</h2>{_kv(model_rows)}</div>"
             f"</div>{note}")
+
+
+def _training_data(data: Any) -> str:
+    """A line for the card's training data: its sources and split sizes, not the whole record."""
+    if data is None:
+        return "not recorded"
+    if not isinstance(data, Mapping):
+        text = str(data)
+        return text if len(text) <= 200 else text[:197] + "..."
+    sources = [s.get("name") or s.get("kind") or "?" for s in data.get("data_sources", []) if isinstance(s, Mapping)]
+    sizes = ", ".join(f"{k[2:]} {data[k]}" for k in ("n_train", "n_val", "n_test") if k in data)
+    return "; ".join(filter(None, [", ".join(map(str, sources)) or str(data.get("kind", "")), sizes])) or "recorded"
 
 
 def _fmt(x: float | None, digits: int = 3) -> str:
