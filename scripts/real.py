@@ -179,7 +179,8 @@ def mode_external(args, out: Path) -> dict:
     jsrt_labels = masked_labels(wj, out, only="jsrt")
     nih_train = f"nih:{nih};name=nih"
     nih_whole = f"nih:{nih};nih_negatives=all;name=nih"
-    report: dict = {}
+    summary = out / "external.json"
+    report: dict = json.loads(summary.read_text()) if summary.is_file() else {}  # earlier runs' entries are kept
     from cxr.runtime.serialization import jsonable
     from cxr.train.external import evaluate_source
 
@@ -206,7 +207,7 @@ def mode_external(args, out: Path) -> dict:
             entry["exported_ctr_vs_masks"] = ctr_agreement(results, labels, masked_prefix)
         else:
             results = out / key / "left_out_results.csv"
-            manifest = score(nih / "images", out / key / "model.onnx", nih / "labels.csv", results)
+            manifest = score(nih, out / key / "model.onnx", nih / "labels.csv", results)  # paths: images/...
             entry["cxr_score"] = (manifest.get("labels") or {}).get("metrics")
         entry["seconds"] = round(time.time() - t0)
         print("\n" + "=" * 100)
@@ -217,7 +218,7 @@ def mode_external(args, out: Path) -> dict:
             print(f"exported model's ctr column vs the manual masks' ratio: MAE {fmt(c['mae'], 4)} on "
                   f"{c['n_measured']} of {c['n']} images ({fmt(100 * c['within_0.03'], 1)}% within 0.03)")
         report[key] = entry
-        (out / "external.json").write_text(json.dumps(jsonable(report), indent=1, sort_keys=True))
+        summary.write_text(json.dumps(jsonable(report), indent=1, sort_keys=True))
     return report
 
 

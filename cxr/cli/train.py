@@ -204,18 +204,34 @@ def _print_summary(summary: dict) -> None:
 
     m = summary["metrics"]
     th = summary["threshold"]
+    decision = summary.get("decision") or {"mode": "classifier"}
     lines = [f"run: {summary['run_dir']}", f"epochs: {summary['epochs_run']} (best {summary['best_epoch']}"
-             f"{', stopped early' if summary['stopped_early'] else ''})",
+             f"{', stopped early' if summary['stopped_early'] else ''}) on {summary.get('device', '?')}",
              f"threshold: {th['value']:.4f} ({th['detail']})",
              f"val AUROC {fmt(m['val']['auroc'])}  sensitivity {fmt(m['val']['sensitivity'])}  "
              f"specificity {fmt(m['val']['specificity'])}"]
+    if decision["mode"] != "classifier" or "ctr" in (decision.get("validation") or {}).get("auroc", {}):
+        cands = (decision.get("validation") or {}).get("auroc", {})
+        lines.append(f"decision: {decision['mode']} (validation AUROC " + ", ".join(
+            f"{k} {fmt(v)}" for k, v in cands.items()) + f"; {decision['validation'].get('chosen_by', '')})")
     if "test" in m:
         t = m["test"]
         lo, hi = t["auroc_ci95"]
         lines.append(f"test AUROC {fmt(t['auroc'])} (95% CI {fmt(lo)}-{fmt(hi)})  AUPRC {fmt(t['auprc'])}  "
                      f"sensitivity {fmt(t['sensitivity'])}  specificity {fmt(t['specificity'])}  (n={t['n']})")
-        for name, s in t.get("by_source", {}).items():
-            lines.append(f"  test[{name}] AUROC {fmt(s['auroc'])}  n={s['n']} ({s['n_positive']} positive)")
+        for name, s in [("all", t)] + sorted(t.get("by_source", {}).items()):
+            parts = [f"n={s.get('n')} ({s.get('n_positive')} positive)"]
+            for mode, sc in (s.get("by_score") or {}).items():
+                parts.append(f"{mode} {fmt(sc['auroc'])} ({fmt(sc['auroc_ci95'][0])}-{fmt(sc['auroc_ci95'][1])})")
+            if "by_score" not in s:
+                parts.append(f"AUROC {fmt(s.get('auroc'))}")
+            a = s.get("anatomy") or {}
+            if a.get("dice_heart") == a.get("dice_heart"):
+                parts.append(f"Dice heart {fmt(a.get('dice_heart'))} lungs {fmt(a.get('dice_lungs'))}")
+            if a.get("ctr_mae") is not None and a.get("ctr_mae") == a.get("ctr_mae"):
+                parts.append(f"CTR error {fmt(a.get('ctr_mae'))}")
+            if name != "all" or "by_score" in s:
+                lines.append(f"  test[{name}] " + "  ".join(parts))
     click.echo("\n".join(lines))
 
 

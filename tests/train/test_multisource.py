@@ -220,3 +220,53 @@ def test_photometric_augmentation_leaves_masks_alone():
         assert np.array_equal(m, masks) and img.dtype == np.uint8 and img.shape == (64, 64)
         changed += not np.array_equal(img, image)
     assert changed == 6  # blur has p=1 here
+
+
+@pytest.fixture(scope="module")
+def seg_model(seg_run, tmp_path_factory):
+    pytest.importorskip("onnx")
+    from cxr.export.onnx_export import export_onnx
+
+    out = tmp_path_factory.mktemp("segmodel") / "model.onnx"
+    export_onnx(seg_run[0], out, opset=17)
+    return out
+
+
+def test_cxr_score_writes_ctr_columns_for_a_model_with_ctr(seg_model, masked, tmp_path):
+    from click.testing import CliRunner
+
+    from cxr.cli.score import main as score_main
+    from cxr.runtime.scoring import Scorer
+
+    out = tmp_path / "r.csv"
+    result = CliRunner().invoke(score_main, [str(masked.parent), "--out", str(out), "--model", str(seg_model)])
+    assert result.exit_code in (0, 3), result.output
+    rows = list(csv.DictReader(open(out, newline="")))
+    assert list(rows[0]) == ["path", "prob_cardiomegaly", "cardiomegaly", "status", "error", "ctr", "ctr_flag"]
+    assert "ctr column" in result.output
+    scorer = Scorer(seg_model, device="cpu")
+    from cxr.runtime.imaging import read_image
+    from cxr.runtime.preprocess import preprocess_batch
+
+    for row in rows[:6]:
+        image = preprocess_batch([read_image(masked.parent / row["path"])], scorer.card.preprocess)
+        ctr = float(scorer.run(image, ("ctr",))["ctr"][0])
+        assert (row["ctr"] == "" and math.isnan(ctr)) or float(row["ctr"]) == pytest.approx(ctr, abs=5e-5)
+
+
+def test_onnx_ctr_equals_pytorch_on_real_images(seg_run, seg_model, shared_data):
+    """The graph's masks and CTR against PyTorch's on real wingspan/JSRT radiographs (mechanics model)."""
+    from cxr.export.validate import extra_parity, ort_session, run_ort_all, run_torch_all
+    from cxr.runtime.imaging import read_image
+    from cxr.runtime.preprocess import PreprocessConfig, preprocess_batch
+    from cxr.train.checkpoints import load_checkpoint, model_from_checkpoint
+
+    root = shared_data / "ctr_wingspan_jsrt"
+    files = sorted((root / "jsrt" / "png").glob("*.png"))[:6] + sorted((root / "wingspan" / "png").glob("*.png"))[:6]
+    images = preprocess_batch([read_image(f) for f in files], PreprocessConfig(size=64))
+    ckpt = load_checkpoint(seg_run[0] / "best.pt")
+    ref = run_torch_all(model_from_checkpoint(ckpt), images)
+    got = run_ort_all(ort_session(seg_model), images)
+    figures = extra_parity(got, ref)
+    assert figures["ctr_nan_agree"] and figures["ctr_max_abs_diff"] <= 0.02
+    assert figures["masks_disagreement"] <= 1e-3 and figures["cam_max_rel_diff"] <= 1e-3
