@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.cxr-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench real external install clean
+.PHONY: demo test lint bench real external install clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,12 @@ $(STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) lint
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# ruff: pyflakes, bugbear, import order, lines <= 120 (pyproject.toml); part of make test, so CI fails on a finding
+lint: $(STAMP)
+	$(PY) -m ruff check cxr tests scripts benchmarks
 
 demo: $(STAMP)
 	$(PY) scripts/demo.py

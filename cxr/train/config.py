@@ -231,7 +231,7 @@ class TrainConfig:
         self._check_augmentation(bad)
         for source in self.sources():
             source.check()
-        self.preprocess  # validates image_size through PreprocessConfig
+        _ = self.preprocess  # validates image_size through PreprocessConfig
 
     def _check_segmentation(self, bad) -> None:
         if self.mask_columns is not None and len(parse_mask_columns(self.mask_columns)) != 3:
