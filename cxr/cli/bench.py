@@ -16,6 +16,8 @@ from pathlib import Path
 
 import click
 
+from cxr.cli import FiniteFloat
+
 log = logging.getLogger(__name__)
 
 
@@ -122,7 +124,7 @@ def _table(results: list[dict]) -> str:
               help="cuda must really run on CUDA (onnxruntime-gpu and a GPU), or cxr-bench exits 1.")
 @click.option("--batch-sizes", default="1,8,32", show_default=True, callback=_parse_batch_sizes,
               help="Comma-separated batch sizes to time.")
-@click.option("--seconds", type=click.FloatRange(min=0.0, min_open=True), default=5.0, show_default=True,
+@click.option("--seconds", type=FiniteFloat(min=0.0, min_open=True), default=5.0, show_default=True,
               help="Timed seconds per batch size (at least 3 runs each).")
 @click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True, help="Untimed runs first.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import click
 
+from cxr.cli import FiniteFloat
+
 OPSET_MIN, OPSET_MAX = 13, 20  # must equal cxr.export.onnx_export.SUPPORTED_OPSETS (a test checks)
 
 
@@ -32,7 +34,7 @@ OPSET_MIN, OPSET_MAX = 13, 20  # must equal cxr.export.onnx_export.SUPPORTED_OPS
 @click.option("--calibration", "calibration_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Folder of calibration images for --quantize (default: the validation images).")
 @click.option("--fp16", is_flag=True, help="Also write MODEL.fp16.onnx (uint8 input and float32 outputs kept).")
-@click.option("--max-auroc-drop", default=0.01, show_default=True, type=float,
+@click.option("--max-auroc-drop", default=0.01, show_default=True, type=FiniteFloat(),
               help="Refuse a reduced-precision copy whose AUROC drops by more than this.")
 @click.option("--force", is_flag=True, help="Write reduced-precision copies even when the AUROC guard refuses them.")
 @click.option("--max-samples", default=32, show_default=True, type=click.IntRange(1, 100000),

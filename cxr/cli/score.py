@@ -23,6 +23,7 @@ from pathlib import Path
 import click
 
 from cxr import __version__
+from cxr.cli import FiniteFloat
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 3, 130, 143
 
@@ -202,7 +203,7 @@ def _note(message: str, quiet: bool) -> None:
 @click.option("--threads", type=click.IntRange(1, 1024), default=None,
               help="Intra-op threads for ONNX Runtime (default: its own choice, one per physical core). Lower it "
                    "to share the machine with other work.")
-@click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=None,
+@click.option("--threshold", type=FiniteFloat(0.0, 1.0), default=None,
               help="Decision threshold for the cardiomegaly column; default: the model card's.")
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="CSV with columns path,label (or path,cardiomegaly; 0/1, paths relative to FOLDER): "

@@ -13,6 +13,7 @@ import dataclasses
 import inspect
 import json
 import logging
+import math
 import os
 import sys
 import typing
@@ -21,6 +22,7 @@ from pathlib import Path
 import click
 
 from cxr import __version__
+from cxr.cli import FiniteFloat
 from cxr.train import config as C
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
@@ -37,15 +39,18 @@ class PosWeight(click.ParamType):
     name = "auto|none|FLOAT"
 
     def convert(self, value, param, ctx):
-        if value is None or isinstance(value, float):
+        if value is None or (isinstance(value, float) and math.isfinite(value)):
             return value
         text = str(value).strip().lower()
         if text in ("auto", "none"):
             return None if text == "none" else "auto"
         try:
-            return float(text)
+            number = float(text)
         except ValueError:
             self.fail(f"{value!r} is not auto, none or a number", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
 
 
 def _field_docs() -> dict[str, str]:
@@ -69,7 +74,7 @@ def _option(field: dataclasses.Field, doc: str):
     if hint is bool:
         return click.option(f"{name}/--no-{name[2:]}", **kw)
     base = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
-    kind = {int: int, float: float, str: str}.get(base[0], str)
+    kind = {int: int, float: FiniteFloat(), str: str}.get(base[0], str)
     return click.option(name, type=kind, **kw)
 
 
