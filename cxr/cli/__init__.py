@@ -22,6 +22,10 @@ class FiniteFloat(click.FloatRange):
             self.fail(f"{value!r} is not a finite number", param, ctx)
         return super().convert(number, param, ctx)
 
+    def _describe_range(self) -> str:
+        """No '[x<=None]' in --help for an unbounded option: only real bounds are shown."""
+        return "" if self.min is None and self.max is None else super()._describe_range()
+
 
 def require_training_extra(prog: str) -> None:
     """Exit 1 with the way out when the `train` extra (torch, torchvision, onnx) is not installed.
