@@ -46,9 +46,10 @@ def bound_runner(session, batch, device_type: str, device_id: int = 0):
     """(run, binding): `batch` copied once to `device_type` and bound as the input, outputs bound on the same device,
     so each `run()` is one inference and a wait for it, with no host-device copy. `binding.copy_outputs_to_cpu()`
     gives the last run's outputs in OUTPUT_NAMES order. The same code binds "cpu" in the tests and "cuda" here."""
-    import onnxruntime as ort
-
     from cxr.runtime.card import INPUT_NAME, OUTPUT_NAMES
+    from cxr.runtime.ort import import_ort
+
+    ort = import_ort()
 
     binding = session.io_binding()
     on_device = ort.OrtValue.ortvalue_from_numpy(batch, device_type, device_id)  # one copy, outside the timing
@@ -89,10 +90,12 @@ def measure(scorer, batch_size: int, seconds: float, warmup: int, device: str, m
 
 def _facts(scorer, threads: int | None) -> dict:
     import numpy as np
-    import onnxruntime as ort
 
     import cxr
     from cxr.runtime.bench import cpu_info
+    from cxr.runtime.ort import import_ort
+
+    ort = import_ort()
 
     intra = scorer._session.get_session_options().intra_op_num_threads
     return {

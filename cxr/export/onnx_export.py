@@ -199,8 +199,11 @@ def _cxr_version() -> str:
 
 def versions() -> dict[str, str]:
     import onnx
-    import onnxruntime
     import torch
+
+    from cxr.runtime.ort import import_ort
+
+    onnxruntime = import_ort()
 
     return {"cxr": _cxr_version(), "torch": torch.__version__, "onnx": onnx.__version__,
             "onnxruntime": onnxruntime.__version__}

@@ -109,6 +109,10 @@ def float_nodes(proto) -> tuple[list[str], list[str]]:
 def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, per_channel: bool = True) -> dict:
     """Static QDQ int8 of `fp32_path` written to `out_path` (card metadata not yet set). Returns the settings."""
     import onnx
+
+    from cxr.runtime.ort import import_ort
+
+    import_ort()  # telemetry off before onnxruntime.quantization loads onnxruntime
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     class Reader(_Calibration, CalibrationDataReader):
@@ -149,6 +153,9 @@ def convert_fp16(fp32_path: Path, out_path: Path) -> dict:
     """fp16 weights and activations, uint8 input and float32 outputs kept (keep_io_types=True)."""
     import onnx
 
+    from cxr.runtime.ort import import_ort
+
+    import_ort()  # telemetry off before onnxruntime.transformers loads onnxruntime
     try:
         from onnxruntime.transformers.float16 import convert_float_to_float16
     except ImportError as exc:

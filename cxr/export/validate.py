@@ -132,8 +132,9 @@ def _extra_output_problems(extra, size: int) -> list[str]:
 
 def ort_session(model_path: Path):
     """A CPU ONNX Runtime session with fixed options (the same for every model compared)."""
-    import onnxruntime as ort
+    from cxr.runtime.ort import import_ort
 
+    ort = import_ort()
     options = ort.SessionOptions()
     options.log_severity_level = 3
     threads = os.environ.get("OMP_NUM_THREADS")

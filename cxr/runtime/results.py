@@ -250,9 +250,9 @@ def versions() -> dict[str, str]:
     out = {"cxr": cxr.__version__, "numpy": numpy.__version__, "opencv": cv2.__version__,
            "python": platform.python_version()}
     try:
-        import onnxruntime
+        from cxr.runtime.ort import import_ort
 
-        out["onnxruntime"] = onnxruntime.__version__
+        out["onnxruntime"] = import_ort().__version__
     except ImportError:
         out["onnxruntime"] = "absent"
     try:

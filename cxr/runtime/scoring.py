@@ -22,6 +22,7 @@ import numpy as np
 
 from cxr.runtime.card import INPUT_NAME, OUTPUT_NAMES, ModelCard
 from cxr.runtime.errors import ImageError, ModelCardError, ModelLoadError, ProviderError
+from cxr.runtime.ort import import_ort
 from cxr.runtime.preprocess import preprocess_batch
 from cxr.runtime.serialization import sha256_file
 
@@ -44,8 +45,7 @@ def _identity(path: Path) -> tuple[int, int, int, int]:
 
 def available_providers() -> list[str]:
     """The execution providers this onnxruntime build offers (not a promise that they can start)."""
-    import onnxruntime as ort
-
+    ort = import_ort()
     return list(ort.get_available_providers())
 
 
@@ -74,8 +74,7 @@ class Scorer:
         self._load()
 
     def _load(self) -> None:
-        import onnxruntime as ort
-
+        ort = import_ort()  # telemetry off (cxr.runtime.ort)
         path = self.model_path
         if not path.exists():
             raise ModelLoadError(f"{path}: model file not found")
