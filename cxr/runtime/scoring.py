@@ -22,6 +22,7 @@ import numpy as np
 
 from cxr.runtime.card import INPUT_NAME, OUTPUT_NAMES, ModelCard
 from cxr.runtime.errors import ImageError, ModelCardError, ModelLoadError, ProviderError
+from cxr.runtime.onnx_scan import MalformedModel, external_tensors
 from cxr.runtime.ort import import_ort
 from cxr.runtime.preprocess import preprocess_batch
 from cxr.runtime.serialization import sha256_file
@@ -41,6 +42,21 @@ def _identity(path: Path) -> tuple[int, int, int, int]:
     """(device, size, inode, mtime in ns): changes when the file is rewritten or replaced."""
     st = os.stat(path)
     return st.st_dev, st.st_size, st.st_ino, st.st_mtime_ns
+
+
+def _refuse_external_data(path: Path) -> None:
+    """cxr models are one self-contained file (the manifest's sha256 covers only it): refuse ONNX external data."""
+    try:
+        external = external_tensors(path)
+    except MalformedModel as exc:
+        raise ModelLoadError(f"{path}: cannot be loaded as an ONNX model: {exc}") from None
+    except OSError as exc:
+        raise ModelLoadError(f"{path}: cannot read the model file: {exc.strerror or exc}") from None
+    if external:
+        shown = ", ".join(external[:3]) + (f" and {len(external) - 3} more" if len(external) > 3 else "")
+        raise ModelLoadError(f"{path}: {len(external)} tensor(s) keep their data in external files ({shown}); cxr "
+                             "models are single self-contained files (cxr-export writes one), whose sha256 the "
+                             "manifest records: re-export, or save the model with all tensors inside the file")
 
 
 def available_providers() -> list[str]:
@@ -90,6 +106,7 @@ class Scorer:
             self.model_size_bytes = before[1]
         except OSError as exc:
             raise ModelLoadError(f"{path}: cannot read the model file: {exc.strerror or exc}") from None
+        _refuse_external_data(path)
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only; we report the provider outcome ourselves
         if self.threads is not None:

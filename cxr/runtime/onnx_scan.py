@@ -1,0 +1,112 @@
+"""A minimal protobuf walk over an ONNX file: which tensors keep their data in external files.
+
+cxr models are single files; the manifest's sha256 covers only the .onnx, so weights kept beside it (ONNX's external
+data) could change unnoticed and flip decisions. `external_tensors` finds them without the `onnx` package (not a
+runtime dependency) and without parsing tensor contents: it follows only the fields that can hold a TensorProto
+(ModelProto.graph and .functions; GraphProto initializers, sparse initializers and nodes; NodeProto attributes;
+AttributeProto t/tensors/g/graphs/sparse_tensor(s)) and skips everything else by its length, over an mmap of the file.
+Field numbers are those of onnx/onnx.proto (IR version 3 onwards).
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+
+MAX_DEPTH = 64
+"""Nesting of subgraphs (If/Loop bodies inside bodies) beyond this is refused as malformed: a real model has a few."""
+
+# message -> {field number: child message kind} for the fields that can lead to a TensorProto
+_CHILDREN = {
+    "model": {7: "graph", 25: "function"},
+    "function": {7: "node"},
+    "graph": {1: "node", 5: "tensor", 15: "sparse"},
+    "node": {5: "attribute"},
+    "attribute": {5: "tensor", 6: "graph", 10: "tensor", 11: "graph", 22: "sparse", 23: "sparse"},
+    "sparse": {1: "tensor", 2: "tensor"},
+}
+_TENSOR_NAME, _TENSOR_EXTERNAL_DATA, _TENSOR_DATA_LOCATION = 8, 13, 14
+_EXTERNAL = 1  # TensorProto.DataLocation.EXTERNAL
+
+
+class MalformedModel(ValueError):
+    """The bytes are not a well-formed protobuf message (or nest deeper than MAX_DEPTH)."""
+
+
+def external_tensors(path: str | os.PathLike) -> list[str]:
+    """Names of the tensors in the ONNX file at `path` whose data lives outside it (data_location EXTERNAL or an
+    external_data entry). Raises MalformedModel for bytes that are no protobuf message, OSError when unreadable."""
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size == 0:
+            return []
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            found: list[str] = []
+            view = memoryview(mm)
+            try:
+                _walk(view, 0, size, "model", 0, found)
+            finally:
+                view.release()
+            return found
+
+
+def _varint(buf: memoryview, pos: int, end: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= end or shift > 63:
+            raise MalformedModel("a varint runs past its message")
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _fields(buf: memoryview, pos: int, end: int):
+    """(field number, wire type, value or (start, stop) of a length-delimited field) for each field in buf[pos:end]."""
+    while pos < end:
+        key, pos = _varint(buf, pos, end)
+        number, wire = key >> 3, key & 7
+        if number == 0:
+            raise MalformedModel("field number 0")
+        if wire == 0:
+            value, pos = _varint(buf, pos, end)
+            yield number, wire, value
+        elif wire == 1 or wire == 5:
+            pos += 8 if wire == 1 else 4
+            if pos > end:
+                raise MalformedModel("a fixed-size field runs past its message")
+        elif wire == 2:
+            length, pos = _varint(buf, pos, end)
+            if pos + length > end:
+                raise MalformedModel("a length-delimited field runs past its message")
+            yield number, wire, (pos, pos + length)
+            pos += length
+        else:
+            raise MalformedModel(f"wire type {wire} (groups are not used by ONNX)")
+
+
+def _walk(buf: memoryview, pos: int, end: int, kind: str, depth: int, found: list[str]) -> None:
+    if depth > MAX_DEPTH:
+        raise MalformedModel(f"subgraphs nested deeper than {MAX_DEPTH} levels")
+    if kind == "tensor":
+        _tensor(buf, pos, end, found)
+        return
+    children = _CHILDREN[kind]
+    for number, wire, value in _fields(buf, pos, end):
+        if wire == 2 and number in children:
+            _walk(buf, value[0], value[1], children[number], depth + (kind == "graph"), found)
+
+
+def _tensor(buf: memoryview, pos: int, end: int, found: list[str]) -> None:
+    name, external = "", False
+    for number, wire, value in _fields(buf, pos, end):
+        if number == _TENSOR_NAME and wire == 2:
+            name = bytes(buf[value[0]:value[1]]).decode("utf-8", "backslashreplace")
+        elif number == _TENSOR_EXTERNAL_DATA and wire == 2:
+            external = True
+        elif number == _TENSOR_DATA_LOCATION and wire == 0 and value == _EXTERNAL:
+            external = True
+    if external:
+        found.append(name or "(unnamed)")
