@@ -1,10 +1,12 @@
-"""A minimal protobuf walk over an ONNX file: which tensors keep their data in external files.
+"""A minimal protobuf walk over an ONNX file: which tensors keep their data in external files, and the metadata keys.
 
 cxr models are single files; the manifest's sha256 covers only the .onnx, so weights kept beside it (ONNX's external
 data) could change unnoticed and flip decisions. `external_tensors` finds them without the `onnx` package (not a
 runtime dependency) and without parsing tensor contents: it follows only the fields that can hold a TensorProto
 (ModelProto.graph and .functions; GraphProto initializers, sparse initializers and nodes; NodeProto attributes;
 AttributeProto t/tensors/g/graphs/sparse_tensor(s)) and skips everything else by its length, over an mmap of the file.
+The metadata keys (ModelProto.metadata_props) are listed with repeats: onnxruntime's metadata map keeps one value
+per key, so a file with two `cxr.card` entries would otherwise be read as either, silently.
 Field numbers are those of onnx/onnx.proto (IR version 3 onwards).
 """
 
@@ -12,13 +14,14 @@ from __future__ import annotations
 
 import mmap
 import os
+from dataclasses import dataclass, field
 
 MAX_DEPTH = 64
 """Nesting of subgraphs (If/Loop bodies inside bodies) beyond this is refused as malformed: a real model has a few."""
 
 # message -> {field number: child message kind} for the fields that can lead to a TensorProto
 _CHILDREN = {
-    "model": {7: "graph", 25: "function"},
+    "model": {7: "graph", 14: "metadata", 25: "function"},
     "function": {7: "node"},
     "graph": {1: "node", 5: "tensor", 15: "sparse"},
     "node": {5: "attribute"},
@@ -33,21 +36,35 @@ class MalformedModel(ValueError):
     """The bytes are not a well-formed protobuf message (or nest deeper than MAX_DEPTH)."""
 
 
-def external_tensors(path: str | os.PathLike) -> list[str]:
-    """Names of the tensors in the ONNX file at `path` whose data lives outside it (data_location EXTERNAL or an
-    external_data entry). Raises MalformedModel for bytes that are no protobuf message, OSError when unreadable."""
+@dataclass
+class ModelScan:
+    """What the walk found: `external` tensor names, and every metadata key in file order (repeats kept)."""
+
+    external: list[str] = field(default_factory=list)
+    metadata_keys: list[str] = field(default_factory=list)
+
+
+def scan_model(path: str | os.PathLike) -> ModelScan:
+    """Walk the ONNX file at `path`. Raises MalformedModel for bytes that are no protobuf message, OSError when it
+    cannot be read."""
+    found = ModelScan()
     with open(path, "rb") as fh:
         size = os.fstat(fh.fileno()).st_size
         if size == 0:
-            return []
+            return found
         with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            found: list[str] = []
             view = memoryview(mm)
             try:
                 _walk(view, 0, size, "model", 0, found)
             finally:
                 view.release()
-            return found
+    return found
+
+
+def external_tensors(path: str | os.PathLike) -> list[str]:
+    """Names of the tensors in the ONNX file at `path` whose data lives outside it (data_location EXTERNAL or an
+    external_data entry)."""
+    return scan_model(path).external
 
 
 def _varint(buf: memoryview, pos: int, end: int) -> tuple[int, int]:
@@ -87,11 +104,16 @@ def _fields(buf: memoryview, pos: int, end: int):
             raise MalformedModel(f"wire type {wire} (groups are not used by ONNX)")
 
 
-def _walk(buf: memoryview, pos: int, end: int, kind: str, depth: int, found: list[str]) -> None:
+def _walk(buf: memoryview, pos: int, end: int, kind: str, depth: int, found: ModelScan) -> None:
     if depth > MAX_DEPTH:
         raise MalformedModel(f"subgraphs nested deeper than {MAX_DEPTH} levels")
     if kind == "tensor":
-        _tensor(buf, pos, end, found)
+        _tensor(buf, pos, end, found.external)
+        return
+    if kind == "metadata":
+        for number, wire, value in _fields(buf, pos, end):
+            if number == 1 and wire == 2:
+                found.metadata_keys.append(bytes(buf[value[0]:value[1]]).decode("utf-8", "backslashreplace"))
         return
     children = _CHILDREN[kind]
     for number, wire, value in _fields(buf, pos, end):

@@ -10,6 +10,8 @@ step live inside the model (see `Normalization`), so the ONNX file takes uint8 a
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -70,6 +72,10 @@ class Normalization:
     std: float = RECIPE_STD
 
     def __post_init__(self) -> None:
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                raise ValueError(f"normalization {name} must be a finite number, got {value!r}")
         if not (0.0 <= float(self.mean) <= 1.0):
             raise ValueError(f"normalization mean must lie in [0, 1], got {self.mean!r}")
         if not float(self.std) > 0.0:

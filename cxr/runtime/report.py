@@ -199,7 +199,9 @@ def _training_data(data: Any) -> str:
     if not isinstance(data, Mapping):
         text = str(data)
         return text if len(text) <= 200 else text[:197] + "..."
-    sources = [s.get("name") or s.get("kind") or "?" for s in data.get("data_sources", []) if isinstance(s, Mapping)]
+    listed = data.get("data_sources")
+    sources = [s.get("name") or s.get("kind") or "?" for s in (listed if isinstance(listed, list) else [])
+               if isinstance(s, Mapping)]
     sizes = ", ".join(f"{k[2:]} {data[k]}" for k in ("n_train", "n_val", "n_test") if k in data)
     return "; ".join(filter(None, [", ".join(map(str, sources)) or str(data.get("kind", "")), sizes])) or "recorded"
 

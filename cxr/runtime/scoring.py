@@ -20,9 +20,9 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from cxr.runtime.card import INPUT_NAME, OUTPUT_NAMES, ModelCard
+from cxr.runtime.card import CARD_KEY, INPUT_NAME, OUTPUT_NAMES, ModelCard
 from cxr.runtime.errors import ImageError, ModelCardError, ModelLoadError, ProviderError
-from cxr.runtime.onnx_scan import MalformedModel, external_tensors
+from cxr.runtime.onnx_scan import MalformedModel, ModelScan, scan_model
 from cxr.runtime.ort import import_ort
 from cxr.runtime.preprocess import preprocess_batch
 from cxr.runtime.serialization import sha256_file
@@ -44,19 +44,26 @@ def _identity(path: Path) -> tuple[int, int, int, int]:
     return st.st_dev, st.st_size, st.st_ino, st.st_mtime_ns
 
 
-def _refuse_external_data(path: Path) -> None:
-    """cxr models are one self-contained file (the manifest's sha256 covers only it): refuse ONNX external data."""
+def _scan(path: Path) -> ModelScan:
+    """Refuse what onnxruntime would load without complaint but cxr must not use: ONNX external data (cxr models are
+    one self-contained file, the one whose sha256 the manifest records) and several model cards."""
     try:
-        external = external_tensors(path)
+        scan = scan_model(path)
     except MalformedModel as exc:
         raise ModelLoadError(f"{path}: cannot be loaded as an ONNX model: {exc}") from None
     except OSError as exc:
         raise ModelLoadError(f"{path}: cannot read the model file: {exc.strerror or exc}") from None
-    if external:
+    if scan.external:
+        external = scan.external
         shown = ", ".join(external[:3]) + (f" and {len(external) - 3} more" if len(external) > 3 else "")
         raise ModelLoadError(f"{path}: {len(external)} tensor(s) keep their data in external files ({shown}); cxr "
                              "models are single self-contained files (cxr-export writes one), whose sha256 the "
                              "manifest records: re-export, or save the model with all tensors inside the file")
+    cards = scan.metadata_keys.count(CARD_KEY)
+    if cards > 1:
+        raise ModelCardError(f"{path}: the model has {cards} '{CARD_KEY}' metadata entries; a cxr model has exactly "
+                             "one card, and which of them to trust cannot be told")
+    return scan
 
 
 def available_providers() -> list[str]:
@@ -106,7 +113,7 @@ class Scorer:
             self.model_size_bytes = before[1]
         except OSError as exc:
             raise ModelLoadError(f"{path}: cannot read the model file: {exc.strerror or exc}") from None
-        _refuse_external_data(path)
+        _scan(path)
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only; we report the provider outcome ourselves
         if self.threads is not None:
@@ -134,7 +141,11 @@ class Scorer:
         self.device = "cuda" if CUDA in active else "cpu"
         self._check_io(session)
         try:
-            card = ModelCard.from_metadata(session.get_modelmeta().custom_metadata_map)
+            metadata = session.get_modelmeta().custom_metadata_map
+        except Exception as exc:  # e.g. a value that is not UTF-8, which pybind11 cannot decode
+            raise ModelCardError(f"{path}: the model's metadata cannot be read: {_short(exc)}") from None
+        try:
+            card = ModelCard.from_metadata(metadata)
         except ModelCardError as exc:
             raise ModelCardError(f"{path}: {exc}") from None
         graph_size = self._graph_size
