@@ -28,6 +28,13 @@ from cxr.cli import FiniteFloat
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 3, 130, 143
 
 
+def _BadParameter(message: str, param_hint: str | None = None) -> click.BadParameter:  # noqa: N802 (reads as the class)
+    """click.BadParameter with the message's names escaped (they are printed to the terminal)."""
+    from cxr.runtime.results import escape_text
+
+    return click.BadParameter(escape_text(message), param_hint=param_hint)
+
+
 class _Terminated(BaseException):
     """SIGTERM, raised in the main thread so it unwinds like Ctrl-C: the rows done are kept, temp files removed."""
 
@@ -65,9 +72,9 @@ def _check_out(out: Path, model: Path, labels: Path | None) -> None:
     for target in (out, manifest_path(out)):
         for name, given in (("--model", model), ("--labels", labels)):
             if given is not None and _same_file(target, given):
-                raise click.BadParameter(f"{target} would overwrite the {name} file {given}", param_hint="--out")
+                raise _BadParameter(f"{target} would overwrite the {name} file {given}", param_hint="--out")
     if out.is_file() and is_image_candidate(out):
-        raise click.BadParameter(f"{out} is an image; results go to a CSV such as {out.with_suffix('.csv')}",
+        raise _BadParameter(f"{out} is an image; results go to a CSV such as {out.with_suffix('.csv')}",
                                  param_hint="--out")
 
 
@@ -85,28 +92,28 @@ def _check_extras(folder: Path, out: Path, model: Path, labels: Path | None, ove
 
     if overlays is not None:
         if overlays.exists() and not overlays.is_dir():
-            raise click.BadParameter(f"{overlays} exists and is not a folder", param_hint="--overlays")
+            raise _BadParameter(f"{overlays} exists and is not a folder", param_hint="--overlays")
         if _overlap(overlays, folder):
-            raise click.BadParameter(f"{overlays} overlaps the scored folder {folder}; overlays go to a folder "
+            raise _BadParameter(f"{overlays} overlaps the scored folder {folder}; overlays go to a folder "
                                      "outside it (the next run would score them)", param_hint="--overlays")
     if report is None:
         return
     if report.suffix.lower() not in (".html", ".htm"):
-        raise click.BadParameter(f"{report} must end in .html", param_hint="--report")
+        raise _BadParameter(f"{report} must end in .html", param_hint="--report")
     if report.is_dir():
-        raise click.BadParameter(f"{report} is a folder; give a file name such as {report / 'report.html'}",
+        raise _BadParameter(f"{report} is a folder; give a file name such as {report / 'report.html'}",
                                  param_hint="--report")
     for name, given in (("--out", out), ("--out manifest", manifest_path(out)), ("--model", model),
                         ("--labels", labels)):
         if given is not None and (_same_file(report, given) or report.resolve() == given.resolve()):
-            raise click.BadParameter(f"{report} would overwrite the {name} file {given}", param_hint="--report")
+            raise _BadParameter(f"{report} would overwrite the {name} file {given}", param_hint="--report")
     thumbs = thumbs_dir_for(report)
     if _overlap(thumbs, folder):
-        raise click.BadParameter(f"the report's thumbnails folder {thumbs} would lie in the scored folder "
+        raise _BadParameter(f"the report's thumbnails folder {thumbs} would lie in the scored folder "
                                  f"{folder} (the next run would score them); write the report outside it",
                                  param_hint="--report")
     if overlays is not None and _overlap(thumbs_dir_for(report), overlays):
-        raise click.BadParameter(f"the report's thumbnails folder {thumbs_dir_for(report)} overlaps --overlays "
+        raise _BadParameter(f"the report's thumbnails folder {thumbs_dir_for(report)} overlaps --overlays "
                                  f"{overlays}", param_hint="--report")
 
 
@@ -170,8 +177,16 @@ def _open_extras(folder: Path, overlays: Path | None, report: Path | None, score
     return _Extras(overlays, report, rep, drawer)
 
 
+def _echo(line: str) -> None:
+    """One line to stderr with control, format and undecodable characters escaped (cxr.runtime.results.escape_text):
+    a file name holding ESC or CR cannot move the cursor or forge a 'cxr-score: error:' line."""
+    from cxr.runtime.results import escape_text
+
+    click.echo(escape_text(line), err=True)
+
+
 def _error(message: str) -> None:
-    click.echo(f"cxr-score: error: {message}", err=True)
+    _echo(f"cxr-score: error: {message}")
 
 
 def _fig(value, spec: str) -> str:
@@ -181,7 +196,7 @@ def _fig(value, spec: str) -> str:
 
 def _note(message: str, quiet: bool) -> None:
     if not quiet:
-        click.echo(f"cxr-score: {message}", err=True)
+        _echo(f"cxr-score: {message}")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]},
@@ -247,7 +262,7 @@ def _score(folder: Path, out: Path, model: Path, device: str, batch_size: int, w
         try:
             label_table = read_labels(labels)
         except LabelsError as exc:
-            raise click.BadParameter(str(exc), param_hint="--labels") from None
+            raise _BadParameter(str(exc), param_hint="--labels") from None
 
     from cxr.runtime.errors import CxrError
     from cxr.runtime.results import ResultsWriter, Tally, build_manifest, manifest_path, write_json_atomic
@@ -286,7 +301,7 @@ def _score(folder: Path, out: Path, model: Path, device: str, batch_size: int, w
 
         walk = find_images(folder)
         for problem in walk.problems:
-            click.echo(f"cxr-score: warning: {problem}", err=True)
+            _echo(f"cxr-score: warning: {problem}")
         if not walk.files:
             _error(f"no images found in {folder} ({walk.skipped_non_images} other file(s) skipped)")
             sys.exit(EXIT_FAILED)
@@ -388,8 +403,8 @@ def _finish(out, folder, model, device, batch_size, workers, threads, threshold,
             sys.exit(EXIT_FAILED)
     failed_drawings = extras.drawer.stats.failed if extras.drawer is not None else 0
     if failed_drawings:
-        click.echo(f"cxr-score: warning: {failed_drawings} image(s) could not be drawn for the overlays/report "
-                   f"(first: {extras.drawer.stats.failures[0]}); see the manifest", err=True)
+        _echo(f"cxr-score: warning: {failed_drawings} image(s) could not be drawn for the overlays/report "
+                   f"(first: {extras.drawer.stats.failures[0]}); see the manifest")
     if not quiet:
         _summary(out, mpath, tally, walk, thr, thr_source, scorer, manifest["timings"], label_report, extras)
     sys.exit(EXIT_OK if tally.error == 0 and not walk.problems and not failed_drawings else EXIT_PARTIAL)
@@ -440,7 +455,7 @@ def _summary(out, mpath, tally, walk, thr, thr_source, scorer, timings, label_re
         lines.append(f"report: {extras.report_path} (thumbnails in {extras.report.thumbs})")
     lines.append(f"results: {out}; manifest: {mpath}")
     for line in lines:
-        click.echo(f"cxr-score: {line}", err=True)
+        _echo(f"cxr-score: {line}")
 
 
 def _num(value: float) -> str:

@@ -1,4 +1,4 @@
-"""results.csv and its JSON manifest, written so that a crash or Ctrl-C never leaves a half-written file.
+r"""results.csv and its JSON manifest, written so that a crash or Ctrl-C never leaves a half-written file.
 
 The CSV goes to a temporary file beside the final one, one flushed line per row; on success it is fsync'd and
 `os.replace`d onto the final name (atomic on POSIX). On failure the rows already done are kept as `<out>.partial`
@@ -6,6 +6,20 @@ and the final name is left untouched (a previous results file there survives). A
 `<out>.partial` left by an earlier interrupted one, since the complete results now stand beside it.
 Columns: path,prob_cardiomegaly,cardiomegaly,status,error (see DESIGN.md, 'The results contract'), then ctr,ctr_flag
 for models with a ctr output, then label when cxr-score is given --labels.
+
+The path cell is escaped so that any file name Linux allows survives a spreadsheet and a CSV reader, and two names
+never give the same cell (`escape_path`; `unescape_path` is its exact inverse, giving the real relative path as
+os.fsdecode spells it):
+1. a backslash becomes `\\`;
+2. each byte of the name that is not UTF-8 (os.fsdecode's surrogates U+DC80..U+DCFF) becomes `\xHH` (HH >= 80),
+   each C0 control character and DEL (TAB, CR, LF, ESC, ...) `\xHH` (HH < 20 or 7F);
+3. other characters that can hide or reorder text (C1 controls U+0080..U+009F, format characters such as the
+   bidirectional overrides, U+2028/U+2029, any other lone surrogate) become `\uHHHH` (`\UHHHHHHHH` above U+FFFF);
+4. the spreadsheet guard: when the result starts with `=`, `+`, `-`, `@` or `'`, one `'` is put before it. So a real
+   leading `'` is doubled (`'=a.png` -> `''=a.png`, `=a.png` -> `'=a.png`), and a cell that starts with `'` always
+   lost exactly one to the guard.
+Every other character (letters of any script, spaces, commas, quotes) is written as it is, with CSV quoting. The
+error cell goes through the same escaping (steps 1-4), so no cell can break a row or start a formula.
 """
 
 from __future__ import annotations
@@ -18,6 +32,7 @@ import os
 import platform
 import sys
 import tempfile
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,12 +49,66 @@ ANATOMY_COLUMNS = ("ctr", "ctr_flag")
 the masks look implausible (no_heart, no_lungs, lungs_cut_by_edge; ';'-joined; empty when they look right)."""
 LABEL_COLUMN = "label"
 """Added last when cxr-score is given --labels: the file's reference label 0/1, empty when the labels file has none."""
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_FORMULA_START = ("=", "+", "-", "@", "'", "\t", "\r")
+_HIDDEN_CATEGORIES = ("Cc", "Cf", "Zl", "Zp", "Cs")
 
 
 def safe_cell(text: str) -> str:
-    """Prefix a quote to cells a spreadsheet would run as a formula (CSV injection); other text is unchanged."""
+    """Prefix a quote to cells a spreadsheet would run as a formula (CSV injection), and to cells starting with a
+    quote, so that the guard can always be taken off again; other text is unchanged."""
     return "'" + text if text.startswith(_FORMULA_START) else text
+
+
+def escape_text(text: str) -> str:
+    """Steps 1-3 of the path escaping (module docstring): no control, format or undecodable character left raw.
+    Also what cxr-score prints to the terminal in place of a name, so an ESC in a name cannot forge a line."""
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if ch == "\\":
+            out.append("\\\\")
+        elif code < 0x20 or code == 0x7F:
+            out.append(f"\\x{code:02x}")
+        elif 0xDC80 <= code <= 0xDCFF:  # os.fsdecode's stand-in for the byte code - 0xDC00
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif code >= 0x80 and unicodedata.category(ch) in _HIDDEN_CATEGORIES:
+            out.append(f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def escape_path(path: str) -> str:
+    """The `path` cell of a file's relative path (str as os.fsdecode gives it): escaped, then formula-guarded."""
+    return safe_cell(escape_text(path))
+
+
+def unescape_path(cell: str) -> str:
+    """The real relative path of a `path` cell written by escape_path (ValueError for a cell it cannot have written).
+    Bytes that are not UTF-8 come back as os.fsdecode's surrogates: os.fsencode gives the name's bytes."""
+    if cell.startswith("'"):
+        cell = cell[1:]
+    out, i = [], 0
+    while i < len(cell):
+        ch = cell[i]
+        if ch != "\\":
+            out.append(ch)
+            i += 1
+            continue
+        kind = cell[i + 1:i + 2]
+        width = {"\\": 0, "x": 2, "u": 4, "U": 8}.get(kind)
+        digits = cell[i + 2:i + 2 + (width or 0)]
+        if width is None or len(digits) != width or (width and not all(c in "0123456789abcdef" for c in digits)):
+            raise ValueError(f"not a cxr path cell: bad escape at {i} in {cell!r}")
+        if width == 0:
+            out.append("\\")
+        else:
+            code = int(digits, 16)
+            if code > 0x10FFFF:
+                raise ValueError(f"not a cxr path cell: code point out of range at {i} in {cell!r}")
+            out.append(chr(code + 0xDC00) if kind == "x" and code >= 0x80 else chr(code))
+        i += 2 + width
+    return "".join(out)
 
 
 def csv_cells(row: ScoreRow, anatomy: bool = False, labels: bool = False, label: int | None = None) -> list[str]:
@@ -49,7 +118,7 @@ def csv_cells(row: ScoreRow, anatomy: bool = False, labels: bool = False, label:
         prob, call, error = f"{row.probability:.6f}", str(int(row.label_pred)), ""
     else:
         prob, call, error = "", "", f"{row.error_code}: {row.error_message}"
-    cells = [safe_cell(row.path), prob, call, row.status, safe_cell(error)]
+    cells = [escape_path(row.path), prob, call, row.status, escape_path(error)]
     if anatomy:
         cells += ["" if row.ctr is None else f"{row.ctr:.4f}", row.ctr_flag]
     if labels:
@@ -96,8 +165,8 @@ class ResultsWriter:
         fd, tmp = tempfile.mkstemp(prefix=f".{self.out.name}.", suffix=".tmp", dir=directory)
         os.fchmod(fd, _file_mode())  # mkstemp makes 0600; the results should get the user's usual permissions
         self.tmp = Path(tmp)
-        # A file name that is not valid UTF-8 (Linux allows any bytes) is written escaped, never a crash mid-run.
-        self._fh = os.fdopen(fd, "w", newline="", encoding="utf-8", errors="backslashreplace")
+        # Cells are escaped (escape_path): what reaches the file is valid UTF-8; strict, so a slip would show.
+        self._fh = os.fdopen(fd, "w", newline="", encoding="utf-8")
         self._csv = csv.writer(self._fh, lineterminator="\n")
         self._csv.writerow(COLUMNS + (ANATOMY_COLUMNS if self.anatomy else ()) + ((LABEL_COLUMN,) if self.labels
                                                                                    else ()))
