@@ -1,6 +1,7 @@
 r"""results.csv and its JSON manifest, written so that a crash or Ctrl-C never leaves a half-written file.
 
-The CSV goes to a temporary file beside the final one, one flushed line per row; on success it is fsync'd and
+The CSV goes to a temporary file beside the final one, one os.write per row (a failed write is cut back to the last
+whole row, so a full disk never leaves a cut number); on success it is fsync'd and
 `os.replace`d onto the final name (atomic on POSIX). On failure the rows already done are kept as `<out>.partial`
 and the final name is left untouched (a previous results file there survives). A later run that completes removes a
 `<out>.partial` left by an earlier interrupted one, since the complete results now stand beside it.
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import io
 import json
 import logging
 import os
@@ -165,12 +167,10 @@ class ResultsWriter:
         fd, tmp = tempfile.mkstemp(prefix=f".{self.out.name}.", suffix=".tmp", dir=directory)
         os.fchmod(fd, _file_mode())  # mkstemp makes 0600; the results should get the user's usual permissions
         self.tmp = Path(tmp)
-        # Cells are escaped (escape_path): what reaches the file is valid UTF-8; strict, so a slip would show.
-        self._fh = os.fdopen(fd, "w", newline="", encoding="utf-8")
-        self._csv = csv.writer(self._fh, lineterminator="\n")
-        self._csv.writerow(COLUMNS + (ANATOMY_COLUMNS if self.anatomy else ()) + ((LABEL_COLUMN,) if self.labels
-                                                                                   else ()))
-        self._fh.flush()
+        self._fd: int | None = fd
+        self._complete = 0
+        """Bytes of whole lines in the file: a failed write is cut back to this, so rows are whole or absent."""
+        self._line(COLUMNS + (ANATOMY_COLUMNS if self.anatomy else ()) + ((LABEL_COLUMN,) if self.labels else ()))
         self.rows = 0
         self.partial: Path | None = None
         self.removed_partials: list[Path] = []
@@ -179,15 +179,35 @@ class ResultsWriter:
 
     def write(self, row: ScoreRow, label: int | None = None) -> None:
         """One row; `label` is its reference label (written only when the writer was made with labels=True)."""
-        self._csv.writerow(csv_cells(row, self.anatomy, self.labels, label))
-        self._fh.flush()  # rows done survive a crash of this process (the OS has them)
+        self._line(csv_cells(row, self.anatomy, self.labels, label))
         self.rows += 1
 
+    def _line(self, cells) -> None:
+        """One CSV line written straight to the file (the OS has it: it survives a crash of this process). A write
+        that fails part-way (disk full, file too large) is truncated back to the last whole line, then raised."""
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerow(cells)
+        data = buf.getvalue().encode("utf-8")  # cells are escaped: strict, so a slip would show
+        done = 0
+        try:
+            while done < len(data):
+                done += os.write(self._fd, data[done:])
+        except BaseException:  # a failed write may still have landed some bytes (FUSE, NFS): cut back regardless
+            try:
+                os.ftruncate(self._fd, self._complete)
+                os.lseek(self._fd, self._complete, os.SEEK_SET)
+            except OSError:
+                pass
+            raise
+        self._complete += len(data)
+
     def _close(self) -> None:
-        if not self._fh.closed:
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
-            self._fh.close()
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def commit(self) -> Path:
         """fsync and atomically move the temporary file onto `out`."""
@@ -231,7 +251,9 @@ class ResultsWriter:
         if not self.done:
             self.done = True
             try:
-                self._fh.close()
+                if self._fd is not None:
+                    os.close(self._fd)
+                    self._fd = None
             finally:
                 self.tmp.unlink(missing_ok=True)
 
