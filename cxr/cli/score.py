@@ -78,6 +78,65 @@ def _check_out(out: Path, model: Path, labels: Path | None) -> None:
                                  param_hint="--out")
 
 
+def _check_out_kind(out: Path) -> None:
+    """--out must be a regular file or absent: a symbolic link, device node, FIFO or socket is refused (os.replace
+    would put a regular file in its place, e.g. over /dev/null as root), and every name the run may create for it
+    must fit NAME_MAX and PATH_MAX now, not fail after scoring."""
+    import stat as st
+
+    from cxr.runtime.results import derived_names
+
+    if os.path.islink(out):
+        _error(f"--out {out} is a symbolic link; give the real file (results are never written through a link)")
+        sys.exit(EXIT_FAILED)
+    try:
+        mode = os.stat(out).st_mode
+    except FileNotFoundError:
+        mode = None
+    except OSError as exc:
+        _error(f"cannot write {out}: {exc.strerror or exc}")
+        sys.exit(EXIT_FAILED)
+    if mode is not None and not st.S_ISREG(mode):
+        kind = ("a device node" if st.S_ISCHR(mode) or st.S_ISBLK(mode) else "a FIFO" if st.S_ISFIFO(mode)
+                else "a socket" if st.S_ISSOCK(mode) else "not a regular file")
+        _error(f"--out {out} is {kind}; results go to a regular file such as results.csv")
+        sys.exit(EXIT_FAILED)
+    try:
+        name_max = os.pathconf(out.parent, "PC_NAME_MAX")
+        path_max = os.pathconf(out.parent, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        name_max, path_max = 255, 4096
+    for path in derived_names(out):
+        name, full = os.fsencode(path.name), os.fsencode(os.path.abspath(path))
+        if len(name) > name_max or len(full) >= path_max:
+            _error(f"--out {out}: the name {path.name} that this run writes beside it is too long "
+                   f"({len(name)} bytes of at most {name_max} per name, {len(full)} of {path_max} per path); "
+                   "give a shorter --out")
+            sys.exit(EXIT_FAILED)
+
+
+_LOCKS: list = []
+"""The output locks this process holds; main() releases them however _score ends."""
+
+
+def _lock_out(out: Path, quiet: bool) -> None:
+    """Hold <out>.lock for the run: a second run on the same --out is refused (exit 1), a dead run's lock taken over."""
+    from cxr.runtime.results import OutputLock, OutputLocked
+
+    lock = OutputLock(out)
+    try:
+        lock.acquire()
+    except OutputLocked as exc:
+        _error(f"another run is writing {out}: {exc}")
+        sys.exit(EXIT_FAILED)
+    except OSError as exc:
+        _error(f"cannot write {out}: cannot create {lock.path}: {exc.strerror or exc}")
+        sys.exit(EXIT_FAILED)
+    _LOCKS.append(lock)
+    if lock.taken_over is not None:
+        _echo(f"cxr-score: warning: took over {lock.path}, left by process {lock.taken_over}, which no longer runs")
+
+
 def _overlap(a: Path, b: Path) -> bool:
     ra, rb = a.resolve(), b.resolve()
     return ra == rb or ra.is_relative_to(rb) or rb.is_relative_to(ra)
@@ -248,6 +307,9 @@ def main(folder: Path, out: Path, model: Path, device: str, batch_size: int, wor
         except _Terminated:  # before scoring started (once it has, _score reports it itself)
             _error(f"terminated (SIGTERM) before scoring started; nothing was written to {out}")
             sys.exit(EXIT_TERMINATED)
+        finally:
+            while _LOCKS:
+                _LOCKS.pop().release()
 
 
 def _score(folder: Path, out: Path, model: Path, device: str, batch_size: int, workers: int, threads: int | None,
@@ -276,7 +338,9 @@ def _score(folder: Path, out: Path, model: Path, device: str, batch_size: int, w
         _error(f"cannot write {out}: folder {out.parent} does not exist")
         sys.exit(EXIT_FAILED)
     _check_out(out, model, labels)
+    _check_out_kind(out)
     _check_extras(folder, out, model, labels, overlays, report)
+    _lock_out(out, quiet)
     if report is not None and not report.parent.is_dir():
         _error(f"cannot write {report}: folder {report.parent} does not exist")
         sys.exit(EXIT_FAILED)

@@ -141,6 +141,83 @@ def stale_partials(out: Path) -> list[Path]:
     return found + [p for _, p in sorted(numbered)]
 
 
+def lock_path(out: Path) -> Path:
+    """results.csv -> results.csv.lock: held (O_EXCL, holding the pid) while a run writes `out`."""
+    return out.with_name(out.name + ".lock")
+
+
+class OutputLocked(Exception):
+    """Another live process holds the output's lock."""
+
+
+class OutputLock:
+    """`<out>.lock`, created with O_EXCL and holding the pid: two runs on the same --out cannot pair one's CSV with
+    the other's manifest. A lock whose pid no longer runs (a killed run) is taken over; `taken_over` then says whose."""
+
+    def __init__(self, out: str | os.PathLike):
+        self.path = lock_path(Path(out))
+        self.taken_over: str | None = None
+        self._held = False
+
+    def acquire(self) -> "OutputLock":
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                owner = self._owner()
+                if owner is not None and _alive(owner):
+                    raise OutputLocked(f"{self.path} is held by process {owner}, which is still writing these "
+                                       "results; wait for it, or give another --out") from None
+                self.taken_over = str(owner) if owner is not None else "an unreadable lock"
+                try:
+                    os.unlink(self.path)
+                except FileNotFoundError:
+                    pass
+                continue
+            with os.fdopen(fd, "w") as fh:
+                fh.write(f"{os.getpid()}\n")
+            self._held = True
+            return self
+        raise OutputLocked(f"{self.path}: could not be taken (another run keeps creating it)")
+
+    def _owner(self) -> int | None:
+        try:
+            text = self.path.read_text(encoding="ascii", errors="replace").strip()
+        except OSError:
+            return None
+        return int(text) if text.isdigit() else None
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            try:
+                if self._owner() == os.getpid():
+                    self.path.unlink()
+            except OSError:
+                pass
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def derived_names(out: Path) -> list[Path]:
+    """Every file a run may create for `out`, longest names included: the temporary file, the lock, the numbered
+    partials, the manifest (for checking NAME_MAX/PATH_MAX before scoring rather than after)."""
+    return [out, out.with_name(f".{out.name}.xxxxxxxx.tmp"), lock_path(out), partial_path(out, 99),
+            manifest_path(out), manifest_path(out).with_name(f".{manifest_path(out).name}.xxxxxxxx.tmp")]
+
+
 def manifest_path(out: Path) -> Path:
     """results.csv -> results.manifest.json; a name without .csv gets .manifest.json appended."""
     out = Path(out)
