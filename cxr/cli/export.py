@@ -42,7 +42,8 @@ def main(checkpoint: Path, out: Path, opset: int, sample_dir: Path | None, label
          quantize: str | None, calibration_dir: Path | None, fp16: bool, max_auroc_drop: float, force: bool,
          max_samples: int, verbose: bool) -> None:
     """Export CHECKPOINT (a cxr-train run directory or a .pt file) to a validated ONNX file."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
     if labels is not None and sample_dir is None:
         raise click.UsageError("--labels labels the --sample images; without --sample the run's validation split "
                                "(with its own labels) is used")

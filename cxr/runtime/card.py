@@ -101,7 +101,8 @@ class ModelCard:
             raise ModelCardError(f"model card is missing required field(s): {', '.join(missing)}")
         if data["schema_version"] != SCHEMA_VERSION:
             raise ModelCardError(
-                f"model card schema_version {data['schema_version']!r} is not supported (this cxr reads {SCHEMA_VERSION})")
+                f"model card schema_version {data['schema_version']!r} is not supported "
+                f"(this cxr reads {SCHEMA_VERSION})")
         if data["task"] != TASK:
             raise ModelCardError(f"model card task is {data['task']!r}, expected {TASK!r}")
         try:
