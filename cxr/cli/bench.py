@@ -7,7 +7,6 @@ timed in every run; on CPU `session.run` is timed as cxr-score calls it.
 
 from __future__ import annotations
 
-import json
 import logging
 import platform
 import sys
