@@ -14,6 +14,8 @@ from pathlib import Path
 
 import click
 
+from cxr import __version__
+
 OPSET_MIN, OPSET_MAX = 13, 20  # must equal cxr.export.onnx_export.SUPPORTED_OPSETS (a test checks)
 
 
@@ -38,6 +40,7 @@ OPSET_MIN, OPSET_MAX = 13, 20  # must equal cxr.export.onnx_export.SUPPORTED_OPS
 @click.option("--max-samples", default=32, show_default=True, type=click.IntRange(1, 100000),
               help="At most this many images for the parity checks.")
 @click.option("-v", "--verbose", is_flag=True, help="Log progress to stderr.")
+@click.version_option(__version__, prog_name="cxr-export")
 def main(checkpoint: Path, out: Path, opset: int, sample_dir: Path | None, labels: Path | None, no_validate: bool,
          quantize: str | None, calibration_dir: Path | None, fp16: bool, max_auroc_drop: float, force: bool,
          max_samples: int, verbose: bool) -> None:
