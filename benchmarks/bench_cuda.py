@@ -16,7 +16,6 @@ import subprocess
 
 import numpy as np
 import pytest
-
 from conftest import CACHE
 
 BATCH = 64

@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import write_png_folder
+
 from cxr.runtime.imaging import read_image
 from cxr.runtime.preprocess import preprocess_batch
 from cxr.runtime.scoring import score_folder

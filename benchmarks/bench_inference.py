@@ -15,7 +15,6 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import settle
 
 BATCHES = [1, 8, 32]

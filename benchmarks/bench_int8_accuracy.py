@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import REPO, THREADS, settle
 
 TRAINED = Path(os.environ.get("CXR_BENCH_TRAINED", REPO / "demo_out"))

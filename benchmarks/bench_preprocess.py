@@ -1,4 +1,5 @@
-"""Equalization: the vectorized `equalize_batch` against a per-image cv2.equalizeHist loop, 32 images at 224 and 1024."""
+"""Equalization: the vectorized `equalize_batch` against a per-image cv2.equalizeHist loop, 32 images at 224
+and 1024."""
 
 from __future__ import annotations
 

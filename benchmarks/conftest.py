@@ -151,7 +151,8 @@ def densenet() -> dict:
     variants = {k: {kk: (str(vv) if isinstance(vv, Path) else vv) for kk, vv in v.items()}
                 for k, v in report.variants.items()}
     if not variants.get("int8", {}).get("path") or not paths["int8"].is_file():
-        raise RuntimeError(f"export_onnx wrote no int8 model: {variants.get('int8', {}).get('reason', 'no reason given')}")
+        raise RuntimeError("export_onnx wrote no int8 model: "
+                           f"{variants.get('int8', {}).get('reason', 'no reason given')}")
     variants["fp32"] = {"path": str(paths["fp32"]), "size_bytes": paths["fp32"].stat().st_size}
     info.write_text(json.dumps(variants, indent=2, default=str) + "\n")
     stamp.write_text(json.dumps(MODEL_RECIPE))

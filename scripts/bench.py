@@ -154,7 +154,8 @@ def table_section(data: dict) -> list[str]:
         for key in ("providers", "format", "file_bytes", "model_bytes", "peak_rss_mb", "mode", "model"):
             if key in e and e[key] not in (None, "n/a") and not isinstance(e[key], dict):
                 val = e[key]
-                notes.append(f"{key}={','.join(v.replace('ExecutionProvider', '') for v in val) if isinstance(val, list) else val}")
+                val = ",".join(v.replace("ExecutionProvider", "") for v in val) if isinstance(val, list) else val
+                notes.append(f"{key}={val}")
         lines.append(f"| {b.get('group')} | `{b['name']}` | {s['rounds']} | {med_ms:.2f} | {s['iqr'] * 1000:.2f} | "
                      f"{s['stddev'] * 1000:.2f} | {n} | {med_ms / n:.2f} | {n / s['median']:.1f} | "
                      f"{'; '.join(notes)} |")
@@ -163,8 +164,8 @@ def table_section(data: dict) -> list[str]:
 
 def ratios_section(data: dict, idx: dict, peak: float | None) -> tuple[list[str], dict]:
     found: dict = {}
-    lines = ["## Ratios", "", "| batch | ORT fp32 ms/img | PyTorch ms/img | ORT fp32 / PyTorch speed-up | ORT int8 ms/img "
-             "| int8 / fp32 speed-up | fp32 % of peak |", "|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["## Ratios", "", "| batch | ORT fp32 ms/img | PyTorch ms/img | ORT fp32 / PyTorch speed-up "
+             "| ORT int8 ms/img | int8 / fp32 speed-up | fp32 % of peak |", "|---:|---:|---:|---:|---:|---:|---:|"]
     gflop = densenet121_gflops(224)
     in_turn = []
     for batch in (1, 8, 32):
@@ -178,7 +179,7 @@ def ratios_section(data: dict, idx: dict, peak: float | None) -> tuple[list[str]
             f32, i8, pt = (_median(idx.get(("inf", eng, prec, batch)))
                            for eng, prec in (("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("pytorch", "fp32")))
             ort_vs_torch, int8_speedup = _ratio(pt, f32), _ratio(f32, i8)
-        per = lambda m: None if m is None else m * 1000 / batch  # noqa: E731
+        per = lambda m: None if m is None else m * 1000 / batch  # noqa: E731, B023 (only called in this iteration)
         pct = None if f32 is None or not peak else 100 * gflop * batch / f32 / peak
         found[batch] = {"ort_vs_torch": ort_vs_torch, "int8_speedup": int8_speedup, "pct_peak": pct,
                         "fp32_ms": per(f32)}
@@ -206,7 +207,8 @@ def ratios_section(data: dict, idx: dict, peak: float | None) -> tuple[list[str]
               "`cxr.runtime.bench.densenet121_macs`, checked against a layer-by-layer count of the PyTorch model in "
               "tests; batch norm, ReLU and pooling not counted).",
               f"- Percent of peak = GFLOP per image x images / median seconds / peak: batch 1 "
-              f"{_fmt(found[1]['pct_peak'], '.1f')}%, best batch ({best}) {_fmt(found.get(best, {}).get('pct_peak'), '.1f')}%"
+              f"{_fmt(found[1]['pct_peak'], '.1f')}%, best batch ({best}) "
+              f"{_fmt(found.get(best, {}).get('pct_peak'), '.1f')}%"
               " (ONNX Runtime fp32). The peak is at the nominal clock; a boost clock makes the true share lower.",
               f"- int8 model size: {_fmt(sizes['int8'] and sizes['int8'] / 1e6)} MB vs fp32 "
               f"{_fmt(sizes['fp32'] and sizes['fp32'] / 1e6)} MB ({_fmt(found['size_ratio'])}x smaller).",
@@ -233,12 +235,14 @@ def ratios_section(data: dict, idx: dict, peak: float | None) -> tuple[list[str]
         if vec and loop:
             faster = "faster" if vec < loop else "slower"
             lines.append(f"- equalize_batch vs cv2.equalizeHist loop, 32 images at {size}: {vec * 1000:.2f} ms vs "
-                         f"{loop * 1000:.2f} ms: the vectorized form is {max(vec, loop) / min(vec, loop):.2f}x {faster}.")
+                         f"{loop * 1000:.2f} ms: the vectorized form is "
+                         f"{max(vec, loop) / min(vec, loop):.2f}x {faster}.")
     for b in data["benchmarks"]:
         e = b.get("extra_info", {})
         if (b.get("group") or "").startswith("train") and e.get("images"):
             lines.append(f"- Training ({b['name']}, group {b['group']}): {e['images'] / b['stats']['median']:.2f} "
-                         f"images/s ({b['stats']['median'] / e['images']:.3f} s per image, batch {e.get('batch', '?')}).")
+                         f"images/s ({b['stats']['median'] / e['images']:.3f} s per image, "
+                         f"batch {e.get('batch', '?')}).")
     return lines + [""], found
 
 
@@ -283,7 +287,8 @@ def targets_section(found: dict, idx: dict) -> list[str]:
     return ["## Targets from issue 5 (reported, not asserted)", "",
             "| target | measured | status |", "|---|---|---|",
             f"| ORT fp32 >= {TARGETS['ort_vs_torch_b1']}x PyTorch eager at batch 1 | {_fmt(r)}x "
-            f"(batch 8: {_fmt(found.get(8, {}).get('ort_vs_torch'))}x, 32: {_fmt(found.get(32, {}).get('ort_vs_torch'))}x) "
+            f"(batch 8: {_fmt(found.get(8, {}).get('ort_vs_torch'))}x, "
+            f"32: {_fmt(found.get(32, {}).get('ort_vs_torch'))}x) "
             f"| {_verdict(None if r is None else r >= TARGETS['ort_vs_torch_b1'])} |",
             f"| end to end >= {TARGETS['e2e_share']:.0%} of model-only on 1024x1024 PNG folders | "
             f"{_pct(e2e)} | {_verdict(None if e2e is None else e2e >= TARGETS['e2e_share'])} |",
@@ -302,13 +307,15 @@ def cuda_section(data: dict) -> list[str]:
     rows = {(b["extra_info"].get("engine"), b["extra_info"].get("precision")): b for b in data["benchmarks"]
             if (b.get("group") or "").startswith("cuda-b")}
     if not rows:
-        return ["## CUDA", "", "No CUDA device in this run. On a GPU machine, `make bench` adds batch-64 fp32/fp16 rows "
+        return ["## CUDA", "",
+                "No CUDA device in this run. On a GPU machine, `make bench` adds batch-64 fp32/fp16 rows "
                 "for ONNX Runtime's CUDA execution provider (onnxruntime-gpu, I/O binding) and PyTorch eager on the "
                 "same card (benchmarks/bench_cuda.py); `cxr-bench --model model.onnx --device cuda --batch-sizes "
                 "1,8,64 --json cuda.json` times any exported model there.", ""]
     gpus = sorted({b["extra_info"].get("gpu", "unknown GPU") for b in rows.values()})
     batch = next(iter(rows.values()))["extra_info"].get("batch", "?")
-    lines = ["## CUDA", "", f"Card: {', '.join(gpus)}. Batch {batch}, input already on the GPU, every call synchronized.",
+    lines = ["## CUDA", "",
+             f"Card: {', '.join(gpus)}. Batch {batch}, input already on the GPU, every call synchronized.",
              "", "| engine | precision | median ms per batch | IQR ms | ms / image | images/s |",
              "|---|---|---:|---:|---:|---:|"]
     for (engine, precision), b in sorted(rows.items()):
@@ -341,7 +348,8 @@ def render(data: dict) -> str:
     head = ["# Benchmarks", "",
             f"Generated by `scripts/bench.py` (`make bench`) from one pytest-benchmark run "
             f"({data.get('datetime', '?')}); do not edit by hand. That run's pytest-benchmark JSON is "
-            "[BENCHMARKS.json](BENCHMARKS.json); re-render with `python scripts/bench.py --render-only BENCHMARKS.json`.",
+            "[BENCHMARKS.json](BENCHMARKS.json); re-render with "
+            "`python scripts/bench.py --render-only BENCHMARKS.json`.",
             "",
             "> Noise: these are shared 2-core machines, so figures vary between runs; IQR shows the spread, and "
             "ratios come from one run, side by side. A ratio past 100% (end to end faster than model-only) or batch 8 "

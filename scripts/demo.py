@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shlex
 import subprocess
 import sys
@@ -63,11 +62,13 @@ def main(argv: list[str] | None = None) -> int:
 
     print("cxr demo: research software, not a medical device.\n")
     print("Settings scaled for a 2-core CPU without internet (all else is the recipe in DESIGN.md):")
-    print(f"  --init random        ImageNet weights cannot be downloaded here; the recipe fine-tunes from them.")
+    print("  --init random        ImageNet weights cannot be downloaded here; the recipe fine-tunes from them.")
     print(f"  --lr {args.lr:g}         the recipe's 1e-5 is a fine-tuning rate; from random init it learns too slowly")
-    print(f"                       (FIELD-NOTES: AUROC 0.69 after 2 epochs at 1e-5 vs 0.92 at 1e-4).")
-    print(f"  --image-size {args.size}    224 costs ~4x the time per step; the phantom's signal survives {args.size} px.")
-    print(f"  --max-epochs {args.epochs}     instead of 30; the plateau scheduler (2, x0.1) and early stopping (4) still run.")
+    print("                       (FIELD-NOTES: AUROC 0.69 after 2 epochs at 1e-5 vs 0.92 at 1e-4).")
+    print(f"  --image-size {args.size}    224 costs ~4x the time per step; the phantom's signal survives "
+          f"{args.size} px.")
+    print(f"  --max-epochs {args.epochs}     instead of 30; the plateau scheduler (2, x0.1) and early stopping "
+          "(4) still run.")
     print(f"  {args.n_train} phantom images for train/val/test by patient, {args.n_holdout} more as a held-out cohort.")
 
     train_dir, holdout_dir = out / "phantom", out / "phantom_holdout"

@@ -112,7 +112,8 @@ def test_memory_below_10000_files_is_not_a_verdict(bench, tmp_path):
 
 def test_demo_run_is_reused_when_finished(bench, tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(bench.subprocess, "run", lambda cmd, **kw: calls.append(cmd) or type("R", (), {"returncode": 0}))
+    monkeypatch.setattr(bench.subprocess, "run",
+                        lambda cmd, **kw: calls.append(cmd) or type("R", (), {"returncode": 0}))
     assert bench.ensure_demo_run(tmp_path) == 0 and len(calls) == 1 and calls[0][-2:] == ["--out", str(tmp_path)]
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "metrics.json").write_text("{}")

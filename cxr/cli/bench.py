@@ -7,7 +7,6 @@ timed in every run; on CPU `session.run` is timed as cxr-score calls it.
 
 from __future__ import annotations
 
-import json
 import logging
 import platform
 import sys
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import click
 
+from cxr import __version__
 from cxr.cli import FiniteFloat
 
 log = logging.getLogger(__name__)
@@ -134,6 +134,7 @@ def _table(results: list[dict]) -> str:
               help="onnxruntime intra-op threads (default: onnxruntime's choice, one per physical core).")
 @click.option("--json", "json_out", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Also write the results and machine facts as JSON to this file.")
+@click.version_option(__version__, prog_name="cxr-bench")
 def main(model_path: Path, device: str, batch_sizes: list[int], seconds: float, warmup: int, threads: int | None,
          json_out: Path | None) -> None:
     """Time MODEL at each batch size: p50/p90/p99 latency per batch and per image, and images per second."""

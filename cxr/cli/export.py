@@ -14,6 +14,7 @@ from pathlib import Path
 
 import click
 
+from cxr import __version__
 from cxr.cli import FiniteFloat
 
 OPSET_MIN, OPSET_MAX = 13, 20  # must equal cxr.export.onnx_export.SUPPORTED_OPSETS (a test checks)
@@ -40,11 +41,13 @@ OPSET_MIN, OPSET_MAX = 13, 20  # must equal cxr.export.onnx_export.SUPPORTED_OPS
 @click.option("--max-samples", default=32, show_default=True, type=click.IntRange(1, 100000),
               help="At most this many images for the parity checks.")
 @click.option("-v", "--verbose", is_flag=True, help="Log progress to stderr.")
+@click.version_option(__version__, prog_name="cxr-export")
 def main(checkpoint: Path, out: Path, opset: int, sample_dir: Path | None, labels: Path | None, no_validate: bool,
          quantize: str | None, calibration_dir: Path | None, fp16: bool, max_auroc_drop: float, force: bool,
          max_samples: int, verbose: bool) -> None:
     """Export CHECKPOINT (a cxr-train run directory or a .pt file) to a validated ONNX file."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
     if labels is not None and sample_dir is None:
         raise click.UsageError("--labels labels the --sample images; without --sample the run's validation split "
                                "(with its own labels) is used")

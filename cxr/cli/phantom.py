@@ -13,6 +13,8 @@ from pathlib import Path
 
 import click
 
+from cxr import __version__
+
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
@@ -21,6 +23,7 @@ import click
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed: the same n/seed/size gives the same bytes.")
 @click.option("--size", type=click.IntRange(64, 4096), default=256, show_default=True, help="Image side in pixels.")
 @click.option("--overwrite", is_flag=True, help="Replace a phantom set (or cxr-phantom's files) already in OUT.")
+@click.version_option(__version__, prog_name="cxr-phantom")
 def main(out: Path, n: int, seed: int, size: int, overwrite: bool) -> None:
     """Write N synthetic chest radiographs with labels (cardiomegaly = cardiothoracic ratio > 0.5) to OUT."""
     from cxr.train.phantom import IMAGE_NAME, IMAGES_DIR, LABELS_NAME, PARAMS_NAME, existing_phantom, make_phantom

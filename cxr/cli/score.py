@@ -2,10 +2,10 @@
 optionally an overlay PNG per image (--overlays DIR) and an HTML review report (--report FILE.html).
 
 Exit codes: 0 every file scored; 3 finished but some files failed (error rows), some folders could not be
-walked, or some overlays could not be written; 1 nothing could be done (missing/invalid model or card, unwritable output, requested device unavailable,
-folder with no images); 2 usage errors (click), including a labels file that is missing or lacks path,label;
-130 interrupted (Ctrl-C) or 143 terminated (SIGTERM: a batch system's time limit, `timeout`, `docker stop`), with
-the rows done kept in <out>.partial either way.
+walked, or some overlays could not be written; 1 nothing could be done (missing/invalid model or card, unwritable
+output, requested device unavailable, folder with no images); 2 usage errors (click), including a labels file that
+is missing or lacks path,label; 130 interrupted (Ctrl-C) or 143 terminated (SIGTERM: a batch system's time limit,
+`timeout`, `docker stop`), with the rows done kept in <out>.partial either way.
 onnxruntime is imported inside the command, so `cxr-score --help` and `--version` stay fast and torch-free.
 """
 
@@ -327,7 +327,7 @@ def _score(folder: Path, out: Path, model: Path, device: str, batch_size: int, w
             raise _BadParameter(str(exc), param_hint="--labels") from None
 
     from cxr.runtime.errors import CxrError
-    from cxr.runtime.results import ResultsWriter, Tally, build_manifest, manifest_path, write_json_atomic
+    from cxr.runtime.results import ResultsWriter, Tally
     from cxr.runtime.scoring import Scorer, score_folder
     from cxr.runtime.walk import find_images
 

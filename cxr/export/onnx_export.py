@@ -82,7 +82,8 @@ class ExportReport:
         for name, v in self.variants.items():
             if v.get("path"):
                 lines.append(f"{name}: wrote {v['path']} ({v['size_bytes'] / 1e6:.2f} MB, "
-                             f"{v.get('size_ratio', float('nan')):.2f}x smaller, speed-up {v.get('speedup', float('nan')):.2f}x, "
+                             f"{v.get('size_ratio', float('nan')):.2f}x smaller, "
+                             f"speed-up {v.get('speedup', float('nan')):.2f}x, "
                              f"AUROC change {_fmt(v.get('auroc_change'))})"
                              + (f"; {v['reason']}" if v.get("reason") else ""))
             else:
@@ -211,9 +212,9 @@ def versions() -> dict[str, str]:
 
 def build_card(ckpt: dict[str, Any], export_facts: dict[str, Any], outputs: tuple[str, ...] = ("logit", "probability")):
     """The model card from the checkpoint: preprocess, normalization, threshold, training summary, export facts."""
-    from cxr.runtime.serialization import jsonable
     from cxr.runtime.card import ModelCard, Threshold
     from cxr.runtime.preprocess import Normalization, PreprocessConfig
+    from cxr.runtime.serialization import jsonable
 
     data = dict(ckpt.get("data") or {})
     # A shared model should not carry image-level file names (NIH names embed patient ids): counts only.

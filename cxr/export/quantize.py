@@ -2,7 +2,8 @@
 
 int8: onnxruntime.quantization.quantize_static, QDQ format, per-channel int8 weights, uint8 activations, calibrated
 on real preprocessed images (`--calibration DIR`, else the run's training split, else the evaluation images). Only
-Conv and Gemm are quantized, so the uint8 input, the Cast/Div/Sub preprocessing nodes and the float32 outputs stay as they are.
+Conv and Gemm are quantized, so the uint8 input, the Cast/Div/Sub preprocessing nodes and the float32 outputs stay
+as they are.
 Two layers stay float: the stem convolution and the classifier (see `float_nodes`). The stem reads the equalized
 image, whose histogram is flat over 0..255; on x86 CPUs without VNNI, ONNX Runtime's uint8 x int8 kernels add pairs of
 products in 16 bits (vpmaddubsw) and saturate on such inputs. On the trained demo model this one layer moved
@@ -226,8 +227,15 @@ def make_variant(kind: str, fp32_path: Path, ckpt: dict, facts: dict, opset: int
     import onnx
 
     from cxr.export.onnx_export import build_card, save_with_card, side_path
-    from cxr.export.validate import (batch_invariance, check_io, check_model_file, check_opset, ort_session,
-                                     run_ort, scorer_check)
+    from cxr.export.validate import (
+        batch_invariance,
+        check_io,
+        check_model_file,
+        check_opset,
+        ort_session,
+        run_ort,
+        scorer_check,
+    )
 
     final = side_path(fp32_path, f"{kind}.onnx")
     rejected = side_path(fp32_path, f"{kind}.rejected.onnx")

@@ -7,7 +7,6 @@ the checkpoint on the inputs it will actually see. Images go through `cxr.runtim
 
 from __future__ import annotations
 
-import csv
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -82,7 +82,8 @@ def cpu_info(cpuinfo_text: str | None = None, lscpu_text: str | None = None,
     elif field(lscpu_text, "CPU max MHz"):
         mhz, source = float(field(lscpu_text, "CPU max MHz")[0].replace(",", ".")), "lscpu CPU max MHz"
     elif field(cpuinfo_text, "cpu MHz"):
-        mhz, source = max(float(v) for v in field(cpuinfo_text, "cpu MHz")), "/proc/cpuinfo cpu MHz (nominal, not boost)"
+        mhz, source = (max(float(v) for v in field(cpuinfo_text, "cpu MHz")),
+                       "/proc/cpuinfo cpu MHz (nominal, not boost)")
     return {
         "model": models[0] if models else "unknown",
         "logical_cores": logical,

@@ -51,8 +51,19 @@ import cv2
 import numpy as np
 
 from cxr.runtime.errors import (
-    BAD_DICOM, BLANK, CORRUPT, DICOM_NO_PIXELS, DICOM_UNSUPPORTED, NOT_AN_IMAGE, TOO_LARGE, TOO_SLOW, TOO_SMALL,
-    TRUNCATED, UNREADABLE, UNSUPPORTED, ImageError,
+    BAD_DICOM,
+    BLANK,
+    CORRUPT,
+    DICOM_NO_PIXELS,
+    DICOM_UNSUPPORTED,
+    NOT_AN_IMAGE,
+    TOO_LARGE,
+    TOO_SLOW,
+    TOO_SMALL,
+    TRUNCATED,
+    UNREADABLE,
+    UNSUPPORTED,
+    ImageError,
 )
 
 log = logging.getLogger(__name__)

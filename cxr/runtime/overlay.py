@@ -253,8 +253,8 @@ class OverlayWriter:
     """Draw scored rows in `workers` background threads, at most `max_pending` at a time (`submit` waits beyond).
 
     `out_dir`: write each overlay PNG there (None: draw only for `on_drawn`). `folder`: the scored folder the rows'
-    paths are relative to (`out_dir` is created if missing). `threshold`: for the caption's call. A failure to read or write one file is logged and
-    counted (`stats`), never raised: the results are already written."""
+    paths are relative to (`out_dir` is created if missing). `threshold`: for the caption's call. A failure to read
+    or write one file is logged and counted (`stats`), never raised: the results are already written."""
 
     def __init__(self, folder: Path, out_dir: Path | None, *, threshold: float, on_drawn: Drawn | None = None,
                  workers: int = 1, max_pending: int = 8, max_side: int = MAX_SIDE):

@@ -128,8 +128,8 @@ class Report:
                           for k, v in r.items()} for r in self.rows],
                 "thumbs": self.thumbs.name, "labels": self.labels, "ctr": self.anatomy, "masks": self.masks,
                 "page_size": PAGE_SIZE}
-        page = _PAGE.format(csp=html.escape(content_security_policy(), quote=False), css=CSS, js=JS, data=script_json(data),
-                            title=shown(f"cxr-score report: {manifest.get('folder', '')}"),
+        page = _PAGE.format(csp=html.escape(content_security_policy(), quote=False), css=CSS, js=JS,
+                            data=script_json(data), title=shown(f"cxr-score report: {manifest.get('folder', '')}"),
                             summary=_summary(manifest), labels=_labels_section(manifest.get("labels"), roc))
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
         try:
@@ -172,7 +172,8 @@ def _summary(m: Mapping[str, Any]) -> str:
     extras = [o for o in card.get("outputs", []) if o not in ("logit", "probability")]
     training = card.get("training", {})
     run = [("folder", m.get("folder")), ("model", model.get("path")), ("sha256", model.get("sha256")),
-           ("started", m.get("started")), ("device", f"{device.get('used')} ({', '.join(device.get('providers', []))})"),
+           ("started", m.get("started")),
+           ("device", f"{device.get('used')} ({', '.join(device.get('providers', []))})"),
            ("threshold", f"{_fmt(thr.get('value'), 4)} from {source}"),
            ("files", f"{counts.get('files')}: {counts.get('ok')} ok, {counts.get('error')} error"
             + (f" ({codes})" if codes else "")),

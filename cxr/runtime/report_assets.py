@@ -5,7 +5,7 @@ The script reads the rows from a JSON block (`JSON.parse`, never eval), builds e
 puts file names in with `textContent` only (never innerHTML), and shows control and bidi characters as \\uXXXX.
 """
 
-CSS = """
+CSS = ("""
 :root { --ok: #1b7f3b; --pos: #b3261e; --err: #7a5b00; --muted: #5f6368; --line: #d7d9dd; }
 * { box-sizing: border-box; }
 body { font: 14px/1.4 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0 auto; max-width: 1400px;
@@ -36,14 +36,16 @@ svg.roc .op { fill: #b3261e; }
 .noimg { height: 160px; display: flex; align-items: center; justify-content: center; background: #eee;
   color: var(--muted); font-size: 12px; text-align: center; }
 .facts { display: flex; flex-wrap: wrap; gap: 2px 12px; margin-top: 6px; }
-.badge { display: inline-block; padding: 0 6px; border-radius: 8px; font-size: 12px; font-weight: 600; background: #e8eaed; }
-.badge.FP, .badge.FN { background: #fce8e6; color: var(--pos); } .badge.TP, .badge.TN { background: #e6f4ea; color: var(--ok); }
+.badge { display: inline-block; padding: 0 6px; border-radius: 8px; font-size: 12px; font-weight: 600; """
+"""background: #e8eaed; }
+.badge.FP, .badge.FN { background: #fce8e6; color: var(--pos); } """
+""".badge.TP, .badge.TN { background: #e6f4ea; color: var(--ok); }
 .pager { display: flex; gap: 8px; align-items: center; margin: 12px 0; }
 button, select, input { font: inherit; }
 .hidden { display: none; }
-"""
+""")
 
-JS = r"""
+JS = (r"""
 (function () {
   "use strict";
   var data = JSON.parse(document.getElementById("cxr-data").textContent);
@@ -123,7 +125,8 @@ JS = r"""
     } else {
       fact(facts, "error", visible(r.e));
     }
-    if (data.ctr && r.s === "ok") { fact(facts, "CTR", r.ctr === null ? "n/a" : r.ctr.toFixed(2) + (r.f ? " (" + r.f + ")" : "")); }
+    if (data.ctr && r.s === "ok") { fact(facts, "CTR", r.ctr === null ? "n/a" : """
+r"""r.ctr.toFixed(2) + (r.f ? " (" + r.f + ")" : "")); }
     if (data.labels) { fact(facts, "label", r.y === null ? "none" : String(r.y)); }
     var o = outcome(r);
     if (o) { facts.appendChild(el("span", "badge " + o, o)); }
@@ -138,7 +141,8 @@ JS = r"""
     prev.addEventListener("click", function () { go(page - 1); });
     next.addEventListener("click", function () { go(page + 1); });
     box.appendChild(prev);
-    box.appendChild(el("span", "pageinfo", "page " + (pages ? page + 1 : 0) + " of " + pages + " (" + total + " " + what + ")"));
+    box.appendChild(el("span", "pageinfo", "page " + (pages ? page + 1 : 0) + " of " + """
+r"""pages + " (" + total + " " + what + ")"));
     box.appendChild(next);
   }
   function render() {
@@ -169,7 +173,8 @@ JS = r"""
           function (p) { state.errPage = p; renderErrors(); });
   }
   if (!data.labels) {
-    ["fp", "fn"].forEach(function (v) { var o = $("filter").querySelector("option[value=" + v + "]"); o.disabled = true; });
+    ["fp", "fn"].forEach(function (v) { var o = $("filter").querySelector("option[value=" + v + "]"); """
+r"""o.disabled = true; });
   }
   $("filter").addEventListener("change", function (e) { state.filter = e.target.value; state.page = 0; render(); });
   $("order").addEventListener("change", function (e) { state.order = e.target.value; state.page = 0; render(); });
@@ -178,4 +183,4 @@ JS = r"""
   render();
   renderErrors();
 }());
-"""
+""")

@@ -459,7 +459,8 @@ def build_manifest(*, scorer, folder: Path, out: Path, tally: Tally, walk, thres
         "device": {"requested": scorer.requested_device, "used": scorer.device, "providers": scorer.providers,
                    "intra_op_threads": scorer.threads},  # None: onnxruntime's default
         "counts": {
-            "files": tally.files, "ok": tally.ok, "error": tally.error, "by_error_code": dict(sorted(tally.by_code.items())),
+            "files": tally.files, "ok": tally.ok, "error": tally.error,
+            "by_error_code": dict(sorted(tally.by_code.items())),
             "ctr_flags": dict(sorted(tally.ctr_flags.items())),
             "skipped_non_images": walk.skipped_non_images, "skipped_hidden": walk.skipped_hidden,
             "walk_problems": list(walk.problems),

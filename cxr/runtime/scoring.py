@@ -151,7 +151,8 @@ class Scorer:
         graph_size = self._graph_size
         if card.preprocess.size != graph_size:
             raise ModelCardError(
-                f"{path}: model card says input size {card.preprocess.size} but the graph takes {graph_size}x{graph_size}")
+                f"{path}: model card says input size {card.preprocess.size} but the graph takes "
+                f"{graph_size}x{graph_size}")
         absent = [o for o in card.output_names if o not in self._graph_outputs]
         if absent:
             raise ModelCardError(f"{path}: the model card lists output(s) {absent} that the graph lacks")

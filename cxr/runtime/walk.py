@@ -1,4 +1,5 @@
-"""Find the image files under a folder: recursive, sorted, hidden entries skipped, loops and unreadable folders reported.
+"""Find the image files under a folder: recursive, sorted, hidden entries skipped, loops and unreadable folders
+reported.
 
 The walk never fails on one bad entry: a folder it cannot list, a symlink loop or a special file (FIFO, socket,
 device) becomes a line in `WalkResult.problems`, and the walk goes on; callers report those lines (cxr-score prints

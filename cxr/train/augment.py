@@ -25,7 +25,8 @@ class Augmenter:
         o = self.options
         geometric = []
         if o.get("aug_scale") or o.get("aug_translate") or o.get("rotation_degrees"):
-            s, t, r = float(o.get("aug_scale", 0)), float(o.get("aug_translate", 0)), float(o.get("rotation_degrees", 0))
+            s, t, r = (float(o.get("aug_scale", 0)), float(o.get("aug_translate", 0)),
+                       float(o.get("rotation_degrees", 0)))
             geometric.append(A.Affine(scale=(1 - s, 1 + s), translate_percent=(-t, t), rotate=(-r, r),
                                       interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST,
                                       border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0, p=1.0))

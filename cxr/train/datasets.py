@@ -414,7 +414,8 @@ def _load_nih(root: Path, csv_path, negatives: str = "no_finding") -> DatasetInd
 
 def _load_chexpert(root: Path, csv_path, uncertain: str, frontal_only: bool) -> DatasetIndex:
     files = [(Path(csv_path), None)] if csv_path is not None else \
-        [(root / name, split) for name, split in (("train.csv", None), ("valid.csv", "test")) if (root / name).is_file()]
+        [(root / name, split) for name, split in (("train.csv", None), ("valid.csv", "test"))
+         if (root / name).is_file()]
     if not files:
         raise ValueError(f"{root}: no train.csv or valid.csv (the CheXpert label files)")
     bases = [root.parent, root]

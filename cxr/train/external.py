@@ -26,7 +26,7 @@ def evaluate_source(checkpoint: str | Path, source: str, batch_size: int = 32, w
     from cxr.train.datasets import load_dataset
     from cxr.train.decision import Decision
     from cxr.train.distributed import DistContext
-    from cxr.train.evaluate import full_report, evaluate_split
+    from cxr.train.evaluate import evaluate_split, full_report
 
     ckpt = load_checkpoint(resolve_checkpoint(checkpoint))
     model = model_from_checkpoint(ckpt)

@@ -32,7 +32,7 @@ from cxr.train.checkpoints import load_checkpoint, save_checkpoint
 from cxr.train.config import RESUMABLE_OVERRIDES, TrainConfig
 from cxr.train.data import CxrDataset
 from cxr.train.decision import Decision, choose_decision
-from cxr.train.evaluate import anatomy_metrics, choose_threshold, epoch_metrics, evaluate_split, report
+from cxr.train.evaluate import choose_threshold, epoch_metrics, evaluate_split
 from cxr.train.model import CardiomegalyNet, build_model
 from cxr.train.prepare import PreparedData, prepare_data
 

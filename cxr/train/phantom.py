@@ -198,9 +198,9 @@ def _heart_polygon(x_right: float, x_left: float, cy: float, half_h: float) -> n
 
 def _draw_body(body: np.ndarray, mid_x: float, wt: float, margin: float, top: float, s: float) -> None:
     half = wt / 2 * margin
-    pts = _pts(np.array([mid_x - 0.22 * half, mid_x - 0.25 * half, mid_x - 0.95 * half, mid_x - half, mid_x - 0.97 * half,
-                         mid_x + 0.97 * half, mid_x + half, mid_x + 0.95 * half, mid_x + 0.25 * half,
-                         mid_x + 0.22 * half]),
+    pts = _pts(np.array([mid_x - 0.22 * half, mid_x - 0.25 * half, mid_x - 0.95 * half, mid_x - half,
+                         mid_x - 0.97 * half, mid_x + 0.97 * half, mid_x + half, mid_x + 0.95 * half,
+                         mid_x + 0.25 * half, mid_x + 0.22 * half]),
                np.array([-1.0, top - 0.18 * wt, top - 0.02 * wt, top + 0.3 * wt, s + 1,
                          s + 1, top + 0.3 * wt, top - 0.02 * wt, top - 0.18 * wt, -1.0]))
     cv2.fillPoly(body, [pts], 1, cv2.LINE_AA, _SHIFT)

@@ -168,6 +168,7 @@ def split_table(by_split: dict[str, list]) -> str:
         cells = []
         for split in SPLITS:
             xs = [x for x in by_split[split] if name == "all" or str(x.source) == name]
-            cells.append(f"{len(xs):>6} ({sum(x.label for x in xs):>4} pos, {sum(x.masks is not None for x in xs):>4} m)")
+            cells.append(f"{len(xs):>6} ({sum(x.label for x in xs):>4} pos, "
+                         f"{sum(x.masks is not None for x in xs):>4} m)")
         lines.append(f"  {name or '-':<14}" + "".join(f"{c:>22}" for c in cells))
     return "\n".join(lines)

@@ -84,7 +84,7 @@ def assign_splits(samples: Sequence[Sample], val_fraction: float = 0.15, test_fr
         for i in by_patient[pid]:
             splits[i] = chosen.get(pid, "train")
     out = [s if s.split == new else replace(s, split=new) for s, new in zip(samples, splits)]
-    log.info("splits: %s", split_counts(out))
+    log.debug("splits: %s", split_counts(out))  # the training log shows them as a table (prepare.split_table)
     return out
 
 

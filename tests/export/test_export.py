@@ -113,7 +113,8 @@ def test_exporter_writing_wrong_opset_is_rejected(tiny_run, tmp_path, monkeypatc
     import cxr.export.onnx_export as mod
 
     real = mod.export_graph
-    monkeypatch.setattr(mod, "export_graph", lambda model, opset, size, training=False, **kw: real(model, 18, size, **kw))
+    monkeypatch.setattr(mod, "export_graph",
+                        lambda model, opset, size, training=False, **kw: real(model, 18, size, **kw))
     out = tmp_path / "model.onnx"
     with pytest.raises(ExportError, match="asked for opset 17, file says 18"):
         export_onnx(tiny_run, out, opset=17)

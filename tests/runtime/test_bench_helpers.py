@@ -26,7 +26,8 @@ flags\t\t: fpu sse2 avx fma avx2 bmi2
 CPUINFO_HT_AVX512 = "".join(
     f"processor\t: {i}\nmodel name\t: Intel(R) Xeon(R) Platinum 8375C\ncpu MHz\t\t: 2900.000\n"
     "flags\t\t: avx fma avx2 avx512f avx512_vnni\n\n" for i in range(4))
-LSCPU_HT = "Model name:  Intel(R) Xeon(R) Platinum 8375C\nCore(s) per socket:  2\nSocket(s):  1\nCPU max MHz:  3500.0000\n"
+LSCPU_HT = ("Model name:  Intel(R) Xeon(R) Platinum 8375C\nCore(s) per socket:  2\nSocket(s):  1\n"
+            "CPU max MHz:  3500.0000\n")
 
 
 @pytest.mark.parametrize("samples, expected", [

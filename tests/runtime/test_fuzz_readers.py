@@ -16,7 +16,8 @@ from cxr.runtime.imaging import read_image
 from tests.badfiles import chest_like, write_dicom
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st
 
 HOSTILE = Path(__file__).resolve().parents[1] / "fixtures" / "hostile"
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"

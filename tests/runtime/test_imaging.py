@@ -12,8 +12,7 @@ import pytest
 
 from cxr.runtime import errors
 from cxr.runtime.errors import ImageError
-from cxr.runtime.imaging import (IMAGE_SUFFIXES, MAX_PIXELS, MIN_SIDE, is_image_candidate, read_image,
-                                 unsupported_format)
+from cxr.runtime.imaging import IMAGE_SUFFIXES, MAX_PIXELS, MIN_SIDE, is_image_candidate, read_image, unsupported_format
 from cxr.runtime.preprocess import preprocess_image
 from tests.badfiles import chest_like, write_bad_files, write_dicom, write_good_files
 
@@ -76,7 +75,8 @@ def test_dicoms_come_out_with_bright_body_and_dark_lungs(shared_data, rel, form)
 
 
 def test_rg1_window_and_inversion_rule(shared_data):
-    """RG1: 15 bits stored, window 15000/30000 (covers all pixels), MONOCHROME1 -> uint16 = 65535 * (max - v) / range."""
+    """RG1: 15 bits stored, window 15000/30000 (covers all pixels), MONOCHROME1 -> uint16 =
+    65535 * (max - v) / range."""
     import pydicom
 
     raw = pydicom.dcmread(shared_data / DICOM_NAMES[0]).pixel_array.astype(np.float64)

@@ -4,14 +4,20 @@ folder given, never over an input), and the background writer (error rows skippe
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from cxr.runtime.overlay import (HEART_EXTENT_BGR, OverlayPathError, OverlayWriter, confined_target, ctr_extents,
-                                 overlay_relpath, render_overlay)
+from cxr.runtime.overlay import (
+    HEART_EXTENT_BGR,
+    OverlayPathError,
+    OverlayWriter,
+    confined_target,
+    ctr_extents,
+    overlay_relpath,
+    render_overlay,
+)
 from cxr.runtime.scoring import ScoreRow
 from tests.runtime.test_overlay_fixtures import chest_like, fixed_masks
 

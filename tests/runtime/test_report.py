@@ -11,8 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from cxr.runtime.report import (Report, _url, content_security_policy, roc_svg, script_json, shown, thumbs_dir_for,
-                                wilson)
+from cxr.runtime.report import (
+    Report,
+    _url,
+    content_security_policy,
+    roc_svg,
+    script_json,
+    shown,
+    thumbs_dir_for,
+    wilson,
+)
 from cxr.runtime.report_assets import CSS, JS
 from cxr.runtime.scoring import ScoreRow
 

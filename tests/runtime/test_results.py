@@ -12,8 +12,15 @@ import pytest
 
 from cxr.runtime import metrics
 from cxr.runtime.labels import LabelMatcher, LabelsError, read_labels
-from cxr.runtime.results import (COLUMNS, ResultsWriter, csv_cells, manifest_path, partial_path, safe_cell,
-                                 write_json_atomic)
+from cxr.runtime.results import (
+    COLUMNS,
+    ResultsWriter,
+    csv_cells,
+    manifest_path,
+    partial_path,
+    safe_cell,
+    write_json_atomic,
+)
 from cxr.runtime.scoring import ScoreRow
 
 

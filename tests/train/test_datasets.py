@@ -156,7 +156,8 @@ def test_csv_with_custom_columns(tmp_path, caplog):
         index = load_dataset("csv", tmp_path, csv_path=labels, path_column="file", label_column="y",
                              patient_column="pid", split_column="fold", source_column="site")
     got = {n: (s.label, s.patient_id, s.split, s.source) for n, s in by_name(index).items()}
-    assert got == {"a.png": (1, "p1", "train", "s1"), "b.png": (0, "p1", None, "s1"), "c.png": (1, "img/c.png", "test", "s2")}
+    assert got == {"a.png": (1, "p1", "train", "s1"), "b.png": (0, "p1", None, "s1"),
+                   "c.png": (1, "img/c.png", "test", "s2")}
     assert index.patient_ids_known is False  # one row had no patient id
     reasons = sorted(r for _, r in index.skipped)
     assert reasons == ["bad label 'maybe'", "missing file", "no label",

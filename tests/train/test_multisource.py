@@ -270,3 +270,21 @@ def test_onnx_ctr_equals_pytorch_on_real_images(seg_run, seg_model, shared_data)
     figures = extra_parity(got, ref)
     assert figures["ctr_nan_agree"] and figures["ctr_max_abs_diff"] <= 0.02
     assert figures["masks_disagreement"] <= 1e-3 and figures["cam_max_rel_diff"] <= 1e-3
+
+
+def test_a_model_without_the_new_outputs_scores_as_before(tiny_model, masked, tmp_path):
+    """A model exported before cam/ctr/masks (logit and probability only) keeps the five columns and its numbers."""
+    from click.testing import CliRunner
+
+    from cxr.cli.score import main as score_main
+    from cxr.runtime.scoring import Scorer
+
+    scorer = Scorer(tiny_model, device="cpu")
+    assert scorer.extra_outputs == () and scorer.card.output_names == ("logit", "probability")
+    out = tmp_path / "r.csv"
+    result = CliRunner().invoke(score_main, [str(masked.parent), "--out", str(out), "--model", str(tiny_model)])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(open(out, newline="")))
+    assert list(rows[0]) == ["path", "prob_cardiomegaly", "cardiomegaly", "status", "error"]
+    assert len(rows) == 48 + 3 * 36 and all(r["status"] == "ok" for r in rows)  # images and mask files
+    assert "no ctr or cam output" in result.output

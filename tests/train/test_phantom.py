@@ -12,8 +12,16 @@ import pytest
 from click.testing import CliRunner
 
 from cxr.cli.phantom import main
-from cxr.train.phantom import (CTR_RANGE, existing_phantom, make_phantom, measure_ctr, render, render_phantom,
-                               sample_anatomy, sample_view)
+from cxr.train.phantom import (
+    CTR_RANGE,
+    existing_phantom,
+    make_phantom,
+    measure_ctr,
+    render,
+    render_phantom,
+    sample_anatomy,
+    sample_view,
+)
 
 
 def read_rows(folder):

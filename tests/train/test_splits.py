@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from cxr.train.datasets import Sample
-from cxr.train.splits import (SPLITS_NAME, assign_splits, check_splits, read_splits, split_counts,
-                              write_splits)
+from cxr.train.splits import SPLITS_NAME, assign_splits, check_splits, read_splits, split_counts, write_splits
 
 
 def cohort(n_patients: int = 200, positive_share: float = 0.3, seed: int = 0) -> list[Sample]:
