@@ -7,6 +7,7 @@
     make external   trains with one source left out and tests on all of it:
                       A  wingspan + JSRT          -> the whole NIH sample (1,713 images, every finding)
                       B  NIH + JSRT               -> wingspan (masks: Dice and CTR error of the exported model too)
+                      C  NIH + wingspan           -> JSRT (the same, the other way round)
                       A0 today's recipe (classifier only, no masks, rotation only) on wingspan + JSRT -> NIH, the
                          baseline the others are measured against (--baseline)
 
@@ -191,10 +192,12 @@ def mode_external(args, out: Path) -> dict:
         "A": ("wingspan + JSRT -> whole NIH sample", [wj_spec(wj, labels, "wj")], nih_whole, None),
         "B": ("NIH + JSRT -> wingspan", [nih_train, wj_spec(wj, jsrt_labels, "jsrt")],
               wj_spec(wj, masked_labels(wj, out, only="wingspan"), "wingspan"), "wingspan/png/"),
+        "C": ("NIH + wingspan -> JSRT", [nih_train, wj_spec(wj, masked_labels(wj, out, only="wingspan"), "wingspan")],
+              wj_spec(wj, jsrt_labels, "jsrt"), "jsrt/png/"),
         "A0": ("baseline: today's recipe (classifier, rotation only), wingspan + JSRT -> whole NIH sample",
                [f"csv:{wj};csv={wj / 'labels.csv'};label_column=cardiomegaly_mask_ctr;name=wj"], nih_whole, None),
     }
-    todo = args.only.split(",") if args.only else ["A", "B"] + (["A0"] if args.baseline else [])
+    todo = args.only.split(",") if args.only else ["A", "B", "C"] + (["A0"] if args.baseline else [])
     for key in todo:
         title, sources, left_out, masked_prefix = plans[key]
         t0 = time.time()
@@ -245,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--size", type=int, default=160)
     ap.add_argument("--epochs", type=int, default=12)
-    ap.add_argument("--only", default=None, help="external: comma-separated runs among A,B,A0")
+    ap.add_argument("--only", default=None, help="external: comma-separated runs among A,B,C,A0")
     ap.add_argument("--baseline", action="store_true", help="external: also run A0 (today's recipe)")
     args = ap.parse_args(argv)
     for needed in ("ctr_wingspan_jsrt/labels.csv", "nih_cxr14_sample/labels.csv"):

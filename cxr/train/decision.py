@@ -129,17 +129,42 @@ def choose_decision(requested: str, labels: np.ndarray, classifier_logit: np.nda
     validation = {"auroc": auroc, "n": int(y.size), "n_ctr_measurable": int(ok.sum()),
                   "judged": f"AUROC on the {int(ok.sum())} validation images with a measurable CTR; fusion out of "
                             f"fold ({CV_FOLDS}-fold cross-validation), classifier and ctr as they are"}
-    if requested == "auto":
-        # the simpler candidate wins ties (order of MODES)
-        mode = max(MODES, key=lambda m: (round(auroc[m], 6), -MODES.index(m)))
-        validation["chosen_by"] = "best validation AUROC"
-    else:
-        mode = requested
+    if requested != "auto":
         validation["chosen_by"] = "requested"
+        return _fit(requested, requested, y_ok, ctr_ok, both, validation)
+    # the simpler candidate wins ties (order of MODES); a ratio that does not separate the classes is not used
+    usable = [m for m in MODES if ctr_usable(auroc, m)]
+    for mode in sorted(usable, key=lambda m: (round(auroc[m], 6), -MODES.index(m)), reverse=True):
+        validation["chosen_by"] = "best validation AUROC"
+        try:
+            return _fit(mode, "auto", y_ok, ctr_ok, both, validation)
+        except ValueError:
+            validation.setdefault("refused", []).append(f"{mode}: the fitted CTR weight was not positive")
+    return Decision(validation=validation)  # classifier is always usable: not reached
+
+
+def _fit(mode: str, requested: str, y: np.ndarray, ctr: np.ndarray, both: np.ndarray,
+         validation: dict[str, Any]) -> Decision:
     if mode == "classifier":
         return Decision(validation=validation)
     if mode == "ctr":
-        w, b = fit_logistic(ctr_ok[:, None], y_ok)
+        w, b = fit_logistic(ctr[:, None], y)
+        _require_positive_ctr_weight(float(w[0]), requested, "ctr")
         return Decision("ctr", 0.0, float(w[0]), b, validation)
-    w, b = fit_logistic(both, y_ok)
+    w, b = fit_logistic(both, y)
+    _require_positive_ctr_weight(float(w[1]), requested, "fusion")
     return Decision("fusion", float(w[0]), float(w[1]), b, validation)
+
+
+def _require_positive_ctr_weight(weight: float, requested: str, mode: str) -> None:
+    """A larger heart must never lower the probability: a fit that says so (validation where the ratio does not
+    separate the classes) is refused rather than turned into a model that reads the ratio backwards."""
+    if weight <= 0:
+        raise ValueError(f"--decision {requested}: the {mode} fitted on validation gives the cardiothoracic ratio a "
+                         f"weight of {weight:.3g} (a larger heart would lower the probability); the ratio does not "
+                         "separate the classes there, so this decision is not used")
+
+
+def ctr_usable(auroc: dict[str, float], mode: str) -> bool:
+    """auto may pick ctr or fusion only where the measured ratio itself separates the classes (AUROC > 0.5)."""
+    return mode == "classifier" or auroc.get("ctr", 0.0) > 0.5

@@ -189,10 +189,11 @@ def _select(ev: Evaluation, keep: np.ndarray) -> Evaluation:
 
 
 def score_aurocs(ev: Evaluation, candidates: dict, n_boot: int, seed: int) -> dict[str, Any]:
-    """AUROC with 95% CI of each candidate decision (classifier, ctr, fusion) on the images it can score."""
+    """AUROC with 95% CI of each candidate (classifier, ctr, fusion) on the images it can score. 'ctr' is the
+    measured ratio itself (larger = more likely cardiomegaly), whatever map validation fitted to it."""
     out = {}
     for mode, dec in candidates.items():
-        prob = dec.probability(ev.logits, ev.ctr)
+        prob = ev.ctr if mode == "ctr" and ev.ctr is not None else dec.probability(ev.logits, ev.ctr)
         keep = np.isfinite(prob)
         y, p = ev.labels[keep], prob[keep]
         entry: dict[str, Any] = {"n": int(keep.sum()), "n_positive": int(y.sum())}

@@ -332,6 +332,20 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, ctx: D.DistContext)
     return _finish(config, run_dir, ctx, data, model, best_state, stop, history, evals, pos_weight, autocast)
 
 
+def _candidates(val, decision: Decision, config: TrainConfig) -> dict[str, Decision]:
+    """Every decision fitted on validation, for the reports (the ratio's own AUROC is reported even where its fit is
+    refused: then the candidate is the classifier's map with the ratio's figures beside it)."""
+    out = {}
+    for mode in ("classifier", "ctr", "fusion"):
+        if val.ctr is None or "ctr" not in decision.validation.get("auroc", {}):
+            return {"classifier": decision}
+        try:
+            out[mode] = choose_decision(mode, val.labels, val.logits, val.ctr, seed=config.seed)
+        except ValueError:
+            out[mode] = Decision(mode="classifier", validation={"refused": mode})
+    return out
+
+
 def _require_usable_validation(ev, samples) -> None:
     """ValueError when the readable validation images cannot select a model: none of them, or a single class.
     (With the image cache on, unreadable images are dropped and the splits checked before training; without it,
@@ -359,9 +373,7 @@ def _finish(config, run_dir, ctx, data, model, best_state, stop, history, evals,
     val = evaluate_split(model, evals["val"], ctx, pos_weight, autocast)
     decision = choose_decision(config.decision if config.use_seg_head else "classifier", val.labels, val.logits,
                                val.ctr, seed=config.seed)
-    candidates = ({m: choose_decision(m, val.labels, val.logits, val.ctr, seed=config.seed) for m in
-                   ("classifier", "ctr", "fusion")} if val.ctr is not None and config.use_seg_head
-                  and "ctr" in decision.validation.get("auroc", {}) else {"classifier": decision})
+    candidates = _candidates(val, decision, config) if config.use_seg_head else {"classifier": decision}
     val_decided = decided(val, decision)
     threshold = choose_threshold(config.threshold_method, config.target_sensitivity, val_decided.labels,
                                  val_decided.probabilities)

@@ -1,0 +1,70 @@
+"""The decision fitted on validation: logistic fits, the choice between classifier, CTR and fusion, and refusals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cxr.train.decision import Decision, choose_decision, fit_logistic
+
+
+def _cohort(n=300, ctr_sign=1.0, ctr_noise=0.03, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    cls = 1.0 * y + rng.normal(0, 1.0, n)  # a mediocre classifier (AUROC about 0.75)
+    ctr = 0.48 + ctr_sign * 0.08 * (y - 0.5) + rng.normal(0, ctr_noise, n)
+    return y, cls, ctr
+
+
+def test_fit_logistic_recovers_known_coefficients():
+    rng = np.random.default_rng(1)
+    x = rng.normal(0, 1, (20000, 2))
+    p = 1 / (1 + np.exp(-(1.5 * x[:, 0] - 0.7 * x[:, 1] + 0.3)))
+    y = (rng.random(20000) < p).astype(int)
+    w, b = fit_logistic(x, y)
+    np.testing.assert_allclose(w, [1.5, -0.7], atol=0.08)
+    assert b == pytest.approx(0.3, abs=0.08)
+
+
+def test_auto_takes_the_ratio_when_it_separates_best():
+    y, cls, ctr = _cohort()
+    d = choose_decision("auto", y, cls, ctr)
+    auroc = d.validation["auroc"]
+    assert auroc["ctr"] > auroc["classifier"] and d.mode in ("ctr", "fusion") and d.w_ctr > 0
+    assert d.mode == max(("classifier", "ctr", "fusion"), key=lambda m: auroc[m])
+    prob = d.probability(cls, ctr)
+    assert ((prob > 0.5) == (y == 1)).mean() > 0.9
+
+
+def test_a_ratio_that_reads_backwards_is_never_used():
+    y, cls, ctr = _cohort(ctr_sign=-1.0)
+    d = choose_decision("auto", y, cls, ctr)
+    assert d.mode == "classifier" and d.validation["auroc"]["ctr"] < 0.5
+    with pytest.raises(ValueError, match="larger heart would lower the probability"):
+        choose_decision("ctr", y, cls, ctr)
+
+
+def test_fusion_is_judged_out_of_fold():
+    """On noise, an in-sample fusion would look better than chance; out of fold it does not."""
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 60)
+    d = choose_decision("auto", y, rng.normal(size=60), 0.5 + rng.normal(0, 0.05, 60))
+    assert d.validation["auroc"]["fusion"] < 0.7
+
+
+def test_unmeasurable_ratios_are_left_out_and_the_formula_matches_numpy():
+    y, cls, ctr = _cohort()
+    ctr[:5] = np.nan
+    d = choose_decision("fusion", y, cls, ctr)
+    assert d.validation["n_ctr_measurable"] == len(y) - 5
+    logit = d.logit(cls, ctr)
+    assert np.isnan(logit[:5]).all()
+    np.testing.assert_allclose(logit[5:], d.w_classifier * cls[5:] + d.w_ctr * ctr[5:] + d.intercept)
+    assert Decision.from_dict(d.to_dict()) == d
+
+
+def test_without_masks_the_classifier_is_the_only_candidate():
+    y, cls, _ = _cohort()
+    d = choose_decision("auto", y, cls, None)
+    assert d.mode == "classifier" and d.validation["chosen_by"] == "only candidate"
+    np.testing.assert_allclose(d.probability(cls, None), 1 / (1 + np.exp(-cls)))
