@@ -58,8 +58,6 @@ class Labels:
     """Lines whose label is blank or not a label `parse_label` reads."""
     bad_values: list[str] = field(default_factory=list)
     """The first few unreadable (non-blank) label values, for messages."""
-    columns: tuple[str, str] = REQUIRED_COLUMNS
-    """The (path, label) columns read."""
 
 
 def normalize_path(text: str) -> str:
@@ -229,6 +227,8 @@ class LabelMatcher:
         self.y: list[int] = []
         self.p: list[float] = []
         self.scored_without_label = 0
+        self.few = False
+        """Set by cxr-score when few labelled paths match (the run then exits 3)."""
         self._seen_labelled: set[str] = set()
 
     def label_of(self, path: str) -> int | None:
