@@ -1,11 +1,14 @@
-"""cxr-score: score every image under a folder with an exported cxr model; write results.csv and a manifest, and
-optionally an overlay PNG per image (--overlays DIR) and an HTML review report (--report FILE.html).
+"""cxr-score: score every image under a folder (or the files or globs given) with an exported cxr model; write
+results.csv and a manifest, and optionally an overlay PNG per image (--overlays DIR) and an HTML review report
+(--report FILE.html). With exactly one image file, its probability and call are also printed on stdout.
 
 Exit codes: 0 every file scored; 3 finished but some files failed (error rows), some folders could not be
-walked, or some overlays could not be written; 1 nothing could be done (missing/invalid model or card, unwritable
-output, requested device unavailable, folder with no images); 2 usage errors (click), including a labels file that
-is missing or lacks path,label; 130 interrupted (Ctrl-C) or 143 terminated (SIGTERM: a batch system's time limit,
-`timeout`, `docker stop`), with the rows done kept in <out>.partial either way.
+walked, some overlays could not be written, or --labels matched few images (under half of the labelled paths and
+under half of the scored images); 1 nothing could be done (missing/invalid model or card, a training run or checkpoint
+given as --model, unwritable output, requested device unavailable, folder with no images); 2 usage errors (click),
+including a labels file that is missing, lacks its columns, has no usable label or matches no scored image (checked
+before scoring; nothing is written); 130 interrupted (Ctrl-C) or 143 terminated (SIGTERM: a batch system's time
+limit, `timeout`, `docker stop`), with the rows done kept in <out>.partial either way.
 onnxruntime is imported inside the command, so `cxr-score --help` and `--version` stay fast and torch-free.
 """
 
@@ -117,6 +120,65 @@ def _check_out_kind(out: Path) -> None:
 
 _LOCKS: list = []
 """The output locks this process holds; main() releases them however _score ends."""
+_CREATED: list[Path] = []
+"""Folders this run created for --out; main() removes them again if the run ends with them empty."""
+_GLOB_CHARS = set("*?[")
+_COLUMNS_HINT = "; choose the columns with --path-column and --label-column"
+
+
+def _targets(targets: tuple[Path, ...]) -> tuple[Path, list[Path] | None, int]:
+    """(folder, files relative to it or None to walk the folder, non-image files a glob matched) for FOLDER: one
+    folder, or image files and globs (a glob keeps the image candidates it matches; a file named is scored as is)."""
+    from cxr.runtime.imaging import is_image_candidate
+
+    if len(targets) == 1 and targets[0].is_dir():
+        return targets[0], None, 0
+    paths: list[Path] = []
+    skipped = 0
+    for target in targets:
+        if target.is_dir():
+            raise _BadParameter(f"{target} is a folder; give one folder, or image files and globs, not both",
+                                param_hint="FOLDER")
+        if os.path.lexists(target):
+            paths.append(target)
+        elif _GLOB_CHARS & set(str(target)):
+            import glob
+
+            found = [Path(p) for p in sorted(glob.glob(str(target), recursive=True)) if os.path.isfile(p)]
+            images = [p for p in found if is_image_candidate(p)]
+            if not images:
+                raise _BadParameter(f"{target} matches no image file ({len(found)} other file(s))",
+                                    param_hint="FOLDER")
+            skipped += len(found) - len(images)
+            paths += images
+        else:
+            raise _BadParameter(f"{target} does not exist", param_hint="FOLDER")
+    absolute = list(dict.fromkeys(Path(os.path.abspath(p)) for p in paths))
+    root = Path(os.path.commonpath([p.parent for p in absolute]))
+    return root, sorted((p.relative_to(root) for p in absolute), key=lambda p: p.as_posix()), skipped
+
+
+def _make_out_folder(out: Path, quiet: bool) -> None:
+    """Create --out's folder (and its parents) when missing, saying so; main() removes it if the run fails."""
+    missing = [p for p in [out.parent, *out.parent.parents] if not p.exists()]
+    if not missing:
+        return
+    try:
+        out.parent.mkdir(parents=True)
+    except OSError as exc:
+        _error(f"cannot write {out}: cannot create folder {out.parent}: {exc.strerror or exc}")
+        sys.exit(EXIT_FAILED)
+    _CREATED.extend(reversed(missing))  # innermost first
+    _note(f"created folder {out.parent} for --out", quiet)
+
+
+def _remove_created() -> None:
+    """Remove the folders made for --out that are still empty (the run failed before writing into them)."""
+    while _CREATED:
+        try:
+            _CREATED.pop(0).rmdir()
+        except OSError:
+            _CREATED.clear()  # not empty: results (or something else) are in it, and in its parents
 
 
 def _lock_out(out: Path, quiet: bool) -> None:
@@ -142,17 +204,26 @@ def _overlap(a: Path, b: Path) -> bool:
     return ra == rb or ra.is_relative_to(rb) or rb.is_relative_to(ra)
 
 
+def _holds_input(target: Path, folder: Path, files: list[Path] | None) -> bool:
+    """Whether an output folder overlaps FOLDER, or (files given) holds one of the files, which it could replace."""
+    if files is None:
+        return _overlap(target, folder)
+    resolved = target.resolve()
+    return any((folder / f).resolve().is_relative_to(resolved) for f in files)
+
+
 def _check_extras(folder: Path, out: Path, model: Path, labels: Path | None, overlays: Path | None,
-                  report: Path | None) -> None:
-    """--overlays and --report (and its thumbnails folder) must stay out of FOLDER, whose next run would score them
-    (and whose files they could replace), and the report must not replace another input or output."""
+                  report: Path | None, files: list[Path] | None = None) -> None:
+    """--overlays and --report (and its thumbnails folder) must stay out of FOLDER (or the folders of the files
+    given), whose next run would score them (and whose files they could replace), and the report must not replace
+    another input or output."""
     from cxr.runtime.report import thumbs_dir_for
     from cxr.runtime.results import manifest_path
 
     if overlays is not None:
         if overlays.exists() and not overlays.is_dir():
             raise _BadParameter(f"{overlays} exists and is not a folder", param_hint="--overlays")
-        if _overlap(overlays, folder):
+        if _holds_input(overlays, folder, files):
             raise _BadParameter(f"{overlays} overlaps the scored folder {folder}; overlays go to a folder "
                                      "outside it (the next run would score them)", param_hint="--overlays")
     if report is None:
@@ -167,7 +238,7 @@ def _check_extras(folder: Path, out: Path, model: Path, labels: Path | None, ove
         if given is not None and (_same_file(report, given) or report.resolve() == given.resolve()):
             raise _BadParameter(f"{report} would overwrite the {name} file {given}", param_hint="--report")
     thumbs = thumbs_dir_for(report)
-    if _overlap(thumbs, folder):
+    if _holds_input(thumbs, folder, files):
         raise _BadParameter(f"the report's thumbnails folder {thumbs} would lie in the scored folder "
                                  f"{folder} (the next run would score them); write the report outside it",
                                  param_hint="--report")
@@ -262,11 +333,14 @@ def _note(message: str, quiet: bool) -> None:
                epilog="Exit codes: 0 all files scored; 3 finished but some files (or folders) failed; 1 nothing "
                       "could be done (model, card, output, device, no images); 2 usage; 130 interrupted, 143 "
                       "terminated (rows done kept in OUT.partial).")
-@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("targets", metavar="FOLDER | FILE... | 'GLOB'...", nargs=-1, required=True,
+                type=click.Path(path_type=Path))
 @click.option("--out", required=True, type=click.Path(path_type=Path),
-              help="Results CSV to write (its manifest goes beside it as <name>.manifest.json).")
+              help="Results CSV to write (its manifest goes beside it as <name>.manifest.json); a missing folder "
+                   "is created.")
 @click.option("--model", required=True, envvar="CXR_MODEL", type=click.Path(path_type=Path),
-              help="ONNX model exported by cxr-export (or set CXR_MODEL).")
+              help="ONNX model exported by cxr-export (or set CXR_MODEL); a training run or .pt checkpoint must be "
+                   "exported first: cxr-export RUN --out model.onnx.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="cuda fails rather than silently running on CPU; auto reports what it picked.")
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=8, show_default=True,
@@ -280,8 +354,15 @@ def _note(message: str, quiet: bool) -> None:
 @click.option("--threshold", type=FiniteFloat(0.0, 1.0), default=None,
               help="Decision threshold for the cardiomegaly column; default: the model card's.")
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="CSV with columns path,label (or path,cardiomegaly; 0/1, paths relative to FOLDER): "
-                   "adds a label column to the results and metrics to the manifest and the report.")
+              help="CSV with columns path,label (or path,cardiomegaly; see --path-column, --label-column): adds a "
+                   "label column to the results and metrics to the manifest and the report. Labels as cxr-train "
+                   "reads them (1/0, true/false, yes/no, positive/negative, Cardiomegaly/Normal); paths relative "
+                   "to FOLDER or to the CSV's folder, absolute, or bare file names when unique. No labelled path "
+                   "matching a scored image is a usage error before scoring (exit 2, nothing written); under half "
+                   "matching (of the labelled paths and of the images) is a warning and exit 3.")
+@click.option("--path-column", default="path", show_default=True, help="--labels column with the image path.")
+@click.option("--label-column", default=None,
+              help="--labels column with the label  [default: label, else cardiomegaly]")
 @click.option("--overlays", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder (outside FOLDER; created if missing) for one PNG per scored image at the same relative "
                    "path (.png appended unless already .png): the radiograph, the model's activation map and, for "
@@ -291,55 +372,108 @@ def _note(message: str, quiet: bool) -> None:
                    "ROC and metrics with --labels, and every image as a filterable card.")
 @click.option("--quiet", is_flag=True, help="No progress bar and no summary; errors only.")
 @click.version_option(__version__, prog_name="cxr-score")
-def main(folder: Path, out: Path, model: Path, device: str, batch_size: int, workers: int, threads: int | None,
-         threshold: float | None, labels: Path | None, overlays: Path | None, report: Path | None,
-         quiet: bool) -> None:
-    """Score every image under FOLDER (recursively, sorted) for cardiomegaly.
+def main(targets: tuple[Path, ...], out: Path, model: Path, device: str, batch_size: int, workers: int,
+         threads: int | None, threshold: float | None, labels: Path | None, path_column: str,
+         label_column: str | None, overlays: Path | None, report: Path | None, quiet: bool) -> None:
+    """Score every image under FOLDER (recursively, sorted) for cardiomegaly, or the image files given (quote a
+    glob, e.g. 'scans/*.dcm', so that cxr-score expands it: no 'argument list too long').
 
     Writes one row per image file to --out (path,prob_cardiomegaly,cardiomegaly,status,error; then ctr,ctr_flag for
-    models with a ctr output and label with --labels); an unreadable image becomes an error row (no overlay) and the
-    run goes on. Research software, not a medical device.
+    models with a ctr output and label with --labels); paths are relative to FOLDER, or to the files' common folder.
+    An unreadable image becomes an error row (no overlay) and the run goes on. With exactly one file, its probability
+    and call (and ctr) are also printed on stdout. Research software, not a medical device.
     """
+    folder, files, globbed_other = _targets(targets)
     with _sigterm_raises():
         try:
-            _score(folder, out, model, device, batch_size, workers, threads, threshold, labels, overlays, report,
-                   quiet)
+            _score(folder, out, model, device, batch_size, workers, threads, threshold,
+                   _LabelsOption(labels, path_column, label_column), overlays, report, quiet,
+                   (files, globbed_other))
         except _Terminated:  # before scoring started (once it has, _score reports it itself)
             _error(f"terminated (SIGTERM) before scoring started; nothing was written to {out}")
             sys.exit(EXIT_TERMINATED)
         finally:
             while _LOCKS:
                 _LOCKS.pop().release()
+            _remove_created()
+
+
+@dataclass
+class _LabelsOption:
+    """--labels and the columns to read from it."""
+
+    path: Path | None
+    path_column: str = "path"
+    label_column: str | None = None
+
+
+def _read_label_table(option: _LabelsOption):
+    """The labels (None without --labels); a usage error (exit 2) for a file without its columns or usable labels."""
+    from cxr.runtime.labels import ACCEPTED, LabelsError, read_labels
+
+    if option.path is None:
+        return None
+    try:
+        table = read_labels(option.path, option.path_column, option.label_column)
+    except LabelsError as exc:
+        hint = _COLUMNS_HINT if "missing column" in str(exc) else ""
+        raise _BadParameter(f"{exc}{hint}", param_hint="--labels") from None
+    if not table.labels:
+        column = repr(option.label_column) if option.label_column else "'label' (or 'cardiomegaly')"
+        examples = f", such as {', '.join(map(repr, table.bad_values))}" if table.bad_values else ""
+        raise _BadParameter(f"{option.path}: no usable label in column {column}: {table.ignored} line(s) "
+                            f"blank or unreadable{examples}; labels are {ACCEPTED}{_COLUMNS_HINT}",
+                            param_hint="--labels")
+    return table
+
+
+def _match_labels(table, folder: Path, files: list[Path], quiet: bool):
+    """A LabelMatcher for the walked files; a usage error when no labelled path matches a scored image, a warning
+    (and exit 3 at the end) when few do."""
+    from cxr.runtime.labels import LabelMatcher, LabelsError, match_labels
+
+    try:
+        match = match_labels(table, folder, files)
+    except LabelsError as exc:
+        raise _BadParameter(str(exc), param_hint="--labels") from None
+    if not match.by_file:
+        raise _BadParameter(f"{table.source}: no labelled path matches an image in {folder}: "
+                            f"{match.describe(table, files)}; give paths relative to FOLDER (or --path-column "
+                            "for another column)", param_hint="--labels")
+    matcher = LabelMatcher(table, match)
+    matched = len(match.by_file)
+    matcher.few = 2 * matched < len(table.labels) and 2 * matched < len(files)
+    if matcher.few:
+        _echo(f"cxr-score: warning: --labels {table.source}: few labels match: {match.describe(table, files)} "
+              "(the run ends with exit 3)")
+    return matcher
 
 
 def _score(folder: Path, out: Path, model: Path, device: str, batch_size: int, workers: int, threads: int | None,
-           threshold: float | None, labels: Path | None, overlays: Path | None, report: Path | None,
-           quiet: bool) -> None:
+           threshold: float | None, labels_option: _LabelsOption, overlays: Path | None, report: Path | None,
+           quiet: bool, given: tuple[list[Path] | None, int] = (None, 0)) -> None:
+    """Score FOLDER (given[0] None: walked) or the files given[0] under it (given[1]: non-images a glob matched)."""
     started_wall = datetime.now(timezone.utc).isoformat(timespec="seconds")
     t0 = time.perf_counter()
-    from cxr.runtime.labels import LabelMatcher, LabelsError, read_labels
-
-    label_table = None
-    if labels is not None:
-        try:
-            label_table = read_labels(labels)
-        except LabelsError as exc:
-            raise _BadParameter(str(exc), param_hint="--labels") from None
+    labels = labels_option.path
+    label_table = _read_label_table(labels_option)
+    given_files, globbed_other = given
 
     from cxr.runtime.errors import CxrError
     from cxr.runtime.results import ResultsWriter, Tally
     from cxr.runtime.scoring import Scorer, score_folder
-    from cxr.runtime.walk import find_images
+    from cxr.runtime.walk import WalkResult, find_images
 
     if out.is_dir():
         _error(f"--out {out} is a folder; give a file name such as {out / 'results.csv'}")
         sys.exit(EXIT_FAILED)
-    if not out.parent.is_dir():
-        _error(f"cannot write {out}: folder {out.parent} does not exist")
+    if out.parent.exists() and not out.parent.is_dir():
+        _error(f"cannot write {out}: {out.parent} is not a folder")
         sys.exit(EXIT_FAILED)
     _check_out(out, model, labels)
+    _check_extras(folder, out, model, labels, overlays, report, given_files)
+    _make_out_folder(out, quiet)
     _check_out_kind(out)
-    _check_extras(folder, out, model, labels, overlays, report)
     _lock_out(out, quiet)
     if report is not None and not report.parent.is_dir():
         _error(f"cannot write {report}: folder {report.parent} does not exist")
@@ -363,12 +497,14 @@ def _score(folder: Path, out: Path, model: Path, device: str, batch_size: int, w
         _note(f"model {model} on {scorer.device} ({', '.join(scorer.providers)}); threshold {thr:g} ({thr_source})",
               quiet and device != "auto")
 
-        walk = find_images(folder)
+        walk = (find_images(folder) if given_files is None
+                else WalkResult(files=given_files, skipped_non_images=globbed_other))
         for problem in walk.problems:
             _echo(f"cxr-score: warning: {problem}")
         if not walk.files:
             _error(f"no images found in {folder} ({walk.skipped_non_images} other file(s) skipped)")
             sys.exit(EXIT_FAILED)
+        matcher = _match_labels(label_table, folder, walk.files, quiet) if label_table is not None else None
         try:
             extras = _open_extras(folder, overlays, report, scorer, thr, workers, label_table is not None, quiet)
         except OSError as exc:
@@ -381,7 +517,7 @@ def _score(folder: Path, out: Path, model: Path, device: str, batch_size: int, w
     from tqdm import tqdm
 
     tally = Tally()
-    matcher = LabelMatcher(label_table) if label_table is not None else None
+    last_row = None
     bar = tqdm(total=len(walk.files), unit="img", file=sys.stderr, dynamic_ncols=True,
                disable=quiet or not sys.stderr.isatty())
     t_score = time.perf_counter()
@@ -390,13 +526,14 @@ def _score(folder: Path, out: Path, model: Path, device: str, batch_size: int, w
                             files=walk.files, maps=extras.maps)
         with closing(rows):  # on Ctrl-C the reader threads are stopped now, not at garbage collection
             for row in rows:
-                label = matcher.labels.labels.get(row.path) if matcher is not None else None
+                label = matcher.label_of(row.path) if matcher is not None else None
                 writer.write(row, label)
                 tally.add(row)
                 if matcher is not None:
                     matcher.add(row)
                 extras.add(row, label)  # queued for drawing, off this loop; error rows get no overlay
                 bar.update(1)
+                last_row = row
         scoring_s = time.perf_counter() - t_score
         bar.close()
         extras.finish()
@@ -404,6 +541,8 @@ def _score(folder: Path, out: Path, model: Path, device: str, batch_size: int, w
         if writer.removed_partials:
             _note(f"removed {', '.join(map(str, writer.removed_partials))}, left by earlier interrupted run(s): "
                   f"{out} is complete", quiet)
+        if given_files is not None and len(walk.files) == 1 and last_row is not None and last_row.ok:
+            _print_one(last_row, thr)
     except (KeyboardInterrupt, _Terminated) as exc:
         bar.close()
         extras.finish(cancel=True)
@@ -471,7 +610,19 @@ def _finish(out, folder, model, device, batch_size, workers, threads, threshold,
                    f"(first: {extras.drawer.stats.failures[0]}); see the manifest")
     if not quiet:
         _summary(out, mpath, tally, walk, thr, thr_source, scorer, manifest["timings"], label_report, extras)
-    sys.exit(EXIT_OK if tally.error == 0 and not walk.problems and not failed_drawings else EXIT_PARTIAL)
+    few_labels = matcher is not None and matcher.few
+    sys.exit(EXIT_OK if tally.error == 0 and not walk.problems and not failed_drawings and not few_labels
+             else EXIT_PARTIAL)
+
+
+def _print_one(row, threshold: float) -> None:
+    """The answer for a single file on stdout: path, probability, call (and ctr), tab-separated words a script can
+    split and a person can read."""
+    from cxr.runtime.results import escape_text
+
+    call = "cardiomegaly" if row.label_pred else "no cardiomegaly"
+    ctr = "" if row.ctr is None else f"\tctr {row.ctr:.4f}" + (f" ({row.ctr_flag})" if row.ctr_flag else "")
+    click.echo(f"{escape_text(row.path)}\tprobability {row.probability:.4f}\t{call} (threshold {threshold:g}){ctr}")
 
 
 def _roc(matcher):

@@ -65,10 +65,11 @@ def _load(paths: list[Path], labels: list[int], config: PreprocessConfig, source
 
 
 def read_labels(labels_csv: Path, root: Path) -> dict[Path, int]:
-    """CSV with a `path` column (relative to `root`) and `label` or `cardiomegaly` (0/1; empty = unknown -> -1),
-    read by cxr-score's reader (cxr.runtime.labels.label_rows). Returns every listed file, in the CSV's order, with
-    its label. Any other label, or one file listed with two labels, is an ExportError naming the file and line."""
-    from cxr.runtime.labels import LabelsError, label_rows
+    """CSV with a `path` column (relative to `root`) and `label` or `cardiomegaly` (empty = unknown -> -1), read by
+    cxr-score's reader and label parser (cxr.runtime.labels: 1/0, true/false, class names as cxr-train reads them).
+    Returns every listed file, in the CSV's order, with its label. An unreadable label, or one file listed with two
+    labels, is an ExportError naming the file and line."""
+    from cxr.runtime.labels import ACCEPTED, LabelsError, label_rows, parse_label
 
     labels_csv = Path(labels_csv)
     out: dict[Path, int] = {}
@@ -78,9 +79,10 @@ def read_labels(labels_csv: Path, root: Path) -> dict[Path, int]:
                 continue  # a blank row (spreadsheets save trailing ',,' lines); cxr-score ignores it too
             if not key:
                 raise ExportError(f"{labels_csv}: line {line_no}: a label without a path")
-            if value not in ("", "0", "1"):
-                raise ExportError(f"{labels_csv}: line {line_no}: label {value!r} for {key!r} is not 0, 1 or empty")
-            label = int(value) if value else -1
+            label = parse_label(value) if value else -1
+            if label is None:
+                raise ExportError(f"{labels_csv}: line {line_no}: label {value!r} for {key!r} is not {ACCEPTED} "
+                                  "or empty")
             if out.get(root / key, label) != label:
                 raise ExportError(f"{labels_csv}: line {line_no}: {key!r} is listed with two different labels")
             out[root / key] = label

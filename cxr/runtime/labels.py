@@ -1,38 +1,63 @@
-"""Reference labels for `cxr-score --labels`: read a path,label CSV and compute metrics on the matched rows.
+"""Reference labels, one parser for every command: cxr-train's CSV datasets, `cxr-score --labels` and
+`cxr-export --sample` read label values with `parse_label`, so a labels.csv that trains never loses rows when scored.
 
-Paths are relative to the scored folder (POSIX, a leading './' is ignored). Labels are 0 or 1; a blank or any other
-value is ignored and counted, never guessed. Metrics come from `cxr.runtime.metrics.summarize`, the same function
-training uses, so both report the same numbers the same way.
+`cxr-score --labels` then matches each labelled path to a scored image (`match_labels`): a path relative to the scored
+folder, an absolute path under it, a path relative to the labels file's own folder (as cxr-train resolves it), or a
+bare file name when exactly one scored image has that name. A blank or unreadable label is ignored and counted, never
+guessed. Metrics come from `cxr.runtime.metrics.summarize`, the same function training uses.
 """
 
 from __future__ import annotations
 
 import csv
 import os
+import posixpath
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 from cxr.runtime import metrics
-from cxr.runtime.scoring import ScoreRow
+
+if TYPE_CHECKING:
+    from cxr.runtime.scoring import ScoreRow
 
 REQUIRED_COLUMNS = ("path", "label")
 LABEL_ALIASES = ("label", "cardiomegaly")
-"""The label column: `label`, or else `cardiomegaly` (the column cxr-phantom and ../shared/data write)."""
+"""The label column when none is named: `label`, or else `cardiomegaly` (the column cxr-phantom and cxr-train use)."""
+DEFAULT_CLASSES = ("Cardiomegaly", "Normal")
+TRUE_VALUES = ("1", "1.0", "true", "yes", "positive", "y", "t")
+FALSE_VALUES = ("0", "0.0", "false", "no", "negative", "n", "f")
+ACCEPTED = "1/0, true/false, yes/no, positive/negative or the class names"
+"""What `parse_label` reads, for messages."""
+_EXAMPLES = 5
 
 
 class LabelsError(ValueError):
     """The labels file cannot be used (missing columns, conflicting duplicates, unreadable)."""
 
 
+def parse_label(value: str | None, classes: tuple[str, str] = DEFAULT_CLASSES) -> int | None:
+    """1/0 from 1/0, 1.0/0.0, true/false, yes/no, positive/negative, y/n, t/f or the class names (any case, spaces
+    around ignored); None for a blank or anything else. The one label parser of cxr-train, cxr-score and cxr-export."""
+    text = (value or "").strip().lower()
+    if text in TRUE_VALUES or text == classes[0].strip().lower():
+        return 1
+    if text in FALSE_VALUES or text == classes[1].strip().lower():
+        return 0
+    return None
+
+
 @dataclass
 class Labels:
-    """path (normalized POSIX) -> 0/1, and how many lines were ignored."""
+    """path (as written, normalized POSIX) -> 0/1, and how many lines were ignored."""
 
     source: Path
     labels: dict[str, int] = field(default_factory=dict)
     ignored: int = 0
-    """Lines whose label is blank or not 0/1."""
+    """Lines whose label is blank or not a label `parse_label` reads."""
+    bad_values: list[str] = field(default_factory=list)
+    """The first few unreadable (non-blank) label values, for messages."""
 
 
 def normalize_path(text: str) -> str:
@@ -41,61 +66,176 @@ def normalize_path(text: str) -> str:
     return PurePosixPath(*parts).as_posix() if parts else ""
 
 
-def label_rows(path: str | os.PathLike) -> Iterator[tuple[int, str, str]]:
+def label_rows(path: str | os.PathLike, path_column: str | None = None,
+               label_column: str | None = None) -> Iterator[tuple[int, str, str]]:
     """(line number, normalized path, stripped label text) for each data line of a labels CSV, in file order.
 
-    The one reader of labels files (cxr-score --labels, cxr-export --sample): UTF-8 with or without a BOM (as
-    spreadsheets save it), header names stripped, the label column `label` or else `cardiomegaly`. What a blank or
-    non-0/1 label means is the caller's decision. Raises LabelsError naming the file for missing columns or a file
-    that cannot be read."""
+    The one reader of labels files for cxr-score --labels and cxr-export --sample: UTF-8 with or without a BOM (as
+    spreadsheets save it), header names stripped; the path column `path_column` (default `path`), the label column
+    `label_column` (default `label`, or else `cardiomegaly`). What a blank or unreadable label means is the caller's
+    decision. Raises LabelsError naming the file for missing columns or a file that cannot be read."""
     path = Path(path)
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
             header = [h.strip() for h in (reader.fieldnames or [])]
-            label_column = next((c for c in LABEL_ALIASES if c in header), "label")
-            missing = [c for c in ("path", label_column) if c not in header]
-            if missing:
-                raise LabelsError(f"{path}: missing column(s) {', '.join(missing)}; found {header or 'no header'}"
-                                  f" (expected a CSV with columns {','.join(REQUIRED_COLUMNS)})")
+            path_col, label_col = _columns(path, header, path_column, label_column)
             reader.fieldnames = header
             for line_no, rec in enumerate(reader, start=2):
-                yield line_no, normalize_path(rec.get("path") or ""), (rec.get(label_column) or "").strip()
+                yield line_no, normalize_path(rec.get(path_col) or ""), (rec.get(label_col) or "").strip()
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise LabelsError(f"{path}: cannot read labels: {exc}") from None
 
 
-def read_labels(path: str | os.PathLike) -> Labels:
-    """Read a labels CSV with columns path,label (other columns are ignored). Raises LabelsError naming the file."""
+def _columns(path: Path, header: list[str], path_column: str | None, label_column: str | None) -> tuple[str, str]:
+    path_col = path_column or "path"
+    label_col = label_column or next((c for c in LABEL_ALIASES if c in header), "label")
+    missing = []
+    if path_col not in header:
+        missing.append(f"{path_col!r} (the image path)")
+    if label_col not in header:
+        missing.append(f"{label_col!r}" + ("" if label_column else " or 'cardiomegaly'") + " (the label)")
+    if missing:
+        raise LabelsError(f"{path}: missing column(s) {', '.join(missing)}; the CSV has {header or 'no header'}")
+    return path_col, label_col
+
+
+def read_labels(path: str | os.PathLike, path_column: str | None = None, label_column: str | None = None,
+                classes: tuple[str, str] = DEFAULT_CLASSES) -> Labels:
+    """Read a labels CSV (other columns are ignored); values as `parse_label` reads them. Raises LabelsError naming
+    the file for missing columns or a path labelled both 0 and 1."""
     path = Path(path)
     out = Labels(source=path)
-    for line_no, key, value in label_rows(path):
-        if not key or value not in ("0", "1"):
+    rows = label_rows(path, path_column, label_column)
+    for line_no, key, value in rows:
+        label = parse_label(value, classes)
+        if not key or label is None:
             out.ignored += 1
+            if value and label is None and len(out.bad_values) < _EXAMPLES and value not in out.bad_values:
+                out.bad_values.append(value)
             continue
-        label = int(value)
         if out.labels.get(key, label) != label:
             raise LabelsError(f"{path}: line {line_no}: {key!r} is labelled both 0 and 1")
         out.labels[key] = label
     return out
 
 
+HOW = {"relative": "relative to the scored folder", "absolute": "absolute path under the scored folder",
+       "labels_dir": "relative to the labels file's folder", "name": "bare file name (unique among scored images)"}
+"""How a labelled path can match a scored image, in the order tried."""
+
+
+@dataclass
+class LabelMatch:
+    """The labels keyed by the scored images' relative POSIX paths, and how each labelled path fared."""
+
+    by_file: dict[str, int] = field(default_factory=dict)
+    how: Counter = field(default_factory=Counter)
+    """Matched labelled paths per way of matching (keys of HOW)."""
+    unmatched: list[str] = field(default_factory=list)
+    """Labelled paths that match no scored image, in file order."""
+    ambiguous: list[str] = field(default_factory=list)
+    """Bare file names that several scored images share (not matched)."""
+
+    def describe(self, labels: Labels, files: Sequence[Path]) -> str:
+        """Why labelled paths did not match: examples of both sides and what was tried, for stderr."""
+        unmatched = len(self.unmatched) + len(self.ambiguous)
+        parts = [f"{len(self.by_file)} of {len(files)} scored image(s) have a label; {unmatched} of "
+                 f"{len(labels.labels)} labelled path(s) match no scored image"]
+        if self.unmatched:
+            parts.append("e.g. " + ", ".join(map(repr, self.unmatched[:3])))
+        if self.ambiguous:
+            parts.append("file names shared by several images: " + ", ".join(map(repr, self.ambiguous[:3])))
+        if files:
+            parts.append("scored paths look like " + ", ".join(repr(f.as_posix()) for f in files[:3]))
+        parts.append("tried: " + "; ".join(HOW.values()))
+        return "; ".join(parts)
+
+
+def match_labels(labels: Labels, root: str | os.PathLike, files: Sequence[Path]) -> LabelMatch:
+    """Match each labelled path to one of `files` (paths relative to `root`), in the order of HOW. Raises
+    LabelsError when two labelled paths name the same image with different labels."""
+    scored = {Path(f).as_posix() for f in files}
+    names: dict[str, list[str]] = {}
+    for rel in scored:
+        names.setdefault(posixpath.basename(rel), []).append(rel)
+    bases = _bases(Path(root))
+    labels_dir = os.path.abspath(labels.source.parent)
+    out = LabelMatch()
+    first_key: dict[str, str] = {}
+    for key, label in labels.labels.items():
+        rel, how = _locate(key, scored, names, bases, labels_dir)
+        if rel is None:
+            (out.ambiguous if how == "ambiguous" else out.unmatched).append(key)
+            continue
+        if out.by_file.get(rel, label) != label:
+            raise LabelsError(f"{labels.source}: {first_key[rel]!r} and {key!r} are the same image {rel!r} with "
+                              "different labels")
+        out.by_file[rel] = label
+        first_key.setdefault(rel, key)
+        out.how[how] += 1
+    return out
+
+
+def _bases(root: Path) -> list[str]:
+    """The scored folder as given (absolute) and with its symbolic links resolved."""
+    given, real = os.path.abspath(root), os.path.realpath(root)
+    return [given] if given == real else [given, real]
+
+
+def _under(path: str, bases: list[str]) -> Iterator[str]:
+    for base in bases:
+        rel = posixpath.relpath(path, base) if path.startswith(base.rstrip("/") + "/") else None
+        if rel is not None:
+            yield rel
+
+
+def _locate(key: str, scored: set[str], names: dict[str, list[str]], bases: list[str],
+            labels_dir: str) -> tuple[str | None, str]:
+    """(the scored image's relative path, how it matched), or (None, 'ambiguous' | '')."""
+    if posixpath.isabs(key):
+        for candidate in (posixpath.normpath(key), os.path.realpath(key)):
+            rel = next((r for r in _under(candidate, bases) if r in scored), None)
+            if rel is not None:
+                return rel, "absolute"
+        return None, ""
+    if key in scored:
+        return key, "relative"
+    rel = next((r for r in _under(posixpath.normpath(posixpath.join(labels_dir, key)), bases) if r in scored), None)
+    if rel is not None:
+        return rel, "labels_dir"
+    if "/" not in key:
+        found = names.get(key, [])
+        if len(found) == 1:
+            return found[0], "name"
+        if found:
+            return None, "ambiguous"
+    return None, ""
+
+
 class LabelMatcher:
     """Collects (label, probability) for rows with status ok that have a label, one row at a time.
 
     Keeps only the matched pairs and the set of labelled paths seen, so memory grows with the labels file,
-    not with the folder.
+    not with the folder. With a `LabelMatch` rows are looked up by its matched paths, else by the paths as written.
     """
 
-    def __init__(self, labels: Labels):
+    def __init__(self, labels: Labels, match: LabelMatch | None = None):
         self.labels = labels
+        self.match = match
+        self.table = match.by_file if match is not None else labels.labels
         self.y: list[int] = []
         self.p: list[float] = []
         self.scored_without_label = 0
+        self.few = False
+        """Set by cxr-score when few labelled paths match (the run then exits 3)."""
         self._seen_labelled: set[str] = set()
 
+    def label_of(self, path: str) -> int | None:
+        return self.table.get(path)
+
     def add(self, row: ScoreRow) -> None:
-        label = self.labels.labels.get(row.path)
+        label = self.table.get(row.path)
         if label is not None:
             self._seen_labelled.add(row.path)
         if not row.ok:
@@ -108,15 +248,24 @@ class LabelMatcher:
 
     def report(self, threshold: float, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
         """Matching counts and `metrics.summarize` at `threshold` (None when nothing matched)."""
+        labelled = len(self.labels.labels)
+        not_found = labelled - len(self._seen_labelled)
+        extra: dict[str, Any] = {}
+        if self.match is not None:
+            not_found = len(self.match.unmatched) + len(self.match.ambiguous) + len(self.table) - len(
+                self._seen_labelled)
+            extra = {"matched_by": {HOW[k]: n for k, n in self.match.how.items()},
+                     "not_found_examples": (self.match.unmatched + self.match.ambiguous)[:_EXAMPLES]}
         return {
             "file": str(self.labels.source),
-            "labelled": len(self.labels.labels),
+            "labelled": labelled,
             "ignored_lines": self.labels.ignored,
             "matched": len(self.y),
-            "labelled_not_found": len(self.labels.labels) - len(self._seen_labelled),
+            "labelled_not_found": not_found,
             "labelled_not_scored": len(self._seen_labelled) - len(self.y),
             "scored_without_label": self.scored_without_label,
             "threshold": float(threshold),
+            **extra,
             "metrics": (metrics.summarize(self.y, self.p, threshold, n_boot=n_boot, seed=seed)
                         if self.y else None),
         }

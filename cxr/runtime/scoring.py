@@ -66,6 +66,35 @@ def _scan(path: Path) -> ModelScan:
     return scan
 
 
+_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
+_CHECKPOINT_MAGIC = (b"PK\x03\x04", b"\x80")  # torch.save: a zip archive, or a bare pickle (older format)
+
+
+def _checkpoint_like(path: Path) -> bool:
+    """A PyTorch checkpoint by its suffix or first bytes (an ONNX file is a protobuf and starts with neither)."""
+    if path.suffix.lower() in _CHECKPOINT_SUFFIXES:
+        return True
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError:
+        return False  # the hash below reports the read error
+    return head.startswith(_CHECKPOINT_MAGIC)
+
+
+def _export_first(path: Path) -> str:
+    """The message for a --model that is a folder (a training run?), a PyTorch checkpoint or a special file."""
+    if path.is_dir():
+        run = (path / "best.pt").is_file()
+        what, source = ("a cxr-train run folder" if run else "a folder"), (path if run else "RUN")
+    elif path.is_file():
+        what, source = "a PyTorch checkpoint", path.parent if path.name in ("best.pt", "last.pt") else path
+    else:
+        return f"{path}: not a file; --model takes the ONNX file that cxr-export writes"
+    return (f"{path}: {what}, not an ONNX model; export it first: cxr-export {source} --out model.onnx, "
+            "then score with --model model.onnx")
+
+
 def available_providers() -> list[str]:
     """The execution providers this onnxruntime build offers (not a promise that they can start)."""
     ort = import_ort()
@@ -101,8 +130,8 @@ class Scorer:
         path = self.model_path
         if not path.exists():
             raise ModelLoadError(f"{path}: model file not found")
-        if not path.is_file():
-            raise ModelLoadError(f"{path}: not a file")
+        if not path.is_file() or _checkpoint_like(path):
+            raise ModelLoadError(_export_first(path))
         providers = self._providers_to_try(list(ort.get_available_providers()))
         # The hash and size are taken now, at load, so that the manifest describes the file the session was built
         # from even if it is replaced during a long run; a file that changes while it is loaded is refused. (Building

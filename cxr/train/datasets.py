@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from cxr.runtime.labels import parse_label  # the one label parser (cxr-score and cxr-export read labels with it too)
+
 log = logging.getLogger(__name__)
 
 DATASET_KINDS = ("folder", "csv", "nih", "chexpert", "phantom")
@@ -33,8 +35,6 @@ NIH_NEGATIVES = ("no_finding", "all")
 DEFAULT_PATIENT_COLUMN = "patient_id"
 _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                   "test": "test", "testing": "test"}
-_TRUE = {"1", "1.0", "true", "yes", "positive", "y", "t"}
-_FALSE = {"0", "0.0", "false", "no", "negative", "n", "f"}
 _FALLBACK_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff", ".bmp", ".pgm"}
 _NIH_NAME = re.compile(r"^(\d{8})_\d{3}$")
 
@@ -139,16 +139,6 @@ def load_dataset(kind: str, root: Path | str, *, csv_path: Path | str | None = N
                     len(index.skipped) + len(index.samples),
                     ", ".join(f"{r}: {c}" for r, c in index.summary()["skipped"].items()))
     return index
-
-
-def parse_label(value: str, classes: tuple[str, str] = ("Cardiomegaly", "Normal")) -> int | None:
-    """1/0 from 1/0, 1.0/0.0, true/false, yes/no, positive/negative or the class names; None if it is none of those."""
-    text = (value or "").strip().lower()
-    if text in _TRUE or text == classes[0].lower():
-        return 1
-    if text in _FALSE or text == classes[1].lower():
-        return 0
-    return None
 
 
 def parse_split(value: str) -> str | None:
@@ -259,10 +249,13 @@ def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
         raise ValueError(f"{path}: cannot read the labels CSV: {exc}") from exc
 
 
-def _require(path: Path, columns: list[str], needed: Iterable[str]) -> None:
+def _require(path: Path, columns: list[str], needed: Iterable[str], options: dict[str, str] | None = None) -> None:
+    """ValueError for missing columns, naming the option that chooses each (`options`: column -> option) where the
+    user can choose it; fixed columns (NIH, CheXpert) are named as the format defines them."""
     missing = [c for c in needed if c not in columns]
     if missing:
-        raise ValueError(f"{path}: missing column(s) {missing}; the CSV has {columns}")
+        fix = [f"{c!r} ({options[c]})" if options and c in options else repr(c) for c in missing]
+        raise ValueError(f"{path}: missing column(s) {', '.join(fix)}; the CSV has {columns}")
 
 
 def _load_csv(root: Path, csv_path, path_column, label_column, patient_column, split_column, source_column,
@@ -273,7 +266,8 @@ def _load_csv(root: Path, csv_path, path_column, label_column, patient_column, s
     if not csv_path.is_file():
         raise ValueError(f"{csv_path}: labels CSV not found")
     columns, rows = _read_csv(csv_path)
-    _require(csv_path, columns, [path_column, label_column])
+    _require(csv_path, columns, [path_column, label_column],
+             {path_column: "choose it with --path-column", label_column: "choose it with --label-column"})
     mask_columns, ctr_column = extras
     for what, names in (("mask column(s) (--mask-columns)", list(mask_columns)),
                         ("CTR column (--ctr-column)", [ctr_column] if ctr_column else [])):
@@ -283,12 +277,14 @@ def _load_csv(root: Path, csv_path, path_column, label_column, patient_column, s
     if source_column is None:
         source_column = next((c for c in ("dataset", "source") if c in columns), None)
     elif source_column not in columns:
-        raise ValueError(f"{csv_path}: source column {source_column!r} not found; the CSV has {columns}")
+        raise ValueError(f"{csv_path}: source column {source_column!r} (--source-column) not found; "
+                         f"the CSV has {columns}")
     bases = [root] if root.is_dir() else []
     bases += [csv_path.parent] if csv_path.parent not in bases else []
     has_patients = patient_column in columns
     if not has_patients and patient_column != DEFAULT_PATIENT_COLUMN:  # named by the user: a typo must not leak
-        raise ValueError(f"{csv_path}: patient column {patient_column!r} not found; the CSV has {columns}")
+        raise ValueError(f"{csv_path}: patient column {patient_column!r} (--patient-column) not found; "
+                         f"the CSV has {columns}")
     skipped: list[tuple[str, str]] = []
     samples: list[Sample] = []
     all_ids = True

@@ -181,7 +181,7 @@ def _readonly_dir(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("make_out, message", [
-    (lambda t: t / "nowhere" / "r.csv", "does not exist"),
+    (lambda t: (t / "afile").write_text("x") and t / "afile" / "r.csv", "afile is not a folder"),
     (lambda t: (t / "existing").mkdir() or t / "existing", "is a folder"),
     (_readonly_dir, "cannot write results"),
 ])

@@ -29,10 +29,10 @@ def test_labels_keep_csv_order_unknowns_and_normalized_paths(tmp_path, bom):
 
 
 @pytest.mark.parametrize("text, needle", [
-    ("path,label\na.png,2\n", "line 2: label '2' for 'a.png' is not 0, 1 or empty"),
+    ("path,label\na.png,2\n", "line 2: label '2' for 'a.png' is not 1/0, true/false"),
     ("path,label\na.png,1\nb.png,0\n./a.png,0\n", "line 4: 'a.png' is listed with two different labels"),
     ("path,label\n,1\n", "line 2: a label without a path"),
-    ("file,label\na.png,1\n", "missing column(s) path"),
+    ("file,label\na.png,1\n", "missing column(s) 'path'"),
     ("path,label\n", "no files listed"),
 ])
 def test_bad_labels_name_the_file_and_line(tmp_path, text, needle):

@@ -198,11 +198,13 @@ def test_csv_without_patient_ids_uses_nih_style_names(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"label_column": "label"}, r"missing column\(s\) \['label'\]"),
-    ({"source_column": "site"}, "source column 'site' not found"),
-    ({"patient_column": "PatientXX"}, "patient column 'PatientXX' not found"),  # a typo must not split by image
+    ({"label_column": "label"}, r"missing column\(s\) 'label' \(choose it with --label-column\)"),
+    ({"path_column": "file"}, r"missing column\(s\) 'file' \(choose it with --path-column\)"),
+    ({"source_column": "site"}, r"source column 'site' \(--source-column\) not found"),
+    # a typo in the patient column must not split by image
+    ({"patient_column": "PatientXX"}, r"patient column 'PatientXX' \(--patient-column\) not found"),
 ])
-def test_csv_missing_columns_are_named(tmp_path, kwargs, message):
+def test_csv_missing_columns_are_named_with_the_option_that_fixes_them(tmp_path, kwargs, message):
     write_csv(tmp_path / "labels.csv", ["path", "cardiomegaly"], [["x.png", "1"]])
     with pytest.raises(ValueError, match=message) as info:
         load_dataset("csv", tmp_path, **kwargs)

@@ -1,0 +1,92 @@
+"""cxr.runtime.labels: the one label parser (cxr-train, cxr-score, cxr-export) and matching labelled paths to the
+scored images however the labels file writes them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cxr.export.samples import read_labels as export_labels
+from cxr.runtime.labels import LabelsError, match_labels, parse_label, read_labels
+from cxr.train import datasets
+
+VALUES = {"1": 1, "0": 0, "1.0": 1, "0.0": 0, "true": 1, "False": 0, "YES": 1, "no": 0, "positive": 1,
+          "negative": 0, "y": 1, "n": 0, "t": 1, "f": 0, "Cardiomegaly": 1, "normal": 0, " 1 ": 1, "": None,
+          "maybe": None, "2": None, "-1": None}
+
+
+@pytest.mark.parametrize("value, expected", VALUES.items())
+def test_one_parser_for_every_command(value, expected):
+    assert parse_label(value) == expected
+    assert datasets.parse_label is parse_label  # cxr-train's CSV datasets read labels with the same function
+
+
+def test_class_names_are_configurable():
+    assert parse_label("effusion", ("Effusion", "Clear")) == 1 and parse_label("clear", ("Effusion", "Clear")) == 0
+    assert parse_label("Cardiomegaly", ("Effusion", "Clear")) is None
+
+
+def test_score_and_export_read_class_names_and_true_false(tmp_path):
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,label\na.png,Cardiomegaly\nb.png,Normal\nc.png,true\nd.png,false\ne.png,maybe\n")
+    table = read_labels(labels)
+    assert table.labels == {"a.png": 1, "b.png": 0, "c.png": 1, "d.png": 0}
+    assert (table.ignored, table.bad_values) == (1, ["maybe"])
+    labels.write_text("path,label\na.png,Cardiomegaly\nb.png,Normal\nc.png,true\nd.png,\n")
+    assert list(export_labels(labels, tmp_path).values()) == [1, 0, 1, -1]
+
+
+def test_columns_can_be_named_and_missing_ones_are_named(tmp_path):
+    labels = tmp_path / "labels.csv"
+    labels.write_text("image,finding\na.png,1\n")
+    assert read_labels(labels, path_column="image", label_column="finding").labels == {"a.png": 1}
+    with pytest.raises(LabelsError, match=r"missing column\(s\) 'path' \(the image path\), 'label' or "
+                                          r"'cardiomegaly' \(the label\); the CSV has \['image', 'finding'\]"):
+        read_labels(labels)
+
+
+def _match(tmp_path: Path, rows: list[str], files: list[str], folder: str = "data/images"):
+    root = tmp_path / folder
+    labels = tmp_path / "data" / "labels.csv"
+    labels.parent.mkdir(parents=True, exist_ok=True)
+    labels.write_text("path,label\n" + "".join(f"{r},1\n" for r in rows))
+    return match_labels(read_labels(labels), root, [Path(f) for f in files])
+
+
+def test_paths_match_relative_absolute_labels_dir_and_unique_names(tmp_path):
+    root = tmp_path / "data" / "images"
+    rows = ["a.png", f"{root}/sub/b.png", "images/sub/c.png", "d.png", "./sub/e.png"]
+    files = ["a.png", "sub/b.png", "sub/c.png", "other/d.png", "sub/e.png"]
+    match = _match(tmp_path, rows, files)
+    assert match.by_file == {f: 1 for f in files}
+    assert dict(match.how) == {"relative": 2, "absolute": 1, "labels_dir": 1, "name": 1}
+    assert match.unmatched == [] and match.ambiguous == []
+
+
+def test_absolute_paths_through_a_symlinked_folder_match(tmp_path):
+    real = tmp_path / "real"
+    (real / "sub").mkdir(parents=True)
+    (real / "sub" / "a.png").write_bytes(b"x")
+    (tmp_path / "link").symlink_to(real)
+    labels = tmp_path / "labels.csv"
+    labels.write_text(f"path,label\n{real}/sub/a.png,0\n")
+    assert match_labels(read_labels(labels), tmp_path / "link", [Path("sub/a.png")]).by_file == {"sub/a.png": 0}
+
+
+def test_ambiguous_names_and_strangers_do_not_match_and_are_described(tmp_path):
+    match = _match(tmp_path, ["a.png", "/elsewhere/x.png", "zzz/y.png"], ["p1/a.png", "p2/a.png"])
+    assert match.by_file == {} and match.ambiguous == ["a.png"] and match.unmatched == ["/elsewhere/x.png",
+                                                                                        "zzz/y.png"]
+    text = match.describe(read_labels(tmp_path / "data" / "labels.csv"), [Path("p1/a.png"), Path("p2/a.png")])
+    assert "0 of 2 scored image(s) have a label" in text and "'/elsewhere/x.png'" in text
+    assert "'p1/a.png'" in text and "relative to the scored folder" in text and "bare file name" in text
+
+
+def test_two_spellings_of_one_image_with_different_labels_are_refused(tmp_path):
+    root = tmp_path / "data" / "images"
+    labels = tmp_path / "data" / "labels.csv"
+    labels.parent.mkdir(parents=True)
+    labels.write_text(f"path,label\na.png,1\n{root}/a.png,0\n")
+    with pytest.raises(LabelsError, match="same image 'a.png' with different labels"):
+        match_labels(read_labels(labels), root, [Path("a.png")])
