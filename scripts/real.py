@@ -119,10 +119,13 @@ def table(title: str, report: dict, file=sys.stdout) -> list[str]:
         cells = []
         for mode in ("classifier", "ctr", "fusion"):
             s = scores.get(mode)
-            cells.append("n/a" if not s else f"{fmt(s['auroc'])} ({fmt(s['auroc_ci95'][0])}-{fmt(s['auroc_ci95'][1])})")
+            cells.append("n/a" if not s else "refused on validation" if s.get("refused") else
+                         f"{fmt(s['auroc'])} ({fmt(s['auroc_ci95'][0])}-{fmt(s['auroc_ci95'][1])})")
         a = g.get("anatomy") or {}
         dice = f"{fmt(a.get('dice_heart'))} / {fmt(a.get('dice_lungs'))}" if a else "n/a"
-        lines.append(f"| {name} | {g.get('n')} ({g.get('n_positive')}) | " + " | ".join(cells)
+        missing = g.get("n_not_measurable") or 0
+        count = f"{g.get('n')} ({g.get('n_positive')})" + (f", {missing} not measurable" if missing else "")
+        lines.append(f"| {name} | {count} | " + " | ".join(cells)
                      + f" | {fmt(g.get('sensitivity'))} / {fmt(g.get('specificity'))} | {dice} | "
                        f"{fmt(a.get('ctr_mae')) if a else 'n/a'} |")
     print("\n".join(lines), file=file, flush=True)

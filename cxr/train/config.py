@@ -32,7 +32,9 @@ CACHE_AUTO_LIMIT = 20_000  # cache_images="auto" keeps preprocessed images in me
 LEGACY_DEFAULTS = {"nih_negatives": "all", "seg_head": "off", "decision": "classifier"}
 
 # Fields that may differ between the saved config and the one given to --resume (they do not change the result).
-RESUMABLE_OVERRIDES = ("max_epochs", "num_workers", "bootstrap_n", "cache_images", "verify_images", "device")
+RESUMABLE_OVERRIDES = ("max_epochs", "num_workers", "bootstrap_n", "cache_images", "verify_images", "device",
+                       "decision", "threshold_method", "target_sensitivity")
+"""(decision and the threshold only act after the last epoch, so a finished run can be re-decided with --resume)"""
 
 
 @dataclass(frozen=True)

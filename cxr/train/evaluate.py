@@ -193,6 +193,10 @@ def score_aurocs(ev: Evaluation, candidates: dict, n_boot: int, seed: int) -> di
     measured ratio itself (larger = more likely cardiomegaly), whatever map validation fitted to it."""
     out = {}
     for mode, dec in candidates.items():
+        if mode != "ctr" and dec.mode != mode:  # a fit refused on validation: no figures of its own
+            out[mode] = {"n": 0, "n_positive": 0, "auroc": math.nan, "auroc_ci95": [math.nan, math.nan],
+                         "refused": "the fit on validation gave the ratio a weight that was not positive"}
+            continue
         prob = ev.ctr if mode == "ctr" and ev.ctr is not None else dec.probability(ev.logits, ev.ctr)
         keep = np.isfinite(prob)
         y, p = ev.labels[keep], prob[keep]
@@ -212,8 +216,10 @@ def full_report(ev: Evaluation, decision, candidates: dict, threshold: Threshold
     against the samples' reference CTRs), overall and per source."""
     sources = [s.source for s in samples]
     refs = np.array([np.nan if getattr(s, "ctr", None) is None else float(s.ctr) for s in samples])
-    out = report(decided(ev, decision), threshold, sources, n_boot=n_boot, seed=seed)
+    made = decided(ev, decision)
+    out = report(made, threshold, sources, n_boot=n_boot, seed=seed)
     out["decision"] = decision.mode
+    out["n_not_measurable"] = int(ev.labels.size - made.labels.size)  # no decision: no heart or lungs found
     src = np.asarray([sources[i] for i in ev.index], dtype=object)
     names = sorted(set(src.tolist()))
     groups = [(None, np.ones(ev.labels.size, bool))] + ([(n, src == n) for n in names] if len(names) > 1 else [])

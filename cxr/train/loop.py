@@ -332,6 +332,16 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, ctx: D.DistContext)
     return _finish(config, run_dir, ctx, data, model, best_state, stop, history, evals, pos_weight, autocast)
 
 
+def _between_ties(threshold: Threshold, probabilities: np.ndarray, mode: str) -> Threshold:
+    """The threshold moved halfway down to the next lower validation probability. A CTR takes few distinct values,
+    so many images share the chosen one exactly; float32 in the graph and float64 here could then call the same
+    image differently. The validation calls (and so its figures) do not change."""
+    below = probabilities[probabilities < threshold.value]
+    value = (threshold.value + below.max()) / 2 if below.size else threshold.value
+    return Threshold(float(value), threshold.method, f"{threshold.detail}; probability from the {mode}, threshold "
+                     "halfway to the next lower validation probability")
+
+
 def _candidates(val, decision: Decision, config: TrainConfig) -> dict[str, Decision]:
     """Every decision fitted on validation, for the reports (the ratio's own AUROC is reported even where its fit is
     refused: then the candidate is the classifier's map with the ratio's figures beside it)."""
@@ -377,8 +387,8 @@ def _finish(config, run_dir, ctx, data, model, best_state, stop, history, evals,
     val_decided = decided(val, decision)
     threshold = choose_threshold(config.threshold_method, config.target_sensitivity, val_decided.labels,
                                  val_decided.probabilities)
-    threshold = Threshold(threshold.value, threshold.method, f"{threshold.detail}; probability from the "
-                          f"{decision.mode}" if decision.mode != "classifier" else threshold.detail)
+    if decision.mode != "classifier":
+        threshold = _between_ties(threshold, val_decided.probabilities, decision.mode)
     kw = {"n_boot": config.bootstrap_n, "seed": config.seed}
     metrics = {"val": full_report(val, decision, candidates, threshold, data.samples["val"], **kw),
                "decision": decision.to_dict(),

@@ -26,12 +26,16 @@ class SourceBalancedSampler(Sampler[int]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def _total(self) -> int:
+        """Draws per epoch: the dataset's size rounded up so every rank gets as many (DDP steps must agree)."""
+        return -(-len(self.sources) // self.num_replicas) * self.num_replicas
+
     def _draw(self) -> np.ndarray:
         rng = np.random.default_rng([self.seed, self.epoch, 7])
-        return rng.choice(len(self.sources), size=len(self.sources), replace=True, p=self.p)
+        return rng.choice(len(self.sources), size=self._total(), replace=True, p=self.p)
 
     def __iter__(self) -> Iterator[int]:
         return iter(self._draw()[self.rank::self.num_replicas].tolist())
 
     def __len__(self) -> int:
-        return len(range(self.rank, len(self.sources), self.num_replicas))
+        return self._total() // self.num_replicas

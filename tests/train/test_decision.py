@@ -68,3 +68,28 @@ def test_without_masks_the_classifier_is_the_only_candidate():
     d = choose_decision("auto", y, cls, None)
     assert d.mode == "classifier" and d.validation["chosen_by"] == "only candidate"
     np.testing.assert_allclose(d.probability(cls, None), 1 / (1 + np.exp(-cls)))
+
+
+def test_threshold_between_ties_keeps_validation_calls():
+    from cxr.runtime.card import Threshold
+    from cxr.train.loop import _between_ties
+
+    probs = np.array([0.2, 0.35, 0.35, 0.6, 0.6, 0.6, 0.9])
+    moved = _between_ties(Threshold(0.6, "youden_j", "x"), probs, "ctr")
+    assert moved.value == pytest.approx(0.475) and "halfway" in moved.detail
+    assert ((probs >= moved.value) == (probs >= 0.6)).all()  # no validation image changes side
+    lowest = _between_ties(Threshold(0.2, "youden_j", "x"), probs, "ctr")
+    assert lowest.value == 0.2
+
+
+@pytest.mark.parametrize("n, world", [(33, 2), (10, 3), (7, 1)])
+def test_balanced_sampler_gives_every_rank_the_same_number_of_draws(n, world):
+    from cxr.train.sampling import SourceBalancedSampler
+
+    sources = ["a"] * (n - 3) + ["b"] * 3
+    samplers = [SourceBalancedSampler(sources, seed=1, num_replicas=world, rank=r) for r in range(world)]
+    counts = [len(list(s)) for s in samplers]
+    assert len(set(counts)) == 1 and counts[0] == len(samplers[0]) and counts[0] * world >= n
+    draws = np.concatenate([list(SourceBalancedSampler(sources, seed=s)) for s in range(200)])
+    share_b = np.isin(draws, [n - 3, n - 2, n - 1]).mean()
+    assert share_b == pytest.approx(0.5, abs=0.05)  # each source drawn equally often, whatever its size
