@@ -182,7 +182,7 @@ def median_latency(session, images: np.ndarray, repeats: int = TIMING_REPEATS) -
 
 def compare(fp32_path: Path, variant_path: Path, images, timing_images: int = TIMING_IMAGES) -> dict[str, Any]:
     """Size, latency, max |prob diff| and AUROC of a variant against the fp32 file, same images and options."""
-    from cxr.export.validate import ort_session, run_ort
+    from cxr.export.validate import max_abs_diff, ort_session, run_ort
     from cxr.runtime.metrics import has_both_classes, roc_auc
 
     ref, var = ort_session(fp32_path), ort_session(variant_path)
@@ -194,10 +194,13 @@ def compare(fp32_path: Path, variant_path: Path, images, timing_images: int = TI
         "size_bytes": size_var, "fp32_size_bytes": size_ref, "size_ratio": size_ref / size_var,
         "latency_ms_per_image": 1000 * t_var, "fp32_latency_ms_per_image": 1000 * t_ref, "speedup": t_ref / t_var,
         "timing": f"median of {TIMING_REPEATS} runs, batch of {timing_images}, CPU, same session options",
-        "max_abs_prob_diff_vs_fp32": float(np.max(np.abs(p_var - p_ref))), "n_images": len(images),
+        "max_abs_prob_diff_vs_fp32": max_abs_diff(p_var, p_ref), "n_images": len(images),
         "images": images.source, "auroc_fp32": None, "auroc": None, "auroc_change": None,
     }
     idx, y = images.labelled()
+    # a CTR-based decision has no probability where no heart or lungs were found: compare where both copies have one
+    keep = np.isfinite(p_ref[idx]) & np.isfinite(p_var[idx])
+    idx, y = idx[keep], y[keep]
     out["n_labelled"] = int(idx.size)
     if has_both_classes(y):
         out["auroc_fp32"] = roc_auc(y, p_ref[idx])
