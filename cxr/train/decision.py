@@ -143,6 +143,40 @@ def choose_decision(requested: str, labels: np.ndarray, classifier_logit: np.nda
     return Decision(validation=validation)  # classifier is always usable: not reached
 
 
+def ratio_defined_sources(samples) -> list[str]:
+    """Sources whose every label is exactly its reference ratio > 0.5 (wingspan/JSRT's `cardiomegaly_mask_ctr` with
+    `ctr_mask`): on them the CTR candidate is scored against its own definition, so its AUROC there says how well the
+    masks are drawn, not how well the ratio predicts cardiomegaly as a reader calls it."""
+    by_source: dict[str, bool] = {}
+    for s in samples:
+        circular = s.ctr is not None and math.isfinite(s.ctr) and int(s.ctr > 0.5) == int(s.label)
+        by_source[s.source] = by_source.get(s.source, True) and circular
+    return sorted(name for name, circular in by_source.items() if circular)
+
+
+def choose_on_validation(requested: str, samples, labels: np.ndarray, classifier_logit: np.ndarray,
+                         ctr: np.ndarray | None, seed: int = 0) -> Decision:
+    """choose_decision, judged and fitted on the validation images of sources whose labels are not the ratio itself
+    where they can decide it (both classes, enough measurable ratios); otherwise on all of validation, with the
+    caveat recorded. `samples[i]` is the sample of row i."""
+    circular = ratio_defined_sources(samples) if ctr is not None else []
+    if not circular or requested == "classifier":
+        return choose_decision(requested, labels, classifier_logit, ctr, seed=seed)
+    keep = np.array([s.source not in circular for s in samples], bool)
+    y, c = np.asarray(labels)[keep], np.asarray(ctr, np.float64)[keep]
+    if M.has_both_classes(y) and np.isfinite(c[y == 1]).any() and np.isfinite(c).sum() >= 2 * CV_FOLDS:
+        decision = choose_decision(requested, y, np.asarray(classifier_logit)[keep], c, seed=seed)
+        note = (f"judged and fitted on the {int(keep.sum())} validation images of sources whose labels are not the "
+                f"ratio itself; left out: {', '.join(circular)} (labels = reference ratio > 0.5)")
+    else:
+        decision = choose_decision(requested, labels, classifier_logit, ctr, seed=seed)
+        note = (f"every usable validation label is its reference ratio > 0.5 ({', '.join(circular)}): the CTR's "
+                "validation AUROC measures the masks against their own definition, not the ratio as a predictor "
+                "of reader-called cardiomegaly")
+    return Decision(decision.mode, decision.w_classifier, decision.w_ctr, decision.intercept,
+                    {**decision.validation, "ratio_defined_sources": circular, "note": note})
+
+
 def _fit(mode: str, requested: str, y: np.ndarray, ctr: np.ndarray, both: np.ndarray,
          validation: dict[str, Any]) -> Decision:
     if mode == "classifier":

@@ -31,7 +31,7 @@ from cxr.train import rundir
 from cxr.train.checkpoints import load_checkpoint, save_checkpoint
 from cxr.train.config import RESUMABLE_OVERRIDES, TrainConfig
 from cxr.train.data import CxrDataset
-from cxr.train.decision import Decision, choose_decision
+from cxr.train.decision import Decision, choose_on_validation
 from cxr.train.evaluate import choose_threshold, epoch_metrics, evaluate_split
 from cxr.train.model import CardiomegalyNet, build_model
 from cxr.train.prepare import PreparedData, prepare_data
@@ -342,7 +342,7 @@ def _between_ties(threshold: Threshold, probabilities: np.ndarray, mode: str) ->
                      "halfway to the next lower validation probability")
 
 
-def _candidates(val, decision: Decision, config: TrainConfig) -> dict[str, Decision]:
+def _candidates(val, val_rows, decision: Decision, config: TrainConfig) -> dict[str, Decision]:
     """Every decision fitted on validation, for the reports (the ratio's own AUROC is reported even where its fit is
     refused: then the candidate is the classifier's map with the ratio's figures beside it)."""
     out = {}
@@ -350,7 +350,7 @@ def _candidates(val, decision: Decision, config: TrainConfig) -> dict[str, Decis
         if val.ctr is None or "ctr" not in decision.validation.get("auroc", {}):
             return {"classifier": decision}
         try:
-            out[mode] = choose_decision(mode, val.labels, val.logits, val.ctr, seed=config.seed)
+            out[mode] = choose_on_validation(mode, val_rows, val.labels, val.logits, val.ctr, seed=config.seed)
         except ValueError:
             out[mode] = Decision(mode="classifier", validation={"refused": mode})
     return out
@@ -381,9 +381,10 @@ def _finish(config, run_dir, ctx, data, model, best_state, stop, history, evals,
         raise ValueError("no epoch was trained, so there are no best weights (raise --max-epochs)")
     model.load_state_dict(best_state)
     val = evaluate_split(model, evals["val"], ctx, pos_weight, autocast)
-    decision = choose_decision(config.decision if config.use_seg_head else "classifier", val.labels, val.logits,
-                               val.ctr, seed=config.seed)
-    candidates = _candidates(val, decision, config) if config.use_seg_head else {"classifier": decision}
+    val_rows = [data.samples["val"][int(i)] for i in val.index]
+    decision = choose_on_validation(config.decision if config.use_seg_head else "classifier", val_rows, val.labels,
+                                    val.logits, val.ctr, seed=config.seed)
+    candidates = _candidates(val, val_rows, decision, config) if config.use_seg_head else {"classifier": decision}
     val_decided = decided(val, decision)
     threshold = choose_threshold(config.threshold_method, config.target_sensitivity, val_decided.labels,
                                  val_decided.probabilities)

@@ -93,3 +93,46 @@ def test_balanced_sampler_gives_every_rank_the_same_number_of_draws(n, world):
     draws = np.concatenate([list(SourceBalancedSampler(sources, seed=s)) for s in range(200)])
     share_b = np.isin(draws, [n - 3, n - 2, n - 1]).mean()
     assert share_b == pytest.approx(0.5, abs=0.05)  # each source drawn equally often, whatever its size
+
+
+def _samples(sources, labels, ctrs):
+    from pathlib import Path
+
+    from cxr.train.datasets import Sample
+
+    return [Sample(Path(f"/x/{i}.png"), int(y), f"p{i}", "val", src, None, None if c is None else float(c))
+            for i, (src, y, c) in enumerate(zip(sources, labels, ctrs))]
+
+
+def test_sources_whose_labels_are_their_ratio_are_found():
+    from cxr.train.decision import ratio_defined_sources
+
+    rows = _samples(["wj", "wj", "nih", "nih", "rad", "rad"], [1, 0, 1, 0, 1, 0], [0.55, 0.45, None, None, 0.48, 0.4])
+    assert ratio_defined_sources(rows) == ["wj"]  # nih has no ratio; rad's reader disagrees with its ratio once
+
+
+def test_the_decision_is_judged_on_sources_whose_labels_are_not_the_ratio():
+    from cxr.train.decision import choose_on_validation
+
+    # a mask-labelled source where the ratio is the label itself (CTR AUROC 1.0 there), and a reader-labelled one
+    # where the classifier is better than the ratio: pooled, auto would take the ratio for a circular reason
+    rng = np.random.default_rng(3)
+    n = 200
+    y_wj = rng.integers(0, 2, n)
+    ctr_wj = np.where(y_wj == 1, rng.uniform(0.51, 0.65, n), rng.uniform(0.35, 0.49, n))
+    y_nih, cls_nih, ctr_nih = _cohort(n=n, ctr_sign=-0.5, ctr_noise=0.2, seed=4)  # ratio useless on nih
+    cls_wj = 0.6 * y_wj + rng.normal(0, 1.0, n)
+    y = np.concatenate([y_wj, y_nih])
+    cls = np.concatenate([cls_wj, cls_nih])
+    ctr = np.concatenate([ctr_wj, ctr_nih])
+    rows = _samples(["wj"] * n + ["nih"] * n, y, np.concatenate([ctr_wj, [None] * n]))
+    pooled = choose_decision("auto", y, cls, ctr)
+    assert pooled.mode in ("ctr", "fusion")
+    d = choose_on_validation("auto", rows, y, cls, ctr)
+    assert d.mode == "classifier"
+    assert d.validation["ratio_defined_sources"] == ["wj"]
+    assert d.validation["n_ctr_measurable"] == n and "left out: wj" in d.validation["note"]
+    # only circular sources: decided on all of them, with the caveat written down
+    only = choose_on_validation("auto", rows[:n], y_wj, cls_wj, ctr_wj)
+    assert only.mode in ("ctr", "fusion") and "every usable validation label is its reference ratio" in \
+        only.validation["note"]
