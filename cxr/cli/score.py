@@ -577,7 +577,9 @@ def _score(folder: Path, out: Path, model: Path, device: str, batch_size: int, w
                 tally, matcher, thr, thr_source, started_wall, t0, scoring_s, done, extras)
     except _Terminated:
         _error(f"terminated (SIGTERM) after {out} was written; "
-               + ("so was its manifest" if done["manifest"] else "its manifest was not"))
+               + ("so was its manifest" if done["manifest"] else "its manifest was not")
+               + (f"; the report {extras.report_path} was not (a rerun writes it)"
+                  if extras.report is not None and not done.get("report") else ""))
         sys.exit(EXIT_TERMINATED)
 
 
@@ -605,6 +607,7 @@ def _finish(out, folder, model, device, batch_size, workers, threads, threshold,
     if extras.report is not None:
         try:
             extras.report.write(manifest, _roc(matcher))
+            done["report"] = True
         except OSError as exc:
             _error(f"results written to {out}, but the report {extras.report_path} could not be: "
                    f"{exc.strerror or exc}")

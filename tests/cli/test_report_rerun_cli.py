@@ -128,3 +128,23 @@ def test_a_rerun_into_the_same_report_leaves_only_its_thumbnails_and_other_overl
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == names
     manifest = json.loads((tmp_path / "r.manifest.json").read_text())
     assert manifest["outputs"]["overlays"]["written"] == 2
+
+
+def test_sigterm_while_the_report_is_written_says_it_was_not(setup, tmp_path, monkeypatch):
+    """Results and manifest complete, the page not: the message says which is which."""
+    import os
+
+    from cxr.runtime.report import Report
+
+    def terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM did not stop the report")
+
+    monkeypatch.setattr(Report, "write", terminated)
+    model, folder, names = setup
+    result = run(folder, "--out", tmp_path / "r.csv", "--model", model, "--device", "cpu", "--report",
+                 tmp_path / "r.html")
+    assert result.exit_code == 143
+    assert (f"terminated (SIGTERM) after {tmp_path / 'r.csv'} was written; so was its manifest; the report "
+            f"{tmp_path / 'r.html'} was not (a rerun writes it)") in result.stderr
+    assert not (tmp_path / "r.html").exists()
