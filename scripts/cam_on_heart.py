@@ -11,8 +11,9 @@ map is all zero where nothing in the image counts for cardiomegaly, as on many n
                   mask, beside the share of the image the mask covers (a map blind to anatomy gets about the latter)
   mass in box     the same for the heart's bounding box widened by 10% of the image side on every side (the map is
                   coarse: 5 x 5 cells at 160 px, so a strict mask undercounts a map centred on the heart)
-  peak in box     the fraction of images whose map maximum lies in that box, beside the box's mean share of the
-                  image (where a peak placed at random would land that often)
+  peak in box     the fraction of images whose map maximum lies in that box (of those measured, and of all: an
+                  image without a map or heart counts as not on it), beside the box's mean share of the image
+                  (where a peak placed at random would land that often)
 Both maps and masks are on the model's square input grid (the image squashed to S x S), as the overlays draw them.
 
 Labels: any CSV the scorer's --labels reads (cxr.runtime.labels); a labelled path also matches a scored image whose
@@ -69,6 +70,7 @@ def summarize(measures: list[dict[str, float] | str]) -> dict[str, float | int]:
             out[f"{key}_mean"] = float(np.mean([m[key] for m in done]))
         for key in ("mass_in_heart", "mass_in_box"):
             out[f"{key}_median"] = float(np.median([m[key] for m in done]))
+        out["peak_in_box_of_all"] = sum(m["peak_in_box"] for m in done) / len(measures)  # unmeasured: not on it
     return out
 
 
@@ -125,8 +127,8 @@ def render(result: dict) -> str:
                   f"    map mass in the heart box (+{result['box_pad']:.0%} of the side): mean "
                   f"{s['mass_in_box_mean']:.3f}, median {s['mass_in_box_median']:.3f} (the box covers "
                   f"{s['box_area_mean']:.3f})",
-                  f"    map peak in the heart box: {s['peak_in_box_mean']:.3f} of images (a random peak: "
-                  f"{s['box_area_mean']:.3f})"]
+                  f"    map peak in the heart box: {s['peak_in_box_mean']:.3f} of the measured images, "
+                  f"{s['peak_in_box_of_all']:.3f} of all {s['n']} (a random peak: {s['box_area_mean']:.3f})"]
     return "\n".join(lines)
 
 

@@ -51,7 +51,7 @@ def test_images_with_nothing_to_measure_are_counted_apart(script):
     s = script.summarize(["no_heart", "zero_map", {"mass_in_heart": 0.2, "heart_area": 0.1, "mass_in_box": 0.5,
                                                    "box_area": 0.3, "peak_in_box": 1.0}])
     assert s["n"] == 3 and s["measured"] == 1 and s["no_heart"] == 1 and s["zero_map"] == 1
-    assert s["mass_in_heart_median"] == 0.2 and s["peak_in_box_mean"] == 1.0
+    assert s["mass_in_heart_median"] == 0.2 and s["peak_in_box_mean"] == 1.0 and s["peak_in_box_of_all"] == 1 / 3
 
 
 def test_the_script_on_a_model_with_maps_and_masks(tmp_path):
