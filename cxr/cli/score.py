@@ -632,9 +632,13 @@ def _partial_report(extras: _Extras, matcher, thr: float, stopped: str, manifest
 
     try:
         extras.finish()  # the drawings already queued (at most 4 per worker), so the page shows every row done
+        labels = matcher.report(thr) if matcher is not None else None
+        if labels is not None:  # labelled images the run did not reach were found, not missing
+            not_reached = len(matcher.table) - labels["matched"] - labels["labelled_not_scored"]
+            labels["labelled_not_found"] -= not_reached
+            labels["labelled_not_reached"] = not_reached
         manifest = build_manifest(**manifest_args, finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                                  labels=matcher.report(thr) if matcher is not None else None,
-                                  outputs=extras.manifest())
+                                  labels=labels, outputs=extras.manifest())
         extras.report.write(manifest, _roc(matcher), partial=stopped)
     except OSError as exc:
         return f"; the report {extras.report_path} could not be written: {exc.strerror or exc}"

@@ -152,18 +152,23 @@ class Report:
                                                            "files": sorted(names)})
 
     def remove_stale(self) -> list[str]:
-        """Remove the thumbnails earlier reports wrote here that this one did not write again; list them. Files the
-        report never wrote are left alone."""
+        """Remove the thumbnails earlier reports wrote here that this one did not write again; list those removed.
+        Files the report never wrote are left alone; one that cannot be removed stays listed (a warning)."""
         with self._lock:
-            stale = sorted(self._earlier - self._written)
-            for name in stale:
+            removed, kept = [], set()
+            for name in sorted(self._earlier - self._written):
                 target = self.thumbs / name
-                if os.path.lexists(target) and not target.is_dir():
-                    target.unlink()
-            self._earlier = set()
-            self._claimed = set(self._written)
-            self._save_manifest(self._written)
-        return stale
+                try:
+                    if os.path.lexists(target) and not target.is_dir():
+                        target.unlink()
+                        removed.append(name)
+                except OSError as exc:
+                    logger.warning("could not remove the old thumbnail %s: %s", target, exc.strerror or exc)
+                    kept.add(name)
+            self._earlier = kept
+            self._claimed = self._written | kept
+            self._save_manifest(self._claimed)
+        return removed
 
     def write(self, manifest: Mapping[str, Any], roc: tuple[Sequence[float], Sequence[float]] | None = None, *,
               partial: str | None = None) -> Path:
@@ -288,7 +293,9 @@ def _labels_section(report: Mapping[str, Any] | None, roc) -> str:
         return ""
     counts = (f"{report['matched']} matched, {report['labelled_not_found']} labelled but not found, "
               f"{report['labelled_not_scored']} labelled but failed, {report['scored_without_label']} scored "
-              f"without a label, {report['ignored_lines']} label line(s) ignored")
+              f"without a label, {report['ignored_lines']} label line(s) ignored"
+              + (f", {report['labelled_not_reached']} labelled but not reached before the run stopped"
+                 if "labelled_not_reached" in report else ""))
     head = f"<h2>Against the labels</h2><p class=\"note\">{shown(report['file'])}: {shown(counts)}</p>"
     m = report.get("metrics")
     if m is None:

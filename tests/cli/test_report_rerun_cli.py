@@ -78,9 +78,11 @@ def test_a_stopped_run_writes_the_report_of_the_rows_done_marked_partial(setup, 
     says at the top that it is partial and why, and its thumbnails are those rows'."""
     model, folder, names = setup
     out, report = tmp_path / "r.csv", tmp_path / "r.html"
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,label\n" + "".join(f"{name},{k % 2}\n" for k, name in enumerate(names)))
     proc = subprocess.Popen([sys.executable, "-c", STOP_AFTER_TWO_ROWS, how, str(folder), "--out", str(out),
                              "--model", str(model), "--batch-size", "1", "--device", "cpu", "--report", str(report),
-                             "--overlays", str(tmp_path / "o")],
+                             "--overlays", str(tmp_path / "o"), "--labels", str(labels)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
     try:
         if how == "sigterm":
@@ -102,6 +104,9 @@ def test_a_stopped_run_writes_the_report_of_the_rows_done_marked_partial(setup, 
     with open(tmp_path / "r.csv.partial", newline="") as fh:
         assert [r["path"] for r in csv.DictReader(fh)] == names[:2]
     assert ">2: 2 ok, 0 error<" in page  # the run summary counts the rows done
+    assert (f"2 matched, 0 labelled but not found, 0 labelled but failed, 0 scored without a label, 0 label line(s) "
+            f"ignored, {N_IMAGES - 2} labelled but not reached before the run stopped") in page
+    assert "n=2 (1 positive)" in page
 
 
 def run(*args):

@@ -173,3 +173,21 @@ def test_a_partial_report_says_so_at_the_top(tmp_path):
     assert "covers the rows done" in banner and "<title>partial cxr-score report: f</title>" in page
     _report_with(tmp_path, 2)
     assert 'id="partial"' not in (tmp_path / "r.html").read_text()
+
+
+def test_an_old_thumbnail_that_cannot_be_removed_stays_listed_and_the_page_is_written(tmp_path, monkeypatch, caplog):
+    _report_with(tmp_path, 3)
+    real_unlink = Path.unlink
+
+    def unlink(self, *args, **kwargs):
+        if self.name == "000002.jpg":
+            raise PermissionError(13, "Permission denied")
+        return real_unlink(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    (tmp_path / "r.html").unlink()
+    _report_with(tmp_path, 1)
+    assert (tmp_path / "r.html").is_file() and "could not remove the old thumbnail" in caplog.text
+    assert _thumbs(tmp_path) == sorted(_ours(1) + ["000002.jpg", THUMBS_MANIFEST])
+    listed = json.loads((tmp_path / "r_thumbs" / THUMBS_MANIFEST).read_text())["files"]
+    assert listed == sorted(_ours(1) + ["000002.jpg"])  # tried again next time
