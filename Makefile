@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.cxr-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint bench real external install clean
+.PHONY: demo test lint bench real external cam-on-heart install clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,12 @@ external: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) scripts/bench.py
+
+# does the activation map lie on the heart? make cam-on-heart MODEL=m.onnx FOLDER=imgs LABELS=l.csv [LABEL_COLUMN=c]
+cam-on-heart: $(STAMP)
+	@test -n "$(MODEL)" -a -n "$(FOLDER)" -a -n "$(LABELS)" || { echo "usage: make cam-on-heart MODEL=model.onnx \
+	FOLDER=images LABELS=labels.csv [LABEL_COLUMN=label]" >&2; exit 2; }
+	$(PY) scripts/cam_on_heart.py "$(MODEL)" "$(FOLDER)" "$(LABELS)" $(if $(LABEL_COLUMN),--label-column "$(LABEL_COLUMN)")
 
 clean:
 	rm -rf $(VENV) demo_out real_out external_out .pytest_cache .benchmarks

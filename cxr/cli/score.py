@@ -8,7 +8,8 @@ under half of the scored images); 1 nothing could be done (missing/invalid model
 given as --model, unwritable output, requested device unavailable, folder with no images); 2 usage errors (click),
 including a labels file that is missing, lacks its columns, has no usable label or matches no scored image (checked
 before scoring; nothing is written); 130 interrupted (Ctrl-C) or 143 terminated (SIGTERM: a batch system's time
-limit, `timeout`, `docker stop`), with the rows done kept in <out>.partial either way.
+limit, `timeout`, `docker stop`), with the rows done kept in <out>.partial either way (and, with --report, the report
+of those rows, marked partial).
 onnxruntime is imported inside the command, so `cxr-score --help` and `--version` stay fast and torch-free.
 """
 
@@ -545,11 +546,15 @@ def _score(folder: Path, out: Path, model: Path, device: str, batch_size: int, w
             _print_one(last_row, thr)
     except (KeyboardInterrupt, _Terminated) as exc:
         bar.close()
-        extras.finish(cancel=True)
         kept = writer.abort()
         how = "terminated (SIGTERM)" if isinstance(exc, _Terminated) else "interrupted"
-        _error(f"{how} after {writer.rows} of {len(walk.files)} file(s); {out} was not written"
-               + (f"; the rows done are in {kept}" if kept else ""))
+        stopped = (f"{how} after {writer.rows} of {len(walk.files)} file(s); {out} was not written"
+                   + (f"; the rows done are in {kept}" if kept else ""))
+        page = _partial_report(extras, matcher, thr, stopped, dict(
+            scorer=scorer, folder=folder, out=kept or out, tally=tally, walk=walk, threshold=thr,
+            threshold_source=thr_source, started=started_wall, total_s=time.perf_counter() - t0,
+            scoring_s=time.perf_counter() - t_score, command=sys.argv))
+        _error(stopped + page)
         sys.exit(EXIT_TERMINATED if isinstance(exc, _Terminated) else EXIT_INTERRUPTED)
     except OSError as exc:  # disk full, file too large, output folder gone: say so, keep the rows, no traceback
         bar.close()
@@ -572,7 +577,9 @@ def _score(folder: Path, out: Path, model: Path, device: str, batch_size: int, w
                 tally, matcher, thr, thr_source, started_wall, t0, scoring_s, done, extras)
     except _Terminated:
         _error(f"terminated (SIGTERM) after {out} was written; "
-               + ("so was its manifest" if done["manifest"] else "its manifest was not"))
+               + ("so was its manifest" if done["manifest"] else "its manifest was not")
+               + (f"; the report {extras.report_path} was not (a rerun writes it)"
+                  if extras.report is not None and not done.get("report") else ""))
         sys.exit(EXIT_TERMINATED)
 
 
@@ -600,6 +607,7 @@ def _finish(out, folder, model, device, batch_size, workers, threads, threshold,
     if extras.report is not None:
         try:
             extras.report.write(manifest, _roc(matcher))
+            done["report"] = True
         except OSError as exc:
             _error(f"results written to {out}, but the report {extras.report_path} could not be: "
                    f"{exc.strerror or exc}")
@@ -613,6 +621,30 @@ def _finish(out, folder, model, device, batch_size, workers, threads, threshold,
     few_labels = matcher is not None and matcher.few
     sys.exit(EXIT_OK if tally.error == 0 and not walk.problems and not failed_drawings and not few_labels
              else EXIT_PARTIAL)
+
+
+def _partial_report(extras: _Extras, matcher, thr: float, stopped: str, manifest_args: dict) -> str:
+    """After Ctrl-C or SIGTERM: the report of the rows done, marked partial; what to add to the stop message."""
+    if extras.report is None:
+        extras.finish(cancel=True)
+        return ""
+    from cxr.runtime.results import build_manifest
+
+    try:
+        extras.finish()  # the drawings already queued (at most 4 per worker), so the page shows every row done
+        labels = matcher.report(thr) if matcher is not None else None
+        if labels is not None:  # labelled images the run did not reach were found, not missing
+            not_reached = len(matcher.table) - labels["matched"] - labels["labelled_not_scored"]
+            labels["labelled_not_found"] -= not_reached
+            labels["labelled_not_reached"] = not_reached
+        manifest = build_manifest(**manifest_args, finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                                  labels=labels, outputs=extras.manifest())
+        extras.report.write(manifest, _roc(matcher), partial=stopped)
+    except OSError as exc:
+        return f"; the report {extras.report_path} could not be written: {exc.strerror or exc}"
+    except KeyboardInterrupt:  # a second Ctrl-C while it is written (a second SIGTERM is ignored)
+        return f"; the report {extras.report_path} was not written (interrupted again)"
+    return f"; the report of the rows done, marked partial, is {extras.report_path}"
 
 
 def _print_one(row, threshold: float) -> None:

@@ -7,6 +7,11 @@ can reach is escaped: the run summary is escaped here, the rows travel in a JSON
 textContent. The page shows a few dozen cards at a time, so a folder of thousands of files stays responsive, and the
 HTML grows by about a hundred bytes per file: the images are the thumbnails folder's.
 
+A rerun into the same report leaves only its own thumbnails: the folder's `.cxr-thumbs.json` lists the files the
+report wrote (claimed in chunks before they are written, so a killed run's are listed too), and the next report
+removes those it did not write again, and nothing else. A run stopped by Ctrl-C or SIGTERM still writes the page for
+the rows done, marked as partial (`write(..., partial=...)`).
+
 Memory: one small dict per row (no pixels); thumbnails are written as the overlays are drawn.
 """
 
@@ -16,9 +21,12 @@ import base64
 import hashlib
 import html
 import json
+import logging
 import math
 import os
+import re
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 from urllib.parse import quote
@@ -28,12 +36,18 @@ import numpy as np
 
 from cxr.runtime.overlay import overlay_relpath, write_image_atomic
 from cxr.runtime.report_assets import CSS, JS
+from cxr.runtime.results import write_json_atomic
+
+logger = logging.getLogger(__name__)
 
 THUMB_SIDE = 192  # the radiograph's thumbnail, longest side in pixels
 OVERLAY_THUMB_SIDE = 384  # the overlay shown on the card (twice the card's size, for zoom and high-DPI screens)
 JPEG_QUALITY = 82
 PAGE_SIZE = 48
 ROC_POINTS = 400  # at most this many points of the ROC curve are drawn
+THUMBS_MANIFEST = ".cxr-thumbs.json"  # in the thumbnails folder: the files the report wrote there
+CLAIM_CHUNK = 256  # thumbnails are listed in the manifest this many rows ahead of being written
+_THUMB_NAME = re.compile(r"[0-9]{6}o?\.jpg")  # the only names ever removed, whatever the manifest says
 _CONTROL = {c: f"\\u{c:04x}" for c in list(range(0x20)) + list(range(0x7F, 0xA0))
             + [0x61C, 0x200E, 0x200F, 0x2028, 0x2029] + list(range(0x202A, 0x202F)) + list(range(0x2066, 0x206A))}
 
@@ -99,6 +113,10 @@ class Report:
         self.overlays_dir = overlays_dir
         self.labels, self.anatomy, self.masks = labels, anatomy, masks
         self.rows: list[dict[str, Any]] = []
+        self._earlier = read_thumbs_manifest(self.thumbs)  # what earlier reports wrote here
+        self._claimed = set(self._earlier)
+        self._written: set[str] = set()
+        self._lock = threading.Lock()
 
     def add(self, row, label: int | None) -> int:
         """Keep what the page shows of `row`; its index (the thumbnails' name)."""
@@ -118,18 +136,55 @@ class Report:
     def on_drawn(self, index: int, gray: np.ndarray, drawing: np.ndarray) -> None:
         """Write row `index`'s two thumbnails (called from the overlay threads)."""
         params = (cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY)
-        write_image_atomic(self.thumbs / f"{index:06d}.jpg", _shrink(gray, THUMB_SIDE), params)
-        write_image_atomic(self.thumbs / f"{index:06d}o.jpg", _shrink(drawing, OVERLAY_THUMB_SIDE), params)
+        names = _thumb_names(index)
+        with self._lock:
+            if not self._claimed.issuperset(names):  # listed before written: a killed run's are cleaned next time
+                self._claimed.update(n for i in range(index, index + CLAIM_CHUNK) for n in _thumb_names(i))
+                self._save_manifest(self._claimed)
+        write_image_atomic(self.thumbs / names[0], _shrink(gray, THUMB_SIDE), params)
+        write_image_atomic(self.thumbs / names[1], _shrink(drawing, OVERLAY_THUMB_SIDE), params)
+        with self._lock:
+            self._written.update(names)
         self.rows[index]["img"] = 1
 
-    def write(self, manifest: Mapping[str, Any], roc: tuple[Sequence[float], Sequence[float]] | None = None) -> Path:
-        """The page, from the run's manifest (cxr.runtime.results.build_manifest) and (fpr, tpr) when labelled."""
+    def _save_manifest(self, names: set[str]) -> None:
+        write_json_atomic(self.thumbs / THUMBS_MANIFEST, {"written_by": "cxr-score --report", "report": self.path.name,
+                                                           "files": sorted(names)})
+
+    def remove_stale(self) -> list[str]:
+        """Remove the thumbnails earlier reports wrote here that this one did not write again; list those removed.
+        Files the report never wrote are left alone; one that cannot be removed stays listed (a warning)."""
+        with self._lock:
+            removed, kept = [], set()
+            for name in sorted(self._earlier - self._written):
+                target = self.thumbs / name
+                try:
+                    if os.path.lexists(target) and not target.is_dir():
+                        target.unlink()
+                        removed.append(name)
+                except OSError as exc:
+                    logger.warning("could not remove the old thumbnail %s: %s", target, exc.strerror or exc)
+                    kept.add(name)
+            self._earlier = kept
+            self._claimed = self._written | kept
+            self._save_manifest(self._claimed)
+        return removed
+
+    def write(self, manifest: Mapping[str, Any], roc: tuple[Sequence[float], Sequence[float]] | None = None, *,
+              partial: str | None = None) -> Path:
+        """The page, from the run's manifest (cxr.runtime.results.build_manifest) and (fpr, tpr) when labelled, then
+        the earlier reports' thumbnails this one did not rewrite are removed. `partial`: why the run stopped early,
+        shown at the top of the page (its figures cover the rows done only)."""
         data = {"rows": [{k: (v.encode("utf-8", "backslashreplace").decode("utf-8") if isinstance(v, str) else v)
                           for k, v in r.items()} for r in self.rows],
                 "thumbs": self.thumbs.name, "labels": self.labels, "ctr": self.anatomy, "masks": self.masks,
                 "page_size": PAGE_SIZE}
+        banner = "" if partial is None else (
+            f"<p class=\"warn partial\" id=\"partial\"><strong>Partial report:</strong> {shown(partial)}. Every "
+            "count, figure and image below covers the rows done before the run stopped.</p>")
+        title = ("partial " if partial is not None else "") + f"cxr-score report: {manifest.get('folder', '')}"
         page = _PAGE.format(csp=html.escape(content_security_policy(), quote=False), css=CSS, js=JS,
-                            data=script_json(data), title=shown(f"cxr-score report: {manifest.get('folder', '')}"),
+                            data=script_json(data), title=shown(title), partial=banner,
                             summary=_summary(manifest), labels=_labels_section(manifest.get("labels"), roc))
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
         try:
@@ -140,7 +195,29 @@ class Report:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        stale = self.remove_stale()
+        if stale:
+            logger.info("removed %d thumbnail(s) of an earlier report from %s", len(stale), self.thumbs)
         return self.path
+
+
+def _thumb_names(index: int) -> tuple[str, str]:
+    """Row `index`'s thumbnails: the radiograph and the overlay."""
+    return f"{index:06d}.jpg", f"{index:06d}o.jpg"
+
+
+def read_thumbs_manifest(thumbs: Path) -> set[str]:
+    """The thumbnail names an earlier report listed in `thumbs` (empty when none, or unreadable: then nothing is
+    removed). Only names of the report's own pattern count, so an edited manifest cannot remove other files."""
+    path = thumbs / THUMBS_MANIFEST
+    if not path.is_file():
+        return set()
+    try:
+        files = json.loads(path.read_text(encoding="utf-8")).get("files", [])
+    except (OSError, ValueError, AttributeError) as exc:
+        logger.warning("%s is unreadable (%s): no earlier thumbnail is removed", path, exc)
+        return set()
+    return {f for f in files if isinstance(f, str) and _THUMB_NAME.fullmatch(f)} if isinstance(files, list) else set()
 
 
 def _umask() -> int:
@@ -216,7 +293,9 @@ def _labels_section(report: Mapping[str, Any] | None, roc) -> str:
         return ""
     counts = (f"{report['matched']} matched, {report['labelled_not_found']} labelled but not found, "
               f"{report['labelled_not_scored']} labelled but failed, {report['scored_without_label']} scored "
-              f"without a label, {report['ignored_lines']} label line(s) ignored")
+              f"without a label, {report['ignored_lines']} label line(s) ignored"
+              + (f", {report['labelled_not_reached']} labelled but not reached before the run stopped"
+                 if "labelled_not_reached" in report else ""))
     head = f"<h2>Against the labels</h2><p class=\"note\">{shown(report['file'])}: {shown(counts)}</p>"
     m = report.get("metrics")
     if m is None:
@@ -283,6 +362,7 @@ _PAGE = """<!DOCTYPE html>
 </head>
 <body>
 <h1>cxr-score report</h1>
+{partial}
 <p class="note">Research software, not a medical device. Overlays: the model's class activation map (red: where the
 positive evidence is strongest, relative to each image's own maximum); where the model has masks, the heart (magenta)
 and lung (cyan) contours, the heart's width (yellow) and the widest row of the lungs (green) whose ratio is the CTR.</p>

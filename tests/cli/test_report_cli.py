@@ -106,7 +106,7 @@ def test_report_is_self_contained_and_names_are_inert(scored):
     assert data["labels"] is True and data["ctr"] is True
     thumbs = tmp_path / "report_thumbs"
     assert data["thumbs"] == "report_thumbs"
-    assert len(list(thumbs.iterdir())) == 2 * len(ok)
+    assert len(list(thumbs.glob("*.jpg"))) == 2 * len(ok)
     by_path = {r["p"]: r for r in data["rows"]}
     for rel in ok:
         row = by_path[rel]

@@ -9,9 +9,11 @@ import math
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cxr.runtime.report import (
+    THUMBS_MANIFEST,
     Report,
     _url,
     content_security_policy,
@@ -105,3 +107,87 @@ def test_thumbnails_folder_that_is_a_symlink_is_refused(tmp_path):
     with pytest.raises(OSError, match="symlink"):
         Report(Path(tmp_path / "r.html"), folder=tmp_path, overlays_dir=None, labels=False, anatomy=False,
                masks=False)
+
+
+def _report_with(tmp_path: Path, n: int, write: bool = True) -> Report:
+    """A report of `n` ok rows, each drawn (two thumbnails), published when `write`."""
+    rep = Report(tmp_path / "r.html", folder=tmp_path, overlays_dir=None, labels=False, anatomy=False, masks=False)
+    gray = np.full((40, 30), 128, np.uint8)
+    for k in range(n):
+        i = rep.add(ScoreRow(f"img{k}.png", "ok", probability=0.5, logit=0.0, label_pred=1), None)
+        rep.on_drawn(i, gray, np.dstack([gray] * 3))
+    if write:
+        rep.write({"folder": "f", "card": {}})
+    return rep
+
+
+def _thumbs(tmp_path: Path) -> list[str]:
+    return sorted(p.name for p in (tmp_path / "r_thumbs").iterdir())
+
+
+def _ours(n: int) -> list[str]:
+    return sorted(f"{i:06d}{kind}.jpg" for i in range(n) for kind in ("", "o"))
+
+
+def test_a_smaller_rerun_leaves_only_its_own_thumbnails_and_the_users_files(tmp_path):
+    _report_with(tmp_path, 5)
+    assert _thumbs(tmp_path) == sorted(_ours(5) + [THUMBS_MANIFEST])
+    mine = ["notes.txt", "000050.jpg", "000004.jpeg"]  # the user's, one named like a thumbnail but never written
+    for name in mine:
+        (tmp_path / "r_thumbs" / name).write_text("keep me")
+    (tmp_path / "r_thumbs" / "sub").mkdir()
+    _report_with(tmp_path, 2)
+    assert _thumbs(tmp_path) == sorted(_ours(2) + mine + ["sub", THUMBS_MANIFEST])
+    assert all((tmp_path / "r_thumbs" / name).read_text() == "keep me" for name in mine)
+    listed = json.loads((tmp_path / "r_thumbs" / THUMBS_MANIFEST).read_text())
+    assert listed["files"] == _ours(2) and listed["report"] == "r.html"
+
+
+def test_thumbnails_of_a_killed_run_are_listed_before_written_and_cleaned_next_time(tmp_path):
+    _report_with(tmp_path, 3, write=False)  # killed: no page, no final manifest
+    claimed = json.loads((tmp_path / "r_thumbs" / THUMBS_MANIFEST).read_text())["files"]
+    assert set(_ours(3)) <= set(claimed)
+    _report_with(tmp_path, 1)
+    assert _thumbs(tmp_path) == sorted(_ours(1) + [THUMBS_MANIFEST])
+
+
+@pytest.mark.parametrize("manifest", ["not json", '{"files": "000001.jpg"}', "[1, 2]",
+                                      '{"files": ["../r.html", "notes.txt", "000001.jpg/", "/tmp/000001.jpg"]}'])
+def test_a_broken_or_edited_manifest_removes_nothing_but_thumbnail_names(tmp_path, manifest):
+    thumbs = tmp_path / "r_thumbs"
+    thumbs.mkdir()
+    (thumbs / THUMBS_MANIFEST).write_text(manifest)
+    for name in ("notes.txt", "000001.jpg"):
+        (thumbs / name).write_text("keep me")
+    (tmp_path / "r.html").write_text("earlier page")
+    _report_with(tmp_path, 0)
+    assert _thumbs(tmp_path) == sorted(["000001.jpg", THUMBS_MANIFEST, "notes.txt"])
+
+
+def test_a_partial_report_says_so_at_the_top(tmp_path):
+    rep = _report_with(tmp_path, 2, write=False)
+    rep.write({"folder": "f", "card": {}}, partial="interrupted after 2 of 9 file(s); <b>r.csv</b> was not written")
+    page = (tmp_path / "r.html").read_text()
+    banner = re.search(r'<p class="warn partial" id="partial">(.*?)</p>', page, re.S).group(1)
+    assert "interrupted after 2 of 9 file(s); &lt;b&gt;r.csv&lt;/b&gt; was not written" in banner
+    assert "covers the rows done" in banner and "<title>partial cxr-score report: f</title>" in page
+    _report_with(tmp_path, 2)
+    assert 'id="partial"' not in (tmp_path / "r.html").read_text()
+
+
+def test_an_old_thumbnail_that_cannot_be_removed_stays_listed_and_the_page_is_written(tmp_path, monkeypatch, caplog):
+    _report_with(tmp_path, 3)
+    real_unlink = Path.unlink
+
+    def unlink(self, *args, **kwargs):
+        if self.name == "000002.jpg":
+            raise PermissionError(13, "Permission denied")
+        return real_unlink(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    (tmp_path / "r.html").unlink()
+    _report_with(tmp_path, 1)
+    assert (tmp_path / "r.html").is_file() and "could not remove the old thumbnail" in caplog.text
+    assert _thumbs(tmp_path) == sorted(_ours(1) + ["000002.jpg", THUMBS_MANIFEST])
+    listed = json.loads((tmp_path / "r_thumbs" / THUMBS_MANIFEST).read_text())["files"]
+    assert listed == sorted(_ours(1) + ["000002.jpg"])  # tried again next time
