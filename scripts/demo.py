@@ -71,9 +71,12 @@ def main(argv: list[str] | None = None) -> int:
           "(4) still run.")
     print(f"  {args.n_train} phantom images for train/val/test by patient, {args.n_holdout} more as a held-out cohort.")
 
-    train_dir, holdout_dir = out / "phantom", out / "phantom_holdout"
+    print("  --data 'phantom:...;mask_columns=...;ctr_column=ctr_mask'   the training phantoms carry heart and lung")
+    print("                       masks, so the model also learns to draw them and measures the cardiothoracic ratio.")
+
+    train_dir, holdout_dir = out / "phantom_masks", out / "phantom_holdout"
     run_dir, model = out / "run", out / "model.onnx"
-    run([tool("cxr-phantom"), str(train_dir), "--n", str(args.n_train), "--seed", "0"])
+    run([tool("cxr-phantom"), str(train_dir), "--n", str(args.n_train), "--seed", "0", "--masks"])
     run([tool("cxr-phantom"), str(holdout_dir), "--n", str(args.n_holdout), "--seed", "1"])
 
     if (run_dir / "metrics.json").is_file():
@@ -81,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     elif (run_dir / "last.pt").is_file():
         run([tool("cxr-train"), "--resume", str(run_dir)])
     else:
-        run([tool("cxr-train"), "--data", f"phantom:{train_dir}", "--out", str(run_dir), "--init", "random",
+        spec = f"phantom:{train_dir};mask_columns=mask_heart,mask_left_lung,mask_right_lung;ctr_column=ctr_mask"
+        run([tool("cxr-train"), "--data", spec, "--out", str(run_dir), "--init", "random",
              "--arch", args.arch, "--lr", str(args.lr), "--image-size", str(args.size),
              "--max-epochs", str(args.epochs), "--bootstrap-n", str(args.bootstrap_n), "--num-workers", "0",
              "--seed", "0"])
@@ -114,6 +118,13 @@ def main(argv: list[str] | None = None) -> int:
           f"{manifest['card']['threshold']['detail']})")
     for key in ("sensitivity", "specificity", "ppv", "npv", "f1"):
         print(f"  {key:<12} {fmt(m.get(key))}")
+    decision = manifest["card"].get("decision") or {}
+    print(f"  decision     {decision.get('mode', 'classifier')} (chosen on validation: "
+          f"{_aurocs(decision)})")
+    ctr_err = _ctr_error(results, holdout_dir / "labels.csv")
+    if ctr_err is not None:
+        print(f"  CTR          measured by the model on {ctr_err[1]} films: mean absolute error {fmt(ctr_err[0])} "
+              f"against the phantoms' true ratio ({ctr_err[2]} not measurable)")
     print(f"\nSpeed on this machine ({', '.join(manifest['device']['providers'])}):")
     for key in ("mean_model_ms_per_image", "mean_read_ms_per_image", "mean_end_to_end_ms_per_image", "images_per_s"):
         if timings.get(key) is not None:
@@ -125,6 +136,35 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demo: held-out AUROC {auroc} is below {args.min_auroc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _aurocs(decision: dict) -> str:
+    auroc = (decision.get("validation") or {}).get("auroc") or {}
+    return ", ".join(f"{k} AUROC {fmt(v)}" for k, v in auroc.items()) or "the only candidate"
+
+
+def _ctr_error(results: Path, labels: Path) -> tuple[float, int, int] | None:
+    """Mean |model CTR - true CTR| over the held-out phantoms (results.csv's ctr column; None without one)."""
+    import csv
+
+    with open(labels, newline="") as fh:
+        truth = {r["path"]: float(r["ctr"]) for r in csv.DictReader(fh)}
+    with open(results, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows or "ctr" not in rows[0]:
+        return None
+    errors, missing = [], 0
+    for r in rows:
+        if r["path"] in truth:
+            try:
+                value = float(r["ctr"])
+            except ValueError:
+                value = math.nan
+            if math.isfinite(value):
+                errors.append(abs(value - truth[r["path"]]))
+            else:
+                missing += 1
+    return (sum(errors) / len(errors), len(errors), missing) if errors else None
 
 
 if __name__ == "__main__":

@@ -23,15 +23,26 @@ from cxr import __version__
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed: the same n/seed/size gives the same bytes.")
 @click.option("--size", type=click.IntRange(64, 4096), default=256, show_default=True, help="Image side in pixels.")
 @click.option("--overwrite", is_flag=True, help="Replace a phantom set (or cxr-phantom's files) already in OUT.")
+@click.option("--masks", is_flag=True,
+              help="Also write heart / left lung / right lung masks and their columns (mask_heart, mask_left_lung, "
+                   "mask_right_lung, ctr_mask) for training the segmentation head.")
 @click.version_option(__version__, prog_name="cxr-phantom")
-def main(out: Path, n: int, seed: int, size: int, overwrite: bool) -> None:
+def main(out: Path, n: int, seed: int, size: int, overwrite: bool, masks: bool) -> None:
     """Write N synthetic chest radiographs with labels (cardiomegaly = cardiothoracic ratio > 0.5) to OUT."""
-    from cxr.train.phantom import IMAGE_NAME, IMAGES_DIR, LABELS_NAME, PARAMS_NAME, existing_phantom, make_phantom
+    from cxr.train.phantom import (
+        IMAGE_NAME,
+        IMAGES_DIR,
+        LABELS_NAME,
+        MASKS_DIR,
+        PARAMS_NAME,
+        existing_phantom,
+        make_phantom,
+    )
 
     if out.exists() and not out.is_dir():
         click.echo(f"error: {out} exists and is not a folder", err=True)
         sys.exit(1)
-    params = existing_phantom(out, n, seed, size)
+    params = existing_phantom(out, n, seed, size, masks)
     if params is not None and not overwrite:
         click.echo(f"reusing the phantom set in {out} (n={n}, seed={seed}, size={size}): "
                    f"{params.get('positives', '?')} of {n} positive")
@@ -41,17 +52,18 @@ def main(out: Path, n: int, seed: int, size: int, overwrite: bool) -> None:
             click.echo(f"error: {out} is not empty and holds no phantom set made with n={n}, seed={seed}, "
                        f"size={size}; choose an empty folder or pass --overwrite", err=True)
             sys.exit(1)
-        for old in (out / IMAGES_DIR).glob("P*_*.png"):
-            if IMAGE_NAME.fullmatch(old.name):
-                old.unlink()
+        for folder in (out / IMAGES_DIR, *(out / MASKS_DIR / p for p in ("heart", "left_lung", "right_lung"))):
+            for old in folder.glob("P*_*.png"):
+                if IMAGE_NAME.fullmatch(old.name):
+                    old.unlink()
         for name in (LABELS_NAME, PARAMS_NAME):
             (out / name).unlink(missing_ok=True)
     try:
-        labels = make_phantom(out, n, seed=seed, size=size)
+        labels = make_phantom(out, n, seed=seed, size=size, masks=masks)
     except OSError as exc:
         click.echo(f"error: cannot write the phantom set to {out}: {exc}", err=True)
         sys.exit(1)
-    written = existing_phantom(out, n, seed, size) or {}
+    written = existing_phantom(out, n, seed, size, masks) or {}
     click.echo(f"wrote {n} phantom images to {out} ({labels.name}): {written.get('positives', '?')} of {n} positive")
 
 

@@ -35,6 +35,9 @@ PARAMS_NAME = "phantom.json"
 IMAGES_DIR = "images"
 IMAGE_NAME = re.compile(r"P\d{5,}_\d+\.png")  # how make_phantom names its images
 LABEL_COLUMNS = ("path", "cardiomegaly", "ctr", "patient_id")
+MASKS_DIR = "masks"
+MASK_COLUMNS = ("mask_heart", "mask_left_lung", "mask_right_lung")
+MASK_CTR_COLUMN = "ctr_mask"  # the ratio measured on the written masks, as cxr measures it (cxr.runtime.anatomy)
 _SHIFT = 4  # sub-pixel bits for OpenCV drawing: shapes are placed to 1/16 px so the CTR is exact at any size
 _ONE = 1 << _SHIFT
 
@@ -153,6 +156,33 @@ def render(anatomy: Anatomy, view: View, size: int, *, return_masks: bool = Fals
     return img, masks
 
 
+def _write_masks(out: Path, name: str, drawn: dict) -> tuple[str, str, str, str]:
+    """Heart, left lung, right lung PNGs (0/255) for one image; their relative paths and the ratio measured on them.
+    The two lungs are the lung mask's two connected parts (the patient's left lung is on the image's right)."""
+    from cxr.runtime.anatomy import ctr_reference
+
+    heart, lungs = drawn["heart"], drawn["lungs"]
+    count, comp = cv2.connectedComponents(lungs.astype(np.uint8), connectivity=8)
+    if count == 3:  # background + two lungs: the one further left in the image is the patient's right lung
+        first_x = [np.flatnonzero((comp == c).any(axis=0)).mean() for c in (1, 2)]
+        right = comp == (1 if first_x[0] < first_x[1] else 2)
+    else:  # lungs drawn touching: split at the emptiest column of the middle third
+        w = lungs.shape[1]
+        occupancy = lungs[:, w // 3: 2 * w // 3].sum(axis=0)
+        split = w // 3 + int(np.argmin(occupancy))
+        right = lungs.copy()
+        right[:, split:] = False
+    left = lungs & ~right
+    paths = []
+    for part, m in (("heart", heart), ("left_lung", left), ("right_lung", right)):
+        rel = f"{MASKS_DIR}/{part}/{name}"
+        if not cv2.imwrite(str(out / rel), m.astype(np.uint8) * 255):
+            raise OSError(f"{out / rel}: could not write the mask PNG")
+        paths.append(rel)
+    ratio = ctr_reference(np.stack([heart, left, right]))
+    return (*paths, f"{ratio:.4f}")
+
+
 def measure_ctr(heart: np.ndarray, lungs: np.ndarray) -> float:
     """Horizontal extent of the heart mask / horizontal extent of the lung mask (how CTR is measured on masks)."""
     hx = np.flatnonzero(heart.any(axis=0))
@@ -265,10 +295,14 @@ def plan_patients(n: int, seed: int) -> list[tuple[str, int]]:
     return plan
 
 
-def make_phantom(out_dir: Path | str, n: int, seed: int = 0, size: int = 256) -> Path:
+def make_phantom(out_dir: Path | str, n: int, seed: int = 0, size: int = 256, masks: bool = False) -> Path:
     """Write n phantom PNGs under out_dir/images, out_dir/labels.csv and out_dir/phantom.json; return labels.csv.
 
     labels.csv columns: path (relative to out_dir), cardiomegaly (int(ctr > 0.5)), ctr, patient_id.
+    masks=True also writes heart / left lung / right lung masks (8-bit PNG, 0 or 255; the patient's left lung is on
+    the image's right) under out_dir/masks/{heart,left_lung,right_lung}/ and adds the columns mask_heart,
+    mask_left_lung, mask_right_lung (paths relative to out_dir) and ctr_mask (the ratio measured on those masks, the
+    way cxr measures it), the layout of a real masked dataset, so the segmentation head can train on it.
     phantom.json is written last, so a set interrupted half-way is never mistaken for a finished one.
     """
     if not isinstance(n, int) or n < 1:
@@ -277,6 +311,9 @@ def make_phantom(out_dir: Path | str, n: int, seed: int = 0, size: int = 256) ->
         raise ValueError(f"size must be an integer >= 64, got {size!r}")
     out = Path(out_dir)
     (out / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
+    if masks:
+        for part in ("heart", "left_lung", "right_lung"):
+            (out / MASKS_DIR / part).mkdir(parents=True, exist_ok=True)
     (out / PARAMS_NAME).unlink(missing_ok=True)
     rows = []
     anatomy: Anatomy | None = None
@@ -290,38 +327,47 @@ def make_phantom(out_dir: Path | str, n: int, seed: int = 0, size: int = 256) ->
             delta = float(np.random.default_rng([seed, 3, p_index, k]).uniform(-0.01, 0.01))
             this = dataclasses.replace(anatomy, ctr=round(anatomy.ctr + delta, 4))
         view = sample_view(np.random.default_rng([seed, 4, p_index, k]))
-        image = render(this, view, size)
         rel = f"{IMAGES_DIR}/{pid}_{k}.png"
+        if masks:
+            image, drawn = render(this, view, size, return_masks=True)
+        else:
+            image = render(this, view, size)
         if not cv2.imwrite(str(out / rel), image):
             raise OSError(f"{out / rel}: could not write the PNG")
-        rows.append((rel, int(this.ctr > CTR_CUTOFF), f"{this.ctr:.4f}", pid))
+        row = (rel, int(this.ctr > CTR_CUTOFF), f"{this.ctr:.4f}", pid)
+        if masks:
+            row += _write_masks(out, f"{pid}_{k}.png", drawn)
+        rows.append(row)
     labels = out / LABELS_NAME
     tmp = labels.with_suffix(".csv.tmp")
     with tmp.open("w", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(LABEL_COLUMNS)
+        writer.writerow(LABEL_COLUMNS + ((*MASK_COLUMNS, MASK_CTR_COLUMN) if masks else ()))
         writer.writerows(rows)
     tmp.replace(labels)
-    params = phantom_params(n, seed, size)
+    params = phantom_params(n, seed, size, masks)
     params.update(positives=sum(r[1] for r in rows), patients=len({r[3] for r in rows}))
     (out / PARAMS_NAME).write_text(json.dumps(params, indent=2) + "\n")
     log.info("wrote %d phantom images (%d positive) to %s", n, params["positives"], out)
     return labels
 
 
-def phantom_params(n: int, seed: int, size: int) -> dict:
+def phantom_params(n: int, seed: int, size: int, masks: bool = False) -> dict:
     """What identifies a phantom set: two sets with equal parameters have the same bytes."""
-    return {"generator": "cxr.phantom", "version": GENERATOR_VERSION, "n": n, "seed": seed, "size": size}
+    params = {"generator": "cxr.phantom", "version": GENERATOR_VERSION, "n": n, "seed": seed, "size": size}
+    return {**params, "masks": True} if masks else params
 
 
-def existing_phantom(out_dir: Path | str, n: int, seed: int, size: int) -> dict | None:
+def existing_phantom(out_dir: Path | str, n: int, seed: int, size: int, masks: bool = False) -> dict | None:
     """The phantom.json of a complete set in out_dir made with these parameters, else None."""
     out = Path(out_dir)
     try:
         params = json.loads((out / PARAMS_NAME).read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(params, dict) or any(params.get(k) != v for k, v in phantom_params(n, seed, size).items()):
+    wanted = phantom_params(n, seed, size, masks)
+    if not isinstance(params, dict) or any(params.get(k) != v for k, v in wanted.items()) or \
+            bool(params.get("masks")) != masks:
         return None
     try:
         with (out / LABELS_NAME).open(newline="") as f:

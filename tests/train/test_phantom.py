@@ -134,3 +134,29 @@ def test_cli_refuses_a_file_as_out(tmp_path):
     target.write_text("x")
     result = run_cli(target, "--n", 4)
     assert result.exit_code != 0 and "file.txt" in result.output
+
+
+def test_masks_option_writes_the_masked_layout_that_trains_the_decoder(tmp_path):
+    import csv
+
+    import cv2
+
+    from cxr.runtime.anatomy import ctr_reference
+    from cxr.train.datasets import load_dataset
+    from cxr.train.phantom import MASK_COLUMNS, existing_phantom, make_phantom
+
+    labels = make_phantom(tmp_path / "p", 12, seed=3, size=96, masks=True)
+    rows = list(csv.DictReader(labels.open()))
+    assert list(rows[0])[-4:] == [*MASK_COLUMNS, "ctr_mask"]
+    for r in rows:
+        heart, left, right = (cv2.imread(str(tmp_path / "p" / r[c]), cv2.IMREAD_GRAYSCALE) for c in MASK_COLUMNS)
+        assert set(np.unique(heart)) == {0, 255} and left.any() and right.any() and not (left & right).any()
+        # the patient's left lung lies on the image's right
+        assert np.flatnonzero(left.any(axis=0)).mean() > np.flatnonzero(right.any(axis=0)).mean()
+        assert float(r["ctr_mask"]) == pytest.approx(ctr_reference(np.stack([heart, left, right])), abs=1e-4)
+        assert float(r["ctr_mask"]) == pytest.approx(float(r["ctr"]), abs=0.03)  # drawn to the requested ratio
+    # a set with masks is another set than one without (never reused for it), and loads with its masks
+    assert existing_phantom(tmp_path / "p", 12, 3, 96, masks=True) is not None
+    assert existing_phantom(tmp_path / "p", 12, 3, 96) is None
+    index = load_dataset("phantom", str(tmp_path / "p"), mask_columns=MASK_COLUMNS, ctr_column="ctr_mask")
+    assert all(s.masks is not None and s.ctr is not None for s in index.samples)
