@@ -366,6 +366,7 @@ def score_folder(folder: str | os.PathLike, scorer: Scorer, batch_size: int = 8,
                 return
             pending.append((rel, pool.submit(_load_one, root / rel, config)))
 
+    finished = False
     try:
         fill(max_in_flight)
         while pending:
@@ -376,10 +377,13 @@ def score_folder(folder: str | os.PathLike, scorer: Scorer, batch_size: int = 8,
                 if on_item is not None:
                     on_item(row)
                 yield row
+        finished = True
     finally:
         for _, fut in pending:
             fut.cancel()
-        pool.shutdown(wait=True, cancel_futures=True)
+        # Stopped early (Ctrl-C, SIGTERM, the caller closing us): do not wait for a reader that may be blocked in C
+        # on a FIFO or a slow decode, which nothing can interrupt; it ends on its own or with the process.
+        pool.shutdown(wait=finished, cancel_futures=True)
 
 
 _ANATOMY = ("ctr", "masks")
