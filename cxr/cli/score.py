@@ -8,7 +8,8 @@ under half of the scored images); 1 nothing could be done (missing/invalid model
 given as --model, unwritable output, requested device unavailable, folder with no images); 2 usage errors (click),
 including a labels file that is missing, lacks its columns, has no usable label or matches no scored image (checked
 before scoring; nothing is written); 130 interrupted (Ctrl-C) or 143 terminated (SIGTERM: a batch system's time
-limit, `timeout`, `docker stop`), with the rows done kept in <out>.partial either way.
+limit, `timeout`, `docker stop`), with the rows done kept in <out>.partial either way, and <out>.journal ready for
+--resume (cxr.runtime.journal), which also continues after SIGKILL or a power loss.
 onnxruntime is imported inside the command, so `cxr-score --help` and `--version` stay fast and torch-free.
 """
 
