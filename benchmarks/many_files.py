@@ -45,6 +45,15 @@ def make_folder(folder: Path, n: int) -> None:
         (sub / f"img{i:06d}.png").write_bytes(variants[i % 256])
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a live process (all its threads), 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_kb(pid: int) -> tuple[int, int]:
     """(VmRSS, VmHWM) in kB of a live process, (0, 0) once it is gone."""
     try:
@@ -61,7 +70,7 @@ def run(folder: Path, out: Path, model: Path, n: int, batch_size: int, workers: 
                "--quiet", "--batch-size", str(batch_size), "--workers", str(workers), "--threads", "1"]
     start = time.monotonic()
     proc = subprocess.Popen(command, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
-    samples = []  # (seconds, rows, rss_kb)
+    samples = []  # (seconds, rows, rss_kb, cpu seconds)
     rows, fh, peak = 0, None, 0
     while proc.poll() is None:
         if fh is None and journal.exists():
@@ -69,9 +78,10 @@ def run(folder: Path, out: Path, model: Path, n: int, batch_size: int, workers: 
         if fh is not None:
             rows += fh.read().count(b"\n")
         rss, hwm = rss_kb(proc.pid)
+        cpu = cpu_s(proc.pid)
         peak = max(peak, hwm)
         if rss:
-            samples.append((time.monotonic() - start, max(rows - 1, 0), rss))  # the header line is not a row
+            samples.append((time.monotonic() - start, max(rows - 1, 0), rss, cpu))  # the header is not a row
         time.sleep(0.1)
     total_s = time.monotonic() - start
     if fh is not None:
@@ -92,9 +102,11 @@ def summarize(result: dict, n: int, out: Path) -> dict:
     first_a, first_b = at_rows(samples, 1), at_rows(samples, tenth)
     last_a, last_b = at_rows(samples, n - tenth), at_rows(samples, n)
     rate = lambda a, b: (b[1] - a[1]) / (b[0] - a[0]) if a and b and b[0] > a[0] else float("nan")  # noqa: E731
+    cpu_ms = lambda a, b: 1000 * (b[3] - a[3]) / (b[1] - a[1]) if a and b and b[1] > a[1] else float("nan")  # noqa
     mem = {p: at_rows(samples, n * p // 100) for p in (10, 50, 90)}
     return {"rows": len(paths), "unique": len(set(paths)), "sorted": paths == sorted(paths),
             "first_rate": rate(first_a, first_b), "last_rate": rate(last_a, last_b),
+            "first_cpu_ms": cpu_ms(first_a, first_b), "last_cpu_ms": cpu_ms(last_a, last_b),
             "mem_mb": {p: (s[2] / 1024 if s else float("nan")) for p, s in mem.items()},
             "peak_mb": result["peak_kb"] / 1024, "total_s": result["total_s"],
             "last_sampled_rows": samples[-1][1] if samples else 0}
@@ -120,6 +132,9 @@ def render(s: dict, n: int, args, cpu: str, gen_s: float) -> str:
         f"| generation / scoring wall time | {gen_s:.0f} s / {s['total_s']:.0f} s (start-up and walk included) |",
         f"| throughput, first 10% of rows | {s['first_rate']:.0f} rows/s |",
         f"| throughput, last 10% of rows | {s['last_rate']:.0f} rows/s ({ratio:.2f}x the first 10%) |",
+        f"| CPU time per row (all threads), first / last 10% | {s['first_cpu_ms']:.2f} / {s['last_cpu_ms']:.2f} ms "
+        f"({s['last_cpu_ms'] / s['first_cpu_ms']:.2f}x; less sensitive than wall time to other work on the "
+        "machine) |",
         f"| resident memory at 10% / 50% / 90% of rows | {s['mem_mb'][10]:.0f} / {s['mem_mb'][50]:.0f} / "
         f"{s['mem_mb'][90]:.0f} MB |",
         f"| peak resident memory (VmHWM) | {s['peak_mb']:.0f} MB |",
