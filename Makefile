@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.cxr-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint bench real external cam-on-heart install clean
+.PHONY: demo test lint bench real external cam-on-heart install clean fuzz
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,12 @@ install: $(STAMP)
 
 test: $(STAMP) lint
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# the reader fuzz suite at length: FUZZ_EXAMPLES random inputs per test (make test runs 25 fixed ones); a failure
+# prints the input to add to tests/fixtures/hostile/
+FUZZ_EXAMPLES ?= 2000
+fuzz: $(STAMP)
+	CXR_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -p no:cacheprovider tests/runtime/test_fuzz_readers.py $(PYTEST_ARGS)
 
 # ruff: pyflakes, bugbear, import order, lines <= 120 (pyproject.toml); part of make test, so CI fails on a finding
 lint: $(STAMP)

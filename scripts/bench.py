@@ -373,6 +373,15 @@ def ensure_demo_run(demo_out: Path) -> int:
                           cwd=REPO).returncode
 
 
+def _kept_sections(path: Path) -> str:
+    """Sections other scripts write into BENCHMARKS.md between their markers (benchmarks/many_files.py): kept."""
+    begin, end = "<!-- many-files:begin -->", "<!-- many-files:end -->"
+    text = path.read_text() if path.is_file() else ""
+    if begin not in text or end not in text:
+        return ""
+    return "\n\n" + begin + text.split(begin, 1)[1].split(end, 1)[0] + end
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--render-only", type=Path, metavar="JSON", help="render from this JSON; run nothing")
@@ -398,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     if not data.get("benchmarks"):
         print(f"bench: {source}: the JSON holds no benchmarks", file=sys.stderr)
         return rc or 1
-    args.out.write_text(render(data) + "\n")
+    args.out.write_text(render(data) + _kept_sections(args.out) + "\n")
     if args.render_only is None:  # keep the run's raw data beside the report it produced
         shutil.copyfile(source, args.out.with_suffix(".json"))
     print(f"bench: wrote {args.out} from {source} ({len(data['benchmarks'])} benchmarks, "

@@ -180,3 +180,15 @@ def test_ratios_come_from_rounds_taken_in_turn(bench, tmp_path):
     assert "| 1 | 2000.00 | 5000.00 | 2.50x | 1000.00 | 2.00x |" in text  # per-round 3, 2.5, 2 and 2, 2, 2
     assert "2.50x (batch 8: n/a" in _target_rows(text)["ORT"] and "**PASS**" in _target_rows(text)["ORT"]
     assert "- Batches 1: rounds taken in turn" in text
+
+
+def test_re_rendering_keeps_the_many_files_section(bench, tmp_path):
+    """benchmarks/many_files.py writes its own section into BENCHMARKS.md; make bench must not wipe it."""
+    raw = tmp_path / "raw.json"
+    raw.write_text(json.dumps(_data(0.040, 0.080, 1.00, 0.9, 350.0)))
+    out = tmp_path / "BENCHMARKS.md"
+    section = "<!-- many-files:begin -->\n## many files\n| rows | 100,000 |\n<!-- many-files:end -->"
+    out.write_text("old report\n\n" + section + "\n")
+    assert bench.main(["--render-only", str(raw), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "old report" not in text and text.count(section) == 1 and text.endswith(section + "\n")

@@ -9,7 +9,8 @@ given as --model, unwritable output, requested device unavailable, folder with n
 including a labels file that is missing, lacks its columns, has no usable label or matches no scored image (checked
 before scoring; nothing is written); 130 interrupted (Ctrl-C) or 143 terminated (SIGTERM: a batch system's time
 limit, `timeout`, `docker stop`), with the rows done kept in <out>.partial either way (and, with --report, the report
-of those rows, marked partial).
+of those rows, marked partial), and <out>.journal ready for --resume (cxr.runtime.journal), which also continues after
+SIGKILL or a power loss.
 onnxruntime is imported inside the command, so `cxr-score --help` and `--version` stay fast and torch-free.
 """
 
@@ -313,7 +314,10 @@ def _echo(line: str) -> None:
     a file name holding ESC or CR cannot move the cursor or forge a 'cxr-score: error:' line."""
     from cxr.runtime.results import escape_text
 
-    click.echo(escape_text(line), err=True)
+    try:
+        click.echo(escape_text(line), err=True)
+    except (OSError, ValueError):  # stderr closed or its reader gone (`2>&1 | head -1`): the results still count
+        pass
 
 
 def _error(message: str) -> None:
@@ -371,11 +375,16 @@ def _note(message: str, quiet: bool) -> None:
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Self-contained HTML review report to write (with a <name>_thumbs/ folder beside it): the run, "
                    "ROC and metrics with --labels, and every image as a filterable card.")
+@click.option("--resume", is_flag=True,
+              help="Continue an interrupted run on the same --out (Ctrl-C, SIGTERM, SIGKILL, crash, power loss) from "
+                   "its journal OUT.journal: only files not yet scored (or changed since) are scored, and the CSV "
+                   "is the one an uninterrupted run writes. A journal of another folder, model or settings is "
+                   "refused (exit 2). Not with --overlays or --report.")
 @click.option("--quiet", is_flag=True, help="No progress bar and no summary; errors only.")
 @click.version_option(__version__, prog_name="cxr-score")
 def main(targets: tuple[Path, ...], out: Path, model: Path, device: str, batch_size: int, workers: int,
          threads: int | None, threshold: float | None, labels: Path | None, path_column: str,
-         label_column: str | None, overlays: Path | None, report: Path | None, quiet: bool) -> None:
+         label_column: str | None, overlays: Path | None, report: Path | None, resume: bool, quiet: bool) -> None:
     """Score every image under FOLDER (recursively, sorted) for cardiomegaly, or the image files given (quote a
     glob, e.g. 'scans/*.dcm', so that cxr-score expands it: no 'argument list too long').
 
@@ -384,19 +393,39 @@ def main(targets: tuple[Path, ...], out: Path, model: Path, device: str, batch_s
     An unreadable image becomes an error row (no overlay) and the run goes on. With exactly one file, its probability
     and call (and ctr) are also printed on stdout. Research software, not a medical device.
     """
+    from cxr.cli.score_journal import exit_now_if_readers_stuck
+
+    _std_fds_open()
+    if resume and (overlays is not None or report is not None):
+        raise click.UsageError("--resume cannot be combined with --overlays or --report (the resumed rows have no "
+                               "maps to draw); score without them, or start over without --resume")
     folder, files, globbed_other = _targets(targets)
-    with _sigterm_raises():
+    try:
+        with _sigterm_raises():
+            try:
+                _score(folder, out, model, device, batch_size, workers, threads, threshold,
+                       _LabelsOption(labels, path_column, label_column), overlays, report, quiet,
+                       (files, globbed_other), resume)
+            except _Terminated:  # before scoring started (once it has, _score reports it itself)
+                _error(f"terminated (SIGTERM) before scoring started; nothing was written to {out}")
+                sys.exit(EXIT_TERMINATED)
+            finally:
+                while _LOCKS:
+                    _LOCKS.pop().release()
+                _remove_created()
+    except SystemExit as exc:  # the rows are kept and the lock released: never wait on a reader blocked in C
+        exit_now_if_readers_stuck(exc.code)
+        raise
+
+
+def _std_fds_open() -> None:
+    """Started with stdin, stdout or stderr closed (`2>&-`): put /dev/null there, or the results file opened next
+    would get descriptor 2 and every decoder warning written to stderr would land in the CSV."""
+    for fd in (0, 1, 2):
         try:
-            _score(folder, out, model, device, batch_size, workers, threads, threshold,
-                   _LabelsOption(labels, path_column, label_column), overlays, report, quiet,
-                   (files, globbed_other))
-        except _Terminated:  # before scoring started (once it has, _score reports it itself)
-            _error(f"terminated (SIGTERM) before scoring started; nothing was written to {out}")
-            sys.exit(EXIT_TERMINATED)
-        finally:
-            while _LOCKS:
-                _LOCKS.pop().release()
-            _remove_created()
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, os.O_RDWR)  # the lowest free descriptor: this one
 
 
 @dataclass
@@ -452,7 +481,7 @@ def _match_labels(table, folder: Path, files: list[Path], quiet: bool):
 
 def _score(folder: Path, out: Path, model: Path, device: str, batch_size: int, workers: int, threads: int | None,
            threshold: float | None, labels_option: _LabelsOption, overlays: Path | None, report: Path | None,
-           quiet: bool, given: tuple[list[Path] | None, int] = (None, 0)) -> None:
+           quiet: bool, given: tuple[list[Path] | None, int] = (None, 0), resume: bool = False) -> None:
     """Score FOLDER (given[0] None: walked) or the files given[0] under it (given[1]: non-images a glob matched)."""
     started_wall = datetime.now(timezone.utc).isoformat(timespec="seconds")
     t0 = time.perf_counter()
@@ -476,6 +505,9 @@ def _score(folder: Path, out: Path, model: Path, device: str, batch_size: int, w
     _make_out_folder(out, quiet)
     _check_out_kind(out)
     _lock_out(out, quiet)
+    from cxr.cli.score_journal import name_leftovers, open_journal, resume_note
+
+    name_leftovers(out, _echo)
     if report is not None and not report.parent.is_dir():
         _error(f"cannot write {report}: folder {report.parent} does not exist")
         sys.exit(EXIT_FAILED)
@@ -511,6 +543,18 @@ def _score(folder: Path, out: Path, model: Path, device: str, batch_size: int, w
         except OSError as exc:
             _error(f"cannot create the overlay folder or the report's thumbnails folder: {exc}")
             sys.exit(EXIT_FAILED)
+        from cxr.runtime.journal import run_identity
+
+        writer.identity = run_identity(folder=folder, model_sha256=scorer.model_sha256, threshold=thr,
+                                       device=scorer.device, labels=labels, path_column=labels_option.path_column,
+                                       label_column=labels_option.label_column, files_given=given_files is not None)
+        try:
+            journal = open_journal(out, writer.identity, resume, _echo)
+        except OSError as exc:
+            _error(f"cannot write the journal beside {out}: {exc.strerror or exc}")
+            sys.exit(EXIT_FAILED)
+        todo = journal.todo(folder, walk.files)
+        _note(resume_note(journal, len(walk.files), len(todo)), quiet or not journal.reused)
     except BaseException:
         writer.discard()
         raise
@@ -520,15 +564,16 @@ def _score(folder: Path, out: Path, model: Path, device: str, batch_size: int, w
     tally = Tally()
     last_row = None
     bar = tqdm(total=len(walk.files), unit="img", file=sys.stderr, dynamic_ncols=True,
-               disable=quiet or not sys.stderr.isatty())
+               disable=quiet or sys.stderr is None or not sys.stderr.isatty())
     t_score = time.perf_counter()
     try:
         rows = score_folder(folder, scorer, batch_size=batch_size, workers=workers, threshold=thr,
-                            files=walk.files, maps=extras.maps)
+                            files=todo, maps=extras.maps)
         with closing(rows):  # on Ctrl-C the reader threads are stopped now, not at garbage collection
-            for row in rows:
+            for row in journal.rows_for(walk.files, rows):
                 label = matcher.label_of(row.path) if matcher is not None else None
                 writer.write(row, label)
+                journal.record(folder, row)
                 tally.add(row)
                 if matcher is not None:
                     matcher.add(row)
@@ -539,9 +584,13 @@ def _score(folder: Path, out: Path, model: Path, device: str, batch_size: int, w
         bar.close()
         extras.finish()
         writer.commit()
+        journal.remove()
         if writer.removed_partials:
             _note(f"removed {', '.join(map(str, writer.removed_partials))}, left by earlier interrupted run(s): "
                   f"{out} is complete", quiet)
+        for kept in writer.kept_partials:
+            _echo(f"cxr-score: warning: kept {kept}: left by an interrupted run of another folder, model or "
+                  "settings (or an older cxr), so these results do not stand for it")
         if given_files is not None and len(walk.files) == 1 and last_row is not None and last_row.ok:
             _print_one(last_row, thr)
     except (KeyboardInterrupt, _Terminated) as exc:
@@ -549,7 +598,7 @@ def _score(folder: Path, out: Path, model: Path, device: str, batch_size: int, w
         kept = writer.abort()
         how = "terminated (SIGTERM)" if isinstance(exc, _Terminated) else "interrupted"
         stopped = (f"{how} after {writer.rows} of {len(walk.files)} file(s); {out} was not written"
-                   + (f"; the rows done are in {kept}" if kept else ""))
+                   + (f"; the rows done are in {kept}" if kept else "") + _keep_journal(journal))
         page = _partial_report(extras, matcher, thr, stopped, dict(
             scorer=scorer, folder=folder, out=kept or out, tally=tally, walk=walk, threshold=thr,
             threshold_source=thr_source, started=started_wall, total_s=time.perf_counter() - t0,
@@ -561,20 +610,20 @@ def _score(folder: Path, out: Path, model: Path, device: str, batch_size: int, w
         extras.finish(cancel=True)
         kept = writer.abort()
         _error(f"cannot write results: {exc.strerror or exc}; {out} was not written"
-               + (f"; the rows done are in {kept}" if kept else ""))
+               + (f"; the rows done are in {kept}" if kept else "") + _keep_journal(journal))
         sys.exit(EXIT_FAILED)
     except BaseException as exc:
         bar.close()
         extras.finish(cancel=True)
         kept = writer.abort()
         _error(f"stopped by {type(exc).__name__}: {exc}; {out} was not written"
-               + (f"; the rows done are in {kept}" if kept else ""))
+               + (f"; the rows done are in {kept}" if kept else "") + _keep_journal(journal))
         raise
 
     done = {"manifest": False}
     try:
         _finish(out, folder, model, device, batch_size, workers, threads, threshold, labels, quiet, scorer, walk,
-                tally, matcher, thr, thr_source, started_wall, t0, scoring_s, done, extras)
+                tally, matcher, thr, thr_source, started_wall, t0, scoring_s, done, extras, (journal, resume))
     except _Terminated:
         _error(f"terminated (SIGTERM) after {out} was written; "
                + ("so was its manifest" if done["manifest"] else "its manifest was not")
@@ -583,9 +632,19 @@ def _score(folder: Path, out: Path, model: Path, device: str, batch_size: int, w
         sys.exit(EXIT_TERMINATED)
 
 
+def _keep_journal(journal) -> str:
+    """Close the journal for a later --resume; the words that say so."""
+    try:
+        journal.close()
+    except OSError:
+        return ""
+    return f"; --resume continues from {journal.path}"
+
+
 def _finish(out, folder, model, device, batch_size, workers, threads, threshold, labels, quiet, scorer, walk, tally,
-            matcher, thr, thr_source, started_wall, t0, scoring_s, done: dict, extras: _Extras) -> None:
+            matcher, thr, thr_source, started_wall, t0, scoring_s, done: dict, extras: _Extras, resumed) -> None:
     """The manifest beside the committed results, the summary, and the exit code (done["manifest"] once written)."""
+    journal, resume = resumed
     from cxr.runtime.results import build_manifest, manifest_path, write_json_atomic
 
     label_report = matcher.report(thr) if matcher is not None else None
@@ -595,8 +654,8 @@ def _finish(out, folder, model, device, batch_size, workers, threads, threshold,
         total_s=time.perf_counter() - t0, scoring_s=scoring_s, command=sys.argv, labels=label_report,
         options={"folder": folder, "out": out, "model": model, "device": device, "batch_size": batch_size,
                  "workers": workers, "threads": threads, "threshold": threshold, "labels": labels,
-                 "overlays": extras.overlays, "report": extras.report_path, "quiet": quiet},
-        outputs=extras.manifest())
+                 "overlays": extras.overlays, "report": extras.report_path, "quiet": quiet, "resume": resume},
+        outputs={**extras.manifest(), **journal.manifest()})
     mpath = manifest_path(out)
     try:
         write_json_atomic(mpath, manifest)

@@ -3,8 +3,10 @@ r"""results.csv and its JSON manifest, written so that a crash or Ctrl-C never l
 The CSV goes to a temporary file beside the final one, one os.write per row (a failed write is cut back to the last
 whole row, so a full disk never leaves a cut number); on success it is fsync'd and
 `os.replace`d onto the final name (atomic on POSIX). On failure the rows already done are kept as `<out>.partial`
-and the final name is left untouched (a previous results file there survives). A later run that completes removes a
-`<out>.partial` left by an earlier interrupted one, since the complete results now stand beside it.
+and the final name is left untouched (a previous results file there survives), with a sidecar
+`<out>.partial.json` recording the run's identity (cxr.runtime.journal.run_identity: folder, model sha256, settings).
+A later run that completes removes a kept `.partial` only when its sidecar records the same identity (the complete
+results now stand for it); another folder's, model's or settings' interrupted run keeps its rows, and is named.
 Columns: path,prob_cardiomegaly,cardiomegaly,status,error (see DESIGN.md, 'The results contract'), then ctr,ctr_flag
 for models with a ctr output, then label when cxr-score is given --labels.
 
@@ -141,6 +143,35 @@ def stale_partials(out: Path) -> list[Path]:
     return found + [p for _, p in sorted(numbered)]
 
 
+def sidecar_path(partial: Path) -> Path:
+    """results.csv.partial -> results.csv.partial.json: the identity of the run that kept it."""
+    return partial.with_name(partial.name + ".json")
+
+
+def read_sidecar(partial: Path) -> dict | None:
+    """The identity a kept `.partial` was written with; None when its sidecar is missing or unreadable."""
+    try:
+        data = json.loads(sidecar_path(partial).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data.get("identity") if isinstance(data, dict) and isinstance(data.get("identity"), dict) else None
+
+
+def leftover_temps(out: Path) -> list[tuple[Path, int]]:
+    """Hidden temporary files a killed run (SIGKILL, power loss) left for `out` and its manifest, each with its
+    number of whole result rows (0 for a manifest's). Only names mkstemp gave for these very files match."""
+    found = []
+    for target in (out, manifest_path(out)):
+        for p in sorted(out.parent.glob("." + glob.escape(target.name) + ".????????.tmp")):
+            try:
+                with open(p, "rb") as fh:
+                    rows = max(fh.read().count(b"\n") - 1, 0) if target == out else 0
+            except OSError:
+                continue
+            found.append((p, rows))
+    return found
+
+
 def lock_path(out: Path) -> Path:
     """results.csv -> results.csv.lock: held (O_EXCL, holding the pid) while a run writes `out`."""
     return out.with_name(out.name + ".lock")
@@ -214,7 +245,8 @@ def _alive(pid: int) -> bool:
 def derived_names(out: Path) -> list[Path]:
     """Every file a run may create for `out`, longest names included: the temporary file, the lock, the numbered
     partials, the manifest (for checking NAME_MAX/PATH_MAX before scoring rather than after)."""
-    return [out, out.with_name(f".{out.name}.xxxxxxxx.tmp"), lock_path(out), partial_path(out, 99),
+    return [out, out.with_name(f".{out.name}.xxxxxxxx.tmp"), lock_path(out), sidecar_path(partial_path(out, 99)),
+            out.with_name(f".{out.name}.journal.xxxxxxxx.tmp"),
             manifest_path(out), manifest_path(out).with_name(f".{manifest_path(out).name}.xxxxxxxx.tmp")]
 
 
@@ -234,8 +266,12 @@ class ResultsWriter:
     aborts, and `partial` then names the kept file (None when no row had been written).
     """
 
-    def __init__(self, out: str | os.PathLike, anatomy: bool = False, labels: bool = False):
+    def __init__(self, out: str | os.PathLike, anatomy: bool = False, labels: bool = False,
+                 identity: dict | None = None):
         self.out = Path(out)
+        self.identity = identity
+        """What decides this run's rows (cxr.runtime.journal.run_identity): recorded beside a kept `.partial`, and
+        a stale `.partial` is removed on commit only when its record is equal. May be set after creation."""
         self.anatomy = bool(anatomy)
         self.labels = bool(labels)
         if self.out.is_dir():
@@ -251,7 +287,9 @@ class ResultsWriter:
         self.rows = 0
         self.partial: Path | None = None
         self.removed_partials: list[Path] = []
-        """The `<out>.partial` files of earlier interrupted runs that commit() removed."""
+        """The `<out>.partial` files of earlier interrupted runs with this run's identity that commit() removed."""
+        self.kept_partials: list[Path] = []
+        """The `<out>.partial` files commit() left: written by another folder, model or settings (or unrecorded)."""
         self.done = False
 
     def write(self, row: ScoreRow, label: int | None = None) -> None:
@@ -291,8 +329,12 @@ class ResultsWriter:
         self._close()
         os.replace(self.tmp, self.out)
         for stale in stale_partials(self.out):
+            if self.identity is None or read_sidecar(stale) != self.identity:
+                self.kept_partials.append(stale)
+                continue
             try:
                 stale.unlink()
+                sidecar_path(stale).unlink(missing_ok=True)
                 self.removed_partials.append(stale)
             except FileNotFoundError:
                 pass
@@ -321,6 +363,11 @@ class ResultsWriter:
             n += 1
         self.partial = partial_path(self.out, n)
         os.replace(self.tmp, self.partial)
+        if self.identity is not None:
+            try:
+                write_json_atomic(sidecar_path(self.partial), {"identity": self.identity})
+            except OSError:  # the rows are kept; without the record a later run leaves them alone
+                logger.warning("%s: could not record which run kept these rows", self.partial)
         return self.partial
 
     def discard(self) -> None:

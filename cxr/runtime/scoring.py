@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -36,6 +37,8 @@ DEVICES = ("auto", "cpu", "cuda")
 # Row error codes besides the image codes of cxr.runtime.errors.
 INTERNAL = "internal"  # an unexpected exception while reading or preprocessing one file (a bug: please report)
 INFERENCE_FAILED = "inference_failed"  # the session failed on this image even when run alone
+STOP_GRACE_S = 2.0
+"""How long a folder run stopped early waits for its reader threads before leaving them (blocked in C) behind."""
 
 
 def _identity(path: Path) -> tuple[int, int, int, int]:
@@ -357,7 +360,9 @@ def score_folder(folder: str | os.PathLike, scorer: Scorer, batch_size: int = 8,
     max_in_flight = 2 * batch_size
     todo = iter(files)
     pending: deque[tuple[Path, Future]] = deque()
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cxr-read")
+    readers: list[threading.Thread] = []
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cxr-read",
+                              initializer=lambda: readers.append(threading.current_thread()))
 
     def fill(limit: int) -> None:
         while len(pending) < limit:
@@ -366,6 +371,7 @@ def score_folder(folder: str | os.PathLike, scorer: Scorer, batch_size: int = 8,
                 return
             pending.append((rel, pool.submit(_load_one, root / rel, config)))
 
+    finished = False
     try:
         fill(max_in_flight)
         while pending:
@@ -376,10 +382,17 @@ def score_folder(folder: str | os.PathLike, scorer: Scorer, batch_size: int = 8,
                 if on_item is not None:
                     on_item(row)
                 yield row
+        finished = True
     finally:
         for _, fut in pending:
             fut.cancel()
-        pool.shutdown(wait=True, cancel_futures=True)
+        # Stopped early (Ctrl-C, SIGTERM, the caller closing us): wait at most STOP_GRACE_S for the readers, since one
+        # may be blocked in C on a slow file or a decode, which nothing can interrupt; it ends on its own or with the
+        # process (cxr-score then exits without waiting for it).
+        pool.shutdown(wait=finished, cancel_futures=True)
+        deadline = time.monotonic() + STOP_GRACE_S
+        for thread in readers if not finished else ():
+            thread.join(max(0.0, deadline - time.monotonic()))
 
 
 _ANATOMY = ("ctr", "masks")

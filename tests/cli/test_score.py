@@ -309,7 +309,8 @@ def test_sigterm_keeps_the_rows_done_like_ctrl_c(tiny_model, good_folder, tmp_pa
     assert "terminated (SIGTERM) after 2 of" in stderr and "r.csv.partial" in stderr and "Traceback" not in stderr
     assert out.read_text() == "earlier run\n"
     assert list(read_rows(tmp_path / "r.csv.partial")) == names[:2]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["good", "r.csv", "r.csv.partial", "tiny.onnx"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good", "r.csv", "r.csv.journal", "r.csv.partial",
+                                                          "r.csv.partial.json", "tiny.onnx"]
 
 
 def test_sigterm_before_scoring_leaves_nothing(tiny_model, good_folder, tmp_path, monkeypatch):

@@ -1,9 +1,11 @@
 """Fuzzing read_image: mutated PNG/JPEG/TIFF/BMP/DICOM bytes and random bytes either read to a 2-D uint8/uint16
 array or raise ImageError, never another exception and never a hang. Bounded (few examples, no deadline) so the
-suite stays fast; inputs that once broke the readers live in tests/fixtures/hostile/ as regression cases."""
+suite stays fast (`make fuzz` runs it long: CXR_FUZZ_EXAMPLES); inputs that once broke the readers live in
+tests/fixtures/hostile/ as regression cases."""
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -21,7 +23,10 @@ from hypothesis import strategies as st
 
 HOSTILE = Path(__file__).resolve().parents[1] / "fixtures" / "hostile"
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-FUZZ = settings(max_examples=25, deadline=None, derandomize=True, database=None,
+FUZZ_EXAMPLES = int(os.environ.get("CXR_FUZZ_EXAMPLES", "0") or 0)
+"""`make fuzz` sets this (e.g. 2000): that many random (not derandomized) examples per test, so each long run explores
+new inputs; `make test` leaves it unset: 25 fixed examples."""
+FUZZ = settings(max_examples=FUZZ_EXAMPLES or 25, deadline=None, derandomize=not FUZZ_EXAMPLES, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 

@@ -102,16 +102,17 @@ def test_crash_keeps_partial_and_never_touches_the_final_name(tmp_path, crash):
 
 def test_a_second_interrupted_run_keeps_the_first_ones_rows_and_a_complete_run_removes_both(tmp_path):
     out = tmp_path / "results [v2].csv"  # glob characters in the name must not hide its partials
+    same = {"folder": "/scans", "model_sha256": "ab" * 32}  # the same run's identity each time
     for rows in (["1.png", "2.png", "3.png"], ["1.png"]):
         with pytest.raises(KeyboardInterrupt):
-            with ResultsWriter(out) as writer:
+            with ResultsWriter(out, identity=same) as writer:
                 for name in rows:
                     writer.write(ok(name, 0.25, 0))
                 raise KeyboardInterrupt
     assert writer.partial == partial_path(out, 2) and writer.partial.name == "results [v2].csv.partial.2"
     assert len(partial_path(out).read_text().splitlines()) == 4  # the longer, earlier run: not overwritten
     assert len(partial_path(out, 2).read_text().splitlines()) == 2
-    with ResultsWriter(out) as again:
+    with ResultsWriter(out, identity=same) as again:
         again.write(ok("1.png", 0.25, 0))
         again.write(ok("2.png", 0.75, 1))
         again.commit()
