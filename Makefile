@@ -14,7 +14,7 @@ $(PY):
 # torch is pinned to the release that lies on this kind of machine's disk (never newer than 2.14.1).
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
-	$(PY) -m pip install -q -e ".[cpu,train,dev]"
+	$(PY) -m pip install -q -e ".[cpu,train,dev,ray]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -120,6 +120,8 @@ def _check_out_kind(out: Path) -> None:
 
 _LOCKS: list = []
 """The output locks this process holds; main() releases them however _score ends."""
+_ENGINES: list = []
+"""The Ray runs this process connected (cxr.runtime.ray_engine.RayRun); main() closes them however _score ends."""
 _CREATED: list[Path] = []
 """Folders this run created for --out; main() removes them again if the run ends with them empty."""
 _GLOB_CHARS = set("*?[")
@@ -133,6 +135,8 @@ def _targets(targets: tuple[Path, ...]) -> tuple[Path, list[Path] | None, int]:
 
     if len(targets) == 1 and targets[0].is_dir():
         return targets[0], None, 0
+    if len(targets) == 1 and _is_path_list(targets[0]):
+        return _listed(targets[0])
     paths: list[Path] = []
     skipped = 0
     for target in targets:
@@ -153,9 +157,28 @@ def _targets(targets: tuple[Path, ...]) -> tuple[Path, list[Path] | None, int]:
             paths += images
         else:
             raise _BadParameter(f"{target} does not exist", param_hint="FOLDER")
-    absolute = list(dict.fromkeys(Path(os.path.abspath(p)) for p in paths))
+    return _under_common_root(list(dict.fromkeys(Path(os.path.abspath(p)) for p in paths)), skipped)
+
+
+def _under_common_root(absolute: list[Path], skipped: int) -> tuple[Path, list[Path], int]:
     root = Path(os.path.commonpath([p.parent for p in absolute]))
     return root, sorted((p.relative_to(root) for p in absolute), key=lambda p: p.as_posix()), skipped
+
+
+def _is_path_list(target: Path) -> bool:
+    from cxr.runtime.pathlist import is_path_list
+
+    return is_path_list(target)
+
+
+def _listed(target: Path) -> tuple[Path, list[Path], int]:
+    """A .txt/.csv/.parquet list of paths (cxr.runtime.pathlist): its files under their common folder."""
+    from cxr.runtime.pathlist import PathListError, read_path_list
+
+    try:
+        return _under_common_root(read_path_list(target), 0)
+    except PathListError as exc:
+        raise _BadParameter(str(exc), param_hint="FOLDER") from None
 
 
 def _make_out_folder(out: Path, quiet: bool) -> None:
@@ -307,6 +330,22 @@ def _open_extras(folder: Path, overlays: Path | None, report: Path | None, score
     return _Extras(overlays, report, rep, drawer)
 
 
+def _connect(engine, quiet: bool):
+    """The Ray run for --engine ray (exit 1 when the cluster cannot be reached), None for the local engine."""
+    if engine is None or not engine.ray:
+        return None
+    from cxr.runtime.ray_engine import RayEngineError
+
+    _note(f"connecting to Ray ({engine.address or 'RAY_ADDRESS, else a local instance'})", quiet)
+    try:
+        run = engine.connect()
+    except RayEngineError as exc:
+        _error(str(exc))
+        sys.exit(EXIT_FAILED)
+    _ENGINES.append(run)
+    return run
+
+
 def _echo(line: str) -> None:
     """One line to stderr with control, format and undecodable characters escaped (cxr.runtime.results.escape_text):
     a file name holding ESC or CR cannot move the cursor or forge a 'cxr-score: error:' line."""
@@ -370,11 +409,21 @@ def _note(message: str, quiet: bool) -> None:
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Self-contained HTML review report to write (with a <name>_thumbs/ folder beside it): the run, "
                    "ROC and metrics with --labels, and every image as a filterable card.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="ray: read, preprocess and score on a Ray cluster (extra cxr[ray]); same rows and manifest.")
+@click.option("--ray-address", default=None,
+              help="--engine ray: 'auto' (the cluster `ray start` runs here), ray://HOST:10001, or HOST:6379; "
+                   "default: RAY_ADDRESS, else a local Ray instance.")
+@click.option("--actors", type=click.IntRange(1, 4096), default=1, show_default=True,
+              help="--engine ray: scorer actors (one model session each).")
+@click.option("--gpus-per-actor", type=FiniteFloat(0.0, 64.0), default=0.0, show_default=True,
+              help="--engine ray: GPUs each scorer actor asks for (0.5: two actors share one).")
 @click.option("--quiet", is_flag=True, help="No progress bar and no summary; errors only.")
 @click.version_option(__version__, prog_name="cxr-score")
 def main(targets: tuple[Path, ...], out: Path, model: Path, device: str, batch_size: int, workers: int,
          threads: int | None, threshold: float | None, labels: Path | None, path_column: str,
-         label_column: str | None, overlays: Path | None, report: Path | None, quiet: bool) -> None:
+         label_column: str | None, overlays: Path | None, report: Path | None, engine: str,
+         ray_address: str | None, actors: int, gpus_per_actor: float, quiet: bool) -> None:
     """Score every image under FOLDER (recursively, sorted) for cardiomegaly, or the image files given (quote a
     glob, e.g. 'scans/*.dcm', so that cxr-score expands it: no 'argument list too long').
 
@@ -383,16 +432,22 @@ def main(targets: tuple[Path, ...], out: Path, model: Path, device: str, batch_s
     An unreadable image becomes an error row (no overlay) and the run goes on. With exactly one file, its probability
     and call (and ctr) are also printed on stdout. Research software, not a medical device.
     """
+    from cxr.cli.engines import EngineOption
+
+    engine_option = EngineOption(engine, ray_address, actors, gpus_per_actor)
+    engine_option.check(device, overlays, report)
     folder, files, globbed_other = _targets(targets)
     with _sigterm_raises():
         try:
             _score(folder, out, model, device, batch_size, workers, threads, threshold,
                    _LabelsOption(labels, path_column, label_column), overlays, report, quiet,
-                   (files, globbed_other))
+                   (files, globbed_other), engine_option)
         except _Terminated:  # before scoring started (once it has, _score reports it itself)
             _error(f"terminated (SIGTERM) before scoring started; nothing was written to {out}")
             sys.exit(EXIT_TERMINATED)
         finally:
+            while _ENGINES:
+                _ENGINES.pop().close()
             while _LOCKS:
                 _LOCKS.pop().release()
             _remove_created()
@@ -451,7 +506,7 @@ def _match_labels(table, folder: Path, files: list[Path], quiet: bool):
 
 def _score(folder: Path, out: Path, model: Path, device: str, batch_size: int, workers: int, threads: int | None,
            threshold: float | None, labels_option: _LabelsOption, overlays: Path | None, report: Path | None,
-           quiet: bool, given: tuple[list[Path] | None, int] = (None, 0)) -> None:
+           quiet: bool, given: tuple[list[Path] | None, int] = (None, 0), engine=None) -> None:
     """Score FOLDER (given[0] None: walked) or the files given[0] under it (given[1]: non-images a glob matched)."""
     started_wall = datetime.now(timezone.utc).isoformat(timespec="seconds")
     t0 = time.perf_counter()
@@ -479,7 +534,8 @@ def _score(folder: Path, out: Path, model: Path, device: str, batch_size: int, w
         _error(f"cannot write {report}: folder {report.parent} does not exist")
         sys.exit(EXIT_FAILED)
     try:
-        scorer = Scorer(model, device=device, threads=threads)
+        # With --engine ray the driver's session only reads the card and hashes the file; the actors score.
+        scorer = Scorer(model, device="cpu" if engine is not None and engine.ray else device, threads=threads)
     except CxrError as exc:
         _error(str(exc))
         sys.exit(EXIT_FAILED)
@@ -505,6 +561,7 @@ def _score(folder: Path, out: Path, model: Path, device: str, batch_size: int, w
             _error(f"no images found in {folder} ({walk.skipped_non_images} other file(s) skipped)")
             sys.exit(EXIT_FAILED)
         matcher = _match_labels(label_table, folder, walk.files, quiet) if label_table is not None else None
+        ray_run = _connect(engine, quiet)
         try:
             extras = _open_extras(folder, overlays, report, scorer, thr, workers, label_table is not None, quiet)
         except OSError as exc:
@@ -522,8 +579,9 @@ def _score(folder: Path, out: Path, model: Path, device: str, batch_size: int, w
                disable=quiet or not sys.stderr.isatty())
     t_score = time.perf_counter()
     try:
-        rows = score_folder(folder, scorer, batch_size=batch_size, workers=workers, threshold=thr,
-                            files=walk.files, maps=extras.maps)
+        rows = (score_folder(folder, scorer, batch_size=batch_size, workers=workers, threshold=thr,
+                             files=walk.files, maps=extras.maps) if ray_run is None
+                else ray_run.rows(folder, walk.files, scorer, device, thr, batch_size))
         with closing(rows):  # on Ctrl-C the reader threads are stopped now, not at garbage collection
             for row in rows:
                 label = matcher.label_of(row.path) if matcher is not None else None
@@ -569,7 +627,7 @@ def _score(folder: Path, out: Path, model: Path, device: str, batch_size: int, w
     done = {"manifest": False}
     try:
         _finish(out, folder, model, device, batch_size, workers, threads, threshold, labels, quiet, scorer, walk,
-                tally, matcher, thr, thr_source, started_wall, t0, scoring_s, done, extras)
+                tally, matcher, thr, thr_source, started_wall, t0, scoring_s, done, extras, ray_run)
     except _Terminated:
         _error(f"terminated (SIGTERM) after {out} was written; "
                + ("so was its manifest" if done["manifest"] else "its manifest was not"))
@@ -577,7 +635,8 @@ def _score(folder: Path, out: Path, model: Path, device: str, batch_size: int, w
 
 
 def _finish(out, folder, model, device, batch_size, workers, threads, threshold, labels, quiet, scorer, walk, tally,
-            matcher, thr, thr_source, started_wall, t0, scoring_s, done: dict, extras: _Extras) -> None:
+            matcher, thr, thr_source, started_wall, t0, scoring_s, done: dict, extras: _Extras,
+            ray_run=None) -> None:
     """The manifest beside the committed results, the summary, and the exit code (done["manifest"] once written)."""
     from cxr.runtime.results import build_manifest, manifest_path, write_json_atomic
 
@@ -590,6 +649,9 @@ def _finish(out, folder, model, device, batch_size, workers, threads, threshold,
                  "workers": workers, "threads": threads, "threshold": threshold, "labels": labels,
                  "overlays": extras.overlays, "report": extras.report_path, "quiet": quiet},
         outputs=extras.manifest())
+    from cxr.cli.engines import engine_manifest
+
+    manifest["engine"] = engine_manifest(ray_run)
     mpath = manifest_path(out)
     try:
         write_json_atomic(mpath, manifest)
