@@ -181,12 +181,15 @@ class RayRun:
         run = cls(options)
         if not ray.is_initialized():
             run.started_local = options.address is None and not os.environ.get("RAY_ADDRESS")
+            handlers = _signal_handlers()
             try:
                 ray.init(address=options.address, include_dashboard=False, log_to_driver=False,
                          logging_level=logging.WARNING)
             except Exception as exc:  # noqa: BLE001 - ConnectionError, RuntimeError, ValueError by address form
                 raise RayEngineError(f"cannot reach the Ray cluster at {options.address or 'a new local instance'}: "
                                      f"{' '.join(str(exc).split())[:300]}") from None
+            finally:
+                _restore(handlers)  # ray.init makes SIGTERM sys.exit(15); the caller's handler keeps the rows done
         return run
 
     def close(self) -> None:
@@ -194,7 +197,10 @@ class RayRun:
         if self.started_local:
             import ray
 
-            ray.shutdown()
+            try:
+                ray.shutdown()
+            except Exception as exc:  # noqa: BLE001 - the results are settled; a failed shutdown only warrants a line
+                logger.warning("could not stop the local Ray instance: %s", exc)
 
     def cluster(self) -> dict:
         """Address, nodes and resources of the cluster, for the manifest."""
@@ -249,10 +255,10 @@ class RayRun:
         ds = ds.map_batches(read_batch, fn_kwargs={"config": scorer.card.preprocess, "threads": o.read_threads},
                             batch_size=batch_size, batch_format="numpy", num_cpus=1, memory=o.read_task_memory)
         actor_device = "cuda" if o.gpus_per_actor > 0 and device == "auto" else device
-        actor = _bound(actor_class, str(Path(scorer.model_path).resolve()), actor_device, scorer.threads, threshold,
-                       scorer.model_sha256)
-        ds = ds.map_batches(actor, batch_size=batch_size, batch_format="numpy",
+        ds = ds.map_batches(actor_class, batch_size=batch_size, batch_format="numpy",
                             compute=ray.data.ActorPoolStrategy(size=o.actors),
+                            fn_constructor_args=(str(Path(scorer.model_path).resolve()), actor_device, scorer.threads,
+                                                 threshold, scorer.model_sha256),
                             num_cpus=o.cpus_per_actor, num_gpus=o.gpus_per_actor or None)
         paths = [f.as_posix() for f in files]
         pending: dict[int, ScoreRow] = {}
@@ -278,14 +284,22 @@ class RayRun:
                                  f"{paths[next_index]}); the results were not committed")
 
 
-def _bound(actor_class: type, *args) -> type:
-    """`actor_class` with its constructor arguments bound in a subclass, so Ray starts it with none: arguments kept
-    in the object store would have to outlive every restart of the actor (ray-project/ray#53727)."""
-    def __init__(self):
-        actor_class.__init__(self, *args)
+def _signal_handlers() -> dict:
+    """The SIGTERM and SIGINT handlers now (empty off the main thread, where they cannot be set)."""
+    import signal
+    import threading
 
-    return type(actor_class.__name__, (actor_class,), {"__init__": __init__, "__module__": actor_class.__module__,
-                                                       "__qualname__": actor_class.__qualname__})
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+
+def _restore(handlers: dict) -> None:
+    import signal
+
+    for sig, handler in handlers.items():
+        if handler is not None:
+            signal.signal(sig, handler)
 
 
 def _main_resources(resources: dict) -> dict:

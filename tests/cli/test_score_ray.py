@@ -216,3 +216,43 @@ def test_without_ray_the_engine_names_the_extra(setup, tmp_path, monkeypatch):
     assert result.exit_code == 2 and "pip install 'cxr[ray]'" in result.output
     assert list(tmp_path.iterdir()) == []
 
+
+
+SLOW_AFTER_TWO_ROWS = """
+import sys, time
+from cxr.runtime.ray_engine import RayRun
+real = RayRun.rows
+def slow(*args, **kwargs):
+    for i, row in enumerate(real(*args, **kwargs)):
+        if i == 2:
+            print("two rows done", flush=True)
+            time.sleep(120)
+        yield row
+RayRun.rows = slow
+from cxr.cli.score import main
+main(sys.argv[1:])
+"""
+
+
+def test_sigterm_keeps_the_rows_done_although_ray_init_sets_its_own_handler(setup, tmp_path):
+    """ray.init makes SIGTERM sys.exit(15); the command puts its own handler back: exit 143 and the rows done kept.
+    A real signal to a real process that joins this module's Ray instance by its address."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "r.csv"
+    address = ray.get_runtime_context().gcs_address
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_AFTER_TWO_ROWS, str(setup["folder"]), "--out", str(out),
+                             "--model", str(setup["model"]), "--engine", "ray", "--ray-address", address],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).resolve().parents[2])
+    try:
+        assert proc.stdout.readline().strip() == "two rows done"
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, stderr
+    assert "terminated (SIGTERM) after 2 of 41" in stderr and "Traceback" not in stderr
+    assert _rows(tmp_path / "r.csv.partial") == _rows(setup["local"])[:2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.csv.partial"]
