@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.cxr-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint bench real external install clean
+.PHONY: demo test lint bench bench-ray real external install clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ external: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) scripts/bench.py
+
+# local engine vs --engine ray on 200 1024x1024 PNGs and the driver's memory on 100,000 listed paths (about 15 minutes)
+bench-ray: $(STAMP)
+	$(PY) scripts/bench_ray.py $(BENCH_RAY_ARGS)
 
 clean:
 	rm -rf $(VENV) demo_out real_out external_out .pytest_cache .benchmarks

@@ -398,7 +398,10 @@ def main(argv: list[str] | None = None) -> int:
     if not data.get("benchmarks"):
         print(f"bench: {source}: the JSON holds no benchmarks", file=sys.stderr)
         return rc or 1
-    args.out.write_text(render(data) + "\n")
+    ray = ""  # the "Ray engine" section belongs to scripts/bench_ray.py (make bench-ray): kept as it is
+    if args.out.is_file() and "<!-- ray-engine:start -->" in (old := args.out.read_text()):
+        ray = "\n<!-- ray-engine:start -->" + old.split("<!-- ray-engine:start -->", 1)[1].rstrip("\n") + "\n"
+    args.out.write_text(render(data) + "\n" + ray)
     if args.render_only is None:  # keep the run's raw data beside the report it produced
         shutil.copyfile(source, args.out.with_suffix(".json"))
     print(f"bench: wrote {args.out} from {source} ({len(data['benchmarks'])} benchmarks, "

@@ -425,7 +425,8 @@ def main(targets: tuple[Path, ...], out: Path, model: Path, device: str, batch_s
          label_column: str | None, overlays: Path | None, report: Path | None, engine: str,
          ray_address: str | None, actors: int, gpus_per_actor: float, quiet: bool) -> None:
     """Score every image under FOLDER (recursively, sorted) for cardiomegaly, or the image files given (quote a
-    glob, e.g. 'scans/*.dcm', so that cxr-score expands it: no 'argument list too long').
+    glob, e.g. 'scans/*.dcm', so that cxr-score expands it: no 'argument list too long'), or the files a LIST names
+    (.txt: one path per line; .csv or .parquet: a 'path' column; relative to the list's folder).
 
     Writes one row per image file to --out (path,prob_cardiomegaly,cardiomegaly,status,error; then ctr,ctr_flag for
     models with a ctr output and label with --labels); paths are relative to FOLDER, or to the files' common folder.
