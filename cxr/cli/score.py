@@ -336,7 +336,7 @@ def _connect(engine, quiet: bool):
         return None
     from cxr.runtime.ray_engine import RayEngineError
 
-    _note(f"connecting to Ray ({engine.address or 'RAY_ADDRESS, else a local instance'})", quiet)
+    _note(f"connecting to Ray ({engine.address or 'RAY_ADDRESS, a cluster started here, or a new instance'})", quiet)
     try:
         run = engine.connect()
     except RayEngineError as exc:
@@ -413,7 +413,7 @@ def _note(message: str, quiet: bool) -> None:
               help="ray: read, preprocess and score on a Ray cluster (extra cxr[ray]); same rows and manifest.")
 @click.option("--ray-address", default=None,
               help="--engine ray: 'auto' (the cluster `ray start` runs here), ray://HOST:10001, or HOST:6379; "
-                   "default: RAY_ADDRESS, else a local Ray instance.")
+                   "default: RAY_ADDRESS, else the cluster `ray start` runs here, else a new local instance.")
 @click.option("--actors", type=click.IntRange(1, 4096), default=1, show_default=True,
               help="--engine ray: scorer actors (one model session each).")
 @click.option("--gpus-per-actor", type=FiniteFloat(0.0, 64.0), default=0.0, show_default=True,
@@ -616,6 +616,12 @@ def _score(folder: Path, out: Path, model: Path, device: str, batch_size: int, w
         kept = writer.abort()
         _error(f"cannot write results: {exc.strerror or exc}; {out} was not written"
                + (f"; the rows done are in {kept}" if kept else ""))
+        sys.exit(EXIT_FAILED)
+    except CxrError as exc:  # the Ray engine's pipeline failed or lost rows: say so, keep the rows, no traceback
+        bar.close()
+        extras.finish(cancel=True)
+        kept = writer.abort()
+        _error(f"{exc}; {out} was not written" + (f"; the rows done are in {kept}" if kept else ""))
         sys.exit(EXIT_FAILED)
     except BaseException as exc:
         bar.close()

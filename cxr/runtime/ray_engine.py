@@ -169,7 +169,9 @@ class RayRun:
     """A connection to a Ray cluster and what the manifest says about it."""
 
     options: RayOptions
-    started_local: bool = False
+    initialized: bool = False
+    """Whether this run called ray.init (and so calls ray.shutdown at the end: a local instance it started stops, a
+    cluster it joined only loses this driver)."""
     workers: Counter = field(default_factory=Counter)
     """Rows per scorer actor ('host:pid:device'): an actor restarted after a crash shows as a second entry."""
     duplicates_dropped: int = 0
@@ -180,7 +182,7 @@ class RayRun:
         ray = import_ray()
         run = cls(options)
         if not ray.is_initialized():
-            run.started_local = options.address is None and not os.environ.get("RAY_ADDRESS")
+            run.initialized = True
             handlers = _signal_handlers()
             try:
                 ray.init(address=options.address, include_dashboard=False, log_to_driver=False,
@@ -193,8 +195,8 @@ class RayRun:
         return run
 
     def close(self) -> None:
-        """Stop the local instance this run started (a cluster it joined is left running)."""
-        if self.started_local:
+        """Disconnect if this run connected (a local instance it started stops; a cluster it joined keeps running)."""
+        if self.initialized:
             import ray
 
             try:
@@ -214,7 +216,7 @@ class RayRun:
         except Exception:  # noqa: BLE001 - Ray Client connections do not expose it
             address = self.options.address
         return {"ray_version": ray.__version__, "address": address, "requested_address": self.options.address,
-                "started_local_instance": self.started_local, "nodes": nodes,
+                "connected_by_this_run": self.initialized, "nodes": nodes,
                 "resources": _main_resources(ray.cluster_resources())}
 
     def manifest(self) -> dict:
@@ -265,7 +267,7 @@ class RayRun:
         next_index = 0
         batches = ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1)
         try:
-            for batch in batches:
+            for batch in _plain_errors(batches, ray):
                 for j, index in enumerate(batch["index"].tolist()):
                     if index < next_index or index in pending:
                         self.duplicates_dropped += 1
@@ -282,6 +284,17 @@ class RayRun:
         if next_index != len(files):
             raise RayEngineError(f"the Ray run returned {next_index} of {len(files)} rows in order (first missing: "
                                  f"{paths[next_index]}); the results were not committed")
+
+
+def _plain_errors(batches, ray):
+    """The batches, with a failure of the pipeline (a stage that raised, an actor that cannot start) turned into a
+    RayEngineError holding its first lines instead of a cluster-wide traceback."""
+    try:
+        yield from batches
+    except ray.exceptions.RayError as exc:
+        lines = [line for line in str(exc).splitlines() if line.strip()]
+        last = next((line for line in reversed(lines) if not line.startswith(" ")), type(exc).__name__)
+        raise RayEngineError(f"the Ray pipeline failed: {type(exc).__name__}: {last.strip()[:400]}") from None
 
 
 def _signal_handlers() -> dict:

@@ -75,7 +75,7 @@ def test_ray_engine_writes_the_local_engines_csv_and_a_manifest_naming_the_clust
     engine = manifest["engine"]
     assert engine["name"] == "ray" and engine["actors"] == 1 and engine["gpus_per_actor"] == 0.0
     assert engine["cluster"]["resources"]["CPU"] == 2.0 and len(engine["cluster"]["nodes"]) == 1
-    assert engine["cluster"]["started_local_instance"] is False  # it joined the test's instance
+    assert engine["cluster"]["connected_by_this_run"] is False  # it joined the test's instance
     assert sum(engine["rows_by_actor"].values()) == len(rows) and engine["duplicate_rows_dropped"] == 0
     assert manifest["counts"]["files"] == len(rows) and manifest["counts"]["error"] == 11
     local = json.loads((setup["root"] / "local.manifest.json").read_text())
@@ -256,3 +256,19 @@ def test_sigterm_keeps_the_rows_done_although_ray_init_sets_its_own_handler(setu
     assert "terminated (SIGTERM) after 2 of 41" in stderr and "Traceback" not in stderr
     assert _rows(tmp_path / "r.csv.partial") == _rows(setup["local"])[:2]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.csv.partial"]
+
+
+def test_an_actor_that_cannot_load_the_model_stops_the_run_with_one_plain_error(setup, tmp_path):
+    """A node whose copy of the model differs (the actor's sha256 check) fails the pipeline: a RayEngineError naming
+    the cause, not a cluster traceback and not an endless restart loop."""
+    from cxr.runtime.ray_engine import RayEngineError
+
+    class OtherModel(ScoreActor):
+        def __init__(self, model_path, device, threads, threshold, sha256):
+            super().__init__(model_path, device, threads, threshold, "0" * 64)
+
+    folder = setup["folder"]
+    scorer = Scorer(setup["model"], device="cpu")
+    run = RayRun.connect(RayOptions())
+    with pytest.raises(RayEngineError, match="is not the file the driver loaded"):
+        list(run.rows(folder, find_images(folder).files, scorer, "cpu", 0.5, batch_size=4, actor_class=OtherModel))
