@@ -180,3 +180,13 @@ def test_ratios_come_from_rounds_taken_in_turn(bench, tmp_path):
     assert "| 1 | 2000.00 | 5000.00 | 2.50x | 1000.00 | 2.00x |" in text  # per-round 3, 2.5, 2 and 2, 2, 2
     assert "2.50x (batch 8: n/a" in _target_rows(text)["ORT"] and "**PASS**" in _target_rows(text)["ORT"]
     assert "- Batches 1: rounds taken in turn" in text
+
+
+def test_make_bench_keeps_the_ray_engine_section_of_make_bench_ray(bench, tmp_path):
+    src, out = tmp_path / "latest.json", tmp_path / "BENCHMARKS.md"
+    src.write_text(json.dumps(_data(0.040, 0.080, 1.00, 0.9, 350.0)))
+    section = "<!-- ray-engine:start -->\n## Ray engine\n\n| ray | 1.0x |\n<!-- ray-engine:end -->"
+    out.write_text("# Benchmarks\n\nold figures\n\n" + section + "\n")
+    assert bench.main(["--render-only", str(src), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "old figures" not in text and text.count(section) == 1 and text.endswith(section + "\n")
