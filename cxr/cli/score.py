@@ -582,7 +582,7 @@ def _score(folder: Path, out: Path, model: Path, device: str, batch_size: int, w
     try:
         rows = (score_folder(folder, scorer, batch_size=batch_size, workers=workers, threshold=thr,
                              files=walk.files, maps=extras.maps) if ray_run is None
-                else ray_run.rows(folder, walk.files, scorer, device, thr, batch_size))
+                else ray_run.rows(folder, walk.files, scorer, device, thr, batch_size, workers))
         with closing(rows):  # on Ctrl-C the reader threads are stopped now, not at garbage collection
             for row in rows:
                 label = matcher.label_of(row.path) if matcher is not None else None

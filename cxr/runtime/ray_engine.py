@@ -66,10 +66,8 @@ class RayOptions:
     gpus_per_actor: float = 0.0
     """GPUs each scorer actor asks for (0: CPU actors; 0.5: two actors share a GPU)."""
     cpus_per_actor: float = 1.0
-    read_threads: int = 2
-    """Reader threads inside each read task (cv2 and pydicom release the GIL while decoding)."""
     read_task_memory: int = 256 << 20
-    """Bytes of memory a read task asks Ray for (a 3000 x 3000 16-bit DICOM decodes to 18 MB per thread)."""
+    """Bytes of memory a read task asks Ray for (a 3000 x 3000 16-bit DICOM decodes to 18 MB per reader thread)."""
     object_store_limit: int = 1 << 30
     """Bytes of object store the pipeline may fill before the streaming executor holds back the readers."""
 
@@ -175,6 +173,7 @@ class RayRun:
     workers: Counter = field(default_factory=Counter)
     """Rows per scorer actor ('host:pid:device'): an actor restarted after a crash shows as a second entry."""
     duplicates_dropped: int = 0
+    read_threads: int | None = None
 
     @classmethod
     def connect(cls, options: RayOptions) -> "RayRun":
@@ -222,13 +221,14 @@ class RayRun:
     def manifest(self) -> dict:
         o = self.options
         return {"name": "ray", "cluster": self.cluster(), "actors": o.actors, "gpus_per_actor": o.gpus_per_actor,
-                "cpus_per_actor": o.cpus_per_actor, "read_threads_per_task": o.read_threads,
+                "cpus_per_actor": o.cpus_per_actor, "read_threads_per_task": self.read_threads,
                 "object_store_limit_bytes": o.object_store_limit,
                 "rows_by_actor": dict(sorted(self.workers.items())), "duplicate_rows_dropped": self.duplicates_dropped}
 
     def rows(self, folder: Path, files: Sequence[Path], scorer: Scorer, device: str, threshold: float,
-             batch_size: int, actor_class: type = ScoreActor) -> Iterator[ScoreRow]:
+             batch_size: int, workers: int = 2, actor_class: type = ScoreActor) -> Iterator[ScoreRow]:
         """One ScoreRow per file, in the order of `files`, scored on the cluster (the local engine's rows).
+        `workers`: reader threads inside each read task (cv2 and pydicom release the GIL while decoding).
         `actor_class`: ScoreActor or a subclass taking the same arguments (instrumentation, fault tests)."""
         ray = import_ray()
         import pyarrow as pa
@@ -251,10 +251,11 @@ class RayRun:
         # again (max_retries=-1), a scorer actor that dies is restarted and its batches re-sent (max_restarts=-1,
         # max_task_retries=-1). An exception inside a stage is not retried: the stages turn every per-file failure
         # into an error row themselves, so an exception there is a bug and ends the run.
-        # The read tasks ask for memory (they decode full-size radiographs, read_threads at a time), which also
+        # The read tasks ask for memory (they decode full-size radiographs, `workers` at a time), which also
         # keeps Ray Data from fusing them into the scorer actors: reads then scale with the cluster's CPUs, not
         # with the number of model sessions.
-        ds = ds.map_batches(read_batch, fn_kwargs={"config": scorer.card.preprocess, "threads": o.read_threads},
+        self.read_threads = workers
+        ds = ds.map_batches(read_batch, fn_kwargs={"config": scorer.card.preprocess, "threads": workers},
                             batch_size=batch_size, batch_format="numpy", num_cpus=1, memory=o.read_task_memory)
         actor_device = "cuda" if o.gpus_per_actor > 0 and device == "auto" else device
         ds = ds.map_batches(actor_class, batch_size=batch_size, batch_format="numpy",
@@ -265,9 +266,9 @@ class RayRun:
         paths = [f.as_posix() for f in files]
         pending: dict[int, ScoreRow] = {}
         next_index = 0
-        batches = ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1)
+        stream = _plain_errors(ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1), ray)
         try:
-            for batch in _plain_errors(batches, ray):
+            for batch in stream:
                 for j, index in enumerate(batch["index"].tolist()):
                     if index < next_index or index in pending:
                         self.duplicates_dropped += 1
@@ -277,10 +278,8 @@ class RayRun:
                 while next_index in pending:
                     yield pending.pop(next_index)
                     next_index += 1
-        finally:
-            close = getattr(batches, "close", None)
-            if close is not None:
-                close()
+        finally:  # Ctrl-C, SIGTERM, a write error: stop the pipeline now (closing reaches Ray Data's own iterator)
+            stream.close()
         if next_index != len(files):
             raise RayEngineError(f"the Ray run returned {next_index} of {len(files)} rows in order (first missing: "
                                  f"{paths[next_index]}); the results were not committed")
@@ -288,7 +287,7 @@ class RayRun:
 
 def _plain_errors(batches, ray):
     """The batches, with a failure of the pipeline (a stage that raised, an actor that cannot start) turned into a
-    RayEngineError holding its first lines instead of a cluster-wide traceback."""
+    RayEngineError holding the error's last unindented line (its message) instead of a cluster-wide traceback."""
     try:
         yield from batches
     except ray.exceptions.RayError as exc:
