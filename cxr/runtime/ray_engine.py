@@ -247,6 +247,7 @@ class RayRun:
             blocks.append(pa.table({"index": pa.array(range(start, start + len(chunk)), pa.int64()),
                                     "path": pa.array([os.fsencode(folder / f) for f in chunk], pa.binary())}))
         ds = ray.data.from_arrow(blocks)
+        del blocks  # the object store has them now
         # Retries are Ray Data's defaults, which suit a pipeline of pure stages: a read task whose worker dies runs
         # again (max_retries=-1), a scorer actor that dies is restarted and its batches re-sent (max_restarts=-1,
         # max_task_retries=-1). An exception inside a stage is not retried: the stages turn every per-file failure
@@ -263,7 +264,6 @@ class RayRun:
                             fn_constructor_args=(str(Path(scorer.model_path).resolve()), actor_device, scorer.threads,
                                                  threshold, scorer.model_sha256),
                             num_cpus=o.cpus_per_actor, num_gpus=o.gpus_per_actor or None)
-        paths = [f.as_posix() for f in files]
         pending: dict[int, ScoreRow] = {}
         next_index = 0
         stream = _plain_errors(ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1), ray)
@@ -273,7 +273,7 @@ class RayRun:
                     if index < next_index or index in pending:
                         self.duplicates_dropped += 1
                         continue
-                    pending[index] = row_from_columns(batch, j, paths[index])
+                    pending[index] = row_from_columns(batch, j, files[index].as_posix())
                     self.workers[str(batch["worker"][j])] += 1
                 while next_index in pending:
                     yield pending.pop(next_index)
@@ -282,7 +282,7 @@ class RayRun:
             stream.close()
         if next_index != len(files):
             raise RayEngineError(f"the Ray run returned {next_index} of {len(files)} rows in order (first missing: "
-                                 f"{paths[next_index]}); the results were not committed")
+                                 f"{files[next_index].as_posix()}); the results were not committed")
 
 
 def _plain_errors(batches, ray):
