@@ -30,9 +30,12 @@ from tests.onnx_fixtures import mean_brightness_model  # noqa: E402
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_instance():
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
+    for sig, handler in handlers.items():  # ray.init made SIGTERM sys.exit(15) in this process: not for later tests
+        signal.signal(sig, handler)
 
 
 @pytest.fixture(scope="module")
