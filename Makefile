@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.cxr-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint bench real external cam-on-heart install clean fuzz
+.PHONY: demo test lint bench bench-ray real external cam-on-heart install clean fuzz
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -14,7 +14,7 @@ $(PY):
 # torch is pinned to the release that lies on this kind of machine's disk (never newer than 2.14.1).
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
-	$(PY) -m pip install -q -e ".[cpu,train,dev]"
+	$(PY) -m pip install -q -e ".[cpu,train,dev,ray]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -51,6 +51,10 @@ cam-on-heart: $(STAMP)
 	@test -n "$(MODEL)" -a -n "$(FOLDER)" -a -n "$(LABELS)" || { echo "usage: make cam-on-heart MODEL=model.onnx \
 	FOLDER=images LABELS=labels.csv [LABEL_COLUMN=label]" >&2; exit 2; }
 	$(PY) scripts/cam_on_heart.py "$(MODEL)" "$(FOLDER)" "$(LABELS)" $(if $(LABEL_COLUMN),--label-column "$(LABEL_COLUMN)")
+
+# local engine vs --engine ray on 200 1024x1024 PNGs and the driver's memory on 100,000 listed paths (about 15 minutes)
+bench-ray: $(STAMP)
+	$(PY) scripts/bench_ray.py $(BENCH_RAY_ARGS)
 
 clean:
 	rm -rf $(VENV) demo_out real_out external_out .pytest_cache .benchmarks

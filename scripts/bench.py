@@ -374,12 +374,15 @@ def ensure_demo_run(demo_out: Path) -> int:
 
 
 def _kept_sections(path: Path) -> str:
-    """Sections other scripts write into BENCHMARKS.md between their markers (benchmarks/many_files.py): kept."""
-    begin, end = "<!-- many-files:begin -->", "<!-- many-files:end -->"
+    """Sections other scripts write into BENCHMARKS.md between their markers (benchmarks/many_files.py,
+    scripts/bench_ray.py): kept as they are, in the order they stand."""
     text = path.read_text() if path.is_file() else ""
-    if begin not in text or end not in text:
-        return ""
-    return "\n\n" + begin + text.split(begin, 1)[1].split(end, 1)[0] + end
+    kept = []
+    for begin, end in (("<!-- many-files:begin -->", "<!-- many-files:end -->"),
+                       ("<!-- ray-engine:start -->", "<!-- ray-engine:end -->")):
+        if begin in text and end in text:
+            kept.append((text.index(begin), begin + text.split(begin, 1)[1].split(end, 1)[0] + end))
+    return "".join("\n\n" + section for _, section in sorted(kept))
 
 
 def main(argv: list[str] | None = None) -> int:

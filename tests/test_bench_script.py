@@ -192,3 +192,13 @@ def test_re_rendering_keeps_the_many_files_section(bench, tmp_path):
     assert bench.main(["--render-only", str(raw), "--out", str(out)]) == 0
     text = out.read_text()
     assert "old report" not in text and text.count(section) == 1 and text.endswith(section + "\n")
+
+
+def test_make_bench_keeps_the_ray_engine_section_of_make_bench_ray(bench, tmp_path):
+    src, out = tmp_path / "latest.json", tmp_path / "BENCHMARKS.md"
+    src.write_text(json.dumps(_data(0.040, 0.080, 1.00, 0.9, 350.0)))
+    section = "<!-- ray-engine:start -->\n## Ray engine\n\n| ray | 1.0x |\n<!-- ray-engine:end -->"
+    out.write_text("# Benchmarks\n\nold figures\n\n" + section + "\n")
+    assert bench.main(["--render-only", str(src), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "old figures" not in text and text.count(section) == 1 and text.endswith(section + "\n")

@@ -16,7 +16,8 @@ REPO = Path(__file__).resolve().parents[1]
 RUNTIME_MODULES = ["cxr.runtime", "cxr.runtime.errors", "cxr.runtime.imaging", "cxr.runtime.preprocess",
                    "cxr.runtime.card", "cxr.runtime.ort", "cxr.runtime.onnx_scan", "cxr.runtime.scoring",
                    "cxr.runtime.results", "cxr.runtime.walk", "cxr.runtime.labels", "cxr.runtime.metrics",
-                   "cxr.runtime.bench", "cxr.runtime.anatomy",
+                   "cxr.runtime.bench", "cxr.runtime.anatomy", "cxr.runtime.pathlist", "cxr.runtime.ray_engine",
+                   "cxr.cli.engines",
                    "cxr.runtime.overlay", "cxr.runtime.report", "cxr.runtime.report_assets", "cxr.cli.score",
                    "cxr.cli.bench", "cxr.cli.phantom", "cxr.train.phantom", "cxr.train.datasets", "cxr.train.splits"]
 

@@ -122,6 +122,8 @@ def _check_out_kind(out: Path) -> None:
 
 _LOCKS: list = []
 """The output locks this process holds; main() releases them however _score ends."""
+_ENGINES: list = []
+"""The Ray runs this process connected (cxr.runtime.ray_engine.RayRun); main() closes them however _score ends."""
 _CREATED: list[Path] = []
 """Folders this run created for --out; main() removes them again if the run ends with them empty."""
 _GLOB_CHARS = set("*?[")
@@ -135,6 +137,8 @@ def _targets(targets: tuple[Path, ...]) -> tuple[Path, list[Path] | None, int]:
 
     if len(targets) == 1 and targets[0].is_dir():
         return targets[0], None, 0
+    if len(targets) == 1 and _is_path_list(targets[0]):
+        return _listed(targets[0])
     paths: list[Path] = []
     skipped = 0
     for target in targets:
@@ -155,9 +159,28 @@ def _targets(targets: tuple[Path, ...]) -> tuple[Path, list[Path] | None, int]:
             paths += images
         else:
             raise _BadParameter(f"{target} does not exist", param_hint="FOLDER")
-    absolute = list(dict.fromkeys(Path(os.path.abspath(p)) for p in paths))
+    return _under_common_root(list(dict.fromkeys(Path(os.path.abspath(p)) for p in paths)), skipped)
+
+
+def _under_common_root(absolute: list[Path], skipped: int) -> tuple[Path, list[Path], int]:
     root = Path(os.path.commonpath([p.parent for p in absolute]))
     return root, sorted((p.relative_to(root) for p in absolute), key=lambda p: p.as_posix()), skipped
+
+
+def _is_path_list(target: Path) -> bool:
+    from cxr.runtime.pathlist import is_path_list
+
+    return is_path_list(target)
+
+
+def _listed(target: Path) -> tuple[Path, list[Path], int]:
+    """A .txt/.csv/.parquet list of paths (cxr.runtime.pathlist): its files under their common folder."""
+    from cxr.runtime.pathlist import PathListError, read_path_list
+
+    try:
+        return _under_common_root(read_path_list(target), 0)
+    except PathListError as exc:
+        raise _BadParameter(str(exc), param_hint="FOLDER") from None
 
 
 def _make_out_folder(out: Path, quiet: bool) -> None:
@@ -309,6 +332,22 @@ def _open_extras(folder: Path, overlays: Path | None, report: Path | None, score
     return _Extras(overlays, report, rep, drawer)
 
 
+def _connect(engine, quiet: bool):
+    """The Ray run for --engine ray (exit 1 when the cluster cannot be reached), None for the local engine."""
+    if engine is None or not engine.ray:
+        return None
+    from cxr.runtime.ray_engine import RayEngineError
+
+    _note(f"connecting to Ray ({engine.address or 'RAY_ADDRESS, a cluster started here, or a new instance'})", quiet)
+    try:
+        run = engine.connect()
+    except RayEngineError as exc:
+        _error(str(exc))
+        sys.exit(EXIT_FAILED)
+    _ENGINES.append(run)
+    return run
+
+
 def _echo(line: str) -> None:
     """One line to stderr with control, format and undecodable characters escaped (cxr.runtime.results.escape_text):
     a file name holding ESC or CR cannot move the cursor or forge a 'cxr-score: error:' line."""
@@ -380,13 +419,24 @@ def _note(message: str, quiet: bool) -> None:
                    "its journal OUT.journal: only files not yet scored (or changed since) are scored, and the CSV "
                    "is the one an uninterrupted run writes. A journal of another folder, model or settings is "
                    "refused (exit 2). Not with --overlays or --report.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="ray: read, preprocess and score on a Ray cluster (extra cxr[ray]); same rows and manifest.")
+@click.option("--ray-address", default=None,
+              help="--engine ray: 'auto' (the cluster `ray start` runs here), ray://HOST:10001, or HOST:6379; "
+                   "default: RAY_ADDRESS, else the cluster `ray start` runs here, else a new local instance.")
+@click.option("--actors", type=click.IntRange(1, 4096), default=1, show_default=True,
+              help="--engine ray: scorer actors (one model session each).")
+@click.option("--gpus-per-actor", type=FiniteFloat(0.0, 64.0), default=0.0, show_default=True,
+              help="--engine ray: GPUs each scorer actor asks for (0.5: two actors share one).")
 @click.option("--quiet", is_flag=True, help="No progress bar and no summary; errors only.")
 @click.version_option(__version__, prog_name="cxr-score")
 def main(targets: tuple[Path, ...], out: Path, model: Path, device: str, batch_size: int, workers: int,
          threads: int | None, threshold: float | None, labels: Path | None, path_column: str,
-         label_column: str | None, overlays: Path | None, report: Path | None, resume: bool, quiet: bool) -> None:
+         label_column: str | None, overlays: Path | None, report: Path | None, resume: bool, engine: str,
+         ray_address: str | None, actors: int, gpus_per_actor: float, quiet: bool) -> None:
     """Score every image under FOLDER (recursively, sorted) for cardiomegaly, or the image files given (quote a
-    glob, e.g. 'scans/*.dcm', so that cxr-score expands it: no 'argument list too long').
+    glob, e.g. 'scans/*.dcm', so that cxr-score expands it: no 'argument list too long'), or the files a LIST names
+    (.txt: one path per line; .csv or .parquet: a 'path' column; relative to the list's folder).
 
     Writes one row per image file to --out (path,prob_cardiomegaly,cardiomegaly,status,error; then ctr,ctr_flag for
     models with a ctr output and label with --labels); paths are relative to FOLDER, or to the files' common folder.
@@ -399,17 +449,23 @@ def main(targets: tuple[Path, ...], out: Path, model: Path, device: str, batch_s
     if resume and (overlays is not None or report is not None):
         raise click.UsageError("--resume cannot be combined with --overlays or --report (the resumed rows have no "
                                "maps to draw); score without them, or start over without --resume")
+    from cxr.cli.engines import EngineOption
+
+    engine_option = EngineOption(engine, ray_address, actors, gpus_per_actor)
+    engine_option.check(device, overlays, report)
     folder, files, globbed_other = _targets(targets)
     try:
         with _sigterm_raises():
             try:
                 _score(folder, out, model, device, batch_size, workers, threads, threshold,
                        _LabelsOption(labels, path_column, label_column), overlays, report, quiet,
-                       (files, globbed_other), resume)
+                       (files, globbed_other), resume, engine_option)
             except _Terminated:  # before scoring started (once it has, _score reports it itself)
                 _error(f"terminated (SIGTERM) before scoring started; nothing was written to {out}")
                 sys.exit(EXIT_TERMINATED)
             finally:
+                while _ENGINES:
+                    _ENGINES.pop().close()
                 while _LOCKS:
                     _LOCKS.pop().release()
                 _remove_created()
@@ -481,7 +537,8 @@ def _match_labels(table, folder: Path, files: list[Path], quiet: bool):
 
 def _score(folder: Path, out: Path, model: Path, device: str, batch_size: int, workers: int, threads: int | None,
            threshold: float | None, labels_option: _LabelsOption, overlays: Path | None, report: Path | None,
-           quiet: bool, given: tuple[list[Path] | None, int] = (None, 0), resume: bool = False) -> None:
+           quiet: bool, given: tuple[list[Path] | None, int] = (None, 0), resume: bool = False,
+           engine=None) -> None:
     """Score FOLDER (given[0] None: walked) or the files given[0] under it (given[1]: non-images a glob matched)."""
     started_wall = datetime.now(timezone.utc).isoformat(timespec="seconds")
     t0 = time.perf_counter()
@@ -512,7 +569,8 @@ def _score(folder: Path, out: Path, model: Path, device: str, batch_size: int, w
         _error(f"cannot write {report}: folder {report.parent} does not exist")
         sys.exit(EXIT_FAILED)
     try:
-        scorer = Scorer(model, device=device, threads=threads)
+        # With --engine ray the driver's session only reads the card and hashes the file; the actors score.
+        scorer = Scorer(model, device="cpu" if engine is not None and engine.ray else device, threads=threads)
     except CxrError as exc:
         _error(str(exc))
         sys.exit(EXIT_FAILED)
@@ -538,6 +596,7 @@ def _score(folder: Path, out: Path, model: Path, device: str, batch_size: int, w
             _error(f"no images found in {folder} ({walk.skipped_non_images} other file(s) skipped)")
             sys.exit(EXIT_FAILED)
         matcher = _match_labels(label_table, folder, walk.files, quiet) if label_table is not None else None
+        ray_run = _connect(engine, quiet)
         try:
             extras = _open_extras(folder, overlays, report, scorer, thr, workers, label_table is not None, quiet)
         except OSError as exc:
@@ -567,8 +626,9 @@ def _score(folder: Path, out: Path, model: Path, device: str, batch_size: int, w
                disable=quiet or sys.stderr is None or not sys.stderr.isatty())
     t_score = time.perf_counter()
     try:
-        rows = score_folder(folder, scorer, batch_size=batch_size, workers=workers, threshold=thr,
-                            files=todo, maps=extras.maps)
+        rows = (score_folder(folder, scorer, batch_size=batch_size, workers=workers, threshold=thr,
+                             files=todo, maps=extras.maps) if ray_run is None
+                else ray_run.rows(folder, todo, scorer, device, thr, batch_size, workers))
         with closing(rows):  # on Ctrl-C the reader threads are stopped now, not at garbage collection
             for row in journal.rows_for(walk.files, rows):
                 label = matcher.label_of(row.path) if matcher is not None else None
@@ -612,6 +672,13 @@ def _score(folder: Path, out: Path, model: Path, device: str, batch_size: int, w
         _error(f"cannot write results: {exc.strerror or exc}; {out} was not written"
                + (f"; the rows done are in {kept}" if kept else "") + _keep_journal(journal))
         sys.exit(EXIT_FAILED)
+    except CxrError as exc:  # the Ray engine's pipeline failed or lost rows: say so, keep the rows, no traceback
+        bar.close()
+        extras.finish(cancel=True)
+        kept = writer.abort()
+        _error(f"{exc}; {out} was not written" + (f"; the rows done are in {kept}" if kept else "")
+               + _keep_journal(journal))
+        sys.exit(EXIT_FAILED)
     except BaseException as exc:
         bar.close()
         extras.finish(cancel=True)
@@ -623,7 +690,7 @@ def _score(folder: Path, out: Path, model: Path, device: str, batch_size: int, w
     done = {"manifest": False}
     try:
         _finish(out, folder, model, device, batch_size, workers, threads, threshold, labels, quiet, scorer, walk,
-                tally, matcher, thr, thr_source, started_wall, t0, scoring_s, done, extras, (journal, resume))
+                tally, matcher, thr, thr_source, started_wall, t0, scoring_s, done, extras, (journal, resume), ray_run)
     except _Terminated:
         _error(f"terminated (SIGTERM) after {out} was written; "
                + ("so was its manifest" if done["manifest"] else "its manifest was not")
@@ -642,7 +709,8 @@ def _keep_journal(journal) -> str:
 
 
 def _finish(out, folder, model, device, batch_size, workers, threads, threshold, labels, quiet, scorer, walk, tally,
-            matcher, thr, thr_source, started_wall, t0, scoring_s, done: dict, extras: _Extras, resumed) -> None:
+            matcher, thr, thr_source, started_wall, t0, scoring_s, done: dict, extras: _Extras, resumed,
+            ray_run=None) -> None:
     """The manifest beside the committed results, the summary, and the exit code (done["manifest"] once written)."""
     journal, resume = resumed
     from cxr.runtime.results import build_manifest, manifest_path, write_json_atomic
@@ -656,6 +724,9 @@ def _finish(out, folder, model, device, batch_size, workers, threads, threshold,
                  "workers": workers, "threads": threads, "threshold": threshold, "labels": labels,
                  "overlays": extras.overlays, "report": extras.report_path, "quiet": quiet, "resume": resume},
         outputs={**extras.manifest(), **journal.manifest()})
+    from cxr.cli.engines import engine_manifest
+
+    manifest["engine"] = engine_manifest(ray_run)
     mpath = manifest_path(out)
     try:
         write_json_atomic(mpath, manifest)
