@@ -410,11 +410,8 @@ def _finish(config, run_dir, ctx, data, model, best_state, stop, history, evals,
         save_checkpoint(_payload("best", model, config, data, threshold, jsonable(metrics),
                                  stop["best_epoch"], decision=decision), run_dir / "best.pt")
         rundir.write_json(run_dir / "metrics.json", summary)
-        from cxr.train import plots
+        from cxr.train.plots import write_run_plots
 
-        plots.plot_history(history, run_dir)
-        if test is not None and test.labels.size and test.labels.any() and not test.labels.all():
-            plots.plot_roc(test.labels, test.probabilities, threshold.value, run_dir / "test_roc.png",
-                           f"test (n={test.labels.size}), best epoch {stop['best_epoch']}")
+        write_run_plots(run_dir, history, {"test": test, "validation": val_decided}, threshold.value, **kw)
     D.barrier(ctx)
     return copy.deepcopy(summary)
