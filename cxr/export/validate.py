@@ -162,7 +162,7 @@ def run_torch_all(model, images: np.ndarray, batch_size: int = 16, decision=None
     """Every output of the export wrapper, run eagerly in PyTorch (eval mode), by output name."""
     import torch
 
-    from cxr.export.onnx_export import ExportWrapper
+    from cxr.export.graph import ExportWrapper
 
     names = ExportWrapper.outputs(model)
     wrapper = ExportWrapper.build(model, decision).eval()
@@ -284,7 +284,7 @@ def _extra_within(extra: dict[str, Any], path: Path) -> dict[str, Any]:
     return {**extra, "tolerances": {k: v for k, v in limits.items() if k in extra}}
 
 
-def validate_export(model_path: Path, model, images: np.ndarray, opset: int, size: int,
+def validate_export(model_path: Path, model, images: np.ndarray, opset: int, size: int, *,
                     parity_tolerance: float = PARITY_TOLERANCE, batch_tolerance: float = BATCH_TOLERANCE,
                     batch_sizes: Sequence[int] = BATCH_SIZES, decision=None) -> dict[str, Any]:
     """All checks on an exported fp32 file against its PyTorch `model`. Returns the report; raises ExportError

@@ -122,9 +122,9 @@ def load_dataset(kind: str, root: Path | str, *, csv_path: Path | str | None = N
     elif kind in ("csv", "phantom"):
         if kind == "phantom" and csv_path is None:
             csv_path = root / "labels.csv"
-        index = _load_csv(root, csv_path, path_column, label_column, patient_column, split_column, source_column,
-                          classes, default_source="phantom" if kind == "phantom" else "",
-                          extras=(tuple(mask_columns), ctr_column))
+        names = CsvColumns(path_column, label_column, patient_column, split_column, source_column,
+                           tuple(mask_columns), ctr_column)
+        index = _load_csv(root, csv_path, names, classes, default_source="phantom" if kind == "phantom" else "")
         index.kind = kind
     elif kind == "nih":
         index = _load_nih(root, csv_path, nih_negatives)
@@ -258,8 +258,22 @@ def _require(path: Path, columns: list[str], needed: Iterable[str], options: dic
         raise ValueError(f"{path}: missing column(s) {', '.join(fix)}; the CSV has {columns}")
 
 
-def _load_csv(root: Path, csv_path, path_column, label_column, patient_column, split_column, source_column,
-              classes, default_source: str, extras: tuple[tuple[str, ...], str | None] = ((), None)) -> DatasetIndex:
+@dataclass(frozen=True)
+class CsvColumns:
+    """The labels-CSV column names a csv/phantom dataset is read with (the --*-column options)."""
+
+    path: str
+    label: str
+    patient: str
+    split: str
+    source: str | None
+    masks: tuple[str, ...] = ()
+    ctr: str | None = None
+
+
+def _load_csv(root: Path, csv_path, names: CsvColumns, classes, default_source: str) -> DatasetIndex:
+    path_column, label_column, patient_column = names.path, names.label, names.patient
+    split_column, source_column, mask_columns, ctr_column = names.split, names.source, names.masks, names.ctr
     if csv_path is None:
         csv_path = root if root.is_file() else root / "labels.csv"
     csv_path = Path(csv_path).expanduser().resolve()
@@ -268,7 +282,6 @@ def _load_csv(root: Path, csv_path, path_column, label_column, patient_column, s
     columns, rows = _read_csv(csv_path)
     _require(csv_path, columns, [path_column, label_column],
              {path_column: "choose it with --path-column", label_column: "choose it with --label-column"})
-    mask_columns, ctr_column = extras
     for what, names in (("mask column(s) (--mask-columns)", list(mask_columns)),
                         ("CTR column (--ctr-column)", [ctr_column] if ctr_column else [])):
         missing = [c for c in names if c not in columns]

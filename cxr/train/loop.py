@@ -110,7 +110,7 @@ def _loaders(config: TrainConfig, data: PreparedData, ctx: D.DistContext):
     return train_ds, sampler, train_loader, evals
 
 
-def _train_epoch(model, loader, optimizer, criterion, ctx, autocast, scaler, epoch: int,
+def _train_epoch(model, loader, optimizer, criterion, ctx, autocast, scaler, epoch: int, *,
                  mask_weight: float | None = None) -> tuple[float, int, float]:
     """One pass over this rank's share; returns (mean classifier loss over all ranks, unreadable images masked,
     mean mask loss over the images with masks, NaN without the segmentation head)."""
@@ -153,7 +153,7 @@ def _train_epoch(model, loader, optimizer, criterion, ctx, autocast, scaler, epo
 
 
 def _payload(kind: str, model: CardiomegalyNet, config: TrainConfig, data: PreparedData, threshold: Threshold,
-             metrics: dict, epoch: int, state_dict=None, decision: Decision | None = None) -> dict[str, Any]:
+             metrics: dict, epoch: int, *, state_dict=None, decision: Decision | None = None) -> dict[str, Any]:
     return {
         "kind": kind, "model": {"arch": config.arch, "dropout": config.dropout, "seg_head": config.use_seg_head},
         "decision": (decision or Decision()).to_dict(),
@@ -287,7 +287,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, ctx: D.DistContext)
         train_ds.set_epoch(epoch)
         lr = optimizer.param_groups[0]["lr"]
         train_loss, _, train_mask_loss = _train_epoch(net, train_loader, optimizer, criterion, ctx, autocast, scaler,
-                                                      epoch, config.mask_loss_weight if seg else None)
+                                                      epoch, mask_weight=config.mask_loss_weight if seg else None)
         ev = evaluate_split(model, evals["val"], ctx, pos_weight, autocast)
         ev_loss = _selection_loss(ev, config)
         _require_usable_validation(ev, data.samples["val"])
@@ -329,7 +329,8 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, ctx: D.DistContext)
             log.info("early stopping after epoch %d: no lower validation loss for %d epochs (best epoch %d)",
                      epoch, stop["bad_epochs"], stop["best_epoch"])
 
-    return _finish(config, run_dir, ctx, data, model, best_state, stop, history, evals, pos_weight, autocast)
+    return _finish(config, run_dir, ctx, data=data, model=model, best_state=best_state, stop=stop, history=history,
+                   evals=evals, pos_weight=pos_weight, autocast=autocast)
 
 
 def _between_ties(threshold: Threshold, probabilities: np.ndarray, mode: str) -> Threshold:
@@ -372,7 +373,7 @@ def _require_usable_validation(ev, samples) -> None:
                      + (f": {shown}" if unreadable else "") + "); a model cannot be selected on them")
 
 
-def _finish(config, run_dir, ctx, data, model, best_state, stop, history, evals, pos_weight, autocast):
+def _finish(config, run_dir, ctx, *, data, model, best_state, stop, history, evals, pos_weight, autocast):
     """Best weights back; the decision (classifier, CTR or fusion) and the threshold chosen on validation with them;
     test evaluated once; best.pt, metrics, plots."""
     from cxr.train.evaluate import decided, full_report
