@@ -16,6 +16,7 @@ import click
 
 from cxr import __version__
 from cxr.cli import FiniteFloat
+from cxr.cli.verbosity import setup_logging, verbosity, verbosity_options
 from cxr.export.options import (
     DEFAULT_MAX_AUROC_DROP,
     DEFAULT_MAX_SAMPLES,
@@ -47,12 +48,11 @@ from cxr.export.options import (
 @click.option("--force", is_flag=True, help="Write reduced-precision copies even when the AUROC guard refuses them.")
 @click.option("--max-samples", default=DEFAULT_MAX_SAMPLES, show_default=True, type=click.IntRange(1, 100000),
               help="At most this many images for the parity checks.")
-@click.option("-v", "--verbose", is_flag=True, help="Log progress to stderr.")
+@verbosity_options
 @click.version_option(__version__, prog_name="cxr-export")
-def main(checkpoint: Path, out: Path, no_validate: bool, verbose: bool, **options) -> None:
+def main(checkpoint: Path, out: Path, no_validate: bool, quiet: bool, verbose: bool, **options) -> None:
     """Export CHECKPOINT (a cxr-train run directory or a .pt file) to a validated ONNX file."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(verbosity(quiet, verbose), "cxr-export", logging.WARNING)
     if options["labels"] is not None and options["sample_dir"] is None:
         raise click.UsageError("--labels labels the --sample images; without --sample the run's validation split "
                                "(with its own labels) is used")
@@ -71,11 +71,12 @@ def main(checkpoint: Path, out: Path, no_validate: bool, verbose: bool, **option
     except (CheckpointError, ExportError, ValueError, OSError) as exc:
         click.echo(f"cxr-export: error: {exc}", err=True)
         sys.exit(1)
-    for line in report.summary_lines():
-        click.echo(line)
-    refused = [name for name, v in report.variants.items() if not v.get("written")]
-    if refused:
-        click.echo(f"cxr-export: warning: {', '.join(refused)} copy not written (see above)", err=True)
+    if not quiet:
+        for line in report.summary_lines():
+            click.echo(line)
+    for name, v in report.variants.items():  # said even with --quiet: a file that was asked for is missing
+        if not v.get("written"):
+            click.echo(f"cxr-export: warning: {name} copy not written: {v.get('reason')}", err=True)
 
 
 if __name__ == "__main__":

@@ -8,12 +8,14 @@ and leaves other files alone.
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
 import click
 
 from cxr import __version__
+from cxr.cli.verbosity import setup_logging, verbosity, verbosity_options
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -23,9 +25,11 @@ from cxr import __version__
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed: the same n/seed/size gives the same bytes.")
 @click.option("--size", type=click.IntRange(64, 4096), default=256, show_default=True, help="Image side in pixels.")
 @click.option("--overwrite", is_flag=True, help="Replace a phantom set (or cxr-phantom's files) already in OUT.")
+@verbosity_options
 @click.version_option(__version__, prog_name="cxr-phantom")
-def main(out: Path, n: int, seed: int, size: int, overwrite: bool) -> None:
+def main(out: Path, n: int, seed: int, size: int, overwrite: bool, quiet: bool, verbose: bool) -> None:
     """Write N synthetic chest radiographs with labels (cardiomegaly = cardiothoracic ratio > 0.5) to OUT."""
+    setup_logging(verbosity(quiet, verbose), "cxr-phantom", logging.WARNING)
     from cxr.train.phantom import IMAGE_NAME, IMAGES_DIR, LABELS_NAME, PARAMS_NAME, existing_phantom, make_phantom
 
     if out.exists() and not out.is_dir():
@@ -33,8 +37,9 @@ def main(out: Path, n: int, seed: int, size: int, overwrite: bool) -> None:
         sys.exit(1)
     params = existing_phantom(out, n, seed, size)
     if params is not None and not overwrite:
-        click.echo(f"reusing the phantom set in {out} (n={n}, seed={seed}, size={size}): "
-                   f"{params.get('positives', '?')} of {n} positive")
+        if not quiet:
+            click.echo(f"reusing the phantom set in {out} (n={n}, seed={seed}, size={size}): "
+                       f"{params.get('positives', '?')} of {n} positive")
         return
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
@@ -52,7 +57,9 @@ def main(out: Path, n: int, seed: int, size: int, overwrite: bool) -> None:
         click.echo(f"error: cannot write the phantom set to {out}: {exc}", err=True)
         sys.exit(1)
     written = existing_phantom(out, n, seed, size) or {}
-    click.echo(f"wrote {n} phantom images to {out} ({labels.name}): {written.get('positives', '?')} of {n} positive")
+    if not quiet:
+        click.echo(f"wrote {n} phantom images to {out} ({labels.name}): {written.get('positives', '?')} of {n} "
+                   "positive")
 
 
 if __name__ == "__main__":

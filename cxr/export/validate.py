@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from cxr.export.errors import ExportError
+from cxr.runtime.atomic import write_text_atomic
 from cxr.runtime.card import INPUT_NAME, OPTIONAL_OUTPUTS, OUTPUT_NAMES
 from cxr.runtime.serialization import jsonable
 
@@ -341,7 +342,4 @@ def write_report(report: dict[str, Any], path: Path) -> Path:
     """Write a JSON report atomically (NaN/inf become null; numpy arrays are left out)."""
     path = Path(path)
     clean = jsonable(report, drop_arrays=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(clean, indent=2, sort_keys=True, allow_nan=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, json.dumps(clean, indent=2, sort_keys=True, allow_nan=False) + "\n")

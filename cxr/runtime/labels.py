@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 from cxr.runtime import metrics
+from cxr.runtime.errors import CxrError
 
 if TYPE_CHECKING:
     from cxr.runtime.scoring import ScoreRow
@@ -33,7 +34,7 @@ ACCEPTED = "1/0, true/false, yes/no, positive/negative or the class names"
 _EXAMPLES = 5
 
 
-class LabelsError(ValueError):
+class LabelsError(CxrError, ValueError):
     """The labels file cannot be used (missing columns, conflicting duplicates, unreadable)."""
 
 

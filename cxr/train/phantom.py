@@ -25,6 +25,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from cxr.runtime.atomic import atomic_write, write_text_atomic
+from cxr.train.errors import TrainError
+
 log = logging.getLogger(__name__)
 
 GENERATOR_VERSION = 1  # bump when the rendering changes, so an old set on disk is not reused as if it were current
@@ -95,9 +98,9 @@ def render_phantom(rng: np.random.Generator, ctr: float, size: int = 256, *, ret
     With return_masks=True returns (image, {"heart": bool mask, "lungs": bool mask}) in the image frame.
     """
     if not 0.2 <= ctr <= 0.8:
-        raise ValueError(f"ctr must lie in [0.2, 0.8], got {ctr!r}")
+        raise TrainError(f"ctr must lie in [0.2, 0.8], got {ctr!r}")
     if not isinstance(size, int) or size < 64:
-        raise ValueError(f"size must be an integer >= 64, got {size!r}")
+        raise TrainError(f"size must be an integer >= 64, got {size!r}")
     anatomy = sample_anatomy(rng, ctr)
     return render(anatomy, sample_view(rng), size, return_masks=return_masks)
 
@@ -158,7 +161,7 @@ def measure_ctr(heart: np.ndarray, lungs: np.ndarray) -> float:
     hx = np.flatnonzero(heart.any(axis=0))
     lx = np.flatnonzero(lungs.any(axis=0))
     if hx.size == 0 or lx.size == 0:
-        raise ValueError("empty heart or lung mask")
+        raise TrainError("empty heart or lung mask")
     return float(hx[-1] - hx[0]) / float(max(lx[-1] - lx[0], 1))  # between extreme pixel centres
 
 
@@ -272,9 +275,9 @@ def make_phantom(out_dir: Path | str, n: int, seed: int = 0, size: int = 256) ->
     phantom.json is written last, so a set interrupted half-way is never mistaken for a finished one.
     """
     if not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
+        raise TrainError(f"n must be a positive integer, got {n!r}")
     if not isinstance(size, int) or size < 64:
-        raise ValueError(f"size must be an integer >= 64, got {size!r}")
+        raise TrainError(f"size must be an integer >= 64, got {size!r}")
     out = Path(out_dir)
     (out / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
     (out / PARAMS_NAME).unlink(missing_ok=True)
@@ -296,15 +299,13 @@ def make_phantom(out_dir: Path | str, n: int, seed: int = 0, size: int = 256) ->
             raise OSError(f"{out / rel}: could not write the PNG")
         rows.append((rel, int(this.ctr > CTR_CUTOFF), f"{this.ctr:.4f}", pid))
     labels = out / LABELS_NAME
-    tmp = labels.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="") as f:
+    with atomic_write(labels, "w", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(LABEL_COLUMNS)
         writer.writerows(rows)
-    tmp.replace(labels)
     params = phantom_params(n, seed, size)
     params.update(positives=sum(r[1] for r in rows), patients=len({r[3] for r in rows}))
-    (out / PARAMS_NAME).write_text(json.dumps(params, indent=2) + "\n")
+    write_text_atomic(out / PARAMS_NAME, json.dumps(params, indent=2) + "\n")
     log.info("wrote %d phantom images (%d positive) to %s", n, params["positives"], out)
     return labels
 
