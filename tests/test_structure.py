@@ -16,10 +16,10 @@ MAX_POSITIONAL = 8
 # objects); each entry is "module:qualified name". Remove an entry when its function is fixed: the test fails on
 # entries that no longer exceed the limit, so this list cannot go stale.
 KNOWN_LONG_SIGNATURES: set[str] = {
-    "cxr.cli.score:main",  # click passes options by keyword; make them keyword-only (`*,`) or an options object
-    "cxr.cli.score:_score",  # issue 15 item 8: becomes a run object with prepare/score/finish
-    "cxr.cli.score:_finish",  # issue 15 item 8: as above (21 parameters)
-    "cxr.cli.score:_summary",  # issue 15 item 8: as above
+    "cxr.cli.score:main",  # click passes options by keyword: make them keyword-only (`*,`) or an options object
+    "cxr.cli.score:_score",  # to become one run object with prepare/score/finish, holding what is passed around
+    "cxr.cli.score:_finish",  # 21 parameters: the same run object's finish step
+    "cxr.cli.score:_summary",  # reads the same run object
 }
 
 

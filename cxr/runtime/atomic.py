@@ -54,12 +54,6 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     return Path(path)
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    with atomic_write(path, "wb") as fh:
-        fh.write(data)
-    return Path(path)
-
-
 def fsync_write(path: str | os.PathLike, data: bytes) -> Path:
     """Write `data` to `path` itself and fsync it: for files that are checked under a temporary name of their own
     before the caller renames them (an ONNX export is validated before it takes the final name)."""

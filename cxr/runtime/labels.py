@@ -15,7 +15,7 @@ import posixpath
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from cxr.runtime import metrics
 from cxr.runtime.errors import CxrError
@@ -23,7 +23,6 @@ from cxr.runtime.errors import CxrError
 if TYPE_CHECKING:
     from cxr.runtime.scoring import ScoreRow
 
-REQUIRED_COLUMNS = ("path", "label")
 LABEL_ALIASES = ("label", "cardiomegaly")
 """The label column when none is named: `label`, or else `cardiomegaly` (the column cxr-phantom and cxr-train use)."""
 DEFAULT_CLASSES = ("Cardiomegaly", "Normal")
@@ -270,12 +269,3 @@ class LabelMatcher:
             "metrics": (metrics.summarize(self.y, self.p, threshold, n_boot=n_boot, seed=seed)
                         if self.y else None),
         }
-
-
-def evaluate(rows: Iterable[ScoreRow], labels: Labels, threshold: float, n_boot: int = 1000,
-             seed: int = 0) -> dict[str, Any]:
-    """`LabelMatcher` over an iterable of rows, in one call."""
-    matcher = LabelMatcher(labels)
-    for row in rows:
-        matcher.add(row)
-    return matcher.report(threshold, n_boot=n_boot, seed=seed)

@@ -2,8 +2,8 @@
 
 Each image has a body outline, two dark lungs, a bright heart and mediastinum, diaphragm domes, ribs, clavicles and a
 faint spine. The label is the classical radiographic criterion: cardiomegaly = cardiothoracic ratio (CTR) > 0.5, with
-CTR = horizontal extent of the heart / horizontal extent of both lungs (how ../shared/data/ctr_wingspan_jsrt measures
-it from masks). CTRs are spread uniformly across the cut-off so the task is learnable but not trivial near 0.5.
+CTR = horizontal extent of the heart / horizontal extent of both lungs (how datasets with heart and lung masks, such
+as JSRT's, measure it). CTRs are spread uniformly across the cut-off so the task is learnable but not trivial near 0.5.
 Nuisance variation (size, position, a few degrees of rotation, exposure, gamma, blur, noise, anatomy proportions) keeps
 the model from solving it by counting pixels. Some patients get follow-up images (same anatomy, CTR +- 0.01, another
 exposure and position), so splitting by patient matters here as it does on real data.

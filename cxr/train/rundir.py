@@ -16,7 +16,6 @@ from cxr.runtime.serialization import jsonable
 
 HISTORY_COLUMNS = ("epoch", "lr", "train_loss", "val_loss", "val_auroc", "val_auprc", "val_sensitivity",
                    "val_specificity", "val_f1", "threshold", "seconds", "is_best")
-RUN_FILES = ("config.json", "splits.csv", "history.csv", "best.pt", "last.pt", "metrics.json")
 
 
 def write_json(path: Path, data: Mapping[str, Any]) -> Path:

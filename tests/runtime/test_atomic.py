@@ -9,7 +9,7 @@ import stat
 import pytest
 
 from cxr.runtime import atomic
-from cxr.runtime.atomic import atomic_write, write_bytes_atomic, write_text_atomic
+from cxr.runtime.atomic import atomic_write, write_text_atomic
 
 
 def _leftovers(folder):
@@ -34,7 +34,9 @@ def test_writes_the_whole_file_via_a_temp_beside_it_fsyncd(tmp_path, monkeypatch
 def test_gets_the_permissions_an_ordinary_open_would(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
-    path = write_bytes_atomic(tmp_path / "a.bin", b"\x00\x01")
+    path = tmp_path / "a.bin"
+    with atomic_write(path, "wb") as fh:
+        fh.write(b"\x00\x01")
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask  # not mkstemp's 0600
     assert path.read_bytes() == b"\x00\x01"
 
