@@ -16,12 +16,14 @@ import numpy as np
 
 AUROC_FLOOR = 0.5  # chance: the AUROC axis starts here unless an epoch fell below it
 FPR_GRID = np.linspace(0.0, 1.0, 101)
+BAND_RESAMPLES = 200  # enough for a drawn band; 1,000 took 7.6 s against 1.1 s on a 10,000-image split
 
 
 @dataclass(frozen=True)
 class RocData:
-    """What a ROC panel shows: the curve, its 95% bootstrap band (stratified, as the AUROC interval in metrics.json),
-    and the operating point at the run's threshold."""
+    """What a ROC panel shows: the curve, its 95% bootstrap band (stratified, at most BAND_RESAMPLES resamples), the
+    AUROC interval from `n_boot` resamples (the same call and seed as metrics.json, so the same numbers) and the
+    operating point at the run's threshold."""
 
     split: str
     labels: np.ndarray
@@ -114,8 +116,9 @@ def roc_band(roc: RocData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     p = np.asarray(roc.probabilities, np.float64)
     pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
     rng = np.random.default_rng(roc.seed)
-    tprs = np.empty((roc.n_boot, FPR_GRID.size), np.float64)
-    for i in range(roc.n_boot):
+    n_boot = min(roc.n_boot, BAND_RESAMPLES)
+    tprs = np.empty((n_boot, FPR_GRID.size), np.float64)
+    for i in range(n_boot):
         take = np.r_[rng.choice(pos, pos.size), rng.choice(neg, neg.size)]
         fpr, tpr, _ = roc_curve(y[take], p[take])
         tprs[i] = np.interp(FPR_GRID, fpr, tpr)
