@@ -1,5 +1,5 @@
 """On a CUDA machine: DenseNet-121 at 224, batch 64, fp32 and fp16, ONNX Runtime's CUDA execution provider with I/O
-binding against PyTorch eager on the same card (issue 5, item 5).
+binding against PyTorch eager on the same card.
 
 Each half skips on its own: the ONNX Runtime rows need onnxruntime-gpu (CUDAExecutionProvider), the PyTorch rows a
 CUDA build of torch and a GPU. Inputs are copied to the GPU once, outside the timing, on both sides (ONNX Runtime:

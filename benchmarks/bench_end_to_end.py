@@ -28,8 +28,8 @@ ROUNDS = 5
 BATCH = 8  # cxr-score's default batch size
 WORKERS = 2
 MEMORY_FILES = int(os.environ.get("CXR_BENCH_MEMORY_FILES", 10_000))
-"""Files in the memory run (the issue's 10,000; about 10 minutes here). Fewer is for trying the suite out: the
-report then says the 10,000-file target was not measured."""
+"""Files in the memory run (10,000, the size the memory target names; about 10 minutes here). Fewer is for trying
+the suite out: the report then says the 10,000-file target was not measured."""
 
 
 @pytest.fixture(scope="module")

@@ -2,10 +2,10 @@
 
 A random-weight model says nothing about the AUROC an int8 copy loses, so this benchmark takes the demo's finished
 training run (scripts/bench.py runs `make demo`'s script first; it reuses whatever is already done), exports it again
-here with `export_onnx(..., quantize="int8", force=True)` (the code `cxr-export --quantize int8` runs; force so that
-a refused copy is still measured), and scores the demo's held-out cohort (300 images never seen in training,
-calibration or threshold choice) with both files. Timed: int8 over the cohort at batch 8; the fp32 file is timed
-between rounds (pedantic's untimed setup), so the speed-up is paired round by round.
+here with `export_onnx(..., ExportOptions(quantize="int8", force=True))` (the code `cxr-export --quantize int8`
+runs; force so that a refused copy is still measured), and scores the demo's held-out cohort (300 images never seen
+in training, calibration or threshold choice) with both files. Timed: int8 over the cohort at batch 8; the fp32 file
+is timed between rounds (pedantic's untimed setup), so the speed-up is paired round by round.
 
 Recorded: AUROC of both, the change with a paired bootstrap 95% interval, max and mean |probability change|, and
 how many decisions flip at the card's threshold.
@@ -34,12 +34,14 @@ def trained_int8(tmp_path_factory) -> dict:
     run_dir, holdout = TRAINED / "run", TRAINED / "phantom_holdout"
     if not (run_dir / "best.pt").is_file() or not (holdout / "labels.csv").is_file():
         pytest.skip(f"no trained demo run under {TRAINED} (run `make demo` first; `make bench` does)")
-    from cxr.export.onnx_export import export_onnx, side_path
+    from cxr.export.artifacts import side_path
+    from cxr.export.onnx_export import export_onnx
+    from cxr.export.options import ExportOptions
     from cxr.export.samples import images_from_dir
     from cxr.runtime.scoring import Scorer
 
     out = tmp_path_factory.mktemp("int8acc") / "model.onnx"
-    report = export_onnx(run_dir, out, opset=17, quantize="int8", force=True)
+    report = export_onnx(run_dir, out, ExportOptions(opset=17, quantize="int8", force=True))
     variant = report.variants["int8"]
     scorers = {"fp32": Scorer(out, device="cpu", threads=THREADS),
                "int8": Scorer(side_path(out, "int8.onnx"), device="cpu", threads=THREADS)}

@@ -139,15 +139,16 @@ def densenet() -> dict:
         return {**paths, "variants": json.loads(info.read_text())}
     stamp.unlink(missing_ok=True)
     from cxr.export.onnx_export import export_onnx
+    from cxr.export.options import ExportOptions
     from cxr.train.phantom import make_phantom
 
     samples = CACHE / "samples"
     make_phantom(samples, n=16, seed=SEED, size=256)
     _build_checkpoint(paths["checkpoint"])
     # force=True: random weights have a meaningless AUROC, so the int8 AUROC check must not stop the benchmark file.
-    report = export_onnx(paths["checkpoint"], paths["fp32"], opset=17, sample_dir=samples, validate=True,
+    report = export_onnx(paths["checkpoint"], paths["fp32"], ExportOptions(opset=17, sample_dir=samples, validate=True,
                          quantize="int8", calibration_dir=samples, labels=samples / "labels.csv", max_samples=16,
-                         force=True)
+                         force=True))
     variants = {k: {kk: (str(vv) if isinstance(vv, Path) else vv) for kk, vv in v.items()}
                 for k, v in report.variants.items()}
     if not variants.get("int8", {}).get("path") or not paths["int8"].is_file():

@@ -284,7 +284,7 @@ def targets_section(found: dict, idx: dict) -> list[str]:
         if mem_ok is None:
             mem_text += f"; the {MODEL_FILES:,}-file target needs a run on {MODEL_FILES:,} files"
     e2e = found.get("e2e")
-    return ["## Targets from issue 5 (reported, not asserted)", "",
+    return ["## Targets (reported, not asserted)", "",
             "| target | measured | status |", "|---|---|---|",
             f"| ORT fp32 >= {TARGETS['ort_vs_torch_b1']}x PyTorch eager at batch 1 | {_fmt(r)}x "
             f"(batch 8: {_fmt(found.get(8, {}).get('ort_vs_torch'))}x, "
@@ -303,7 +303,7 @@ def targets_section(found: dict, idx: dict) -> list[str]:
 
 
 def cuda_section(data: dict) -> list[str]:
-    """Issue 5 item 5: batch 64, fp32 and fp16, ONNX Runtime CUDA EP (I/O binding) against PyTorch eager, card named."""
+    """Batch 64, fp32 and fp16, ONNX Runtime CUDA EP (I/O binding) against PyTorch eager, card named."""
     rows = {(b["extra_info"].get("engine"), b["extra_info"].get("precision")): b for b in data["benchmarks"]
             if (b.get("group") or "").startswith("cuda-b")}
     if not rows:

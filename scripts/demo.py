@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     print("Settings scaled for a 2-core CPU without internet (all else is the recipe in DESIGN.md):")
     print("  --init random        ImageNet weights cannot be downloaded here; the recipe fine-tunes from them.")
     print(f"  --lr {args.lr:g}         the recipe's 1e-5 is a fine-tuning rate; from random init it learns too slowly")
-    print("                       (FIELD-NOTES: AUROC 0.69 after 2 epochs at 1e-5 vs 0.92 at 1e-4).")
+    print("                       (measured on the phantom: AUROC 0.69 after 2 epochs at 1e-5 vs 0.92 at 1e-4).")
     print(f"  --image-size {args.size}    224 costs ~4x the time per step; the phantom's signal survives "
           f"{args.size} px.")
     print(f"  --max-epochs {args.epochs}     instead of 30; the plateau scheduler (2, x0.1) and early stopping "

@@ -16,15 +16,22 @@ import click
 
 from cxr import __version__
 from cxr.cli import FiniteFloat
-
-OPSET_MIN, OPSET_MAX = 13, 20  # must equal cxr.export.onnx_export.SUPPORTED_OPSETS (a test checks)
+from cxr.cli.verbosity import setup_logging, verbosity, verbosity_options
+from cxr.export.options import (
+    DEFAULT_MAX_AUROC_DROP,
+    DEFAULT_MAX_SAMPLES,
+    DEFAULT_OPSET,
+    SUPPORTED_OPSETS,
+    ExportOptions,
+)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Output ONNX file (e.g. model.onnx); side files are named after it.")
-@click.option("--opset", default=17, show_default=True, type=click.IntRange(OPSET_MIN, OPSET_MAX),
+@click.option("--opset", default=DEFAULT_OPSET, show_default=True,
+              type=click.IntRange(SUPPORTED_OPSETS.start, SUPPORTED_OPSETS.stop - 1),
               help="ONNX opset; the written file's default-domain opset is checked to equal it.")
 @click.option("--sample", "sample_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Folder of real chest X-rays for validation (default: the run's validation split).")
@@ -33,22 +40,20 @@ OPSET_MIN, OPSET_MAX = 13, 20  # must equal cxr.export.onnx_export.SUPPORTED_OPS
 @click.option("--no-validate", is_flag=True, help="Skip the behavioural checks (parity, batch invariance, runtime).")
 @click.option("--quantize", type=click.Choice(["int8"]), help="Also write MODEL.int8.onnx (static QDQ).")
 @click.option("--calibration", "calibration_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Folder of calibration images for --quantize (default: the validation images).")
+              help="Folder of calibration images for --quantize int8 (default: the run's training split; without "
+                   "one, the evaluation images, with a warning).")
 @click.option("--fp16", is_flag=True, help="Also write MODEL.fp16.onnx (uint8 input and float32 outputs kept).")
-@click.option("--max-auroc-drop", default=0.01, show_default=True, type=FiniteFloat(),
+@click.option("--max-auroc-drop", default=DEFAULT_MAX_AUROC_DROP, show_default=True, type=FiniteFloat(),
               help="Refuse a reduced-precision copy whose AUROC drops by more than this.")
 @click.option("--force", is_flag=True, help="Write reduced-precision copies even when the AUROC guard refuses them.")
-@click.option("--max-samples", default=32, show_default=True, type=click.IntRange(1, 100000),
+@click.option("--max-samples", default=DEFAULT_MAX_SAMPLES, show_default=True, type=click.IntRange(1, 100000),
               help="At most this many images for the parity checks.")
-@click.option("-v", "--verbose", is_flag=True, help="Log progress to stderr.")
+@verbosity_options
 @click.version_option(__version__, prog_name="cxr-export")
-def main(checkpoint: Path, out: Path, opset: int, sample_dir: Path | None, labels: Path | None, no_validate: bool,
-         quantize: str | None, calibration_dir: Path | None, fp16: bool, max_auroc_drop: float, force: bool,
-         max_samples: int, verbose: bool) -> None:
+def main(checkpoint: Path, out: Path, no_validate: bool, quiet: bool, verbose: bool, **options) -> None:
     """Export CHECKPOINT (a cxr-train run directory or a .pt file) to a validated ONNX file."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
-    if labels is not None and sample_dir is None:
+    setup_logging(verbosity(quiet, verbose), "cxr-export", logging.WARNING)
+    if options["labels"] is not None and options["sample_dir"] is None:
         raise click.UsageError("--labels labels the --sample images; without --sample the run's validation split "
                                "(with its own labels) is used")
     if out.suffix.lower() != ".onnx":
@@ -62,17 +67,16 @@ def main(checkpoint: Path, out: Path, opset: int, sample_dir: Path | None, label
     from cxr.train.checkpoints import CheckpointError
 
     try:
-        report = export_onnx(checkpoint, out, opset=opset, sample_dir=sample_dir, validate=not no_validate,
-                             quantize=quantize, calibration_dir=calibration_dir, fp16=fp16,
-                             max_auroc_drop=max_auroc_drop, force=force, labels=labels, max_samples=max_samples)
+        report = export_onnx(checkpoint, out, ExportOptions(validate=not no_validate, **options))
     except (CheckpointError, ExportError, ValueError, OSError) as exc:
         click.echo(f"cxr-export: error: {exc}", err=True)
         sys.exit(1)
-    for line in report.summary_lines():
-        click.echo(line)
-    refused = [name for name, v in report.variants.items() if not v.get("written")]
-    if refused:
-        click.echo(f"cxr-export: warning: {', '.join(refused)} copy not written (see above)", err=True)
+    if not quiet:
+        for line in report.summary_lines():
+            click.echo(line)
+    for name, v in report.variants.items():  # said even with --quiet: a file that was asked for is missing
+        if not v.get("written"):
+            click.echo(f"cxr-export: warning: {name} copy not written: {v.get('reason')}", err=True)
 
 
 if __name__ == "__main__":

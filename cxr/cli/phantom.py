@@ -8,12 +8,14 @@ and leaves other files alone.
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
 import click
 
 from cxr import __version__
+from cxr.cli.verbosity import setup_logging, verbosity, verbosity_options
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -26,9 +28,11 @@ from cxr import __version__
 @click.option("--masks", is_flag=True,
               help="Also write heart / left lung / right lung masks and their columns (mask_heart, mask_left_lung, "
                    "mask_right_lung, ctr_mask) for training the segmentation head.")
+@verbosity_options
 @click.version_option(__version__, prog_name="cxr-phantom")
-def main(out: Path, n: int, seed: int, size: int, overwrite: bool, masks: bool) -> None:
+def main(out: Path, n: int, seed: int, size: int, overwrite: bool, masks: bool, quiet: bool, verbose: bool) -> None:
     """Write N synthetic chest radiographs with labels (cardiomegaly = cardiothoracic ratio > 0.5) to OUT."""
+    setup_logging(verbosity(quiet, verbose), "cxr-phantom", logging.WARNING)
     from cxr.train.phantom import (
         IMAGE_NAME,
         IMAGES_DIR,
@@ -44,8 +48,9 @@ def main(out: Path, n: int, seed: int, size: int, overwrite: bool, masks: bool) 
         sys.exit(1)
     params = existing_phantom(out, n, seed, size, masks)
     if params is not None and not overwrite:
-        click.echo(f"reusing the phantom set in {out} (n={n}, seed={seed}, size={size}): "
-                   f"{params.get('positives', '?')} of {n} positive")
+        if not quiet:
+            click.echo(f"reusing the phantom set in {out} (n={n}, seed={seed}, size={size}): "
+                       f"{params.get('positives', '?')} of {n} positive")
         return
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
@@ -64,7 +69,9 @@ def main(out: Path, n: int, seed: int, size: int, overwrite: bool, masks: bool) 
         click.echo(f"error: cannot write the phantom set to {out}: {exc}", err=True)
         sys.exit(1)
     written = existing_phantom(out, n, seed, size, masks) or {}
-    click.echo(f"wrote {n} phantom images to {out} ({labels.name}): {written.get('positives', '?')} of {n} positive")
+    if not quiet:
+        click.echo(f"wrote {n} phantom images to {out} ({labels.name}): {written.get('positives', '?')} of {n} "
+                   "positive")
 
 
 if __name__ == "__main__":

@@ -23,14 +23,28 @@ import click
 
 from cxr import __version__
 from cxr.cli import FiniteFloat
+from cxr.cli.verbosity import setup_logging, verbosity, verbosity_options
+from cxr.runtime.errors import CxrError
 from cxr.train import config as C
+from cxr.train.errors import ConfigError
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 _SPECIAL = {"dataset", "data_root", "csv_path", "extra_sources"}  # given as --data KIND:PATH (repeatable) and --csv
 _CHOICES = {"dataset": C.DATASET_KINDS, "arch": C.ARCHS, "optimizer": C.OPTIMIZERS, "amp": C.AMP_MODES,
-            "device": C.DEVICES, "cache_images": C.CACHE_MODES, "uncertain": C.UNCERTAIN_POLICIES,
-            "nih_negatives": C.NIH_NEGATIVES, "threshold_method": ("youden_j", "target_sensitivity"),
+            "cache_images": C.CACHE_MODES, "uncertain": C.UNCERTAIN_POLICIES,
+            "nih_negatives": C.NIH_NEGATIVES, "threshold_method": C.THRESHOLD_METHODS,
             "seg_head": C.SEG_HEAD_MODES, "decision": C.DECISIONS}
+
+
+class Device(click.ParamType):
+    """auto, cpu, cuda or cuda:N."""
+
+    name = "auto|cpu|cuda|cuda:N"
+
+    def convert(self, value, param, ctx):
+        if C.is_device_choice(value):
+            return value
+        self.fail(f"{value!r} is not auto, cpu, cuda or cuda:N (e.g. cuda:1)", param, ctx)
 
 
 class PosWeight(click.ParamType):
@@ -69,6 +83,8 @@ def _option(field: dataclasses.Field, doc: str):
     kw = {"default": field.default, "show_default": True, "help": doc}
     if field.name == "pos_weight":
         return click.option(name, type=PosWeight(), **{**kw, "default": "none"})
+    if field.name == "device":
+        return click.option(name, type=Device(), **kw)
     if field.name in _CHOICES:
         return click.option(name, type=click.Choice(_CHOICES[field.name]), **kw)
     if hint is bool:
@@ -92,7 +108,7 @@ def _parse_data(values: tuple[str, ...]) -> list[dict] | None:
         return None
     try:
         specs = [C.parse_source(v) for v in values]
-    except ValueError as exc:
+    except ConfigError as exc:
         raise click.BadParameter(str(exc), param_hint="--data") from None
     for spec in specs:
         spec["data_root"] = str(Path(spec["data_root"]).expanduser().resolve())
@@ -105,7 +121,7 @@ def _first_source(spec: dict, csv_path: Path | None, fields: dict) -> dict:
     """TrainConfig fields of the first --data: its own ;key=value options override the top-level ones."""
     own = {k: v for k, v in spec.items() if k not in ("kind", "data_root", "name")}
     if csv_path is not None and "csv_path" in own:
-        raise ValueError("--csv and --data ...;csv=... both name the first source's labels file; give one")
+        raise ConfigError("--csv and --data ...;csv=... both name the first source's labels file; give one")
     out = {"dataset": spec["kind"], "data_root": spec["data_root"],
            "csv_path": None if csv_path is None else str(csv_path.expanduser().resolve())}
     out.update(own)
@@ -118,11 +134,11 @@ def _error(message: str) -> None:
     click.echo(f"cxr-train: error: {message}", err=True)
 
 
-def _setup_logging(verbose: bool) -> None:
+def _setup_logging(level_name: str) -> None:
+    """Per-epoch lines from rank 0; the other ranks show warnings and errors only (unless -v or -q)."""
     rank = int(os.environ.get("RANK", "0"))
-    level = logging.DEBUG if verbose else (logging.INFO if rank == 0 else logging.WARNING)
     prefix = "cxr-train" if "RANK" not in os.environ else f"cxr-train[{rank}]"
-    logging.basicConfig(level=level, format=f"{prefix}: %(message)s", stream=sys.stderr)
+    setup_logging(level_name, prefix, logging.INFO if rank == 0 else logging.WARNING)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120})
@@ -144,11 +160,11 @@ def _setup_logging(verbose: bool) -> None:
               help="Continue the interrupted run in this directory from its last.pt (optimizer, scheduler, early "
                    f"stopping and RNG state). Only {', '.join(C.RESUMABLE_OVERRIDES)} may be changed.")
 @_with_config_options
-@click.option("--verbose", is_flag=True, help="Debug logging.")
+@verbosity_options
 @click.version_option(__version__, prog_name="cxr-train")
 @click.pass_context
 def main(ctx: click.Context, data_spec: tuple[str, ...], csv_path: Path | None, out: Path | None, resume: Path | None,
-         verbose: bool, **fields) -> None:
+         quiet: bool, verbose: bool, **fields) -> None:
     """Train DenseNet-121 to detect cardiomegaly; the defaults are the original recipe (ImageNet init, Adam 1e-5
     with L2 1e-2, batch 32, plateau patience 2 x0.1, early stopping 4, rotation 5 degrees, 224 px).
 
@@ -160,15 +176,15 @@ def main(ctx: click.Context, data_spec: tuple[str, ...], csv_path: Path | None, 
       torchrun --standalone --nproc_per_node 2 -m cxr.cli.train --data folder:/data/nih --out runs/ddp
     Research software, not a medical device.
     """
-    _setup_logging(verbose)
+    _setup_logging(verbosity(quiet, verbose))
     data = _parse_data(data_spec)
     explicit = {k for k in fields if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE}
     try:
         if resume is not None:
             if out is not None and out.resolve() != resume.resolve():
-                raise ValueError(f"--out {out} and --resume {resume} name different run directories")
+                raise ConfigError(f"--out {out} and --resume {resume} name different run directories")
             if data or csv_path is not None:
-                raise ValueError("--data/--csv cannot change when resuming (the run's splits.csv is used)")
+                raise ConfigError("--data/--csv cannot change when resuming (the run's splits.csv is used)")
             saved = json.loads((resume / "config.json").read_text(encoding="utf-8"))
             config = C.TrainConfig.from_dict(saved).replace(**{k: fields[k] for k in explicit})
             run_dir = resume
@@ -180,26 +196,24 @@ def main(ctx: click.Context, data_spec: tuple[str, ...], csv_path: Path | None, 
     except (OSError, json.JSONDecodeError) as exc:
         _error(f"--resume {resume}: cannot read config.json ({exc})")
         sys.exit(EXIT_FAILED)
-    except ValueError as exc:
+    except CxrError as exc:
         _error(str(exc))
         sys.exit(EXIT_FAILED)
 
     from cxr.cli import require_training_extra
 
     require_training_extra("cxr-train")
-    from cxr.runtime.errors import CxrError
     from cxr.train.loop import train
-    from cxr.train.model import InitWeightsError
 
     try:
         summary = train(config, run_dir, resume=resume is not None)
-    except (ValueError, InitWeightsError, CxrError, FileNotFoundError) as exc:
+    except (CxrError, FileNotFoundError) as exc:  # a ValueError from anywhere else is a bug: its traceback shows
         _error(str(exc))
         sys.exit(EXIT_FAILED)
     except KeyboardInterrupt:
         _error(f"interrupted; continue with: cxr-train --resume {run_dir}")
         sys.exit(EXIT_INTERRUPTED)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if int(os.environ.get("RANK", "0")) == 0 and not quiet:
         _print_summary(summary)
 
 

@@ -29,7 +29,9 @@ from typing import Any
 
 import numpy as np
 
+from cxr.export.artifacts import build_card, save_with_card, side_path
 from cxr.export.errors import ExportError
+from cxr.export.options import ExportOptions
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +40,7 @@ TIMING_IMAGES = 8
 CALIBRATION_IMAGES = 64
 EVAL_IMAGES = 512
 CHECK_IMAGES = 8  # images for the variant's batch-invariance and runtime-Scorer checks
-VARIANT_BATCH_TOLERANCE = 1e-4  # max |prob alone - prob in a batch| for an int8/fp16 copy (fp32: 1e-5)
+VARIANT_BATCH_TOLERANCE = 1e-4  # max |prob alone - prob in a batch| for an int8/fp16 copy (fp32: BATCH_TOLERANCE)
 
 
 class _Calibration:
@@ -224,13 +226,33 @@ def _guard(figures: dict[str, Any], max_auroc_drop: float, force: bool) -> str |
     return f"{reason} (written anyway: --force)" if force else reason
 
 
-def make_variant(kind: str, fp32_path: Path, ckpt: dict, facts: dict, opset: int, size: int, eval_set,
-                 calibration: np.ndarray | None, max_auroc_drop: float, force: bool) -> dict[str, Any]:
+@dataclass
+class VariantInputs:
+    """The images the reduced-precision copies need, found before anything is written (a missing set is an error
+    before the fp32 file exists, not after)."""
+
+    eval_set: Any
+    calibration: np.ndarray | None
+    calibration_source: str | None
+
+
+@dataclass(frozen=True)
+class Fp32Export:
+    """The validated fp32 file a reduced-precision copy is made from, with what its card needs."""
+
+    path: Path
+    ckpt: dict
+    facts: dict
+    opset: int
+    size: int
+
+
+def make_variant(kind: str, fp32: Fp32Export, inputs: VariantInputs, options: ExportOptions) -> dict[str, Any]:
     """Build, check, compare and (unless refused) write model.<kind>.onnx with its own card."""
     import onnx
 
-    from cxr.export.onnx_export import build_card, save_with_card, side_path
     from cxr.export.validate import (
+        SCORER_TOLERANCE,
         batch_invariance,
         check_io,
         check_model_file,
@@ -240,15 +262,17 @@ def make_variant(kind: str, fp32_path: Path, ckpt: dict, facts: dict, opset: int
         scorer_check,
     )
 
+    fp32_path, ckpt, facts, eval_set = fp32.path, fp32.ckpt, fp32.facts, inputs.eval_set
     final = side_path(fp32_path, f"{kind}.onnx")
     rejected = side_path(fp32_path, f"{kind}.rejected.onnx")
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     figures: dict[str, Any] = {}
     try:
-        settings = (quantize_int8(fp32_path, tmp, calibration) if kind == "int8" else convert_fp16(fp32_path, tmp))
+        settings = (quantize_int8(fp32_path, tmp, inputs.calibration) if kind == "int8"
+                    else convert_fp16(fp32_path, tmp))
         check_model_file(tmp)
-        check_opset(tmp, opset)
-        check_io(tmp, size)
+        check_opset(tmp, fp32.opset)
+        check_io(tmp, fp32.size)
         figures = compare(fp32_path, tmp, eval_set)
         figures["batch_invariance"] = batch_invariance(ort_session(tmp), eval_set.images[:CHECK_IMAGES])
         if not figures["batch_invariance"]["max"] <= VARIANT_BATCH_TOLERANCE:  # NaN fails too
@@ -265,7 +289,7 @@ def make_variant(kind: str, fp32_path: Path, ckpt: dict, facts: dict, opset: int
         check_images = eval_set.images[:CHECK_IMAGES]
         expected = run_ort(ort_session(tmp), check_images)[1]
         figures["scorer_max_abs_diff"] = scorer_check(tmp, check_images, expected)
-        if figures["scorer_max_abs_diff"] > 1e-6:
+        if not figures["scorer_max_abs_diff"] <= SCORER_TOLERANCE:  # NaN fails too
             raise ExportError(f"{tmp}: the runtime Scorer's probabilities differ from ONNX Runtime's by "
                               f"{figures['scorer_max_abs_diff']:.2e}")
     except ExportError as exc:  # a broken copy is refused like an inaccurate one (even with --force); fp32 stands
@@ -280,8 +304,8 @@ def make_variant(kind: str, fp32_path: Path, ckpt: dict, facts: dict, opset: int
         tmp.unlink(missing_ok=True)
         raise
     figures["settings"] = settings
-    reason = _guard(figures, max_auroc_drop, force)
-    if reason is not None and not force:
+    reason = _guard(figures, options.max_auroc_drop, options.force)
+    if reason is not None and not options.force:
         os.replace(tmp, rejected)
         log.warning("%s copy not written: %s", kind, reason)
         return {**figures, "path": None, "rejected_path": str(rejected), "reason": reason, "written": False}
@@ -291,26 +315,16 @@ def make_variant(kind: str, fp32_path: Path, ckpt: dict, facts: dict, opset: int
             **({"reason": reason} if reason else {})}
 
 
-@dataclass
-class VariantInputs:
-    """The images the reduced-precision copies need, found before anything is written (a missing set is an error
-    before the fp32 file exists, not after)."""
-
-    eval_set: Any
-    calibration: np.ndarray | None
-    calibration_source: str | None
-
-
-def variant_inputs(ckpt_path: Path, config, sample_dir: Path | None, calibration_dir: Path | None,
-                   labels: Path | None, int8: bool) -> VariantInputs:
+def variant_inputs(ckpt_path: Path, config, options: ExportOptions) -> VariantInputs:
     """The evaluation set (--sample DIR, else the run's validation split) and, for int8, the calibration images:
     --calibration DIR, else the run's training split (never the images the AUROC guard is measured on), else, with
     no training split at hand, the evaluation images themselves (said in the card and in a warning)."""
     from cxr.export.samples import find_images, images_from_dir, images_from_run
 
-    eval_set = find_images(ckpt_path, config, sample_dir, limit=EVAL_IMAGES, labels_csv=labels,
+    sample_dir, calibration_dir = options.sample_dir, options.calibration_dir
+    eval_set = find_images(ckpt_path, config, sample_dir, limit=EVAL_IMAGES, labels_csv=options.labels,
                            purpose="evaluating reduced precision")
-    if not int8:
+    if not options.int8:
         return VariantInputs(eval_set, None, None)
     if calibration_dir is not None:
         calibration = images_from_dir(calibration_dir, config, limit=CALIBRATION_IMAGES)
@@ -331,15 +345,12 @@ def variant_inputs(ckpt_path: Path, config, sample_dir: Path | None, calibration
                          f"{eval_set.source} (the evaluation images: no training split)")
 
 
-def make_variants(fp32_path: Path, ckpt: dict, facts: dict, config, opset: int, int8: bool, fp16: bool,
-                  inputs: VariantInputs, max_auroc_drop: float, force: bool) -> dict[str, dict[str, Any]]:
-    """The requested reduced-precision copies of the validated fp32 file at `fp32_path`."""
+def make_variants(fp32: Fp32Export, inputs: VariantInputs, options: ExportOptions) -> dict[str, dict[str, Any]]:
+    """The copies `options` ask for (int8, fp16) of the validated fp32 file."""
     out: dict[str, dict[str, Any]] = {}
-    if int8:
-        out["int8"] = make_variant("int8", fp32_path, ckpt, facts, opset, config.size, inputs.eval_set,
-                                   inputs.calibration, max_auroc_drop, force)
+    if options.int8:
+        out["int8"] = make_variant("int8", fp32, inputs, options)
         out["int8"]["calibration"] = inputs.calibration_source
-    if fp16:
-        out["fp16"] = make_variant("fp16", fp32_path, ckpt, facts, opset, config.size, inputs.eval_set, None,
-                                   max_auroc_drop, force)
+    if options.fp16:
+        out["fp16"] = make_variant("fp16", fp32, inputs, options)
     return out

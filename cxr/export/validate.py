@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from cxr.export.errors import ExportError
+from cxr.runtime.atomic import write_text_atomic
 from cxr.runtime.card import INPUT_NAME, OPTIONAL_OUTPUTS, OUTPUT_NAMES
 from cxr.runtime.serialization import jsonable
 
@@ -162,7 +163,7 @@ def run_torch_all(model, images: np.ndarray, batch_size: int = 16, decision=None
     """Every output of the export wrapper, run eagerly in PyTorch (eval mode), by output name."""
     import torch
 
-    from cxr.export.onnx_export import ExportWrapper
+    from cxr.export.graph import ExportWrapper
 
     names = ExportWrapper.outputs(model)
     wrapper = ExportWrapper.build(model, decision).eval()
@@ -284,7 +285,7 @@ def _extra_within(extra: dict[str, Any], path: Path) -> dict[str, Any]:
     return {**extra, "tolerances": {k: v for k, v in limits.items() if k in extra}}
 
 
-def validate_export(model_path: Path, model, images: np.ndarray, opset: int, size: int,
+def validate_export(model_path: Path, model, images: np.ndarray, opset: int, size: int, *,
                     parity_tolerance: float = PARITY_TOLERANCE, batch_tolerance: float = BATCH_TOLERANCE,
                     batch_sizes: Sequence[int] = BATCH_SIZES, decision=None) -> dict[str, Any]:
     """All checks on an exported fp32 file against its PyTorch `model`. Returns the report; raises ExportError
@@ -341,7 +342,4 @@ def write_report(report: dict[str, Any], path: Path) -> Path:
     """Write a JSON report atomically (NaN/inf become null; numpy arrays are left out)."""
     path = Path(path)
     clean = jsonable(report, drop_arrays=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(clean, indent=2, sort_keys=True, allow_nan=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, json.dumps(clean, indent=2, sort_keys=True, allow_nan=False) + "\n")

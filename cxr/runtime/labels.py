@@ -15,14 +15,14 @@ import posixpath
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from cxr.runtime import metrics
+from cxr.runtime.errors import CxrError
 
 if TYPE_CHECKING:
     from cxr.runtime.scoring import ScoreRow
 
-REQUIRED_COLUMNS = ("path", "label")
 LABEL_ALIASES = ("label", "cardiomegaly")
 """The label column when none is named: `label`, or else `cardiomegaly` (the column cxr-phantom and cxr-train use)."""
 DEFAULT_CLASSES = ("Cardiomegaly", "Normal")
@@ -33,7 +33,7 @@ ACCEPTED = "1/0, true/false, yes/no, positive/negative or the class names"
 _EXAMPLES = 5
 
 
-class LabelsError(ValueError):
+class LabelsError(CxrError, ValueError):
     """The labels file cannot be used (missing columns, conflicting duplicates, unreadable)."""
 
 
@@ -269,12 +269,3 @@ class LabelMatcher:
             "metrics": (metrics.summarize(self.y, self.p, threshold, n_boot=n_boot, seed=seed)
                         if self.y else None),
         }
-
-
-def evaluate(rows: Iterable[ScoreRow], labels: Labels, threshold: float, n_boot: int = 1000,
-             seed: int = 0) -> dict[str, Any]:
-    """`LabelMatcher` over an iterable of rows, in one call."""
-    matcher = LabelMatcher(labels)
-    for row in rows:
-        matcher.add(row)
-    return matcher.report(threshold, n_boot=n_boot, seed=seed)

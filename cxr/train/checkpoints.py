@@ -21,13 +21,14 @@ Layout (format_version 1):
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from cxr.runtime.atomic import atomic_write
 from cxr.runtime.card import Threshold
+from cxr.runtime.errors import CxrError
 from cxr.runtime.preprocess import Normalization, PreprocessConfig
 from cxr.train.model import ARCHS, CardiomegalyNet
 
@@ -36,7 +37,7 @@ FORMAT_VERSION = 1
 REQUIRED = ("format", "format_version", "model", "model_state", "preprocess", "normalization", "threshold")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(CxrError, ValueError):
     """A checkpoint that is missing, corrupt, or does not describe a cxr model."""
 
 
@@ -47,16 +48,8 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
     missing = [k for k in REQUIRED if k not in data]
     if missing:
         raise CheckpointError(f"refusing to save {path}: missing {missing}")
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(data, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_write(path, "wb") as fh:
+        torch.save(data, fh)
     return path
 
 

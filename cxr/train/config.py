@@ -7,25 +7,29 @@ command line fails before any image is read. `to_dict`/`from_dict` round-trip th
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 from cxr.runtime.preprocess import PreprocessConfig, dataclass_from_dict
+from cxr.train.datasets import DATASET_KINDS, NIH_NEGATIVES, UNCERTAIN_POLICIES
+from cxr.train.decision import MODES as DECISION_MODES
+from cxr.train.errors import ConfigError
 
-DATASET_KINDS = ("folder", "csv", "nih", "chexpert", "phantom")  # mirrors cxr.train.datasets.DATASET_KINDS
-ARCHS = ("densenet121", "densenet_tiny")  # cxr.train.model.ARCHS (kept torch-free here so --help is fast)
+ARCHS = ("densenet121", "densenet_tiny")  # here, not in cxr.train.model, so --help needs no torch
 OPTIMIZERS = ("adam", "adamw")
 AMP_MODES = ("auto", "on", "off")
 DEVICES = ("auto", "cpu", "cuda")
+"""Plus cuda:N (one GPU by index), see `is_device_choice`."""
+_CUDA_INDEX = re.compile(r"cuda:(0|[1-9][0-9]{0,2})")
 SEG_HEAD_MODES = ("auto", "on", "off")
-DECISIONS = ("auto", "classifier", "ctr", "fusion")  # mirrors cxr.train.decision.MODES
+DECISIONS = ("auto",) + DECISION_MODES
 SOURCE_OPTIONS = ("name", "csv_path", "path_column", "label_column", "patient_column", "split_column",
                   "source_column", "positive_class", "negative_class", "uncertain", "frontal_only", "nih_negatives",
                   "mask_columns", "ctr_column")
 """What one --data source may set for itself (KIND:PATH;key=value;...); the rest comes from the top-level options."""
 CACHE_MODES = ("auto", "on", "off")
-UNCERTAIN_POLICIES = ("zeros", "ones", "ignore", "drop")
-NIH_NEGATIVES = ("no_finding", "all")  # mirrors cxr.train.datasets.NIH_NEGATIVES
+THRESHOLD_METHODS = ("youden_j", "target_sensitivity")
 CACHE_AUTO_LIMIT = 20_000  # cache_images="auto" keeps preprocessed images in memory below this many images
 
 # What runs made before a field existed did; a saved config without the key gets this value (not the new default).
@@ -170,13 +174,14 @@ class TrainConfig:
     amp: str = "auto"
     """Mixed precision: auto (on for CUDA only), on (CUDA required), off."""
     device: str = "auto"
-    """auto, cpu or cuda (cuda that is not available is an error, never a silent CPU run)."""
+    """auto, cpu, cuda or cuda:N (GPU number N). A GPU that is not there is an error, never a silent CPU run; under
+    torchrun each process takes the GPU of its LOCAL_RANK."""
     cache_images: str = "auto"
     """Keep preprocessed uint8 images in memory: auto (on below 20,000 images), on, off."""
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> None:
-            raise ValueError(f"{name}: {why}, got {getattr(self, name)!r}")
+            raise ConfigError(f"{name}: {why}, got {getattr(self, name)!r}")
 
         if self.dataset not in DATASET_KINDS:
             bad("dataset", f"must be one of {DATASET_KINDS}")
@@ -184,7 +189,11 @@ class TrainConfig:
             bad("arch", f"must be one of {ARCHS}")
         if self.optimizer not in OPTIMIZERS:
             bad("optimizer", f"must be one of {OPTIMIZERS}")
-        for name, allowed in (("amp", AMP_MODES), ("device", DEVICES), ("cache_images", CACHE_MODES),
+        if not is_device_choice(self.device):
+            bad("device", "must be auto, cpu, cuda or cuda:N")
+        if self.amp == "on" and self.device == "cpu":
+            bad("amp", "on needs CUDA and --device is cpu (use --amp auto or off, or --device cuda)")
+        for name, allowed in (("amp", AMP_MODES), ("cache_images", CACHE_MODES),
                               ("uncertain", UNCERTAIN_POLICIES), ("nih_negatives", NIH_NEGATIVES),
                               ("seg_head", SEG_HEAD_MODES), ("decision", DECISIONS)):
             if getattr(self, name) not in allowed:
@@ -208,8 +217,8 @@ class TrainConfig:
             bad("rotation_degrees", "must lie in [0, 180]")
         if not (0.0 < self.val_fraction < 1.0 and 0.0 <= self.test_fraction < 1.0
                 and self.val_fraction + self.test_fraction < 1.0):
-            raise ValueError(f"val_fraction and test_fraction must be fractions leaving some training data, got "
-                             f"{self.val_fraction!r} and {self.test_fraction!r}")
+            raise ConfigError(f"val_fraction and test_fraction must be fractions leaving some training data, got "
+                              f"{self.val_fraction!r} and {self.test_fraction!r}")
         for name in ("max_train_images", "max_eval_images"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 2):
@@ -226,14 +235,17 @@ class TrainConfig:
             if self.target_sensitivity is None or not 0.0 < self.target_sensitivity <= 1.0:
                 bad("target_sensitivity", "must lie in (0, 1] with threshold_method target_sensitivity")
         else:
-            bad("threshold_method", "must be youden_j or target_sensitivity")
+            bad("threshold_method", f"must be one of {THRESHOLD_METHODS}")
         if not isinstance(self.seed, int) or self.seed < 0:
             bad("seed", "must be an integer >= 0")
         self._check_segmentation(bad)
         self._check_augmentation(bad)
         for source in self.sources():
             source.check()
-        _ = self.preprocess  # validates image_size through PreprocessConfig
+        try:
+            _ = self.preprocess  # validates image_size through PreprocessConfig
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
     def _check_segmentation(self, bad) -> None:
         if self.mask_columns is not None and len(parse_mask_columns(self.mask_columns)) != 3:
@@ -271,17 +283,17 @@ class TrainConfig:
         specs = [SourceSpec(**first)]
         for extra in self.extra_sources:
             if not isinstance(extra, Mapping) or "kind" not in extra or "data_root" not in extra:
-                raise ValueError(f"extra_sources: each source needs kind and data_root, got {extra!r}")
+                raise ConfigError(f"extra_sources: each source needs kind and data_root, got {extra!r}")
             unknown = sorted(set(extra) - set(SOURCE_OPTIONS) - {"kind", "data_root"})
             if unknown:
-                raise ValueError(f"--data {extra.get('kind')}:{extra.get('data_root')}: unknown option(s) {unknown}; "
-                                 f"a source may set {', '.join(SOURCE_OPTIONS)}")
+                raise ConfigError(f"--data {extra.get('kind')}:{extra.get('data_root')}: unknown option(s) {unknown}; "
+                                  f"a source may set {', '.join(SOURCE_OPTIONS)}")
             base = {k: getattr(self, k) for k in SOURCE_OPTIONS if k not in ("name", "csv_path", "mask_columns",
                                                                             "ctr_column", "source_column")}
             specs.append(SourceSpec(**{**base, "name": extra["kind"], **extra}))
         names = [s.name for s in specs]
         if len(set(names)) != len(names):
-            raise ValueError(f"--data sources need distinct names, got {names}; set one with ;name=NAME")
+            raise ConfigError(f"--data sources need distinct names, got {names}; set one with ;name=NAME")
         return specs
 
     @property
@@ -312,7 +324,12 @@ class TrainConfig:
         A key that an older cxr did not write takes the value that version used, not today's default."""
         merged = {**LEGACY_DEFAULTS, **data}
         merged["extra_sources"] = tuple(dict(x) for x in merged.get("extra_sources") or ())
-        return dataclass_from_dict(cls, merged, "train config")
+        try:
+            return dataclass_from_dict(cls, merged, "train config")
+        except ConfigError:
+            raise
+        except (ValueError, TypeError) as exc:  # unknown or mistyped fields in config.json
+            raise ConfigError(str(exc)) from None
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
@@ -350,22 +367,27 @@ class SourceSpec:
 
     def check(self) -> None:
         if self.kind not in DATASET_KINDS:
-            raise ValueError(f"source {self.name!r}: kind must be one of {DATASET_KINDS}, got {self.kind!r}")
+            raise ConfigError(f"source {self.name!r}: kind must be one of {DATASET_KINDS}, got {self.kind!r}")
         if not self.name or any(c in self.name for c in ",;:/\\") or not self.name.isprintable():
-            raise ValueError(f"source name {self.name!r}: use letters, digits, '-' or '_'")
+            raise ConfigError(f"source name {self.name!r}: use letters, digits, '-' or '_'")
         if self.mask_columns and len(parse_mask_columns(self.mask_columns)) != 3:
-            raise ValueError(f"source {self.name!r}: mask_columns must name 3 columns, got {self.mask_columns!r}")
+            raise ConfigError(f"source {self.name!r}: mask_columns must name 3 columns, got {self.mask_columns!r}")
         if self.mask_columns and self.kind not in ("csv", "phantom"):
-            raise ValueError(f"source {self.name!r}: masks come from CSV columns; kind {self.kind!r} has none")
+            raise ConfigError(f"source {self.name!r}: masks come from CSV columns; kind {self.kind!r} has none")
+
+
+def is_device_choice(value: object) -> bool:
+    """auto, cpu, cuda or cuda:N."""
+    return isinstance(value, str) and (value in DEVICES or _CUDA_INDEX.fullmatch(value) is not None)
 
 
 def parse_source(spec: str) -> dict[str, Any]:
-    """'KIND:PATH[;key=value...]' -> {'kind', 'data_root', key: value}; ValueError naming what is wrong."""
+    """'KIND:PATH[;key=value...]' -> {'kind', 'data_root', key: value}; ConfigError naming what is wrong."""
     head, *options = spec.split(";")
     kind, sep, root = head.partition(":")
     if not sep or kind not in DATASET_KINDS or not root:
-        raise ValueError(f"expected KIND:PATH[;key=value...] with KIND one of {', '.join(DATASET_KINDS)}, "
-                         f"got {spec!r}")
+        raise ConfigError(f"expected KIND:PATH[;key=value...] with KIND one of {', '.join(DATASET_KINDS)}, "
+                          f"got {spec!r}")
     out: dict[str, Any] = {"kind": kind, "data_root": root}
     for option in options:
         key, eq, value = option.partition("=")
@@ -373,7 +395,7 @@ def parse_source(spec: str) -> dict[str, Any]:
         if key == "csv":
             key = "csv_path"
         if not eq or key not in SOURCE_OPTIONS:
-            raise ValueError(f"--data {head}: {option!r} is not key=value with key one of "
-                             f"{', '.join(('csv',) + SOURCE_OPTIONS[1:] + ('name',))}")
+            raise ConfigError(f"--data {head}: {option!r} is not key=value with key one of "
+                              f"{', '.join(('csv',) + SOURCE_OPTIONS[1:] + ('name',))}")
         out[key] = (value.strip().lower() in ("1", "true", "yes")) if key == "frontal_only" else value.strip()
     return out

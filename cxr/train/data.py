@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import Dataset
 
 from cxr.runtime.preprocess import PreprocessConfig, preprocess_image
+from cxr.train.errors import TrainError
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ def load_masks(paths, size: int) -> np.ndarray:
         try:
             gray = to_uint8(read_image(path), config)
         except (ImageError, OSError, ValueError) as exc:
-            raise ValueError(f"mask {path}: cannot be read ({exc})") from None
+            raise TrainError(f"mask {path}: cannot be read ({exc})") from None
         out[i] = resize(gray, config) >= 128
     return out
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from cxr.runtime.labels import parse_label  # the one label parser (cxr-score and cxr-export read labels with it too)
+from cxr.train.errors import TrainError
 
 log = logging.getLogger(__name__)
 
@@ -108,30 +109,30 @@ def load_dataset(kind: str, root: Path | str, *, csv_path: Path | str | None = N
     an error naming it. `ctr_column` gives each row's reference CTR.
     """
     if kind not in DATASET_KINDS:
-        raise ValueError(f"dataset kind must be one of {DATASET_KINDS}, got {kind!r}")
+        raise TrainError(f"dataset kind must be one of {DATASET_KINDS}, got {kind!r}")
     if uncertain not in UNCERTAIN_POLICIES:
-        raise ValueError(f"uncertain must be one of {UNCERTAIN_POLICIES}, got {uncertain!r}")
+        raise TrainError(f"uncertain must be one of {UNCERTAIN_POLICIES}, got {uncertain!r}")
     if nih_negatives not in NIH_NEGATIVES:
-        raise ValueError(f"nih_negatives must be one of {NIH_NEGATIVES}, got {nih_negatives!r}")
+        raise TrainError(f"nih_negatives must be one of {NIH_NEGATIVES}, got {nih_negatives!r}")
     root = Path(root).expanduser().resolve()
     if not root.exists():
-        raise ValueError(f"{root}: dataset root does not exist")
+        raise TrainError(f"{root}: dataset root does not exist")
     classes = (positive_class, negative_class)
     if kind == "folder":
         index = _load_folder(root, classes)
     elif kind in ("csv", "phantom"):
         if kind == "phantom" and csv_path is None:
             csv_path = root / "labels.csv"
-        index = _load_csv(root, csv_path, path_column, label_column, patient_column, split_column, source_column,
-                          classes, default_source="phantom" if kind == "phantom" else "",
-                          extras=(tuple(mask_columns), ctr_column))
+        names = CsvColumns(path_column, label_column, patient_column, split_column, source_column,
+                           tuple(mask_columns), ctr_column)
+        index = _load_csv(root, csv_path, names, classes, default_source="phantom" if kind == "phantom" else "")
         index.kind = kind
     elif kind == "nih":
         index = _load_nih(root, csv_path, nih_negatives)
     else:
         index = _load_chexpert(root, csv_path, uncertain, frontal_only)
     if (mask_columns or ctr_column) and kind not in ("csv", "phantom"):
-        raise ValueError(f"{root}: mask and CTR columns come from a labels CSV; dataset kind {kind!r} has none")
+        raise TrainError(f"{root}: mask and CTR columns come from a labels CSV; dataset kind {kind!r} has none")
     if verify_images:
         _verify(index, workers)
     if index.skipped:
@@ -147,7 +148,7 @@ def parse_split(value: str) -> str | None:
     if not text:
         return None
     if text not in _SPLIT_ALIASES:
-        raise ValueError(f"unknown split {value!r} (expected one of {SPLITS} or blank)")
+        raise TrainError(f"unknown split {value!r} (expected one of {SPLITS} or blank)")
     return _SPLIT_ALIASES[text]
 
 
@@ -165,7 +166,7 @@ def is_image_file(path: Path) -> bool:
 
 def _load_folder(root: Path, classes: tuple[str, str]) -> DatasetIndex:
     if not root.is_dir():
-        raise ValueError(f"{root}: a folder dataset must be a directory")
+        raise TrainError(f"{root}: a folder dataset must be a directory")
     skipped: list[tuple[str, str]] = []
     split_dirs = {_SPLIT_ALIASES[p.name.lower()]: p for p in _subdirs(root) if p.name.lower() in _SPLIT_ALIASES}
     layouts = [(split, d) for split, d in sorted(split_dirs.items())] if split_dirs else [(None, root)]
@@ -177,7 +178,7 @@ def _load_folder(root: Path, classes: tuple[str, str]) -> DatasetIndex:
         found = {p.name.lower(): p for p in _subdirs(base)}
         class_dirs = [(found.get(name.lower()), label) for name, label in zip(classes, (1, 0))]
         if all(d is None for d, _ in class_dirs):
-            raise ValueError(f"{base}: no class folders {classes[0]!r} or {classes[1]!r} "
+            raise TrainError(f"{base}: no class folders {classes[0]!r} or {classes[1]!r} "
                              f"(expected {root}/[train|val|test/]{classes[0]}|{classes[1]}/...)")
         used = {d for d, _ in class_dirs if d is not None}
         for other in sorted(set(_subdirs(base)) - used - set(split_dirs.values())):
@@ -246,7 +247,7 @@ def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
             rows = list(reader)
             return list(reader.fieldnames or []), rows
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise ValueError(f"{path}: cannot read the labels CSV: {exc}") from exc
+        raise TrainError(f"{path}: cannot read the labels CSV: {exc}") from exc
 
 
 def _require(path: Path, columns: list[str], needed: Iterable[str], options: dict[str, str] | None = None) -> None:
@@ -255,35 +256,48 @@ def _require(path: Path, columns: list[str], needed: Iterable[str], options: dic
     missing = [c for c in needed if c not in columns]
     if missing:
         fix = [f"{c!r} ({options[c]})" if options and c in options else repr(c) for c in missing]
-        raise ValueError(f"{path}: missing column(s) {', '.join(fix)}; the CSV has {columns}")
+        raise TrainError(f"{path}: missing column(s) {', '.join(fix)}; the CSV has {columns}")
 
 
-def _load_csv(root: Path, csv_path, path_column, label_column, patient_column, split_column, source_column,
-              classes, default_source: str, extras: tuple[tuple[str, ...], str | None] = ((), None)) -> DatasetIndex:
+@dataclass(frozen=True)
+class CsvColumns:
+    """The labels-CSV column names a csv/phantom dataset is read with (the --*-column options)."""
+
+    path: str
+    label: str
+    patient: str
+    split: str
+    source: str | None
+    masks: tuple[str, ...] = ()
+    ctr: str | None = None
+
+
+def _load_csv(root: Path, csv_path, names: CsvColumns, classes, default_source: str) -> DatasetIndex:
+    path_column, label_column, patient_column = names.path, names.label, names.patient
+    split_column, source_column, mask_columns, ctr_column = names.split, names.source, names.masks, names.ctr
     if csv_path is None:
         csv_path = root if root.is_file() else root / "labels.csv"
     csv_path = Path(csv_path).expanduser().resolve()
     if not csv_path.is_file():
-        raise ValueError(f"{csv_path}: labels CSV not found")
+        raise TrainError(f"{csv_path}: labels CSV not found")
     columns, rows = _read_csv(csv_path)
     _require(csv_path, columns, [path_column, label_column],
              {path_column: "choose it with --path-column", label_column: "choose it with --label-column"})
-    mask_columns, ctr_column = extras
     for what, names in (("mask column(s) (--mask-columns)", list(mask_columns)),
                         ("CTR column (--ctr-column)", [ctr_column] if ctr_column else [])):
         missing = [c for c in names if c not in columns]
         if missing:
-            raise ValueError(f"{csv_path}: {what} {missing} not found; the CSV has {columns}")
+            raise TrainError(f"{csv_path}: {what} {missing} not found; the CSV has {columns}")
     if source_column is None:
         source_column = next((c for c in ("dataset", "source") if c in columns), None)
     elif source_column not in columns:
-        raise ValueError(f"{csv_path}: source column {source_column!r} (--source-column) not found; "
+        raise TrainError(f"{csv_path}: source column {source_column!r} (--source-column) not found; "
                          f"the CSV has {columns}")
     bases = [root] if root.is_dir() else []
     bases += [csv_path.parent] if csv_path.parent not in bases else []
     has_patients = patient_column in columns
     if not has_patients and patient_column != DEFAULT_PATIENT_COLUMN:  # named by the user: a typo must not leak
-        raise ValueError(f"{csv_path}: patient column {patient_column!r} (--patient-column) not found; "
+        raise TrainError(f"{csv_path}: patient column {patient_column!r} (--patient-column) not found; "
                          f"the CSV has {columns}")
     skipped: list[tuple[str, str]] = []
     samples: list[Sample] = []
@@ -326,11 +340,11 @@ def _row_masks(row: dict, columns: tuple[str, ...], bases: list[Path], where: st
     if not any(cells):
         return None
     if not all(cells):
-        raise ValueError(f"{where}: some mask cells are blank ({dict(zip(columns, cells))}); give all three or none")
+        raise TrainError(f"{where}: some mask cells are blank ({dict(zip(columns, cells))}); give all three or none")
     paths = [_resolve(c, bases) for c in cells]
     missing = [c for c, p in zip(cells, paths) if p is None]
     if missing:
-        raise ValueError(f"{where}: mask file(s) not found: {missing}")
+        raise TrainError(f"{where}: mask file(s) not found: {missing}")
     return tuple(paths)  # type: ignore[return-value]
 
 
@@ -341,9 +355,9 @@ def _row_ctr(row: dict, column: str | None, where: str) -> float | None:
     try:
         value = float(text)
     except ValueError:
-        raise ValueError(f"{where}: CTR {text!r} is not a number") from None
+        raise TrainError(f"{where}: CTR {text!r} is not a number") from None
     if not 0.0 < value < 2.0:
-        raise ValueError(f"{where}: CTR {value} is not a plausible ratio")
+        raise TrainError(f"{where}: CTR {value} is not a plausible ratio")
     return value
 
 
@@ -362,7 +376,7 @@ def _load_nih(root: Path, csv_path, negatives: str = "no_finding") -> DatasetInd
     if csv_path is None:
         found = sorted(root.glob("Data_Entry_2017*.csv"))
         if not found:
-            raise ValueError(f"{root}: no Data_Entry_2017*.csv (the ChestX-ray14 labels file)")
+            raise TrainError(f"{root}: no Data_Entry_2017*.csv (the ChestX-ray14 labels file)")
         if len(found) > 1:
             log.warning("%s: several label files %s; using %s", root, [f.name for f in found], found[0].name)
         csv_path = found[0]
@@ -413,7 +427,7 @@ def _load_chexpert(root: Path, csv_path, uncertain: str, frontal_only: bool) -> 
         [(root / name, split) for name, split in (("train.csv", None), ("valid.csv", "test"))
          if (root / name).is_file()]
     if not files:
-        raise ValueError(f"{root}: no train.csv or valid.csv (the CheXpert label files)")
+        raise TrainError(f"{root}: no train.csv or valid.csv (the CheXpert label files)")
     bases = [root.parent, root]
     skipped: list[tuple[str, str]] = []
     samples = []

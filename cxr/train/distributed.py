@@ -27,6 +27,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from cxr.train.errors import TrainError
+
 log = logging.getLogger(__name__)
 
 
@@ -54,11 +56,21 @@ def env_is_distributed() -> bool:
 
 
 def resolve_device(choice: str, local_rank: int = 0) -> torch.device:
-    """--device auto|cpu|cuda. cuda that cannot run is a ValueError, never a silent CPU run."""
+    """--device auto|cpu|cuda|cuda:N. A GPU that cannot run is a TrainError, never a silent CPU run."""
     if choice == "cpu":
         return torch.device("cpu")
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was requested but CUDA is not available (torch.cuda.is_available() is False)")
+    if choice.startswith("cuda") and not torch.cuda.is_available():
+        raise TrainError(f"--device {choice} was requested but CUDA is not available "
+                         "(torch.cuda.is_available() is False)")
+    if choice.startswith("cuda:"):
+        index, count = int(choice.split(":", 1)[1]), torch.cuda.device_count()
+        if index >= count:
+            raise TrainError(f"--device {choice}: there is no GPU {index}; this machine has {count} "
+                             f"(cuda:0..cuda:{count - 1})")
+        if env_is_distributed():
+            raise TrainError(f"--device {choice} under torchrun: each process takes the GPU of its LOCAL_RANK; "
+                             "use --device cuda (choose the GPUs with CUDA_VISIBLE_DEVICES)")
+        return torch.device("cuda", index)
     if choice in ("cuda", "auto") and torch.cuda.is_available():
         return torch.device("cuda", local_rank % torch.cuda.device_count())
     return torch.device("cpu")

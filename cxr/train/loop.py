@@ -32,6 +32,7 @@ from cxr.train.checkpoints import load_checkpoint, save_checkpoint
 from cxr.train.config import RESUMABLE_OVERRIDES, TrainConfig
 from cxr.train.data import CxrDataset
 from cxr.train.decision import Decision, choose_on_validation
+from cxr.train.errors import TrainError
 from cxr.train.evaluate import choose_threshold, epoch_metrics, evaluate_split
 from cxr.train.model import CardiomegalyNet, build_model
 from cxr.train.prepare import PreparedData, prepare_data
@@ -78,7 +79,7 @@ def _amp(config: TrainConfig, device: torch.device):
     """(autocast context factory, GradScaler or None). AMP is for CUDA only."""
     use = config.amp == "on" or (config.amp == "auto" and device.type == "cuda")
     if use and device.type != "cuda":
-        raise ValueError("--amp on needs CUDA; this run is on the CPU (use --amp auto or off)")
+        raise TrainError(f"--amp on needs CUDA; this run is on {device} (use --amp auto or off)")
     if not use:
         return contextlib.nullcontext, None
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -110,7 +111,7 @@ def _loaders(config: TrainConfig, data: PreparedData, ctx: D.DistContext):
     return train_ds, sampler, train_loader, evals
 
 
-def _train_epoch(model, loader, optimizer, criterion, ctx, autocast, scaler, epoch: int,
+def _train_epoch(model, loader, optimizer, criterion, ctx, autocast, scaler, epoch: int, *,
                  mask_weight: float | None = None) -> tuple[float, int, float]:
     """One pass over this rank's share; returns (mean classifier loss over all ranks, unreadable images masked,
     mean mask loss over the images with masks, NaN without the segmentation head)."""
@@ -153,7 +154,7 @@ def _train_epoch(model, loader, optimizer, criterion, ctx, autocast, scaler, epo
 
 
 def _payload(kind: str, model: CardiomegalyNet, config: TrainConfig, data: PreparedData, threshold: Threshold,
-             metrics: dict, epoch: int, state_dict=None, decision: Decision | None = None) -> dict[str, Any]:
+             metrics: dict, epoch: int, *, state_dict=None, decision: Decision | None = None) -> dict[str, Any]:
     return {
         "kind": kind, "model": {"arch": config.arch, "dropout": config.dropout, "seg_head": config.use_seg_head},
         "decision": (decision or Decision()).to_dict(),
@@ -200,7 +201,7 @@ def _check_resumable(saved: TrainConfig, given: TrainConfig, run_dir: Path) -> T
     now = given.to_dict()
     diff = [k for k, v in saved.to_dict().items() if k not in RESUMABLE_OVERRIDES and v != now[k]]
     if diff:
-        raise ValueError(f"--resume {run_dir}: the run was started with a different {', '.join(diff)}; only "
+        raise TrainError(f"--resume {run_dir}: the run was started with a different {', '.join(diff)}; only "
                          f"{', '.join(RESUMABLE_OVERRIDES)} may change when resuming")
     return given
 
@@ -212,27 +213,43 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> dic
     cxr.train.model.InitWeightsError (initial weights unavailable) for problems a user can fix.
     """
     run_dir = Path(run_dir)
+    created = not run_dir.exists()
     ctx = D.setup(config.device)
     deterministic = torch.are_deterministic_algorithms_enabled()
     try:
+        _amp(config, ctx.device)  # an option that cannot work on this device fails before any image is indexed
         if ctx.device.type == "cpu":
             torch.use_deterministic_algorithms(True, warn_only=True)
         return _train(config, run_dir, resume, ctx)
+    except Exception:
+        if created and ctx.is_main:
+            _remove_failed_start(run_dir)
+        raise
     finally:
         torch.use_deterministic_algorithms(deterministic)
         D.teardown(ctx)
+
+
+def _remove_failed_start(run_dir: Path) -> None:
+    """A run folder this call created is removed when the run failed before its first epoch was saved (no last.pt):
+    it holds nothing to resume, and a leftover folder would only confuse the next try."""
+    import shutil
+
+    if run_dir.is_dir() and not (run_dir / "last.pt").exists():
+        shutil.rmtree(run_dir, ignore_errors=True)
+        log.debug("removed %s: the run failed before its first epoch", run_dir)
 
 
 def _train(config: TrainConfig, run_dir: Path, resume: bool, ctx: D.DistContext) -> dict[str, Any]:
     last = None
     if resume:
         if not (run_dir / "last.pt").is_file():
-            raise ValueError(f"--resume {run_dir}: no last.pt there, nothing to resume")
+            raise TrainError(f"--resume {run_dir}: no last.pt there, nothing to resume")
         last = load_checkpoint(run_dir / "last.pt")
         config = _check_resumable(TrainConfig.from_dict(last["config"]), config, run_dir)
     elif ctx.is_main:
         if (run_dir / "last.pt").exists():
-            raise ValueError(f"{run_dir} already holds a run (last.pt); use --resume {run_dir} or another --out")
+            raise TrainError(f"{run_dir} already holds a run (last.pt); use --resume {run_dir} or another --out")
         run_dir.mkdir(parents=True, exist_ok=True)
     D.barrier(ctx)
 
@@ -287,12 +304,12 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, ctx: D.DistContext)
         train_ds.set_epoch(epoch)
         lr = optimizer.param_groups[0]["lr"]
         train_loss, _, train_mask_loss = _train_epoch(net, train_loader, optimizer, criterion, ctx, autocast, scaler,
-                                                      epoch, config.mask_loss_weight if seg else None)
+                                                      epoch, mask_weight=config.mask_loss_weight if seg else None)
         ev = evaluate_split(model, evals["val"], ctx, pos_weight, autocast)
         ev_loss = _selection_loss(ev, config)
         _require_usable_validation(ev, data.samples["val"])
         if not (np.isfinite(ev.loss) and np.isfinite(ev.probabilities).all()):
-            raise ValueError(f"epoch {epoch}: the model's validation outputs are not finite (loss {ev.loss}): "
+            raise TrainError(f"epoch {epoch}: the model's validation outputs are not finite (loss {ev.loss}): "
                              f"training diverged; lower --lr (now {lr:g}) or check the images")
         threshold = choose_threshold(config.threshold_method, config.target_sensitivity, ev.labels,
                                      ev.probabilities)
@@ -329,7 +346,8 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, ctx: D.DistContext)
             log.info("early stopping after epoch %d: no lower validation loss for %d epochs (best epoch %d)",
                      epoch, stop["bad_epochs"], stop["best_epoch"])
 
-    return _finish(config, run_dir, ctx, data, model, best_state, stop, history, evals, pos_weight, autocast)
+    return _finish(config, run_dir, ctx, data=data, model=model, best_state=best_state, stop=stop, history=history,
+                   evals=evals, pos_weight=pos_weight, autocast=autocast)
 
 
 def _between_ties(threshold: Threshold, probabilities: np.ndarray, mode: str) -> Threshold:
@@ -368,17 +386,17 @@ def _require_usable_validation(ev, samples) -> None:
     shown = ", ".join(unreadable[:3]) + (f" and {len(unreadable) - 3} more" if len(unreadable) > 3 else "")
     what = ("none of the validation images could be read" if not ev.labels.size else
             f"the readable validation images are all {'positive' if classes == {1} else 'negative'}")
-    raise ValueError(f"{what} ({ev.labels.size} readable, {len(unreadable)} unreadable"
+    raise TrainError(f"{what} ({ev.labels.size} readable, {len(unreadable)} unreadable"
                      + (f": {shown}" if unreadable else "") + "); a model cannot be selected on them")
 
 
-def _finish(config, run_dir, ctx, data, model, best_state, stop, history, evals, pos_weight, autocast):
+def _finish(config, run_dir, ctx, *, data, model, best_state, stop, history, evals, pos_weight, autocast):
     """Best weights back; the decision (classifier, CTR or fusion) and the threshold chosen on validation with them;
     test evaluated once; best.pt, metrics, plots."""
     from cxr.train.evaluate import decided, full_report
 
     if best_state is None:  # no epoch ran (max_epochs reached before the first): nothing to select from
-        raise ValueError("no epoch was trained, so there are no best weights (raise --max-epochs)")
+        raise TrainError("no epoch was trained, so there are no best weights (raise --max-epochs)")
     model.load_state_dict(best_state)
     val = evaluate_split(model, evals["val"], ctx, pos_weight, autocast)
     val_rows = [data.samples["val"][int(i)] for i in val.index]
@@ -411,11 +429,8 @@ def _finish(config, run_dir, ctx, data, model, best_state, stop, history, evals,
         save_checkpoint(_payload("best", model, config, data, threshold, jsonable(metrics),
                                  stop["best_epoch"], decision=decision), run_dir / "best.pt")
         rundir.write_json(run_dir / "metrics.json", summary)
-        from cxr.train import plots
+        from cxr.train.plots import write_run_plots
 
-        plots.plot_history(history, run_dir)
-        if test is not None and test.labels.size and test.labels.any() and not test.labels.all():
-            plots.plot_roc(test.labels, test.probabilities, threshold.value, run_dir / "test_roc.png",
-                           f"test (n={test.labels.size}), best epoch {stop['best_epoch']}")
+        write_run_plots(run_dir, history, {"test": test, "validation": val_decided}, threshold.value, **kw)
     D.barrier(ctx)
     return copy.deepcopy(summary)

@@ -19,14 +19,15 @@ import torch
 from torch import nn
 from torchvision.models import DenseNet, densenet121
 
+from cxr.runtime.errors import CxrError
 from cxr.runtime.preprocess import Normalization
+from cxr.train.config import ARCHS
 
 log = logging.getLogger(__name__)
 
-ARCHS = ("densenet121", "densenet_tiny")
 
 
-class InitWeightsError(RuntimeError):
+class InitWeightsError(CxrError, RuntimeError):
     """Initial weights cannot be had (offline, missing file, wrong architecture)."""
 
 

@@ -2,8 +2,8 @@
 
 Each image has a body outline, two dark lungs, a bright heart and mediastinum, diaphragm domes, ribs, clavicles and a
 faint spine. The label is the classical radiographic criterion: cardiomegaly = cardiothoracic ratio (CTR) > 0.5, with
-CTR = horizontal extent of the heart / horizontal extent of both lungs (how ../shared/data/ctr_wingspan_jsrt measures
-it from masks). CTRs are spread uniformly across the cut-off so the task is learnable but not trivial near 0.5.
+CTR = horizontal extent of the heart / horizontal extent of both lungs (how datasets with heart and lung masks, such
+as JSRT's, measure it). CTRs are spread uniformly across the cut-off so the task is learnable but not trivial near 0.5.
 Nuisance variation (size, position, a few degrees of rotation, exposure, gamma, blur, noise, anatomy proportions) keeps
 the model from solving it by counting pixels. Some patients get follow-up images (same anatomy, CTR +- 0.01, another
 exposure and position), so splitting by patient matters here as it does on real data.
@@ -24,6 +24,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
+from cxr.runtime.atomic import atomic_write, write_text_atomic
+from cxr.train.errors import TrainError
 
 log = logging.getLogger(__name__)
 
@@ -98,9 +101,9 @@ def render_phantom(rng: np.random.Generator, ctr: float, size: int = 256, *, ret
     With return_masks=True returns (image, {"heart": bool mask, "lungs": bool mask}) in the image frame.
     """
     if not 0.2 <= ctr <= 0.8:
-        raise ValueError(f"ctr must lie in [0.2, 0.8], got {ctr!r}")
+        raise TrainError(f"ctr must lie in [0.2, 0.8], got {ctr!r}")
     if not isinstance(size, int) or size < 64:
-        raise ValueError(f"size must be an integer >= 64, got {size!r}")
+        raise TrainError(f"size must be an integer >= 64, got {size!r}")
     anatomy = sample_anatomy(rng, ctr)
     return render(anatomy, sample_view(rng), size, return_masks=return_masks)
 
@@ -188,7 +191,7 @@ def measure_ctr(heart: np.ndarray, lungs: np.ndarray) -> float:
     hx = np.flatnonzero(heart.any(axis=0))
     lx = np.flatnonzero(lungs.any(axis=0))
     if hx.size == 0 or lx.size == 0:
-        raise ValueError("empty heart or lung mask")
+        raise TrainError("empty heart or lung mask")
     return float(hx[-1] - hx[0]) / float(max(lx[-1] - lx[0], 1))  # between extreme pixel centres
 
 
@@ -306,9 +309,9 @@ def make_phantom(out_dir: Path | str, n: int, seed: int = 0, size: int = 256, ma
     phantom.json is written last, so a set interrupted half-way is never mistaken for a finished one.
     """
     if not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
+        raise TrainError(f"n must be a positive integer, got {n!r}")
     if not isinstance(size, int) or size < 64:
-        raise ValueError(f"size must be an integer >= 64, got {size!r}")
+        raise TrainError(f"size must be an integer >= 64, got {size!r}")
     out = Path(out_dir)
     (out / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
     if masks:
@@ -339,15 +342,13 @@ def make_phantom(out_dir: Path | str, n: int, seed: int = 0, size: int = 256, ma
             row += _write_masks(out, f"{pid}_{k}.png", drawn)
         rows.append(row)
     labels = out / LABELS_NAME
-    tmp = labels.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="") as f:
+    with atomic_write(labels, "w", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(LABEL_COLUMNS + ((*MASK_COLUMNS, MASK_CTR_COLUMN) if masks else ()))
         writer.writerows(rows)
-    tmp.replace(labels)
     params = phantom_params(n, seed, size, masks)
     params.update(positives=sum(r[1] for r in rows), patients=len({r[3] for r in rows}))
-    (out / PARAMS_NAME).write_text(json.dumps(params, indent=2) + "\n")
+    write_text_atomic(out / PARAMS_NAME, json.dumps(params, indent=2) + "\n")
     log.info("wrote %d phantom images (%d positive) to %s", n, params["positives"], out)
     return labels
 

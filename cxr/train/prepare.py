@@ -19,6 +19,7 @@ import numpy as np
 from cxr.train.config import TrainConfig
 from cxr.train.data import preload, preload_masks
 from cxr.train.distributed import DistContext, barrier
+from cxr.train.errors import TrainError
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
@@ -38,7 +39,7 @@ def _index(config: TrainConfig) -> tuple[list, dict[str, Any]]:
     from cxr.train.splits import check_patient_leaks
 
     if not config.data_root:
-        raise ValueError("no dataset given: pass --data KIND:PATH (e.g. --data folder:/data/nih)")
+        raise TrainError("no dataset given: pass --data KIND:PATH (e.g. --data folder:/data/nih)")
     specs = config.sources()
     samples: list = []
     indexes: dict[str, Any] = {}
@@ -73,7 +74,7 @@ def _index_source(config: TrainConfig, spec, prefix: bool) -> tuple[list, Any]:
         mask_columns=parse_mask_columns(spec.mask_columns), ctr_column=spec.ctr_column)
     samples = list(index.samples)
     if not samples:
-        raise ValueError(f"{spec.data_root}: no labelled images found for dataset kind {spec.kind!r}")
+        raise TrainError(f"{spec.data_root}: no labelled images found for dataset kind {spec.kind!r}")
     if prefix:  # several sources: patient ids are per source, and a source without a column is named by --data
         has_column = spec.source_column or any(s.source not in ("", spec.kind) for s in samples)
         samples = [replace(s, patient_id=f"{spec.name}/{s.patient_id}",

@@ -1,6 +1,6 @@
 """The run directory's plain files: config.json, history.csv, metrics.json. Only rank 0 calls these.
 
-Each file is written to a temporary name and renamed, so an interrupted run never leaves a half-written file.
+Each file is written with cxr.runtime.atomic, so an interrupted run never leaves a half-written file.
 """
 
 from __future__ import annotations
@@ -8,26 +8,18 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from cxr.runtime.atomic import atomic_write, write_text_atomic
 from cxr.runtime.serialization import jsonable
 
 HISTORY_COLUMNS = ("epoch", "lr", "train_loss", "val_loss", "val_auroc", "val_auprc", "val_sensitivity",
                    "val_specificity", "val_f1", "threshold", "seconds", "is_best")
-RUN_FILES = ("config.json", "splits.csv", "history.csv", "best.pt", "last.pt", "metrics.json")
-
-
-def _atomic_write(path: Path, text: str) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
 
 
 def write_json(path: Path, data: Mapping[str, Any]) -> Path:
-    return _atomic_write(Path(path), json.dumps(jsonable(data), indent=2, sort_keys=True, allow_nan=False) + "\n")
+    return write_text_atomic(path, json.dumps(jsonable(data), indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
 def write_history(path: Path, history: Iterable[Mapping[str, Any]]) -> Path:
@@ -37,13 +29,11 @@ def write_history(path: Path, history: Iterable[Mapping[str, Any]]) -> Path:
     history = list(history)
     extra = [k for row in history for k in row if k not in HISTORY_COLUMNS]
     columns = list(HISTORY_COLUMNS) + list(dict.fromkeys(extra))
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+    with atomic_write(path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         for row in history:
             writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()})
-    os.replace(tmp, path)
     return path
 
 

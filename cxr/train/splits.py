@@ -16,7 +16,9 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from cxr.runtime.atomic import atomic_write
 from cxr.train.datasets import SPLITS, Sample, parse_split
+from cxr.train.errors import TrainError
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +43,13 @@ def assign_splits(samples: Sequence[Sample], val_fraction: float = 0.15, test_fr
     """
     for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if not 0.0 <= float(value) < 1.0:
-            raise ValueError(f"{name} must lie in [0, 1), got {value!r}")
+            raise TrainError(f"{name} must lie in [0, 1), got {value!r}")
     if val_fraction + test_fraction >= 1.0:
-        raise ValueError(f"val_fraction + test_fraction must be below 1, got {val_fraction} + {test_fraction}")
+        raise TrainError(f"val_fraction + test_fraction must be below 1, got {val_fraction} + {test_fraction}")
     by_patient: dict[str, list[int]] = defaultdict(list)
     for i, s in enumerate(samples):
         if s.split is not None and s.split not in SPLITS:
-            raise ValueError(f"{s.path}: unknown split {s.split!r} (expected one of {SPLITS} or None)")
+            raise TrainError(f"{s.path}: unknown split {s.split!r} (expected one of {SPLITS} or None)")
         by_patient[s.patient_id].append(i)
     present = {s.split for s in samples if s.split is not None}
     need = [name for name, frac in (("test", test_fraction), ("val", val_fraction)) if name not in present and frac > 0]
@@ -112,7 +114,7 @@ def check_splits(samples: Sequence[Sample], required: Sequence[str] = ("train", 
         elif c["negatives"] == 0:
             problems.append(f"split '{name}' has no negative images ({c['images']} images)")
     if problems:
-        raise ValueError("; ".join(problems))
+        raise TrainError("; ".join(problems))
     check_patient_leaks(samples)
 
 
@@ -128,7 +130,7 @@ def check_patient_leaks(samples: Sequence[Sample]) -> None:
     if leaks:
         shown = ", ".join(f"{pid} ({'/'.join(sorted(seen[pid]))})" for pid in leaks[:5])
         more = f" and {len(leaks) - 5} more" if len(leaks) > 5 else ""
-        raise ValueError(
+        raise TrainError(
             f"{len(leaks)} patient(s) are in more than one split: {shown}{more}. The data's splits were made per "
             "image; let cxr split by patient instead: move the images out of train/val/test folders into "
             "ROOT/<positive class>/ and ROOT/<negative class>/, or leave the split column empty (a given test split "
@@ -140,15 +142,13 @@ def write_splits(samples: Sequence[Sample], run_dir: Path | str) -> Path:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     target = run_dir / SPLITS_NAME
-    tmp = target.with_name(target.name + ".tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as f:
+    with atomic_write(target, "w", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(SPLIT_COLUMNS + EXTRA_COLUMNS)
         for s in samples:
             masks = [str(m) for m in s.masks] if s.masks else ["", "", ""]
             writer.writerow([str(s.path), int(s.label), s.patient_id, s.split or "", s.source, *masks,
                              "" if s.ctr is None else repr(float(s.ctr))])
-    tmp.replace(target)
     return target
 
 
@@ -160,19 +160,19 @@ def read_splits(path: Path | str) -> list[Sample]:
             reader = csv.DictReader(f)
             missing = [c for c in SPLIT_COLUMNS if c not in (reader.fieldnames or [])]
             if missing:
-                raise ValueError(f"{path}: missing column(s) {missing}; expected {list(SPLIT_COLUMNS)}")
+                raise TrainError(f"{path}: missing column(s) {missing}; expected {list(SPLIT_COLUMNS)}")
             rows = list(reader)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise ValueError(f"{path}: cannot read the splits file: {exc}") from exc
+        raise TrainError(f"{path}: cannot read the splits file: {exc}") from exc
     out = []
     for line, row in enumerate(rows, start=2):
         try:
             label = int(row["label"])
             if label not in (0, 1) or not row["path"] or not row["patient_id"]:
-                raise ValueError("label must be 0 or 1 and path and patient_id non-empty")
+                raise TrainError("label must be 0 or 1 and path and patient_id non-empty")
             split = parse_split(row["split"])
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"{path}:{line}: bad row {dict(row)}: {exc}") from exc
+            raise TrainError(f"{path}:{line}: bad row {dict(row)}: {exc}") from exc
         masks = tuple(Path(row[c]) for c in EXTRA_COLUMNS[:3]) if all(row.get(c) for c in EXTRA_COLUMNS[:3]) else None
         ctr = float(row["ctr_ref"]) if row.get("ctr_ref") else None
         out.append(Sample(Path(row["path"]), label, row["patient_id"], split, row["source"] or "", masks, ctr))

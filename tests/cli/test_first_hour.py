@@ -1,4 +1,4 @@
-"""A new user's first hour with cxr-score (issue 15, items 1-3): labels that do not match are loud, one label parser
+"""A new user's first hour with cxr-score: labels that do not match are loud, one label parser
 with cxr-train, and scoring exactly what the user points at (a file, several files, a glob; a run given as --model;
 an --out folder that does not exist yet)."""
 

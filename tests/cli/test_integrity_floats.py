@@ -1,4 +1,4 @@
-"""Issue 12 item 5: nan and +-inf are usage errors (exit 2) for every float option of every cxr command."""
+"""Nan and +-inf are usage errors (exit 2) for every float option of every cxr command."""
 
 from __future__ import annotations
 

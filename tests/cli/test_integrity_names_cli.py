@@ -1,4 +1,4 @@
-"""Issue 12 item 1 end to end: hostile file names give one row each in results.csv, round-trip through
+"""End to end: hostile file names give one row each in results.csv, round-trip through
 unescape_path, match their labels by the real name, and never reach stderr raw."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 12 items 4 and 11: --out is locked for the run (a second run on it is refused, a dead run's lock taken
+"""--out is locked for the run (a second run on it is refused, a dead run's lock taken
 over), and an --out that is a symlink, FIFO or device, or whose derived names are too long, fails before scoring."""
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from tests.train.train_fixtures import make_small_phantom
 TINY = ["--arch", "densenet_tiny", "--init", "random", "--image-size", "64", "--batch-size", "8", "--lr", "1e-3",
         "--max-epochs", "2", "--num-workers", "0", "--bootstrap-n", "50", "--device", "cpu"]
 RUN_FILES = ("config.json", "splits.csv", "history.csv", "best.pt", "last.pt", "metrics.json", "loss.png",
-             "val_auroc.png", "lr.png", "test_roc.png")
+             "val_auroc.png", "lr.png", "test_roc.png", "summary.png")
 
 
 @pytest.fixture(scope="module")

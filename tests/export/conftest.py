@@ -104,6 +104,7 @@ def tiny_run(tmp_path_factory) -> Path:
 def exported(tiny_run, tmp_path_factory):
     """The tiny run exported once at opset 17 (shared by read-only tests)."""
     from cxr.export.onnx_export import export_onnx
+    from cxr.export.options import ExportOptions
 
     out = tmp_path_factory.mktemp("export") / "model.onnx"
-    return export_onnx(tiny_run, out, opset=17)
+    return export_onnx(tiny_run, out, ExportOptions(opset=17))

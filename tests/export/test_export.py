@@ -13,8 +13,11 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 torch = pytest.importorskip("torch")
 
+from cxr.export.artifacts import side_path  # noqa: E402
 from cxr.export.errors import ExportError  # noqa: E402
-from cxr.export.onnx_export import SUPPORTED_OPSETS, export_graph, export_onnx, side_path  # noqa: E402
+from cxr.export.graph import export_graph  # noqa: E402
+from cxr.export.onnx_export import export_onnx  # noqa: E402
+from cxr.export.options import SUPPORTED_OPSETS, ExportOptions  # noqa: E402
 from cxr.export.validate import check_batchnorm_eval, check_opset, file_opset  # noqa: E402
 from cxr.runtime.card import ModelCard  # noqa: E402
 from cxr.runtime.preprocess import PreprocessConfig, preprocess_batch  # noqa: E402
@@ -79,7 +82,7 @@ def test_io_contract_and_dynamic_batch(exported, tiny_run):
 
 @pytest.mark.parametrize("opset", [13, 18, 20])
 def test_other_opsets_written_exactly(tiny_run, tmp_path, opset):
-    report = export_onnx(tiny_run, tmp_path / "m.onnx", opset=opset)
+    report = export_onnx(tiny_run, tmp_path / "m.onnx", ExportOptions(opset=opset))
     assert file_opset(report.path) == opset
     assert report.validation["checks"]["parity_torch_vs_ort"]["max_abs_diff"] <= 1e-4
 
@@ -88,13 +91,18 @@ def test_other_opsets_written_exactly(tiny_run, tmp_path, opset):
 def test_unsupported_opset_refused_before_loading(tmp_path, opset):
     # the checkpoint does not exist: the opset error must come first
     with pytest.raises(ValueError, match="opset .* is not supported"):
-        export_onnx(tmp_path / "missing-run", tmp_path / "m.onnx", opset=opset)
+        export_onnx(tmp_path / "missing-run", tmp_path / "m.onnx", ExportOptions(opset=opset))
 
 
-def test_supported_range_matches_cli():
-    from cxr.cli import export as cli
+@pytest.mark.parametrize("opset", [SUPPORTED_OPSETS.start - 1, SUPPORTED_OPSETS.stop])
+def test_cli_refuses_the_opsets_the_exporter_refuses(tmp_path, opset):
+    from click.testing import CliRunner
 
-    assert (cli.OPSET_MIN, cli.OPSET_MAX) == (SUPPORTED_OPSETS.start, SUPPORTED_OPSETS.stop - 1)
+    from cxr.cli.export import main
+
+    result = CliRunner().invoke(main, [str(tmp_path), "--out", str(tmp_path / "m.onnx"), "--opset", str(opset)])
+    assert result.exit_code == 2
+    assert f"{SUPPORTED_OPSETS.start}<=x<={SUPPORTED_OPSETS.stop - 1}" in result.output
 
 
 def test_check_opset_catches_wrong_opset(exported, tmp_path):
@@ -117,7 +125,7 @@ def test_exporter_writing_wrong_opset_is_rejected(tiny_run, tmp_path, monkeypatc
                         lambda model, opset, size, training=False, **kw: real(model, 18, size, **kw))
     out = tmp_path / "model.onnx"
     with pytest.raises(ExportError, match="asked for opset 17, file says 18"):
-        export_onnx(tiny_run, out, opset=17)
+        export_onnx(tiny_run, out, ExportOptions(opset=17))
     assert not out.exists()
     assert side_path(out, "rejected.onnx").is_file()
     rejected_report = json.loads(side_path(out, "rejected.validation.json").read_text())
@@ -169,7 +177,7 @@ def test_no_images_for_validation_is_a_clear_error(tmp_path):
     (run / "splits.csv").unlink()
     with pytest.raises(ExportError, match="--sample DIR"):
         export_onnx(run / "best.pt", tmp_path / "m.onnx")
-    report = export_onnx(run, tmp_path / "m.onnx", validate=False)
+    report = export_onnx(run, tmp_path / "m.onnx", ExportOptions(validate=False))
     card = ModelCard.from_metadata(_session(report.path).get_modelmeta().custom_metadata_map)
     assert card.export["validation"] == "skipped" and report.validation == "skipped"
 
@@ -178,7 +186,7 @@ def test_sample_dir_is_used(tiny_run, tmp_path):
     sample = tmp_path / "sample"
     write_images(sample, 5, seed=9, ext=".jpg")
     (sample / "notes.txt").write_text("not an image")
-    report = export_onnx(tiny_run / "best.pt", tmp_path / "m.onnx", sample_dir=sample)
+    report = export_onnx(tiny_run / "best.pt", tmp_path / "m.onnx", ExportOptions(sample_dir=sample))
     assert report.validation["n_images"] == 5 and "sample" in report.validation["images"]
 
 
@@ -208,7 +216,7 @@ def test_bad_checkpoints(tiny_run, tmp_path, case):
 
 
 def test_real_images_parity(shared_data, tiny_run, tmp_path):
-    report = export_onnx(tiny_run, tmp_path / "m.onnx", sample_dir=shared_data / "torchxrayvision_tests")
+    report = export_onnx(tiny_run, tmp_path / "m.onnx", ExportOptions(sample_dir=shared_data / "torchxrayvision_tests"))
     assert report.validation["n_images"] >= 5  # PNG, JPEG and DICOM files
     assert report.validation["checks"]["parity_torch_vs_ort"]["max_abs_diff"] <= 1e-4
 
@@ -222,7 +230,7 @@ def test_densenet121_at_224(tmp_path):
     from cxr.train.checkpoints import save_checkpoint
 
     save_checkpoint(ckpt, run / "best.pt")
-    report = export_onnx(run, tmp_path / "model.onnx", max_samples=4)
+    report = export_onnx(run, tmp_path / "model.onnx", ExportOptions(max_samples=4))
     assert file_opset(report.path) == 17 and not list(tmp_path.glob("*.data"))
     assert report.size_bytes > 20e6
     assert report.validation["checks"]["parity_torch_vs_ort"]["max_abs_diff"] <= 1e-4

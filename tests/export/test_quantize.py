@@ -12,7 +12,9 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("torch")
 
-from cxr.export.onnx_export import export_onnx, side_path  # noqa: E402
+from cxr.export.artifacts import side_path  # noqa: E402
+from cxr.export.onnx_export import export_onnx  # noqa: E402
+from cxr.export.options import ExportOptions  # noqa: E402
 from cxr.runtime.card import ModelCard  # noqa: E402
 
 
@@ -24,7 +26,7 @@ def _card(path):
 @pytest.fixture(scope="module")
 def int8_export(tiny_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("int8") / "model.onnx"
-    return export_onnx(tiny_run, out, quantize="int8", max_auroc_drop=1.0)
+    return export_onnx(tiny_run, out, ExportOptions(quantize="int8", max_auroc_drop=1.0))
 
 
 def test_int8_written_smaller_with_figures(int8_export):
@@ -60,7 +62,8 @@ def test_int8_keeps_io_contract_and_own_card(int8_export):
 @pytest.mark.parametrize("force", [False, True])
 def test_auroc_guard_refuses_unless_forced(tiny_run, tmp_path, force):
     # a negative allowance makes any change (even none) a refusal
-    report = export_onnx(tiny_run, tmp_path / "model.onnx", quantize="int8", max_auroc_drop=-1.0, force=force)
+    options = ExportOptions(quantize="int8", max_auroc_drop=-1.0, force=force)
+    report = export_onnx(tiny_run, tmp_path / "model.onnx", options)
     v = report.variants["int8"]
     assert "more than --max-auroc-drop -1.0" in v["reason"]
     assert side_path(report.path, "int8.onnx").exists() is force
@@ -73,13 +76,13 @@ def test_no_labels_refuses_int8(tiny_run, tmp_path):
 
     sample = tmp_path / "unlabelled"
     write_images(sample, 4, seed=3)
-    report = export_onnx(tiny_run, tmp_path / "model.onnx", sample_dir=sample, quantize="int8")
+    report = export_onnx(tiny_run, tmp_path / "model.onnx", ExportOptions(sample_dir=sample, quantize="int8"))
     assert report.variants["int8"]["written"] is False
     assert "no labelled set" in report.variants["int8"]["reason"]
 
 
 def test_fp16_copy(tiny_run, tmp_path):
-    report = export_onnx(tiny_run, tmp_path / "model.onnx", fp16=True, max_auroc_drop=1.0)
+    report = export_onnx(tiny_run, tmp_path / "model.onnx", ExportOptions(fp16=True, max_auroc_drop=1.0))
     v = report.variants["fp16"]
     assert v["written"] and v["size_bytes"] < v["fp32_size_bytes"]
     assert v["max_abs_prob_diff_vs_fp32"] < 1e-2
@@ -146,7 +149,7 @@ def test_int8_without_a_training_split_says_its_calibration_is_the_evaluation_se
     lines = (tiny_run / "splits.csv").read_text().splitlines()
     (run / "splits.csv").write_text("\n".join([lines[0]] + [ln for ln in lines[1:] if ",val," in ln]) + "\n")
     with caplog.at_level(logging.WARNING, logger="cxr.export.quantize"):
-        report = export_onnx(run, tmp_path / "model.onnx", quantize="int8", max_auroc_drop=1.0)
+        report = export_onnx(run, tmp_path / "model.onnx", ExportOptions(quantize="int8", max_auroc_drop=1.0))
     assert report.variants["int8"]["calibration"].endswith("(the evaluation images: no training split)")
     assert "the same images its AUROC change is measured on" in caplog.text
 
@@ -162,7 +165,7 @@ def test_a_variant_without_images_writes_nothing_at_all(tiny_run, tmp_path):
     lone.mkdir()
     shutil.copy(tiny_run / "best.pt", lone / "best.pt")
     with pytest.raises(ExportError, match="no real images for evaluating reduced precision"):
-        export_onnx(lone / "best.pt", lone / "m.onnx", validate=False, quantize="int8")
+        export_onnx(lone / "best.pt", lone / "m.onnx", ExportOptions(validate=False, quantize="int8"))
     assert sorted(p.name for p in lone.iterdir()) == ["best.pt"]
 
 
@@ -170,8 +173,8 @@ def test_a_variant_whose_output_depends_on_its_batch_is_refused_even_forced(tiny
     import cxr.export.validate as validate
 
     monkeypatch.setattr(validate, "batch_invariance", lambda session, images: {"1": 0.0, "max": 3e-3})
-    report = export_onnx(tiny_run, tmp_path / "model.onnx", fp16=True, max_auroc_drop=1.0, force=True,
-                         validate=False)
+    report = export_onnx(tiny_run, tmp_path / "model.onnx", ExportOptions(fp16=True, max_auroc_drop=1.0, force=True,
+                         validate=False))
     v = report.variants["fp16"]
     assert v["written"] is False and "changes with the other images in its batch by 3.00e-03" in v["reason"]
     assert "model.fp16.onnx" in v["reason"] and ".tmp-" not in v["reason"]

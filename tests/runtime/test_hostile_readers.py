@@ -1,4 +1,4 @@
-"""Hostile files (issue 12, "Nothing lost, nothing forged"): corrupt JPEGs never read as ok, sizes and decode time
+"""Hostile files: nothing lost, nothing forged: corrupt JPEGs never read as ok, sizes and decode time
 bounded before decoding, special files never read forever, and every refusal names the real problem."""
 
 from __future__ import annotations

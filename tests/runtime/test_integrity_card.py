@@ -1,4 +1,4 @@
-"""Issue 12 item 10: any malformed card is a ModelCardError of one line: never a traceback, never a silent choice."""
+"""Any malformed card is a ModelCardError of one line: never a traceback, never a silent choice."""
 
 from __future__ import annotations
 

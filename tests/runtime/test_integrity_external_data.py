@@ -1,4 +1,4 @@
-"""Issue 12 item 9: a model whose tensors keep their data in external files is refused (cxr models are one file,
+"""A model whose tensors keep their data in external files is refused (cxr models are one file,
 and the manifest's sha256 covers only that file), found by a protobuf walk without the onnx package."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 12 item 1: any file name round-trips through results.csv (escape_path / unescape_path): no control character
+"""Any file name round-trips through results.csv (escape_path / unescape_path): no control character
 breaks a row or reaches a formula or the terminal, and two different names never give the same path cell."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 12 item 2: a full disk never leaves a cut row: each row is whole in the file or absent."""
+"""A full disk never leaves a cut row: each row is whole in the file or absent."""
 
 from __future__ import annotations
 

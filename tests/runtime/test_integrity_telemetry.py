@@ -1,4 +1,4 @@
-"""Issue 12 item 13: onnxruntime telemetry is off for every session cxr creates.
+"""Onnxruntime telemetry is off for every session cxr creates.
 
 onnxruntime 1.32 writes a device id and an event queue under ~/.cache/Microsoft/DeveloperTools/.onnxruntime/ on its
 first session unless ORT_DISABLE_TELEMETRY=1 was set before it was imported (disable_telemetry_events() alone does

@@ -70,7 +70,7 @@ def test_formula_quoting_applies_to_the_path_cell_and_csv_quoting_to_commas(tmp_
         writer.commit()
     rows = list(csv.reader(out.open(newline="")))
     assert rows[1][0] == "'=HYPERLINK(x).png"
-    assert rows[2][0] == "a,b\\x0ac.png" and rows[2][4] == "unreadable: Permission denied"  # issue 12 item 1
+    assert rows[2][0] == "a,b\\x0ac.png" and rows[2][4] == "unreadable: Permission denied"  # escaped: no new row
 
 
 def test_file_names_that_are_not_utf8_are_escaped_not_fatal(tmp_path):
@@ -79,7 +79,7 @@ def test_file_names_that_are_not_utf8_are_escaped_not_fatal(tmp_path):
     with ResultsWriter(out) as writer:
         writer.write(ok(name, 0.5, 1))
         writer.commit()
-    assert out.read_text(encoding="utf-8").splitlines()[1] == "scan\\xff.png,0.500000,1,ok,"  # issue 12 item 1
+    assert out.read_text(encoding="utf-8").splitlines()[1] == "scan\\xff.png,0.500000,1,ok,"  # escaped byte
 
 
 @pytest.mark.parametrize("crash", [KeyboardInterrupt, RuntimeError])

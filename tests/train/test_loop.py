@@ -78,7 +78,7 @@ def test_early_stopping_fires_after_four_epochs_and_keeps_best_weights(scripted_
 def test_run_dir_files_and_history_columns(scripted_run):
     summary, run_dir, _ = scripted_run
     for name in ("config.json", "splits.csv", "history.csv", "best.pt", "last.pt", "metrics.json", "loss.png",
-                 "val_auroc.png", "lr.png", "test_roc.png"):
+                 "val_auroc.png", "summary.png", "lr.png", "test_roc.png"):
         assert (run_dir / name).is_file(), name
     header = (run_dir / "history.csv").read_text().splitlines()[0].split(",")
     assert header == list(HISTORY_COLUMNS)

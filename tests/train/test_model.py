@@ -14,7 +14,7 @@ from cxr.train import config as C
 from cxr.train.checkpoints import load_checkpoint
 from cxr.train.data import CxrDataset
 from cxr.train.loop import train
-from cxr.train.model import ARCHS, InitWeightsError, build_model
+from cxr.train.model import InitWeightsError, build_model
 from tests.train.train_fixtures import make_small_phantom, state_equal, tiny_config
 
 
@@ -116,13 +116,9 @@ def test_init_from_a_checkpoint_starts_from_its_weights(phantom, tmp_path):
     assert summary["epochs_run"] == 1
 
 
-def test_config_constants_match_the_modules_they_mirror():
-    from cxr.train import datasets
-
-    assert C.ARCHS == ARCHS
-    assert C.DATASET_KINDS == datasets.DATASET_KINDS
-    assert set(C.UNCERTAIN_POLICIES) == set(datasets.UNCERTAIN_POLICIES)
-    assert C.NIH_NEGATIVES == datasets.NIH_NEGATIVES and C.TrainConfig().nih_negatives == "no_finding"
+def test_decision_choices_are_auto_and_the_decision_modes():
+    assert C.DECISIONS == ("auto", "classifier", "ctr", "fusion")
+    assert C.TrainConfig().nih_negatives == "no_finding"
 
 
 def test_config_defaults_are_the_recipe():

@@ -147,12 +147,13 @@ def test_seg_run_reports_per_source_and_anatomy(seg_run):
 def test_seg_run_exports_ctr_and_masks_and_scores_them(seg_run, masked, tmp_path):
     pytest.importorskip("onnx")
     from cxr.export.onnx_export import export_onnx
+    from cxr.export.options import ExportOptions
     from cxr.runtime.anatomy import ctr_reference
     from cxr.runtime.scoring import Scorer, score_folder
 
     run_dir, _ = seg_run
     out = tmp_path / "model.onnx"
-    report = export_onnx(run_dir, out, opset=17)
+    report = export_onnx(run_dir, out, ExportOptions(opset=17))
     checks = report.validation["checks"]
     assert checks["parity_extra_outputs"]["passed"]
     scorer = Scorer(out, device="cpu")
@@ -173,7 +174,7 @@ def test_decision_in_the_graph_matches_the_checkpoint(seg_run, tmp_path):
     pytest.importorskip("onnx")
     import torch
 
-    from cxr.export.onnx_export import ExportWrapper
+    from cxr.export.graph import ExportWrapper
     from cxr.train.checkpoints import load_checkpoint, model_from_checkpoint
     from cxr.train.decision import Decision
 
@@ -226,9 +227,10 @@ def test_photometric_augmentation_leaves_masks_alone():
 def seg_model(seg_run, tmp_path_factory):
     pytest.importorskip("onnx")
     from cxr.export.onnx_export import export_onnx
+    from cxr.export.options import ExportOptions
 
     out = tmp_path_factory.mktemp("segmodel") / "model.onnx"
-    export_onnx(seg_run[0], out, opset=17)
+    export_onnx(seg_run[0], out, ExportOptions(opset=17))
     return out
 
 
