@@ -54,7 +54,7 @@ def measure_command(model: Path, device: str, labels: Path, images: Path | None,
         click.echo(_line(name, entry, fp32_ms))
     skipped = [p for p in ("bf16", "int8") if p not in record["precisions"]]
     for name in skipped:
-        why = ("the OpenVINO provider only (--device openvino)" if device != "openvino" else
+        why = ("--device openvino (bf16 runs on the OpenVINO provider only)" if device != "openvino" else
                "a CPU with avx512_bf16 or amx_bf16") if name == "bf16" else f"{int8_path(model).name} beside it"
         click.echo(f"{name:>5}  not measured: needs {why}")
     click.echo(f"cxr-bench: kept in {path} for --precision auto", err=True)
