@@ -22,7 +22,7 @@ def measure_command(model: Path, device: str, labels: Path, images: Path | None,
     """Measure, print, save; returns the record (for --json). Exits 2 for a device or labels that cannot be used."""
     from cxr.runtime.errors import CxrError
     from cxr.runtime.labels import LabelsError
-    from cxr.runtime.precision import Host, PrecisionError, _refuse_unrunnable, int8_path
+    from cxr.runtime.precision import Host, PrecisionError, int8_path, refuse_unrunnable
     from cxr.runtime.precision_gate import labelled_images, measure_precisions, runnable, save_measurement
     from cxr.runtime.scoring import Scorer
 
@@ -31,7 +31,7 @@ def measure_command(model: Path, device: str, labels: Path, images: Path | None,
                                  "openvino", param_hint="--device")
     host = Host.detect()
     try:
-        _refuse_unrunnable("fp32", device, model, host)
+        refuse_unrunnable("fp32", device, model, host)
     except PrecisionError as exc:
         raise click.BadParameter(str(exc), param_hint="--device") from None
     try:

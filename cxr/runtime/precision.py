@@ -146,10 +146,10 @@ class PrecisionPlan:
                 "accuracy_gate": self.gate,
                 "cpu_flags": dict(host.flags) if host else None,
                 "cpu_model": host.cpu_model if host else None,
-                "onnxruntime": {k: v for k, v in host.ort.items()} if host else None}
+                "onnxruntime": dict(host.ort) if host else None}
 
 
-def _refuse_unrunnable(precision: str, device: str, model: Path, host: Host) -> None:
+def refuse_unrunnable(precision: str, device: str, model: Path, host: Host) -> None:
     """PrecisionError when `precision` cannot run on `device` on this host, naming the way out."""
     if device == "openvino" and not host.has_openvino:
         raise PrecisionError(f"--device openvino needs the OpenVINO execution provider, which this onnxruntime "
@@ -183,7 +183,7 @@ def plan_precision(model: str | Path, device: str, precision: str | None, batch_
     host = host or Host.detect()
     target = expected_device(device, host)
     if precision is None:  # the file as given; `settle` reads its precision from its card once it is loaded
-        _refuse_unrunnable("fp32", target, model, host)
+        refuse_unrunnable("fp32", target, model, host)
         return PrecisionPlan("default", "fp32", target, model, model, "the file as given", host=host)
     if precision not in CHOICES:
         raise ValueError(f"precision must be one of {CHOICES}, got {precision!r}")
@@ -191,7 +191,7 @@ def plan_precision(model: str | Path, device: str, precision: str | None, batch_
 
     if precision == "auto":
         return _auto(model, target, batch_size, host, lookup(model, target, host))
-    _refuse_unrunnable(precision, target, model, host)
+    refuse_unrunnable(precision, target, model, host)
     record = lookup(model, target, host) if precision != "fp32" else None
     gate = record["precisions"].get(precision) if record else None
     path = int8_path(model) if precision == "int8" else model
@@ -215,7 +215,7 @@ def plan_precision(model: str | Path, device: str, precision: str | None, batch_
 
 def _auto(model: Path, target: str, batch_size: int, host: Host, record: dict | None) -> PrecisionPlan:
     """The fastest precision whose gate passed in `record` (None: fp32, saying why)."""
-    _refuse_unrunnable("fp32", target, model, host)
+    refuse_unrunnable("fp32", target, model, host)
     if target == "cuda":
         return PrecisionPlan("auto", "fp32", target, model, model, "auto on CUDA: only fp32 is offered there",
                              host=host)
