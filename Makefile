@@ -4,6 +4,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.cxr-installed
 PYTEST_ARGS ?=
+# A second environment with onnxruntime-openvino (it replaces the onnxruntime module, so it cannot share .venv), no
+# torch: the OpenVINO tests and bench rows run cxr through its python. Where its wheel cannot be had, they skip.
+OV_VENV ?= .venv-ov
+OV_PY := $(OV_VENV)/bin/python
+OV_STAMP := $(OV_VENV)/.cxr-installed
 
 .PHONY: demo test lint bench bench-ray real external cam-on-heart install clean fuzz
 
@@ -17,10 +22,15 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q -e ".[cpu,train,dev,ray]"
 	touch $(STAMP)
 
+$(OV_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(OV_VENV)
+	$(OV_PY) -m pip install -q -e ".[openvino]" && touch $(OV_STAMP) \
+		|| echo "make: onnxruntime-openvino could not be installed in $(OV_VENV); the OpenVINO tests and bench rows skip" >&2
+
 install: $(STAMP)
 
-test: $(STAMP) lint
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+test: $(STAMP) $(OV_STAMP) lint
+	CXR_OV_PYTHON=$(abspath $(OV_PY)) $(PY) -m pytest -q $(PYTEST_ARGS)
 
 # the reader fuzz suite at length: FUZZ_EXAMPLES random inputs per test (make test runs 25 fixed ones); a failure
 # prints the input to add to tests/fixtures/hostile/
@@ -43,8 +53,8 @@ real: $(STAMP)
 external: $(STAMP)
 	$(PY) scripts/real.py --mode external $(EXTERNAL_ARGS)
 
-bench: $(STAMP)
-	$(PY) scripts/bench.py
+bench: $(STAMP) $(OV_STAMP)
+	CXR_OV_PYTHON=$(abspath $(OV_PY)) $(PY) scripts/bench.py
 
 # does the activation map lie on the heart? make cam-on-heart MODEL=m.onnx FOLDER=imgs LABELS=l.csv [LABEL_COLUMN=c]
 cam-on-heart: $(STAMP)
@@ -57,4 +67,4 @@ bench-ray: $(STAMP)
 	$(PY) scripts/bench_ray.py $(BENCH_RAY_ARGS)
 
 clean:
-	rm -rf $(VENV) demo_out real_out external_out .pytest_cache .benchmarks
+	rm -rf $(VENV) $(OV_VENV) demo_out real_out external_out .pytest_cache .benchmarks

@@ -340,6 +340,48 @@ def cuda_section(data: dict) -> list[str]:
     return lines + [""]
 
 
+OV_ENGINES = [("cpu-fp32", "ORT CPU EP fp32"), ("cpu-int8", "ORT CPU EP int8 (`model.int8.onnx`)"),
+              ("openvino-fp32", "ORT OpenVINO EP fp32 (hint f32)"),
+              ("openvino-bf16", "ORT OpenVINO EP bf16 (hint bf16)"),
+              ("openvino-int8", "ORT OpenVINO EP int8 (same int8 file)")]
+
+
+def openvino_section(data: dict) -> list[str]:
+    """Issue 16: the OpenVINO provider's precisions against the CPU provider, rounds in turn (bench_openvino.py)."""
+    b = next((b for b in data["benchmarks"] if b.get("group") == "openvino"), None)
+    lines = ["## OpenVINO execution provider (issue 16)", ""]
+    if b is None:
+        return lines + ["No OpenVINO benchmark in this run (benchmarks/bench_openvino.py was not collected).", ""]
+    e = b.get("extra_info", {})
+    if e.get("skipped"):
+        return lines + [f"Skipped: {e['skipped']}.", ""]
+    seconds, engines = e.get("seconds", {}), e.get("engines", {})
+    batches = sorted(seconds, key=int)
+    ort = e.get("onnxruntime", {})
+    lines += [f"CPU flags: {' '.join(e.get('cpu_flags', [])) or 'none'}; {ort.get('distribution')} "
+              f"{ort.get('version')} (its own CPU provider is the baseline here); intra-op threads {e.get('threads')}; "
+              "rounds taken in turn (every engine once per round, 0.1 s pause between engines), so each ratio is the "
+              "median of per-round ratios against CPU fp32 on the same batch.", "",
+              "| engine / precision | " + " | ".join(f"batch {b} ms/img" for b in batches) + " | "
+              + " | ".join(f"vs CPU EP fp32 (b{b})" for b in batches) + " | max prob diff vs CPU fp32 |",
+              "|---|" + "---:|" * (2 * len(batches) + 1)]
+    diffs = e.get("max_abs_prob_diff_vs_cpu_fp32", {})
+    for key, label in OV_ENGINES:
+        if key not in engines:
+            lines.append(f"| {label} | " + " | ".join("not run" for _ in range(2 * len(batches))) + " | n/a |")
+            continue
+        ms = [1000 * statistics.median(seconds[b][key]) / int(b) for b in batches]
+        ratios = [_median_ratio(seconds[b]["cpu-fp32"], seconds[b][key]) for b in batches]
+        lines.append(f"| {label} | " + " | ".join(f"{m:.2f}" for m in ms) + " | "
+                     + " | ".join(f"{_fmt(r)}x" for r in ratios) + f" | {diffs.get(key, float('nan')):.1e} |")
+    lines += ["", "- Random weights: the prob diffs show the arithmetic, not accuracy on patients; each precision's "
+              "AUROC change on labelled images is what `cxr-bench --labels ... --device openvino` measures and "
+              "`--precision auto` reads (README).",
+              "- bf16 runs only where the CPU has avx512_bf16 or amx_bf16 (else refused); int8 speed depends on "
+              "VNNI/AMX-INT8.", ""]
+    return lines
+
+
 def render(data: dict) -> str:
     idx = _index(data["benchmarks"])
     machine, peak = machine_section(data)
@@ -358,8 +400,8 @@ def render(data: dict) -> str:
             "int8 accuracy uses the trained `make demo` model, since a random model's AUROC means nothing.", ""]
     if run.get("pytest_exit_code"):
         head += [f"> pytest exited {run['pytest_exit_code']}: some benchmarks failed and are missing below.", ""]
-    return "\n".join(head + machine + targets_section(found, idx) + ratios + table_section(data)
-                     + cuda_section(data))
+    return "\n".join(head + machine + targets_section(found, idx) + ratios + openvino_section(data)
+                     + table_section(data) + cuda_section(data))
 
 
 def ensure_demo_run(demo_out: Path) -> int:

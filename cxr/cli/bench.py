@@ -17,6 +17,7 @@ import click
 
 from cxr import __version__
 from cxr.cli import FiniteFloat
+from cxr.cli.precision_opts import precision_options
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,7 @@ def _facts(scorer, threads: int | None) -> dict:
     intra = scorer._session.get_session_options().intra_op_num_threads
     return {
         "model": str(scorer.model_path), "input_size": scorer.input_size, "device": scorer.device,
+        "precision": getattr(scorer, "precision_facts", None),
         "providers": list(scorer.providers),
         "threads": {"requested": threads, "intra_op": intra,
                     "note": "intra_op 0 = onnxruntime's default (one per physical core)"},
@@ -123,8 +125,16 @@ def _table(results: list[dict]) -> str:
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--model", "model_path", required=True, type=click.Path(path_type=Path, dir_okay=False),
               help="An ONNX model exported by cxr-export (it must carry a model card).")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
-              help="cuda must really run on CUDA (onnxruntime-gpu and a GPU), or cxr-bench exits 1.")
+@click.option("--device", type=click.Choice(["cpu", "cuda", "openvino"]), default="cpu", show_default=True,
+              help="cuda must really run on CUDA (onnxruntime-gpu and a GPU), or cxr-bench exits 1; openvino needs "
+                   "onnxruntime-openvino (pip install 'cxr[openvino]', in its own environment), or exits 2.")
+@precision_options
+@click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="CSV path,label of labelled images: measure every precision this host can run on --device "
+                   "(accuracy against fp32 and speed, in turn) and keep it in MODEL.precision.json for "
+                   "--precision auto.")
+@click.option("--images", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Folder the --labels paths are under (default: the labels file's folder).")
 @click.option("--batch-sizes", default="1,8,32", show_default=True, callback=_parse_batch_sizes,
               help="Comma-separated batch sizes to time.")
 @click.option("--seconds", type=FiniteFloat(min=0.0, min_open=True), default=5.0, show_default=True,
@@ -136,35 +146,50 @@ def _table(results: list[dict]) -> str:
               help="Also write the results and machine facts as JSON to this file.")
 @click.version_option(__version__, prog_name="cxr-bench")
 def main(model_path: Path, device: str, batch_sizes: list[int], seconds: float, warmup: int, threads: int | None,
-         json_out: Path | None) -> None:
+         json_out: Path | None, precision: str | None, force_precision: bool, labels: Path | None,
+         images: Path | None) -> None:
     """Time MODEL at each batch size: p50/p90/p99 latency per batch and per image, and images per second."""
+    from cxr.cli.precision_opts import build_scorer
     from cxr.runtime.errors import CxrError
-    from cxr.runtime.scoring import Scorer
 
     if json_out is not None and not json_out.parent.is_dir():  # found out now, not after minutes of timing
         click.echo(f"cxr-bench: error: cannot write {json_out}: folder {json_out.parent} does not exist", err=True)
         sys.exit(1)
+    if labels is not None:
+        if precision is not None:
+            raise click.BadParameter("--labels measures every precision; leave --precision out",
+                                     param_hint="--precision")
+        from cxr.cli.bench_precision import measure_command
+
+        record = measure_command(model_path, device, labels, images, batch_sizes, seconds, warmup, threads)
+        _write_json(json_out, record)
+        return
     try:
-        scorer = Scorer(model_path, device=device, threads=threads)
+        scorer, _ = build_scorer(model_path, device, precision, force_precision, threads, batch_sizes[0])
     except CxrError as exc:
         click.echo(f"cxr-bench: error: {exc}", err=True)
         sys.exit(1)
     facts = _facts(scorer, threads)
-    click.echo(f"cxr-bench: {model_path} on {facts['cpu']['model'] if device == 'cpu' else 'CUDA'} "
-               f"(providers {', '.join(scorer.providers)}; intra-op threads {facts['threads']['intra_op']}; "
-               f"input {scorer.input_size}x{scorer.input_size})", err=True)
+    click.echo(f"cxr-bench: {model_path} on {'CUDA' if device == 'cuda' else facts['cpu']['model']} "
+               f"(providers {', '.join(scorer.providers)}; precision {scorer.precision_facts['used']}; intra-op "
+               f"threads {facts['threads']['intra_op']}; input {scorer.input_size}x{scorer.input_size})", err=True)
     results = [measure(scorer, b, seconds, warmup, scorer.device) for b in batch_sizes]
     click.echo(_table(results))
-    if json_out is not None:
-        payload = {**facts, "settings": {"batch_sizes": batch_sizes, "seconds": seconds, "warmup": warmup,
-                                         "io_binding": scorer.device == "cuda"}, "results": results}
-        try:
-            from cxr.runtime.results import write_json_atomic
+    payload = {**facts, "settings": {"batch_sizes": batch_sizes, "seconds": seconds, "warmup": warmup,
+                                     "io_binding": scorer.device == "cuda"}, "results": results}
+    _write_json(json_out, payload)
 
-            write_json_atomic(json_out, payload)
-        except OSError as exc:
-            click.echo(f"cxr-bench: error: cannot write {json_out}: {exc.strerror or exc}", err=True)
-            sys.exit(1)
+
+def _write_json(json_out: Path | None, payload: dict) -> None:
+    if json_out is None:
+        return
+    try:
+        from cxr.runtime.results import write_json_atomic
+
+        write_json_atomic(json_out, payload)
+    except OSError as exc:
+        click.echo(f"cxr-bench: error: cannot write {json_out}: {exc.strerror or exc}", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -29,6 +29,7 @@ import click
 
 from cxr import __version__
 from cxr.cli import FiniteFloat
+from cxr.cli.precision_opts import DEVICE_HELP, precision_options
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 3, 130, 143
 
@@ -385,8 +386,9 @@ def _note(message: str, quiet: bool) -> None:
 @click.option("--model", required=True, envvar="CXR_MODEL", type=click.Path(path_type=Path),
               help="ONNX model exported by cxr-export (or set CXR_MODEL); a training run or .pt checkpoint must be "
                    "exported first: cxr-export RUN --out model.onnx.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-              help="cuda fails rather than silently running on CPU; auto reports what it picked.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "openvino"]), default="auto", show_default=True,
+              help=DEVICE_HELP)
+@precision_options
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=8, show_default=True,
               help="Images per model call. 8 keeps DenseNet-121 at 224 under ~350 MB peak (16: ~530 MB) and is as "
                    "fast per image on CPU; raise it on a GPU.")
@@ -433,7 +435,8 @@ def _note(message: str, quiet: bool) -> None:
 def main(targets: tuple[Path, ...], out: Path, model: Path, device: str, batch_size: int, workers: int,
          threads: int | None, threshold: float | None, labels: Path | None, path_column: str,
          label_column: str | None, overlays: Path | None, report: Path | None, resume: bool, engine: str,
-         ray_address: str | None, actors: int, gpus_per_actor: float, quiet: bool) -> None:
+         ray_address: str | None, actors: int, gpus_per_actor: float, quiet: bool, precision: str | None,
+         force_precision: bool) -> None:
     """Score every image under FOLDER (recursively, sorted) for cardiomegaly, or the image files given (quote a
     glob, e.g. 'scans/*.dcm', so that cxr-score expands it: no 'argument list too long'), or the files a LIST names
     (.txt: one path per line; .csv or .parquet: a 'path' column; relative to the list's folder).
@@ -453,13 +456,16 @@ def main(targets: tuple[Path, ...], out: Path, model: Path, device: str, batch_s
 
     engine_option = EngineOption(engine, ray_address, actors, gpus_per_actor)
     engine_option.check(device, overlays, report)
+    if engine_option.ray and precision is not None:
+        raise click.UsageError("--precision is not available with --engine ray: the actors run the model file as "
+                               "given (pass model.int8.onnx to score the int8 copy)")
     folder, files, globbed_other = _targets(targets)
     try:
         with _sigterm_raises():
             try:
                 _score(folder, out, model, device, batch_size, workers, threads, threshold,
                        _LabelsOption(labels, path_column, label_column), overlays, report, quiet,
-                       (files, globbed_other), resume, engine_option)
+                       (files, globbed_other), resume, engine_option, (precision, force_precision))
             except _Terminated:  # before scoring started (once it has, _score reports it itself)
                 _error(f"terminated (SIGTERM) before scoring started; nothing was written to {out}")
                 sys.exit(EXIT_TERMINATED)
@@ -538,7 +544,7 @@ def _match_labels(table, folder: Path, files: list[Path], quiet: bool):
 def _score(folder: Path, out: Path, model: Path, device: str, batch_size: int, workers: int, threads: int | None,
            threshold: float | None, labels_option: _LabelsOption, overlays: Path | None, report: Path | None,
            quiet: bool, given: tuple[list[Path] | None, int] = (None, 0), resume: bool = False,
-           engine=None) -> None:
+           engine=None, precision: tuple[str | None, bool] = (None, False)) -> None:
     """Score FOLDER (given[0] None: walked) or the files given[0] under it (given[1]: non-images a glob matched)."""
     started_wall = datetime.now(timezone.utc).isoformat(timespec="seconds")
     t0 = time.perf_counter()
@@ -546,9 +552,10 @@ def _score(folder: Path, out: Path, model: Path, device: str, batch_size: int, w
     label_table = _read_label_table(labels_option)
     given_files, globbed_other = given
 
+    from cxr.cli.precision_opts import build_scorer
     from cxr.runtime.errors import CxrError
     from cxr.runtime.results import ResultsWriter, Tally
-    from cxr.runtime.scoring import Scorer, score_folder
+    from cxr.runtime.scoring import score_folder
     from cxr.runtime.walk import WalkResult, find_images
 
     if out.is_dir():
@@ -570,7 +577,9 @@ def _score(folder: Path, out: Path, model: Path, device: str, batch_size: int, w
         sys.exit(EXIT_FAILED)
     try:
         # With --engine ray the driver's session only reads the card and hashes the file; the actors score.
-        scorer = Scorer(model, device="cpu" if engine is not None and engine.ray else device, threads=threads)
+        on_ray = engine is not None and engine.ray
+        scorer, plan = build_scorer(model, "cpu" if on_ray else device, precision[0], precision[1], threads,
+                                    batch_size)
     except CxrError as exc:
         _error(str(exc))
         sys.exit(EXIT_FAILED)
@@ -587,6 +596,8 @@ def _score(folder: Path, out: Path, model: Path, device: str, batch_size: int, w
         # What --device auto picked is always said, --quiet or not (DESIGN.md: Devices).
         _note(f"model {model} on {scorer.device} ({', '.join(scorer.providers)}); threshold {thr:g} ({thr_source})",
               quiet and device != "auto")
+        unchecked = plan.precision not in ("fp32", "fp16") and (plan.gate is None or plan.forced)
+        _note(f"precision {plan.precision}: {plan.why}", quiet and precision[0] != "auto" and not unchecked)
 
         walk = (find_images(folder) if given_files is None
                 else WalkResult(files=given_files, skipped_non_images=globbed_other))

@@ -14,7 +14,8 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "fma")
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "fma", "avx512_bf16", "amx_bf16", "amx_int8")
+"""Named in every benchmark: fp32 width (avx2, avx512f, fma), int8 dot products (vnni, amx_int8), bf16."""
 FMA_UNITS_ASSUMED = 2  # FMA pipes per core: true of AVX2 server cores (Zen 2-4, Skylake-SP and later); an assumption
 
 

@@ -505,6 +505,7 @@ def build_manifest(*, scorer, folder: Path, out: Path, tally: Tally, walk, thres
         "threshold": {"value": float(threshold), "source": threshold_source},
         "device": {"requested": scorer.requested_device, "used": scorer.device, "providers": scorer.providers,
                    "intra_op_threads": scorer.threads},  # None: onnxruntime's default
+        "precision": getattr(scorer, "precision_facts", None),  # what ran and why (cxr.cli.precision_opts)
         "counts": {
             "files": tally.files, "ok": tally.ok, "error": tally.error,
             "by_error_code": dict(sorted(tally.by_code.items())),

@@ -32,7 +32,8 @@ logger = logging.getLogger(__name__)
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
-DEVICES = ("auto", "cpu", "cuda")
+OPENVINO = "OpenVINOExecutionProvider"
+DEVICES = ("auto", "cpu", "cuda", "openvino")
 
 # Row error codes besides the image codes of cxr.runtime.errors.
 INTERNAL = "internal"  # an unexpected exception while reading or preprocessing one file (a bug: please report)
@@ -118,7 +119,8 @@ class Scorer:
     card that disagrees with the graph) and ProviderError (device='cuda' that cannot really run on CUDA).
     """
 
-    def __init__(self, model_path: str | os.PathLike, device: str = "auto", threads: int | None = None):
+    def __init__(self, model_path: str | os.PathLike, device: str = "auto", threads: int | None = None,
+                 precision: str = "fp32"):
         if device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
         if threads is not None and (not isinstance(threads, int) or threads < 1):
@@ -126,6 +128,8 @@ class Scorer:
         self.model_path = Path(model_path)
         self.requested_device = device
         self.threads = threads
+        self.precision = precision
+        """fp32, or bf16 (OpenVINO's inference precision; cxr.runtime.precision): int8 is the file's own."""
         self._load()
 
     def _load(self) -> None:
@@ -166,11 +170,16 @@ class Scorer:
             raise ProviderError(
                 f"--device cuda was requested but the session for {path} fell back to {', '.join(active)} "
                 "(CUDA could not be initialised: check the driver, CUDA/cuDNN libraries and onnxruntime-gpu)")
-        if self.requested_device == "auto" and CUDA in providers and CUDA not in active:
-            logger.warning("CUDA is available but could not be initialised for %s; running on CPU", path)
+        if self.requested_device == "openvino" and OPENVINO not in active:
+            raise ProviderError(f"--device openvino was requested but the session for {path} fell back to "
+                                f"{', '.join(active)} (the OpenVINO provider could not be initialised)")
+        tried = [p if isinstance(p, str) else p[0] for p in providers]
+        for name, what in ((CUDA, "CUDA"), (OPENVINO, "OpenVINO")):
+            if self.requested_device == "auto" and name in tried and name not in active:
+                logger.warning("%s is available but could not be initialised for %s; running on CPU", what, path)
         self._session = session
         self.providers = active
-        self.device = "cuda" if CUDA in active else "cpu"
+        self.device = "cuda" if CUDA in active else "openvino" if OPENVINO in active else "cpu"
         self._check_io(session)
         try:
             metadata = session.get_modelmeta().custom_metadata_map
@@ -194,9 +203,16 @@ class Scorer:
         self.extra_outputs = card.extra_outputs
         """The optional outputs this model has (cam, ctr, masks): used where present, never required."""
 
-    def _providers_to_try(self, available: list[str]) -> list[str]:
+    def _providers_to_try(self, available: list[str]) -> list:
+        from cxr.runtime.precision import openvino_providers
+
+        if self.precision == "bf16" and self.requested_device not in ("openvino", "auto"):
+            raise ProviderError(f"bf16 runs on the OpenVINO provider only, not on --device {self.requested_device}")
         if self.requested_device == "cpu":
             return [CPU]
+        if self.requested_device == "openvino" or (self.requested_device == "auto" and CUDA not in available
+                                                    and OPENVINO in available):
+            return openvino_providers(available, self.precision, self.threads)
         if self.requested_device == "cuda":
             if CUDA not in available:
                 raise ProviderError(
@@ -271,10 +287,12 @@ class Scorer:
         return self.predict(batch)[1]
 
     def __getstate__(self) -> dict:
-        return {"model_path": self.model_path, "device": self.requested_device, "threads": self.threads}
+        return {"model_path": self.model_path, "device": self.requested_device, "threads": self.threads,
+                "precision": self.precision}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["model_path"], device=state["device"], threads=state["threads"])
+        self.__init__(state["model_path"], device=state["device"], threads=state["threads"],
+                      precision=state.get("precision", "fp32"))
 
     def __repr__(self) -> str:
         return f"Scorer({str(self.model_path)!r}, device={self.device!r}, providers={self.providers})"

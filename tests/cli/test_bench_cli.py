@@ -28,7 +28,8 @@ def test_json_has_percentiles_throughput_and_machine_facts(tiny_model, tmp_path,
     assert data["threads"]["requested"] == 1 and data["threads"]["intra_op"] == 1
     assert data["input_size"] == 64
     assert set(data["cpu"]) >= {"model", "logical_cores", "physical_cores", "flags", "max_mhz"}
-    assert set(data["cpu"]["flags"]) == {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "fma"}
+    assert set(data["cpu"]["flags"]) == {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "fma", "avx512_bf16",
+                                         "amx_bf16", "amx_int8"}
     assert set(data["versions"]) >= {"cxr", "onnxruntime", "numpy", "python"}
     for r in data["results"]:
         for unit in ("batch_ms", "image_ms"):

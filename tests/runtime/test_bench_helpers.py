@@ -51,7 +51,8 @@ def test_cpu_info_from_proc_cpuinfo():
     info = cpu_info(CPUINFO_2CORE_AVX2, lscpu_text="", sys_max_khz=None)
     assert info["model"] == "AMD EPYC 7B13"
     assert (info["logical_cores"], info["physical_cores"]) == (2, 2)
-    assert info["flags"] == {"avx2": True, "avx512f": False, "avx512_vnni": False, "avx_vnni": False, "fma": True}
+    assert info["flags"] == {"avx2": True, "avx512f": False, "avx512_vnni": False, "avx_vnni": False, "fma": True,
+                             "avx512_bf16": False, "amx_bf16": False, "amx_int8": False}
     assert info["max_mhz"] == pytest.approx(2445.404)
     assert "nominal" in info["clock_source"]
     assert isa_summary(info) == "avx2 fma"

@@ -1,0 +1,157 @@
+"""The OpenVINO execution provider, end to end: cxr-score and cxr-bench run by the interpreter of a separate
+environment with onnxruntime-openvino (it replaces the onnxruntime module, so it cannot live in the test run's own).
+
+`make test` creates that environment (.venv-ov); elsewhere CXR_OV_PYTHON names its python. Each test skips, saying
+why, when it is absent, when its onnxruntime offers no OpenVINO provider, or (bf16) when this CPU has no bf16.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from cxr.runtime.precision import BF16_FLAGS, cpu_flags
+
+REPO = Path(__file__).resolve().parents[2]
+OV_PYTHON = Path(os.environ.get("CXR_OV_PYTHON") or REPO / ".venv-ov" / "bin" / "python")
+BF16_TOLERANCE = 0.02
+"""Largest |probability bf16 - fp32| accepted on the tiny DenseNet (bf16 keeps 8 bits of mantissa; measured here
+5e-4 on it, 2e-3 on DenseNet-121 at 224)."""
+
+_PROBE = ("import onnxruntime, cxr.runtime.precision as p; "
+          "print('OpenVINOExecutionProvider' in onnxruntime.get_available_providers())")
+
+
+@pytest.fixture(scope="module")
+def ov_python() -> Path:
+    if not OV_PYTHON.is_file():
+        pytest.skip(f"no onnxruntime-openvino environment at {OV_PYTHON} (make test creates .venv-ov; or set "
+                    "CXR_OV_PYTHON)")
+    probe = subprocess.run([str(OV_PYTHON), "-c", _PROBE], capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "PYTHONPATH": str(REPO)})
+    if probe.returncode != 0 or probe.stdout.strip() != "True":
+        pytest.skip(f"{OV_PYTHON} has no OpenVINO provider or no cxr: {(probe.stderr or probe.stdout)[-300:]}")
+    return OV_PYTHON
+
+
+def _cli(python: Path, command: str, *args) -> subprocess.CompletedProcess:
+    code = f"import sys; from cxr.cli.{command} import main; sys.argv[0] = 'cxr-{command}'; main()"
+    return subprocess.run([str(python), "-c", code, *map(str, args)], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO)
+
+
+def _probs(out: Path) -> dict[str, float]:
+    with open(out, newline="") as fh:
+        return {r["path"]: float(r["prob_cardiomegaly"]) for r in csv.DictReader(fh) if r["status"] == "ok"}
+
+
+def _manifest(out: Path) -> dict:
+    return json.loads(out.with_name(out.stem + ".manifest.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def grey(tmp_path_factory):
+    """Grey images and the mean-brightness model (S=64)."""
+    pytest.importorskip("onnx")
+    from tests.onnx_fixtures import mean_brightness_model
+
+    root = tmp_path_factory.mktemp("ov-grey")
+    (root / "imgs").mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(6):
+        cv2.imwrite(str(root / "imgs" / f"g{i}.png"),
+                    np.clip(rng.normal(60 + 25 * i, 40, (70, 70)), 0, 255).astype(np.uint8))
+    return root / "imgs", mean_brightness_model(root / "model.onnx", size=64)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The tiny trained-looking DenseNet run (tests/export/conftest.py) exported with its int8 copy, and a labels.csv
+    for its 24 validation phantoms."""
+    pytest.importorskip("torch")
+    from cxr.export.onnx_export import export_onnx
+    from tests.export.conftest import write_run
+
+    root = tmp_path_factory.mktemp("ov-trained")
+    run = write_run(root / "run", n_val=24)
+    model = root / "model.onnx"
+    export_onnx(run, model, opset=17, quantize="int8", max_auroc_drop=1.0)
+    folder = run / "images" / "val"
+    with open(run / "splits.csv", newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["split"] == "val"]
+    (folder / "labels.csv").write_text("path,label\n" + "".join(f"{Path(r['path']).name},{r['label']}\n"
+                                                                for r in rows))
+    return folder, model
+
+
+def test_openvino_fp32_matches_the_cpu_provider_and_the_manifest_says_what_ran(ov_python, grey, tmp_path):
+    folder, model = grey
+    ov, cpu = tmp_path / "ov.csv", tmp_path / "cpu.csv"
+    ran = _cli(ov_python, "score", folder, "--out", ov, "--model", model, "--device", "openvino",
+               "--precision", "fp32", "--quiet")
+    assert ran.returncode == 0, ran.stderr
+    assert _cli(ov_python, "score", folder, "--out", cpu, "--model", model, "--device", "cpu",
+                "--quiet").returncode == 0
+    p_ov, p_cpu = _probs(ov), _probs(cpu)
+    assert p_ov.keys() == p_cpu.keys() and len(p_ov) == 6
+    assert max(abs(p_ov[k] - p_cpu[k]) for k in p_ov) <= 2e-6  # 6 decimals in the CSV
+    m = _manifest(ov)
+    assert m["device"]["providers"][0] == "OpenVINOExecutionProvider" and m["device"]["used"] == "openvino"
+    assert m["precision"]["used"] == "fp32" and m["precision"]["openvino_inference_precision_hint"] == "f32"
+    assert m["precision"]["onnxruntime"]["distribution"] == "onnxruntime-openvino"
+
+
+def test_openvino_int8_without_its_file_is_exit_2(ov_python, grey, tmp_path):
+    folder, model = grey
+    out = tmp_path / "r.csv"
+    ran = _cli(ov_python, "score", folder, "--out", out, "--model", model, "--device", "openvino",
+               "--precision", "int8")
+    assert ran.returncode == 2 and "model.int8.onnx beside" in ran.stderr and not out.exists()
+
+
+def test_bf16_parity_within_tolerance(ov_python, trained, tmp_path):
+    if not any(cpu_flags()[f] for f in BF16_FLAGS):
+        pytest.skip(f"this CPU has none of {', '.join(BF16_FLAGS)}: bf16 is refused here (tested in test_precision)")
+    folder, model = trained
+    fp32, bf16 = tmp_path / "fp32.csv", tmp_path / "bf16.csv"
+    for out, precision in ((fp32, "fp32"), (bf16, "bf16")):
+        ran = _cli(ov_python, "score", folder, "--out", out, "--model", model, "--device", "openvino",
+                   "--precision", precision, "--quiet")
+        assert ran.returncode == 0, ran.stderr
+    a, b = _probs(fp32), _probs(bf16)
+    diff = max(abs(a[k] - b[k]) for k in a)
+    assert len(a) == 24 and 0 < diff <= BF16_TOLERANCE  # > 0: the bf16 hint really took effect
+    assert _manifest(bf16)["precision"]["openvino_inference_precision_hint"] == "bf16"
+
+
+def test_measured_gates_then_auto_runs_the_fastest_passing_precision(ov_python, trained, tmp_path):
+    folder, model = trained
+    measured = _cli(ov_python, "bench", "--model", model, "--device", "openvino", "--labels", folder / "labels.csv",
+                    "--batch-sizes", "1,8", "--seconds", 0.2, "--warmup", 1)
+    assert measured.returncode == 0, measured.stderr
+    record = json.loads(model.with_name("model.precision.json").read_text())["entries"][-1]
+    assert record["key"]["provider"] == "openvino" and record["key"]["distribution"] == "onnxruntime-openvino"
+    for name, entry in record["precisions"].items():
+        if name != "fp32":
+            assert entry["passed"] == (-entry["auroc_change"] <= {"bf16": 0.005, "int8": 0.01}[name])
+            lo, hi = entry["auroc_change_ci95"]
+            assert lo <= entry["auroc_change"] <= hi and entry["n"] == 24
+    out = tmp_path / "auto.csv"
+    ran = _cli(ov_python, "score", folder, "--out", out, "--model", model, "--device", "openvino",
+               "--precision", "auto", "--batch-size", 8, "--quiet")
+    assert ran.returncode == 0, ran.stderr
+    p = _manifest(out)["precision"]
+    passing = {n for n, e in record["precisions"].items() if e["passed"]}
+    assert p["requested"] == "auto" and p["used"] in passing and p["why"].startswith("auto:")
+    assert f"precision {p['used']}: auto:" in ran.stderr
+    if p["used"] != "fp32":
+        assert p["accuracy_gate"] == record["precisions"][p["used"]]
+        fp32_ms = record["precisions"]["fp32"]["ms_per_image"]["8"]
+        assert record["precisions"][p["used"]]["ms_per_image"]["8"] * 1.1 <= fp32_ms

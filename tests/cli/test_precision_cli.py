@@ -1,0 +1,146 @@
+"""cxr-score/cxr-bench --precision on ONNX Runtime's CPU provider: refusals (exit 2, nothing written), the manifest's
+precision section, and the gate measured by cxr-bench --labels refusing a precision until forced.
+
+The int8 file here is a stand-in: the mean-brightness model with a card that says int8; with a negative gain
+it ranks the images in reverse, so its AUROC is 1 - fp32's and its gate must fail.
+"""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cxr.cli.bench import main as bench_main
+from cxr.cli.score import main as score_main
+from tests.onnx_fixtures import default_card
+
+pytest.importorskip("onnx")
+
+
+def _score(args):
+    return CliRunner().invoke(score_main, [str(a) for a in args])
+
+
+def _bench(args):
+    return CliRunner().invoke(bench_main, [str(a) for a in args])
+
+
+@pytest.fixture()
+def labelled(tmp_path):
+    """12 grey images whose brightness rises with the label (the mean-brightness model separates them), and a model."""
+    from tests.onnx_fixtures import mean_brightness_model
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    rows = ["path,label"]
+    for i in range(12):
+        img = np.clip(rng.normal(40 + 15 * i, 30, (80, 80)), 0, 255).astype(np.uint8)
+        cv2.imwrite(str(folder / f"i{i:02d}.png"), img)
+        rows.append(f"i{i:02d}.png,{int(i >= 6)}")
+    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
+    model = mean_brightness_model(tmp_path / "model.onnx", size=64)
+    return folder, model
+
+
+def _int8(model, gain: float):
+    from tests.onnx_fixtures import mean_brightness_model
+
+    card = default_card(64, export={"opset": 17, "precision": "int8"})
+    return mean_brightness_model(model.with_name("model.int8.onnx"), size=64, gain=gain, card=card)
+
+
+def test_openvino_without_the_extra_is_exit_2_with_the_way_out(labelled, tmp_path):
+    from cxr.runtime.precision import ort_build
+
+    if "OpenVINOExecutionProvider" in ort_build()["providers"]:
+        pytest.skip("this environment has onnxruntime-openvino")
+    folder, model = labelled
+    result = _score([folder, "--out", tmp_path / "out" / "r.csv", "--model", model, "--device", "openvino"])
+    assert result.exit_code == 2
+    assert "pip install 'cxr[openvino]' in its own virtual environment" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--precision", "int8"], "model.int8.onnx beside"),
+    (["--precision", "bf16", "--device", "cpu"], "pass --device openvino"),
+])
+def test_refused_precisions_write_nothing(labelled, tmp_path, args, message):
+    folder, model = labelled
+    out = tmp_path / "r.csv"
+    result = _score([folder, "--out", out, "--model", model, *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and not out.exists()
+
+
+def test_int8_runs_the_int8_file_and_the_manifest_says_so(labelled, tmp_path):
+    folder, model = labelled
+    int8 = _int8(model, gain=8.0)
+    out = tmp_path / "r.csv"
+    result = _score([folder, "--out", out, "--model", model, "--device", "cpu", "--precision", "int8", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "not measured for this model on this host" in result.output  # said even with --quiet
+    manifest = json.loads(out.with_name("r.manifest.json").read_text())
+    p = manifest["precision"]
+    assert (p["requested"], p["used"], p["device"]) == ("int8", "int8", "cpu")
+    assert p["model_file"] == str(int8) and manifest["model"]["path"] == str(int8)
+    assert p["accuracy_gate"] is None and p["openvino_inference_precision_hint"] is None
+    assert set(p["cpu_flags"]) >= {"avx512_bf16", "amx_bf16", "avx512_vnni"}
+    assert p["onnxruntime"]["version"] and manifest["device"]["providers"] == ["CPUExecutionProvider"]
+
+
+def test_default_precision_runs_the_file_as_its_card_says(labelled, tmp_path):
+    folder, model = labelled
+    int8 = _int8(model, gain=8.0)
+    out = tmp_path / "r.csv"
+    assert _score([folder, "--out", out, "--model", int8, "--device", "cpu", "--quiet"]).exit_code == 0
+    p = json.loads(out.with_name("r.manifest.json").read_text())["precision"]
+    assert (p["requested"], p["used"]) == ("default", "int8")
+
+
+def test_a_gate_measured_as_failed_refuses_until_forced_and_auto_passes_it_by(labelled, tmp_path):
+    folder, model = labelled
+    _int8(model, gain=-8.0)  # inverted: AUROC 1 -> 0
+    measured = _bench(["--model", model, "--device", "cpu", "--labels", folder / "labels.csv", "--batch-sizes", "1,4",
+                       "--seconds", 0.05, "--warmup", 1, "--json", tmp_path / "m.json"])
+    assert measured.exit_code == 0, measured.output
+    assert "int8  FAIL" in measured.output and "bf16  not measured: needs --device openvino" in measured.output
+    record = json.loads((tmp_path / "model.precision.json").read_text())["entries"][0]
+    int8 = record["precisions"]["int8"]
+    assert int8["auroc_fp32"] > 0.5 and int8["auroc"] == pytest.approx(1 - int8["auroc_fp32"])
+    assert int8["auroc_change"] == pytest.approx(1 - 2 * int8["auroc_fp32"])
+    lo, hi = int8["auroc_change_ci95"]
+    assert lo <= int8["auroc_change"] <= hi
+    assert int8["decision_flips"] > 0 and int8["passed"] is False and int8["n"] == 12
+    assert record["key"]["provider"] == "cpu" and set(record["precisions"]) == {"fp32", "int8"}
+
+    out = tmp_path / "r.csv"
+    refused = _score([folder, "--out", out, "--model", model, "--device", "cpu", "--precision", "int8"])
+    assert refused.exit_code == 2 and "failed its accuracy gate" in refused.output
+    assert "--force-precision" in refused.output and not out.exists()
+
+    forced = _score([folder, "--out", out, "--model", model, "--device", "cpu", "--precision", "int8",
+                     "--force-precision", "--quiet"])
+    assert forced.exit_code == 0, forced.output
+    p = json.loads(out.with_name("r.manifest.json").read_text())["precision"]
+    assert p["forced"] is True and p["accuracy_gate"]["auroc_change"] == int8["auroc_change"]
+
+    auto = _score([folder, "--out", out, "--model", model, "--device", "cpu", "--precision", "auto", "--quiet"])
+    assert auto.exit_code == 0, auto.output
+    p = json.loads(out.with_name("r.manifest.json").read_text())["precision"]
+    assert p["used"] == "fp32" and "int8 failed its gate" in p["why"]
+    assert "precision fp32: auto:" in auto.output  # auto says what it picked, --quiet or not
+
+
+def test_bench_json_names_the_precision(labelled, tmp_path):
+    _, model = labelled
+    out = tmp_path / "b.json"
+    result = _bench(["--model", model, "--batch-sizes", "1", "--seconds", 0.05, "--json", out])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert data["precision"]["used"] == "fp32" and data["precision"]["device"] == "cpu"
