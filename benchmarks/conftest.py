@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -89,8 +90,8 @@ def chest_1024() -> tuple[np.ndarray, str]:
 
 
 def write_png_folder(folder: Path, image: np.ndarray, n: int, distinct: int | None = None) -> Path:
-    """n PNGs of `image` shifted a little each (so files differ); beyond `distinct` files, hard links to earlier ones
-    (the pipeline still opens, reads and decodes every file; links only save disk and set-up time)."""
+    """n PNGs of `image` shifted a little each (so files differ); beyond `distinct` files, byte copies of earlier ones
+    (copies, not hard links: cxr-score lists a hard-linked file once and calls the others a walk problem, exit 3)."""
     folder.mkdir(parents=True, exist_ok=True)
     distinct = n if distinct is None else min(distinct, n)
     for i in range(n):
@@ -98,7 +99,7 @@ def write_png_folder(folder: Path, image: np.ndarray, n: int, distinct: int | No
         if i < distinct:
             cv2.imwrite(str(path), np.roll(image, (i * 7) % 61, axis=1))
         else:
-            os.link(folder / f"img_{i % distinct:05d}.png", path)
+            shutil.copyfile(folder / f"img_{i % distinct:05d}.png", path)
     return folder
 
 
