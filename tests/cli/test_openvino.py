@@ -77,12 +77,13 @@ def trained(tmp_path_factory):
     for its 24 validation phantoms."""
     pytest.importorskip("torch")
     from cxr.export.onnx_export import export_onnx
+    from cxr.export.options import ExportOptions
     from tests.export.conftest import write_run
 
     root = tmp_path_factory.mktemp("ov-trained")
     run = write_run(root / "run", n_val=24)
     model = root / "model.onnx"
-    export_onnx(run, model, opset=17, quantize="int8", max_auroc_drop=1.0)
+    export_onnx(run, model, ExportOptions(opset=17, quantize="int8", max_auroc_drop=1.0))
     folder = run / "images" / "val"
     with open(run / "splits.csv", newline="") as fh:
         rows = [r for r in csv.DictReader(fh) if r["split"] == "val"]
