@@ -86,6 +86,22 @@ def test_fifo_out_is_refused_and_left_alone(tmp_path, folder, tiny_model):
     assert stat.S_ISFIFO(os.lstat(out).st_mode)
 
 
+def test_device_node_out_is_refused_and_left_alone(tmp_path, folder, tiny_model):
+    """As root, `--out /dev/null` would have replaced the system's node: a private copy of that node (character
+    device 1:3, made in tmp_path, so a regression cannot touch the real one) must be refused and stay a device."""
+    import stat
+
+    out = tmp_path / "null.csv"
+    try:
+        os.mknod(out, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    except (PermissionError, OSError) as exc:
+        pytest.skip(f"cannot make a device node here (needs root / CAP_MKNOD): {exc}")
+    result = run(folder, out, tiny_model)
+    assert result.exit_code == 1 and "device" in result.stderr and str(out) in result.stderr
+    assert stat.S_ISCHR(os.lstat(out).st_mode)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("null.csv") and p != out]
+
+
 def test_over_long_names_fail_before_scoring(tmp_path, folder, tiny_model):
     out = tmp_path / ("r" * 240 + ".csv")  # fits NAME_MAX itself; its temporary file and .partial.N do not
     result = run(folder, out, tiny_model)
