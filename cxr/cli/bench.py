@@ -145,7 +145,7 @@ def _table(results: list[dict]) -> str:
 @click.option("--json", "json_out", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Also write the results and machine facts as JSON to this file.")
 @click.version_option(__version__, prog_name="cxr-bench")
-def main(model_path: Path, device: str, batch_sizes: list[int], seconds: float, warmup: int, threads: int | None,
+def main(*, model_path: Path, device: str, batch_sizes: list[int], seconds: float, warmup: int, threads: int | None,
          json_out: Path | None, precision: str | None, force_precision: bool, labels: Path | None,
          images: Path | None) -> None:
     """Time MODEL at each batch size: p50/p90/p99 latency per batch and per image, and images per second."""

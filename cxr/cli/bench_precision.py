@@ -42,7 +42,8 @@ def measure_command(model: Path, device: str, labels: Path, images: Path | None,
         click.echo(f"cxr-bench: measuring {', '.join(precisions)} of {model} on {device} with {source} "
                    f"(CPU flags: {' '.join(host.present()) or 'none'}; onnxruntime {host.ort['version']}, "
                    f"{host.ort['distribution']})", err=True)
-        record, _ = measure_precisions(model, device, x, y, source, batch_sizes, seconds, warmup, threads, host)
+        record, _ = measure_precisions(model, device, x, y, source, batch_sizes=batch_sizes, seconds=seconds,
+                                       warmup=warmup, threads=threads, host=host)
         path = save_measurement(model, record)
     except LabelsError as exc:
         raise click.BadParameter(str(exc), param_hint="--labels") from None

@@ -240,6 +240,10 @@ def _check_size(path: Path, rows: int, cols: int) -> None:
         raise ImageError(TOO_SMALL, path, f"image is {cols}x{rows} pixels; each side must be at least {MIN_SIDE}")
 
 
+def _jpeg_header(path: Path, data: bytes) -> JpegLayout:
+    return jpeg_layout(path, data, check_header=_check_header)
+
+
 def _check_header(path: Path, cols: int, rows: int, channels: int = 1, bits: int = 8) -> None:
     """Refuse, before decoding, an image whose header promises more than we will allocate (see _check_size and
     MAX_DECODED_BYTES: a 16-bit RGBA image needs 8 bytes a pixel, a DICOM with BitsAllocated 32 four)."""
@@ -276,7 +280,7 @@ def _bounded(path: Path, what: str, decode):
 
 def _read_raster(path: Path, data: bytes, kind: str) -> np.ndarray:
     name = kind.upper()
-    header = {"png": _png_header, "jpeg": jpeg_layout, "tiff": _tiff_header, "bmp": _bmp_header}[kind]
+    header = {"png": _png_header, "jpeg": _jpeg_header, "tiff": _tiff_header, "bmp": _bmp_header}[kind]
     info = header(path, data)  # raises TRUNCATED / CORRUPT / TOO_LARGE / TOO_SLOW from the header alone
     image = _bounded(path, f"{name} image", lambda: _decode_raster(data, info if kind == "jpeg" else None))
     if isinstance(image, str):
@@ -570,7 +574,7 @@ def _check_dicom_frame(path: Path, ds, rows: int, cols: int) -> None:
         raise ImageError(TRUNCATED, path, f"DICOM encapsulated pixel data is corrupt: {type(e).__name__}: {e}") from e
     if not frame.startswith(_JPEG):
         return
-    layout = jpeg_layout(path, frame)
+    layout = jpeg_layout(path, frame, check_header=_check_header)
     if layout.height and (layout.width, layout.height) != (cols, rows):
         raise ImageError(BAD_DICOM, path, f"Rows/Columns say {cols}x{rows} but the embedded JPEG is "
                          f"{layout.width}x{layout.height}")

@@ -11,6 +11,7 @@ import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -18,12 +19,6 @@ import numpy as np
 from cxr.runtime.errors import CORRUPT, TOO_SLOW, TRUNCATED, ImageError
 
 MAX_JPEG_SCANS = 100  # a JPEG with more scans is `too_slow` (each progressive scan re-reads the whole image)
-
-
-def _check_header(path: Path, cols: int, rows: int, channels: int, bits: int) -> None:
-    from cxr.runtime.imaging import _check_header as check  # the size limits every format shares
-
-    check(path, cols, rows, channels, bits)
 
 
 JPEG_UNUSUAL = {0xC3: "lossless", 0xC5: "hierarchical", 0xC6: "hierarchical", 0xC7: "hierarchical lossless",
@@ -47,8 +42,9 @@ class JpegLayout:
     coverage: dict[int, int] = field(default_factory=dict)  # id -> bit mask of the coefficients its scans carry
 
 
-def jpeg_layout(path: Path, data: bytes) -> JpegLayout:
-    """Walk every JPEG marker: the frame header's size (checked before decoding), the scans (at most
+def jpeg_layout(path: Path, data: bytes, *, check_header: Callable[..., None]) -> JpegLayout:
+    """Walk every JPEG marker: the frame header's size (checked before decoding by `check_header(path, cols, rows,
+    channels, bits)`, the size limits every format shares, which the caller owns), the scans (at most
     MAX_JPEG_SCANS; each complete, with every restart interval present) and an EOI marker after the last scan
     (trailing padding allowed). Raises TRUNCATED, CORRUPT, TOO_LARGE or TOO_SLOW."""
     layout, i, n, restart = JpegLayout(), 2, len(data), 0
@@ -71,7 +67,7 @@ def jpeg_layout(path: Path, data: bytes) -> JpegLayout:
             raise ImageError(TRUNCATED, path, "JPEG is truncated: the file ends inside a header segment")
         i += length
         if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            _jpeg_frame(path, layout, marker, body)
+            _jpeg_frame(path, layout, marker, body, check_header)
         elif marker == 0xDD and len(body) >= 2:
             restart = struct.unpack(">H", body[:2])[0]
         elif marker == 0xDA:
@@ -82,7 +78,7 @@ def jpeg_layout(path: Path, data: bytes) -> JpegLayout:
     return layout
 
 
-def _jpeg_frame(path: Path, layout: JpegLayout, marker: int, body: bytes) -> None:
+def _jpeg_frame(path: Path, layout: JpegLayout, marker: int, body: bytes, check_header) -> None:
     if layout.frame or len(body) < 6:
         raise ImageError(CORRUPT, path, "JPEG frame header is repeated or too short")
     layout.frame = marker
@@ -93,7 +89,7 @@ def _jpeg_frame(path: Path, layout: JpegLayout, marker: int, body: bytes) -> Non
             raise ImageError(CORRUPT, path, "JPEG frame header is corrupt (component list)")
         layout.components[c[0]] = (c[1] >> 4, c[1] & 15)
     if layout.height:  # 0: defined later by a DNL marker (not read by OpenCV)
-        _check_header(path, layout.width, layout.height, count, layout.precision)
+        check_header(path, layout.width, layout.height, count, layout.precision)
 
 
 def _jpeg_scan(path: Path, data: bytes, layout: JpegLayout, body: bytes, start: int, restart: int) -> int:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from cxr.runtime.errors import CxrError
+from cxr.runtime.serialization import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -187,8 +188,6 @@ def plan_precision(model: str | Path, device: str, precision: str | None, batch_
         return PrecisionPlan("default", "fp32", target, model, model, "the file as given", host=host)
     if precision not in CHOICES:
         raise ValueError(f"precision must be one of {CHOICES}, got {precision!r}")
-    from cxr.runtime.precision_gate import lookup
-
     if precision == "auto":
         return _auto(model, target, batch_size, host, lookup(model, target, host))
     refuse_unrunnable(precision, target, model, host)
@@ -224,8 +223,6 @@ def _auto(model: Path, target: str, batch_size: int, host: Host, record: dict | 
                              f"auto: no accuracy measurement of this model for {target} on this host (CPU flags "
                              f"{' '.join(host.present()) or 'none'}, onnxruntime {host.ort.get('version')}), so fp32; "
                              f"measure with cxr-bench --model {model} --device {target} --labels LABELS", host=host)
-    from cxr.runtime.precision_gate import int8_matches, speed_at
-
     candidates, skipped = [], []
     for name, entry in record["precisions"].items():
         if name != "fp32" and not entry.get("passed"):
@@ -291,3 +288,57 @@ def openvino_providers(available: list[str], precision: str, threads: int | None
     if threads is not None:
         options["num_of_threads"] = str(threads)
     return [(OPENVINO, options), "CPUExecutionProvider"]
+
+
+# The measurement file beside the model (written by cxr.runtime.precision_gate.save_measurement), read here so
+# that planning never imports the measuring code (which imports the scorer, which plans).
+SCHEMA = 1
+
+
+def measurement_path(model: Path) -> Path:
+    """model.onnx -> model.precision.json."""
+    model = Path(model)
+    base = model.name[:-len(".onnx")] if model.name.endswith(".onnx") else model.name
+    return model.with_name(f"{base}.precision.json")
+
+
+def _read(path: Path) -> dict[str, Any]:
+    """The measurement file, or an empty one when absent; an unreadable or foreign file is an error naming it."""
+    if not path.is_file():
+        return {"schema": SCHEMA, "entries": []}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: not a cxr precision measurement ({exc}); delete it and measure again with "
+                         "cxr-bench --labels") from None
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA or not isinstance(data.get("entries"), list):
+        raise ValueError(f"{path}: not a cxr precision measurement of schema {SCHEMA}; delete it and measure again "
+                         "with cxr-bench --labels")
+    return data
+
+
+def lookup(model: Path, provider: str, host: Host) -> dict[str, Any] | None:
+    """The measurement of `model` for `provider` on this host (same key), or None."""
+    path = measurement_path(model)
+    if not path.is_file():
+        return None
+    key = host.key(provider, sha256_file(model))
+    for entry in _read(path)["entries"]:
+        if entry.get("key") == key:
+            return entry
+    return None
+
+
+def int8_matches(model: Path, entry: dict[str, Any]) -> bool:
+    """Whether model.int8.onnx is still the file that was measured."""
+    path = int8_path(Path(model))
+    return path.is_file() and sha256_file(path) == entry.get("file_sha256")
+
+
+def speed_at(entry: dict[str, Any], batch_size: int) -> tuple[float | None, int | None]:
+    """(median ms per image, batch) at the measured batch size nearest to `batch_size`."""
+    timings = {int(b): v for b, v in (entry.get("ms_per_image") or {}).items()}
+    if not timings:
+        return None, None
+    batch = min(timings, key=lambda b: (abs(b - batch_size), b))
+    return float(timings[batch]), batch

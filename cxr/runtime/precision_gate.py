@@ -6,12 +6,11 @@ other tenants slows all alike). Per reduced precision it records the AUROC chang
 bootstrap interval, the decisions that flip at the card's threshold, the largest probability change, and the gate
 (cxr.runtime.precision.GATES): an AUROC drop above it fails, as does a set without both classes (as cxr-export's int8
 guard). `save_measurement` keeps it in `<model>.precision.json` under its key (model sha256, provider, onnxruntime
-build, CPU flags), which `--precision auto` and explicit requests read back through `lookup`.
+build, CPU flags), which `--precision auto` and explicit requests read back through `cxr.runtime.precision.lookup`.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from datetime import datetime, timezone
@@ -20,45 +19,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from cxr.runtime.precision import BF16_FLAGS, GATES, Host, int8_path
-from cxr.runtime.serialization import sha256_file
+from cxr.runtime.precision import BF16_FLAGS, GATES, Host, _read, int8_path, measurement_path
 
-SCHEMA = 1
 EVAL_BATCH = 8
-
-
-def measurement_path(model: Path) -> Path:
-    """model.onnx -> model.precision.json."""
-    model = Path(model)
-    base = model.name[:-len(".onnx")] if model.name.endswith(".onnx") else model.name
-    return model.with_name(f"{base}.precision.json")
-
-
-def _read(path: Path) -> dict[str, Any]:
-    """The measurement file, or an empty one when absent; an unreadable or foreign file is an error naming it."""
-    if not path.is_file():
-        return {"schema": SCHEMA, "entries": []}
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: not a cxr precision measurement ({exc}); delete it and measure again with "
-                         "cxr-bench --labels") from None
-    if not isinstance(data, dict) or data.get("schema") != SCHEMA or not isinstance(data.get("entries"), list):
-        raise ValueError(f"{path}: not a cxr precision measurement of schema {SCHEMA}; delete it and measure again "
-                         "with cxr-bench --labels")
-    return data
-
-
-def lookup(model: Path, provider: str, host: Host) -> dict[str, Any] | None:
-    """The measurement of `model` for `provider` on this host (same key), or None."""
-    path = measurement_path(model)
-    if not path.is_file():
-        return None
-    key = host.key(provider, sha256_file(model))
-    for entry in _read(path)["entries"]:
-        if entry.get("key") == key:
-            return entry
-    return None
 
 
 def save_measurement(model: Path, record: dict[str, Any]) -> Path:
@@ -70,21 +33,6 @@ def save_measurement(model: Path, record: dict[str, Any]) -> Path:
     data["entries"] = [e for e in data["entries"] if e.get("key") != record["key"]] + [record]
     write_json_atomic(path, data)
     return path
-
-
-def int8_matches(model: Path, entry: dict[str, Any]) -> bool:
-    """Whether model.int8.onnx is still the file that was measured."""
-    path = int8_path(Path(model))
-    return path.is_file() and sha256_file(path) == entry.get("file_sha256")
-
-
-def speed_at(entry: dict[str, Any], batch_size: int) -> tuple[float | None, int | None]:
-    """(median ms per image, batch) at the measured batch size nearest to `batch_size`."""
-    timings = {int(b): v for b, v in (entry.get("ms_per_image") or {}).items()}
-    if not timings:
-        return None, None
-    batch = min(timings, key=lambda b: (abs(b - batch_size), b))
-    return float(timings[batch]), batch
 
 
 def runnable(provider: str, model: Path, host: Host) -> list[str]:
@@ -159,7 +107,7 @@ def time_in_turn(scorers: dict[str, Any], batch_sizes: Sequence[int], seconds: f
     return out
 
 
-def measure_precisions(model: Path, provider: str, images: np.ndarray, y: np.ndarray, labels_source: str,
+def measure_precisions(model: Path, provider: str, images: np.ndarray, y: np.ndarray, labels_source: str, *,
                        batch_sizes: Sequence[int], seconds: float, warmup: int, threads: int | None,
                        host: Host | None = None) -> tuple[dict[str, Any], dict[str, dict[int, list[float]]]]:
     """(record for save_measurement, raw per-call ms) for every precision runnable on `provider`."""

@@ -258,7 +258,8 @@ def test_sigterm_keeps_the_rows_done_although_ray_init_sets_its_own_handler(setu
     assert proc.returncode == 143, stderr
     assert "terminated (SIGTERM) after 2 of 41" in stderr and "Traceback" not in stderr
     assert _rows(tmp_path / "r.csv.partial") == _rows(setup["local"])[:2]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.csv.partial"]
+    # the rows done, the record of which run left them, and the journal a --resume continues from
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.csv.journal", "r.csv.partial", "r.csv.partial.json"]
 
 
 def test_an_actor_that_cannot_load_the_model_stops_the_run_with_one_plain_error(setup, tmp_path):

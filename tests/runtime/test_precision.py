@@ -17,11 +17,14 @@ from cxr.runtime.precision import (
     PRECISION_FLAGS,
     Host,
     PrecisionError,
+    lookup,
+    measurement_path,
     openvino_providers,
     plan_precision,
     settle,
+    speed_at,
 )
-from cxr.runtime.precision_gate import accuracy, lookup, measurement_path, save_measurement, speed_at
+from cxr.runtime.precision_gate import accuracy, save_measurement
 from cxr.runtime.serialization import sha256_file
 from tests.onnx_fixtures import default_card
 
