@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from cxr.runtime.atomic import fsync_dir
 from cxr.runtime.scoring import ScoreRow
 from cxr.runtime.serialization import jsonable
 
@@ -341,7 +342,7 @@ class ResultsWriter:
             except OSError as exc:  # the results are committed; a leftover that cannot go is only worth a warning
                 logger.warning("%s: could not remove this leftover of an interrupted run: %s", stale,
                                exc.strerror or exc)
-        _fsync_dir(self.out.parent)
+        fsync_dir(self.out.parent)
         self.done = True
         return self.out
 
@@ -392,22 +393,14 @@ class ResultsWriter:
 
 
 def write_json_atomic(path: str | os.PathLike, data: Mapping[str, Any]) -> Path:
-    """JSON (NaN/inf written as null) to a temporary file beside `path`, fsync'd, then renamed onto it."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.fchmod(fd, _file_mode())
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(jsonable(data), fh, indent=2, sort_keys=False, allow_nan=False)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
+    """JSON (NaN/inf written as null) through the one atomic writer (cxr.runtime.atomic): temporary file beside
+    `path`, fsync'd, renamed onto it, the folder fsync'd."""
+    from cxr.runtime.atomic import atomic_write
+
+    with atomic_write(path, "w") as fh:
+        json.dump(jsonable(data), fh, indent=2, sort_keys=False, allow_nan=False)
+        fh.write("\n")
+    return Path(path)
 
 
 def _file_mode() -> int:
@@ -415,19 +408,6 @@ def _file_mode() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return 0o666 & ~mask
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 @dataclass
