@@ -25,7 +25,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -186,15 +185,9 @@ class Report:
         page = _PAGE.format(csp=html.escape(content_security_policy(), quote=False), css=CSS, js=JS,
                             data=script_json(data), title=shown(title), partial=banner,
                             summary=_summary(manifest), labels=_labels_section(manifest.get("labels"), roc))
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(page)
-            os.chmod(tmp, 0o666 & ~_umask())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        from cxr.runtime.atomic import write_text_atomic
+
+        write_text_atomic(self.path, page)
         stale = self.remove_stale()
         if stale:
             logger.info("removed %d thumbnail(s) of an earlier report from %s", len(stale), self.thumbs)
@@ -218,12 +211,6 @@ def read_thumbs_manifest(thumbs: Path) -> set[str]:
         logger.warning("%s is unreadable (%s): no earlier thumbnail is removed", path, exc)
         return set()
     return {f for f in files if isinstance(f, str) and _THUMB_NAME.fullmatch(f)} if isinstance(files, list) else set()
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _shrink(image: np.ndarray, side: int) -> np.ndarray:
