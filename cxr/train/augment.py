@@ -1,5 +1,6 @@
 """Training augmentation for other hospitals (albumentations): zoom, shift and rotation move image and masks
-together; contrast, brightness, gamma, blur, noise and JPEG re-compression change the image alone. No horizontal flip:
+together; edge enhancement (unsharp mask), local contrast equalization (CLAHE), contrast, brightness, gamma, blur,
+noise and JPEG re-compression change the image alone. No horizontal flip:
 the heart lies on the patient's left, and a flipped film is not a plausible input.
 
 The photometric changes act on the equalized image the model takes: before the global equalization of the
@@ -31,6 +32,11 @@ class Augmenter:
                                       interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST,
                                       border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0, p=1.0))
         photometric = []
+        if o.get("aug_sharpen"):  # before the intensity changes: the edge enhancement of a processing pipeline
+            photometric.append(A.UnsharpMask(blur_limit=(3, 11), sigma_limit=(1.0, 3.0), alpha=(0.3, 1.0),
+                                             threshold=0, p=float(o["aug_sharpen"])))
+        if o.get("aug_clahe"):
+            photometric.append(A.CLAHE(clip_limit=(1.0, 4.0), tile_grid_size=(8, 8), p=float(o["aug_clahe"])))
         if o.get("aug_brightness") or o.get("aug_contrast"):
             photometric.append(A.RandomBrightnessContrast(brightness_limit=float(o.get("aug_brightness", 0)),
                                                           contrast_limit=float(o.get("aug_contrast", 0)), p=0.5))

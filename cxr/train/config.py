@@ -157,6 +157,12 @@ class TrainConfig:
     """Gaussian noise std up to this fraction of full scale (applied with probability 0.5; 0 = none)."""
     aug_jpeg: int = 0
     """JPEG re-compression at quality between this and 95 (applied with probability 0.5; 0 = none)."""
+    aug_sharpen: float = 0.0
+    """Probability of an unsharp mask (sigma 1-3 px at the model's size, amount 0.3-1.0): the edge enhancement some
+    hospitals' processing applies (0 = none)."""
+    aug_clahe: float = 0.0
+    """Probability of local contrast equalization (CLAHE, clip 1-4, 8x8 tiles): processed films whose local contrast
+    differs from a plain scan (0 = none)."""
     pos_weight: float | str | None = None
     """BCE pos_weight: None (the recipe), 'auto' (n_negative / n_positive on the training split) or a number."""
     # --- operating point and evaluation ---
@@ -265,8 +271,9 @@ class TrainConfig:
         for name in ("aug_scale", "aug_translate", "aug_brightness", "aug_contrast", "aug_gamma", "aug_noise"):
             if not (isinstance(getattr(self, name), (int, float)) and 0.0 <= getattr(self, name) < 1.0):
                 bad(name, "must lie in [0, 1)")
-        if not 0.0 <= self.aug_blur <= 1.0:
-            bad("aug_blur", "must be a probability in [0, 1]")
+        for name in ("aug_blur", "aug_sharpen", "aug_clahe"):
+            if not (isinstance(getattr(self, name), (int, float)) and 0.0 <= getattr(self, name) <= 1.0):
+                bad(name, "must be a probability in [0, 1]")
         if not (isinstance(self.aug_jpeg, int) and (self.aug_jpeg == 0 or 1 <= self.aug_jpeg <= 95)):
             bad("aug_jpeg", "must be 0 (off) or a JPEG quality in 1..95")
 

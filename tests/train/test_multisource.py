@@ -223,6 +223,30 @@ def test_photometric_augmentation_leaves_masks_alone():
     assert changed == 6  # blur has p=1 here
 
 
+def test_sharpen_and_clahe_change_edges_and_local_contrast_not_the_masks():
+    from cxr.train.augment import Augmenter
+    from cxr.train.config import TrainConfig
+
+    yy, xx = np.mgrid[0:96, 0:96]
+    image = (60 + 100 * (xx > 48) + 20 * np.sin(yy / 7.0)).astype(np.uint8)  # a soft-ish edge and a slow ripple
+    masks = np.zeros((3, 96, 96), np.uint8)
+    masks[:, 30:60, 20:70] = 1
+    sharp = Augmenter({"aug_sharpen": 1.0}, 96)
+    img, m = sharp(image, masks, np.random.SeedSequence([0, 0, 1]))
+    assert np.array_equal(m, masks)
+    change = np.abs(img.astype(int) - image.astype(int))
+    assert change[:, 46:52].max() >= 10  # the step between columns 48 and 49 is enhanced
+    assert change[:, 5:30].max() <= 3  # flat parts stay (nearly) as they were
+    assert img[:, 48].astype(int).mean() < image[:, 48].mean() and img[:, 49].mean() > image[:, 49].mean()
+    clahe = Augmenter({"aug_clahe": 1.0}, 96)
+    img2, m2 = clahe(image, masks, np.random.SeedSequence([0, 0, 2]))
+    assert np.array_equal(m2, masks) and not np.array_equal(img2, image)
+    with pytest.raises(ValueError, match="aug_sharpen"):
+        TrainConfig(aug_sharpen=1.5)
+    with pytest.raises(ValueError, match="aug_clahe"):
+        TrainConfig(aug_clahe=-0.1)
+
+
 @pytest.fixture(scope="module")
 def seg_model(seg_run, tmp_path_factory):
     pytest.importorskip("onnx")
