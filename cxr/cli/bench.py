@@ -18,6 +18,7 @@ import click
 from cxr import __version__
 from cxr.cli import FiniteFloat
 from cxr.cli.precision_opts import precision_options
+from cxr.cli.verbosity import setup_logging, verbosity, verbosity_options
 
 log = logging.getLogger(__name__)
 
@@ -144,11 +145,14 @@ def _table(results: list[dict]) -> str:
               help="onnxruntime intra-op threads (default: onnxruntime's choice, one per physical core).")
 @click.option("--json", "json_out", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Also write the results and machine facts as JSON to this file.")
+@verbosity_options(quiet_help="Errors and results only: no notes on stderr, no warnings.")
 @click.version_option(__version__, prog_name="cxr-bench")
 def main(*, model_path: Path, device: str, batch_sizes: list[int], seconds: float, warmup: int, threads: int | None,
          json_out: Path | None, precision: str | None, force_precision: bool, labels: Path | None,
-         images: Path | None) -> None:
+         images: Path | None, quiet: bool, verbose: bool) -> None:
     """Time MODEL at each batch size: p50/p90/p99 latency per batch and per image, and images per second."""
+    if quiet or verbose:  # the default keeps Python's own logging (warnings, unprefixed) as before
+        setup_logging(verbosity(quiet, verbose), "cxr-bench")
     from cxr.cli.precision_opts import build_scorer
     from cxr.runtime.errors import CxrError
 
@@ -161,7 +165,8 @@ def main(*, model_path: Path, device: str, batch_sizes: list[int], seconds: floa
                                      param_hint="--precision")
         from cxr.cli.bench_precision import measure_command
 
-        record = measure_command(model_path, device, labels, images, batch_sizes, seconds, warmup, threads)
+        record = measure_command(model_path, device, labels, images, batch_sizes, seconds, warmup, threads,
+                                 quiet=quiet)
         _write_json(json_out, record)
         return
     try:
@@ -170,9 +175,11 @@ def main(*, model_path: Path, device: str, batch_sizes: list[int], seconds: floa
         click.echo(f"cxr-bench: error: {exc}", err=True)
         sys.exit(1)
     facts = _facts(scorer, threads)
-    click.echo(f"cxr-bench: {model_path} on {'CUDA' if device == 'cuda' else facts['cpu']['model']} "
-               f"(providers {', '.join(scorer.providers)}; precision {scorer.precision_facts['used']}; intra-op "
-               f"threads {facts['threads']['intra_op']}; input {scorer.input_size}x{scorer.input_size})", err=True)
+    if not quiet:
+        click.echo(f"cxr-bench: {model_path} on {'CUDA' if device == 'cuda' else facts['cpu']['model']} "
+                   f"(providers {', '.join(scorer.providers)}; precision {scorer.precision_facts['used']}; intra-op "
+                   f"threads {facts['threads']['intra_op']}; input {scorer.input_size}x{scorer.input_size})",
+                   err=True)
     results = [measure(scorer, b, seconds, warmup, scorer.device) for b in batch_sizes]
     click.echo(_table(results))
     payload = {**facts, "settings": {"batch_sizes": batch_sizes, "seconds": seconds, "warmup": warmup,

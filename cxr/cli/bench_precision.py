@@ -18,8 +18,9 @@ def _line(name: str, entry: dict, fp32_ms: dict) -> str:
 
 
 def measure_command(model: Path, device: str, labels: Path, images: Path | None, batch_sizes: list[int],
-                    seconds: float, warmup: int, threads: int | None) -> dict:
-    """Measure, print, save; returns the record (for --json). Exits 2 for a device or labels that cannot be used."""
+                    seconds: float, warmup: int, threads: int | None, *, quiet: bool = False) -> dict:
+    """Measure, print, save; returns the record (for --json). Exits 2 for a device or labels that cannot be used.
+    quiet: the table only (stdout), no notes on stderr."""
     from cxr.runtime.errors import CxrError
     from cxr.runtime.labels import LabelsError
     from cxr.runtime.precision import Host, PrecisionError, int8_path, refuse_unrunnable
@@ -39,9 +40,10 @@ def measure_command(model: Path, device: str, labels: Path, images: Path | None,
         x, y, source = labelled_images(labels, images, reference.card.preprocess)
         del reference
         precisions = runnable(device, model, host)
-        click.echo(f"cxr-bench: measuring {', '.join(precisions)} of {model} on {device} with {source} "
-                   f"(CPU flags: {' '.join(host.present()) or 'none'}; onnxruntime {host.ort['version']}, "
-                   f"{host.ort['distribution']})", err=True)
+        if not quiet:
+            click.echo(f"cxr-bench: measuring {', '.join(precisions)} of {model} on {device} with {source} "
+                       f"(CPU flags: {' '.join(host.present()) or 'none'}; onnxruntime {host.ort['version']}, "
+                       f"{host.ort['distribution']})", err=True)
         record, _ = measure_precisions(model, device, x, y, source, batch_sizes=batch_sizes, seconds=seconds,
                                        warmup=warmup, threads=threads, host=host)
         path = save_measurement(model, record)
@@ -58,5 +60,6 @@ def measure_command(model: Path, device: str, labels: Path, images: Path | None,
         why = ("--device openvino (bf16 runs on the OpenVINO provider only)" if device != "openvino" else
                "a CPU with avx512_bf16 or amx_bf16") if name == "bf16" else f"{int8_path(model).name} beside it"
         click.echo(f"{name:>5}  not measured: needs {why}")
-    click.echo(f"cxr-bench: kept in {path} for --precision auto", err=True)
+    if not quiet:
+        click.echo(f"cxr-bench: kept in {path} for --precision auto", err=True)
     return record

@@ -30,6 +30,7 @@ import click
 from cxr import __version__
 from cxr.cli import FiniteFloat
 from cxr.cli.precision_opts import DEVICE_HELP, precision_options
+from cxr.cli.verbosity import VERBOSE, setup_logging, verbosity_options
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 3, 130, 143
 
@@ -122,9 +123,9 @@ def _check_out_kind(out: Path) -> None:
 
 
 _LOCKS: list = []
-"""The output locks this process holds; main() releases them however _score ends."""
+"""The output locks this process holds; main() releases them however the run ends."""
 _ENGINES: list = []
-"""The Ray runs this process connected (cxr.runtime.ray_engine.RayRun); main() closes them however _score ends."""
+"""The Ray runs this process connected (cxr.runtime.ray_engine.RayRun); main() closes them however the run ends."""
 _CREATED: list[Path] = []
 """Folders this run created for --out; main() removes them again if the run ends with them empty."""
 _GLOB_CHARS = set("*?[")
@@ -430,13 +431,13 @@ def _note(message: str, quiet: bool) -> None:
               help="--engine ray: scorer actors (one model session each).")
 @click.option("--gpus-per-actor", type=FiniteFloat(0.0, 64.0), default=0.0, show_default=True,
               help="--engine ray: GPUs each scorer actor asks for (0.5: two actors share one).")
-@click.option("--quiet", is_flag=True, help="No progress bar and no summary; errors only.")
+@verbosity_options(quiet_help="No progress bar and no summary; errors only.")
 @click.version_option(__version__, prog_name="cxr-score")
-def main(targets: tuple[Path, ...], out: Path, model: Path, device: str, batch_size: int, workers: int,
+def main(*, targets: tuple[Path, ...], out: Path, model: Path, device: str, batch_size: int, workers: int,
          threads: int | None, threshold: float | None, labels: Path | None, path_column: str,
          label_column: str | None, overlays: Path | None, report: Path | None, resume: bool, engine: str,
-         ray_address: str | None, actors: int, gpus_per_actor: float, quiet: bool, precision: str | None,
-         force_precision: bool) -> None:
+         ray_address: str | None, actors: int, gpus_per_actor: float, quiet: bool, verbose: bool,
+         precision: str | None, force_precision: bool) -> None:
     """Score every image under FOLDER (recursively, sorted) for cardiomegaly, or the image files given (quote a
     glob, e.g. 'scans/*.dcm', so that cxr-score expands it: no 'argument list too long'), or the files a LIST names
     (.txt: one path per line; .csv or .parquet: a 'path' column; relative to the list's folder).
@@ -449,6 +450,8 @@ def main(targets: tuple[Path, ...], out: Path, model: Path, device: str, batch_s
     from cxr.cli.score_journal import exit_now_if_readers_stuck
 
     _std_fds_open()
+    if verbose:  # debug logging; the default and --quiet keep Python's own (warnings, unprefixed) as before
+        setup_logging(VERBOSE, "cxr-score")
     if resume and (overlays is not None or report is not None):
         raise click.UsageError("--resume cannot be combined with --overlays or --report (the resumed rows have no "
                                "maps to draw); score without them, or start over without --resume")
@@ -463,10 +466,13 @@ def main(targets: tuple[Path, ...], out: Path, model: Path, device: str, batch_s
     try:
         with _sigterm_raises():
             try:
-                _score(folder, out, model, device, batch_size, workers, threads, threshold,
-                       _LabelsOption(labels, path_column, label_column), overlays, report, quiet,
-                       (files, globbed_other), resume, engine_option, (precision, force_precision))
-            except _Terminated:  # before scoring started (once it has, _score reports it itself)
+                _ScoreRun(_Request(
+                    folder=folder, out=out, model=model, device=device, batch_size=batch_size, workers=workers,
+                    threads=threads, threshold=threshold, labels=_LabelsOption(labels, path_column, label_column),
+                    overlays=overlays, report=report, quiet=quiet, files=files, globbed_other=globbed_other,
+                    resume=resume, engine=engine_option, precision=precision,
+                    force_precision=force_precision)).run()
+            except _Terminated:  # before scoring started (once it has, the run reports it itself)
                 _error(f"terminated (SIGTERM) before scoring started; nothing was written to {out}")
                 sys.exit(EXIT_TERMINATED)
             finally:
@@ -541,173 +547,301 @@ def _match_labels(table, folder: Path, files: list[Path], quiet: bool):
     return matcher
 
 
-def _score(folder: Path, out: Path, model: Path, device: str, batch_size: int, workers: int, threads: int | None,
-           threshold: float | None, labels_option: _LabelsOption, overlays: Path | None, report: Path | None,
-           quiet: bool, given: tuple[list[Path] | None, int] = (None, 0), resume: bool = False,
-           engine=None, precision: tuple[str | None, bool] = (None, False)) -> None:
-    """Score FOLDER (given[0] None: walked) or the files given[0] under it (given[1]: non-images a glob matched)."""
-    started_wall = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    t0 = time.perf_counter()
-    labels = labels_option.path
-    label_table = _read_label_table(labels_option)
-    given_files, globbed_other = given
+@dataclass(frozen=True, kw_only=True)
+class _Request:
+    """What cxr-score was asked to do, as main() read it; the run reads it and never changes it."""
 
-    from cxr.cli.precision_opts import build_scorer
-    from cxr.runtime.errors import CxrError
-    from cxr.runtime.results import ResultsWriter, Tally
-    from cxr.runtime.scoring import score_folder
-    from cxr.runtime.walk import WalkResult, find_images
+    folder: Path
+    out: Path
+    model: Path
+    device: str
+    batch_size: int
+    workers: int
+    threads: int | None
+    threshold: float | None
+    labels: _LabelsOption
+    overlays: Path | None
+    report: Path | None
+    quiet: bool
+    files: list[Path] | None = None  # None: walk the folder; else these files under it
+    globbed_other: int = 0  # non-image files a glob matched
+    resume: bool = False
+    engine: object = None  # cxr.cli.engines.EngineOption, or None for the local engine
+    precision: str | None = None
+    force_precision: bool = False
 
-    if out.is_dir():
-        _error(f"--out {out} is a folder; give a file name such as {out / 'results.csv'}")
-        sys.exit(EXIT_FAILED)
-    if out.parent.exists() and not out.parent.is_dir():
-        _error(f"cannot write {out}: {out.parent} is not a folder")
-        sys.exit(EXIT_FAILED)
-    _check_out(out, model, labels)
-    _check_extras(folder, out, model, labels, overlays, report, given_files)
-    _make_out_folder(out, quiet)
-    _check_out_kind(out)
-    _lock_out(out, quiet)
-    from cxr.cli.score_journal import name_leftovers, open_journal, resume_note
 
-    name_leftovers(out, _echo)
-    if report is not None and not report.parent.is_dir():
-        _error(f"cannot write {report}: folder {report.parent} does not exist")
-        sys.exit(EXIT_FAILED)
-    try:
-        # With --engine ray the driver's session only reads the card and hashes the file; the actors score.
-        on_ray = engine is not None and engine.ray
-        scorer, plan = build_scorer(model, "cpu" if on_ray else device, precision[0], precision[1], threads,
-                                    batch_size)
-    except CxrError as exc:
-        _error(str(exc))
-        sys.exit(EXIT_FAILED)
-    try:  # the model first: the columns depend on its outputs (ctr)
-        writer = ResultsWriter(out, anatomy="ctr" in scorer.extra_outputs,  # an unwritable place fails now
-                               labels=label_table is not None)
-    except OSError as exc:
-        _error(f"cannot write results to {out}: {exc.strerror or exc}")
-        sys.exit(EXIT_FAILED)
+class _ScoreRun:
+    """One cxr-score run in three steps, each ending the command with its exit code when it cannot go on:
+    prepare (check the outputs, load the model, walk, open the results writer, journal and extras), score (the rows,
+    kept in <out>.partial on any stop) and finish (manifest, report, summary, exit code). main() releases the locks,
+    Ray runs and created folders however it ends."""
 
-    try:  # until scoring starts, any exit (Ctrl-C during a long walk included) removes the temporary file
-        thr = scorer.threshold if threshold is None else float(threshold)
-        thr_source = "card" if threshold is None else "--threshold"
-        # What --device auto picked is always said, --quiet or not (DESIGN.md: Devices).
-        _note(f"model {model} on {scorer.device} ({', '.join(scorer.providers)}); threshold {thr:g} ({thr_source})",
-              quiet and device != "auto")
-        unchecked = plan.precision not in ("fp32", "fp16") and (plan.gate is None or plan.forced)
-        _note(f"precision {plan.precision}: {plan.why}", quiet and precision[0] != "auto" and not unchecked)
+    def __init__(self, request: _Request) -> None:
+        self.req = request
+        self.started_wall = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.t0 = time.perf_counter()
+        self.label_table = _read_label_table(request.labels)  # a usage error before anything is written
+        self.manifest_written = False
+        self.report_written = False
 
-        walk = (find_images(folder) if given_files is None
-                else WalkResult(files=given_files, skipped_non_images=globbed_other))
-        for problem in walk.problems:
-            _echo(f"cxr-score: warning: {problem}")
-        if not walk.files:
-            _error(f"no images found in {folder} ({walk.skipped_non_images} other file(s) skipped)")
-            sys.exit(EXIT_FAILED)
-        matcher = _match_labels(label_table, folder, walk.files, quiet) if label_table is not None else None
-        ray_run = _connect(engine, quiet)
+    def run(self) -> None:
+        self.prepare()
+        self.score()
         try:
-            extras = _open_extras(folder, overlays, report, scorer, thr, workers, label_table is not None, quiet)
-        except OSError as exc:
-            _error(f"cannot create the overlay folder or the report's thumbnails folder: {exc}")
-            sys.exit(EXIT_FAILED)
-        from cxr.runtime.journal import run_identity
+            self.finish()
+        except _Terminated:
+            req = self.req
+            _error(f"terminated (SIGTERM) after {req.out} was written; "
+                   + ("so was its manifest" if self.manifest_written else "its manifest was not")
+                   + (f"; the report {self.extras.report_path} was not (a rerun writes it)"
+                      if self.extras.report is not None and not self.report_written else ""))
+            sys.exit(EXIT_TERMINATED)
 
-        writer.identity = run_identity(folder=folder, model_sha256=scorer.model_sha256, threshold=thr,
-                                       device=scorer.device, labels=labels, path_column=labels_option.path_column,
-                                       label_column=labels_option.label_column, files_given=given_files is not None)
+    def prepare(self) -> None:
+        """Everything before the first row: checks, model, results writer, walk, labels, engine, extras, journal."""
+        req, out = self.req, self.req.out
+        from cxr.cli.precision_opts import build_scorer
+        from cxr.runtime.errors import CxrError
+        from cxr.runtime.results import ResultsWriter
+        from cxr.runtime.walk import WalkResult, find_images
+
+        if out.is_dir():
+            _error(f"--out {out} is a folder; give a file name such as {out / 'results.csv'}")
+            sys.exit(EXIT_FAILED)
+        if out.parent.exists() and not out.parent.is_dir():
+            _error(f"cannot write {out}: {out.parent} is not a folder")
+            sys.exit(EXIT_FAILED)
+        _check_out(out, req.model, req.labels.path)
+        _check_extras(req.folder, out, req.model, req.labels.path, req.overlays, req.report, req.files)
+        _make_out_folder(out, req.quiet)
+        _check_out_kind(out)
+        _lock_out(out, req.quiet)
+        from cxr.cli.score_journal import name_leftovers, open_journal, resume_note
+
+        name_leftovers(out, _echo)
+        if req.report is not None and not req.report.parent.is_dir():
+            _error(f"cannot write {req.report}: folder {req.report.parent} does not exist")
+            sys.exit(EXIT_FAILED)
         try:
-            journal = open_journal(out, writer.identity, resume, _echo)
-        except OSError as exc:
-            _error(f"cannot write the journal beside {out}: {exc.strerror or exc}")
+            # With --engine ray the driver's session only reads the card and hashes the file; the actors score.
+            on_ray = req.engine is not None and req.engine.ray
+            scorer, plan = build_scorer(req.model, "cpu" if on_ray else req.device, req.precision,
+                                        req.force_precision, req.threads, req.batch_size)
+        except CxrError as exc:
+            _error(str(exc))
             sys.exit(EXIT_FAILED)
-        todo = journal.todo(folder, walk.files)
-        _note(resume_note(journal, len(walk.files), len(todo)), quiet or not journal.reused)
-    except BaseException:
-        writer.discard()
-        raise
+        self.scorer = scorer
+        try:  # the model first: the columns depend on its outputs (ctr)
+            writer = ResultsWriter(out, anatomy="ctr" in scorer.extra_outputs,  # an unwritable place fails now
+                                   labels=self.label_table is not None)
+        except OSError as exc:
+            _error(f"cannot write results to {out}: {exc.strerror or exc}")
+            sys.exit(EXIT_FAILED)
+        self.writer = writer
 
-    from tqdm import tqdm
+        try:  # until scoring starts, any exit (Ctrl-C during a long walk included) removes the temporary file
+            thr = self.thr = scorer.threshold if req.threshold is None else float(req.threshold)
+            thr_source = self.thr_source = "card" if req.threshold is None else "--threshold"
+            # What --device auto picked is always said, --quiet or not (DESIGN.md: Devices).
+            _note(f"model {req.model} on {scorer.device} ({', '.join(scorer.providers)}); threshold {thr:g} "
+                  f"({thr_source})", req.quiet and req.device != "auto")
+            unchecked = plan.precision not in ("fp32", "fp16") and (plan.gate is None or plan.forced)
+            _note(f"precision {plan.precision}: {plan.why}", req.quiet and req.precision != "auto" and not unchecked)
 
-    tally = Tally()
-    last_row = None
-    bar = tqdm(total=len(walk.files), unit="img", file=sys.stderr, dynamic_ncols=True,
-               disable=quiet or sys.stderr is None or not sys.stderr.isatty())
-    t_score = time.perf_counter()
-    try:
-        rows = (score_folder(folder, scorer, batch_size=batch_size, workers=workers, threshold=thr,
-                             files=todo, maps=extras.maps) if ray_run is None
-                else ray_run.rows(folder, todo, scorer, device, thr, batch_size, workers))
-        with closing(rows):  # on Ctrl-C the reader threads are stopped now, not at garbage collection
-            for row in journal.rows_for(walk.files, rows):
-                label = matcher.label_of(row.path) if matcher is not None else None
-                writer.write(row, label)
-                journal.record(folder, row)
-                tally.add(row)
-                if matcher is not None:
-                    matcher.add(row)
-                extras.add(row, label)  # queued for drawing, off this loop; error rows get no overlay
-                bar.update(1)
-                last_row = row
-        scoring_s = time.perf_counter() - t_score
-        bar.close()
-        extras.finish()
-        writer.commit()
-        journal.remove()
-        if writer.removed_partials:
-            _note(f"removed {', '.join(map(str, writer.removed_partials))}, left by earlier interrupted run(s): "
-                  f"{out} is complete", quiet)
-        for kept in writer.kept_partials:
-            _echo(f"cxr-score: warning: kept {kept}: left by an interrupted run of another folder, model or "
-                  "settings (or an older cxr), so these results do not stand for it")
-        if given_files is not None and len(walk.files) == 1 and last_row is not None and last_row.ok:
-            _print_one(last_row, thr)
-    except (KeyboardInterrupt, _Terminated) as exc:
-        bar.close()
-        kept = writer.abort()
-        how = "terminated (SIGTERM)" if isinstance(exc, _Terminated) else "interrupted"
-        stopped = (f"{how} after {writer.rows} of {len(walk.files)} file(s); {out} was not written"
+            walk = self.walk = (find_images(req.folder) if req.files is None
+                                else WalkResult(files=req.files, skipped_non_images=req.globbed_other))
+            for problem in walk.problems:
+                _echo(f"cxr-score: warning: {problem}")
+            if not walk.files:
+                _error(f"no images found in {req.folder} ({walk.skipped_non_images} other file(s) skipped)")
+                sys.exit(EXIT_FAILED)
+            self.matcher = (_match_labels(self.label_table, req.folder, walk.files, req.quiet)
+                            if self.label_table is not None else None)
+            self.ray_run = _connect(req.engine, req.quiet)
+            try:
+                self.extras = _open_extras(req.folder, req.overlays, req.report, scorer, thr, req.workers,
+                                           self.label_table is not None, req.quiet)
+            except OSError as exc:
+                _error(f"cannot create the overlay folder or the report's thumbnails folder: {exc}")
+                sys.exit(EXIT_FAILED)
+            from cxr.runtime.journal import run_identity
+
+            writer.identity = run_identity(folder=req.folder, model_sha256=scorer.model_sha256, threshold=thr,
+                                           device=scorer.device, labels=req.labels.path,
+                                           path_column=req.labels.path_column, label_column=req.labels.label_column,
+                                           files_given=req.files is not None)
+            try:
+                self.journal = open_journal(out, writer.identity, req.resume, _echo)
+            except OSError as exc:
+                _error(f"cannot write the journal beside {out}: {exc.strerror or exc}")
+                sys.exit(EXIT_FAILED)
+            self.todo = self.journal.todo(req.folder, walk.files)
+            _note(resume_note(self.journal, len(walk.files), len(self.todo)), req.quiet or not self.journal.reused)
+        except BaseException:
+            writer.discard()
+            raise
+
+    def score(self) -> None:
+        """Score the files to do and commit the results; on any stop keep the rows done and exit (or re-raise)."""
+        req, out, writer, journal, extras, matcher = (self.req, self.req.out, self.writer, self.journal, self.extras,
+                                                      self.matcher)
+        from tqdm import tqdm
+
+        from cxr.runtime.errors import CxrError
+        from cxr.runtime.results import Tally
+        from cxr.runtime.scoring import score_folder
+
+        tally = self.tally = Tally()
+        last_row = None
+        bar = tqdm(total=len(self.walk.files), unit="img", file=sys.stderr, dynamic_ncols=True,
+                   disable=req.quiet or sys.stderr is None or not sys.stderr.isatty())
+        t_score = time.perf_counter()
+        try:
+            rows = (score_folder(req.folder, self.scorer, batch_size=req.batch_size, workers=req.workers,
+                                 threshold=self.thr, files=self.todo, maps=extras.maps) if self.ray_run is None
+                    else self.ray_run.rows(req.folder, self.todo, self.scorer, req.device, self.thr, req.batch_size,
+                                           req.workers))
+            with closing(rows):  # on Ctrl-C the reader threads are stopped now, not at garbage collection
+                for row in journal.rows_for(self.walk.files, rows):
+                    label = matcher.label_of(row.path) if matcher is not None else None
+                    writer.write(row, label)
+                    journal.record(req.folder, row)
+                    tally.add(row)
+                    if matcher is not None:
+                        matcher.add(row)
+                    extras.add(row, label)  # queued for drawing, off this loop; error rows get no overlay
+                    bar.update(1)
+                    last_row = row
+            self.scoring_s = time.perf_counter() - t_score
+            bar.close()
+            extras.finish()
+            writer.commit()
+            journal.remove()
+            if writer.removed_partials:
+                _note(f"removed {', '.join(map(str, writer.removed_partials))}, left by earlier interrupted run(s): "
+                      f"{out} is complete", req.quiet)
+            for kept in writer.kept_partials:
+                _echo(f"cxr-score: warning: kept {kept}: left by an interrupted run of another folder, model or "
+                      "settings (or an older cxr), so these results do not stand for it")
+            if req.files is not None and len(self.walk.files) == 1 and last_row is not None and last_row.ok:
+                _print_one(last_row, self.thr)
+        except (KeyboardInterrupt, _Terminated) as exc:
+            bar.close()
+            kept = writer.abort()
+            how = "terminated (SIGTERM)" if isinstance(exc, _Terminated) else "interrupted"
+            stopped = (f"{how} after {writer.rows} of {len(self.walk.files)} file(s); {out} was not written"
+                       + (f"; the rows done are in {kept}" if kept else "") + _keep_journal(journal))
+            page = _partial_report(extras, matcher, self.thr, stopped, dict(
+                scorer=self.scorer, folder=req.folder, out=kept or out, tally=tally, walk=self.walk,
+                threshold=self.thr, threshold_source=self.thr_source, started=self.started_wall,
+                total_s=time.perf_counter() - self.t0, scoring_s=time.perf_counter() - t_score, command=sys.argv))
+            _error(stopped + page)
+            sys.exit(EXIT_TERMINATED if isinstance(exc, _Terminated) else EXIT_INTERRUPTED)
+        except OSError as exc:  # disk full, file too large, output folder gone: say so, keep the rows, no traceback
+            bar.close()
+            extras.finish(cancel=True)
+            kept = writer.abort()
+            _error(f"cannot write results: {exc.strerror or exc}; {out} was not written"
                    + (f"; the rows done are in {kept}" if kept else "") + _keep_journal(journal))
-        page = _partial_report(extras, matcher, thr, stopped, dict(
-            scorer=scorer, folder=folder, out=kept or out, tally=tally, walk=walk, threshold=thr,
-            threshold_source=thr_source, started=started_wall, total_s=time.perf_counter() - t0,
-            scoring_s=time.perf_counter() - t_score, command=sys.argv))
-        _error(stopped + page)
-        sys.exit(EXIT_TERMINATED if isinstance(exc, _Terminated) else EXIT_INTERRUPTED)
-    except OSError as exc:  # disk full, file too large, output folder gone: say so, keep the rows, no traceback
-        bar.close()
-        extras.finish(cancel=True)
-        kept = writer.abort()
-        _error(f"cannot write results: {exc.strerror or exc}; {out} was not written"
-               + (f"; the rows done are in {kept}" if kept else "") + _keep_journal(journal))
-        sys.exit(EXIT_FAILED)
-    except CxrError as exc:  # the Ray engine's pipeline failed or lost rows: say so, keep the rows, no traceback
-        bar.close()
-        extras.finish(cancel=True)
-        kept = writer.abort()
-        _error(f"{exc}; {out} was not written" + (f"; the rows done are in {kept}" if kept else "")
-               + _keep_journal(journal))
-        sys.exit(EXIT_FAILED)
-    except BaseException as exc:
-        bar.close()
-        extras.finish(cancel=True)
-        kept = writer.abort()
-        _error(f"stopped by {type(exc).__name__}: {exc}; {out} was not written"
-               + (f"; the rows done are in {kept}" if kept else "") + _keep_journal(journal))
-        raise
+            sys.exit(EXIT_FAILED)
+        except CxrError as exc:  # the Ray engine's pipeline failed or lost rows: say so, keep the rows, no traceback
+            bar.close()
+            extras.finish(cancel=True)
+            kept = writer.abort()
+            _error(f"{exc}; {out} was not written" + (f"; the rows done are in {kept}" if kept else "")
+                   + _keep_journal(journal))
+            sys.exit(EXIT_FAILED)
+        except BaseException as exc:
+            bar.close()
+            extras.finish(cancel=True)
+            kept = writer.abort()
+            _error(f"stopped by {type(exc).__name__}: {exc}; {out} was not written"
+                   + (f"; the rows done are in {kept}" if kept else "") + _keep_journal(journal))
+            raise
 
-    done = {"manifest": False}
-    try:
-        _finish(out, folder, model, device, batch_size, workers, threads, threshold, labels, quiet, scorer, walk,
-                tally, matcher, thr, thr_source, started_wall, t0, scoring_s, done, extras, (journal, resume), ray_run)
-    except _Terminated:
-        _error(f"terminated (SIGTERM) after {out} was written; "
-               + ("so was its manifest" if done["manifest"] else "its manifest was not")
-               + (f"; the report {extras.report_path} was not (a rerun writes it)"
-                  if extras.report is not None and not done.get("report") else ""))
-        sys.exit(EXIT_TERMINATED)
+    def finish(self) -> None:
+        """The manifest beside the committed results, the report, the summary, and the exit code."""
+        req, out, extras, matcher = self.req, self.req.out, self.extras, self.matcher
+        from cxr.runtime.results import build_manifest, manifest_path, write_json_atomic
+
+        label_report = matcher.report(self.thr) if matcher is not None else None
+        manifest = build_manifest(
+            scorer=self.scorer, folder=req.folder, out=out, tally=self.tally, walk=self.walk, threshold=self.thr,
+            threshold_source=self.thr_source, started=self.started_wall,
+            finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            total_s=time.perf_counter() - self.t0, scoring_s=self.scoring_s, command=sys.argv, labels=label_report,
+            options={"folder": req.folder, "out": out, "model": req.model, "device": req.device,
+                     "batch_size": req.batch_size, "workers": req.workers, "threads": req.threads,
+                     "threshold": req.threshold, "labels": req.labels.path, "overlays": extras.overlays,
+                     "report": extras.report_path, "quiet": req.quiet, "resume": req.resume},
+            outputs={**extras.manifest(), **self.journal.manifest()})
+        from cxr.cli.engines import engine_manifest
+
+        manifest["engine"] = engine_manifest(self.ray_run)
+        mpath = manifest_path(out)
+        try:
+            write_json_atomic(mpath, manifest)
+            self.manifest_written = True
+        except OSError as exc:
+            _error(f"results written to {out}, but the manifest {mpath} could not be: {exc.strerror or exc}")
+            sys.exit(EXIT_FAILED)
+        if extras.report is not None:
+            try:
+                extras.report.write(manifest, _roc(matcher))
+                self.report_written = True
+            except OSError as exc:
+                _error(f"results written to {out}, but the report {extras.report_path} could not be: "
+                       f"{exc.strerror or exc}")
+                sys.exit(EXIT_FAILED)
+        failed_drawings = extras.drawer.stats.failed if extras.drawer is not None else 0
+        if failed_drawings:
+            _echo(f"cxr-score: warning: {failed_drawings} image(s) could not be drawn for the overlays/report "
+                  f"(first: {extras.drawer.stats.failures[0]}); see the manifest")
+        if not req.quiet:
+            for line in self.summary(mpath, manifest["timings"], label_report):
+                _echo(f"cxr-score: {line}")
+        few_labels = matcher is not None and matcher.few
+        sys.exit(EXIT_OK if self.tally.error == 0 and not self.walk.problems and not failed_drawings
+                 and not few_labels else EXIT_PARTIAL)
+
+    def summary(self, mpath: Path, timings: dict, label_report: dict | None) -> list[str]:
+        """The summary's lines, without the 'cxr-score: ' prefix."""
+        tally, walk, thr, scorer, extras = self.tally, self.walk, self.thr, self.scorer, self.extras
+        lines = [f"{tally.files} file(s): {tally.ok} ok, {tally.error} error"
+                 + (" (" + ", ".join(f"{code} {n}" for code, n in sorted(tally.by_code.items())) + ")"
+                    if tally.by_code else "")
+                 + f"; {walk.skipped_non_images} non-image file(s) skipped"
+                 + (f"; {len(walk.problems)} folder problem(s)" if walk.problems else ""),
+                 f"threshold {thr:g} ({self.thr_source}); device {scorer.device} ({', '.join(scorer.providers)})",
+                 f"{_fig(timings['images_per_s'], '.1f')} images/s; "
+                 f"model {_fig(timings['mean_model_ms_per_image'], '.1f')} ms/image, "
+                 f"end to end {_fig(timings['mean_end_to_end_ms_per_image'], '.1f')} ms/image"]
+        if "ctr" in scorer.extra_outputs:
+            decision = scorer.card.decision.get("mode", "classifier")
+            flags = ", ".join(f"{flag} {n}" for flag, n in sorted(tally.ctr_flags.items())) or "none"
+            lines.append(f"ctr column: the model's cardiothoracic ratio; probability from the {decision}; "
+                         f"implausible masks: {flags}")
+        elif "cam" not in scorer.extra_outputs:
+            lines.append("this model has no ctr or cam output (exported before cxr 0.2): probabilities only")
+        if label_report is not None:
+            lines.append(f"labels: {label_report['matched']} matched, {label_report['labelled_not_found']} "
+                         f"labelled but not found, {label_report['labelled_not_scored']} labelled but failed, "
+                         f"{label_report['scored_without_label']} scored without label, "
+                         f"{label_report['ignored_lines']} label line(s) ignored")
+            m = label_report["metrics"]
+            if m is not None:
+                lo, hi = m["auroc_ci95"]
+                lines.append(f"AUROC {_num(m['auroc'])} (95% CI {_num(lo)}-{_num(hi)}), n={m['n']} "
+                             f"({m['n_positive']} positive); at {thr:g}: sensitivity {_num(m['sensitivity'])}, "
+                             f"specificity {_num(m['specificity'])}, PPV {_num(m['ppv'])}, NPV {_num(m['npv'])}, "
+                             f"F1 {_num(m['f1'])}")
+        if extras.overlays is not None:
+            lines.append(f"overlays: {extras.drawer.stats.written} PNG(s) in {extras.overlays}")
+        if extras.report_path is not None:
+            lines.append(f"report: {extras.report_path} (thumbnails in {extras.report.thumbs})")
+        lines.append(f"results: {self.req.out}; manifest: {mpath}")
+        return lines
 
 
 def _keep_journal(journal) -> str:
@@ -717,51 +851,6 @@ def _keep_journal(journal) -> str:
     except OSError:
         return ""
     return f"; --resume continues from {journal.path}"
-
-
-def _finish(out, folder, model, device, batch_size, workers, threads, threshold, labels, quiet, scorer, walk, tally,
-            matcher, thr, thr_source, started_wall, t0, scoring_s, done: dict, extras: _Extras, resumed,
-            ray_run=None) -> None:
-    """The manifest beside the committed results, the summary, and the exit code (done["manifest"] once written)."""
-    journal, resume = resumed
-    from cxr.runtime.results import build_manifest, manifest_path, write_json_atomic
-
-    label_report = matcher.report(thr) if matcher is not None else None
-    manifest = build_manifest(
-        scorer=scorer, folder=folder, out=out, tally=tally, walk=walk, threshold=thr, threshold_source=thr_source,
-        started=started_wall, finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        total_s=time.perf_counter() - t0, scoring_s=scoring_s, command=sys.argv, labels=label_report,
-        options={"folder": folder, "out": out, "model": model, "device": device, "batch_size": batch_size,
-                 "workers": workers, "threads": threads, "threshold": threshold, "labels": labels,
-                 "overlays": extras.overlays, "report": extras.report_path, "quiet": quiet, "resume": resume},
-        outputs={**extras.manifest(), **journal.manifest()})
-    from cxr.cli.engines import engine_manifest
-
-    manifest["engine"] = engine_manifest(ray_run)
-    mpath = manifest_path(out)
-    try:
-        write_json_atomic(mpath, manifest)
-        done["manifest"] = True
-    except OSError as exc:
-        _error(f"results written to {out}, but the manifest {mpath} could not be: {exc.strerror or exc}")
-        sys.exit(EXIT_FAILED)
-    if extras.report is not None:
-        try:
-            extras.report.write(manifest, _roc(matcher))
-            done["report"] = True
-        except OSError as exc:
-            _error(f"results written to {out}, but the report {extras.report_path} could not be: "
-                   f"{exc.strerror or exc}")
-            sys.exit(EXIT_FAILED)
-    failed_drawings = extras.drawer.stats.failed if extras.drawer is not None else 0
-    if failed_drawings:
-        _echo(f"cxr-score: warning: {failed_drawings} image(s) could not be drawn for the overlays/report "
-                   f"(first: {extras.drawer.stats.failures[0]}); see the manifest")
-    if not quiet:
-        _summary(out, mpath, tally, walk, thr, thr_source, scorer, manifest["timings"], label_report, extras)
-    few_labels = matcher is not None and matcher.few
-    sys.exit(EXIT_OK if tally.error == 0 and not walk.problems and not failed_drawings and not few_labels
-             else EXIT_PARTIAL)
 
 
 def _partial_report(extras: _Extras, matcher, thr: float, stopped: str, manifest_args: dict) -> str:
@@ -806,44 +895,6 @@ def _roc(matcher):
         return None
     fpr, tpr, _ = metrics.roc_curve(matcher.y, matcher.p)
     return fpr, tpr
-
-
-def _summary(out, mpath, tally, walk, thr, thr_source, scorer, timings, label_report, extras: _Extras) -> None:
-    lines = [f"{tally.files} file(s): {tally.ok} ok, {tally.error} error"
-             + (" (" + ", ".join(f"{code} {n}" for code, n in sorted(tally.by_code.items())) + ")"
-                if tally.by_code else "")
-             + f"; {walk.skipped_non_images} non-image file(s) skipped"
-             + (f"; {len(walk.problems)} folder problem(s)" if walk.problems else ""),
-             f"threshold {thr:g} ({thr_source}); device {scorer.device} ({', '.join(scorer.providers)})",
-             f"{_fig(timings['images_per_s'], '.1f')} images/s; "
-             f"model {_fig(timings['mean_model_ms_per_image'], '.1f')} ms/image, "
-             f"end to end {_fig(timings['mean_end_to_end_ms_per_image'], '.1f')} ms/image"]
-    if "ctr" in scorer.extra_outputs:
-        decision = scorer.card.decision.get("mode", "classifier")
-        flags = ", ".join(f"{flag} {n}" for flag, n in sorted(tally.ctr_flags.items())) or "none"
-        lines.append(f"ctr column: the model's cardiothoracic ratio; probability from the {decision}; "
-                     f"implausible masks: {flags}")
-    elif "cam" not in scorer.extra_outputs:
-        lines.append("this model has no ctr or cam output (exported before cxr 0.2): probabilities only")
-    if label_report is not None:
-        lines.append(f"labels: {label_report['matched']} matched, {label_report['labelled_not_found']} labelled "
-                     f"but not found, {label_report['labelled_not_scored']} labelled but failed, "
-                     f"{label_report['scored_without_label']} scored without label, "
-                     f"{label_report['ignored_lines']} label line(s) ignored")
-        m = label_report["metrics"]
-        if m is not None:
-            lo, hi = m["auroc_ci95"]
-            lines.append(f"AUROC {_num(m['auroc'])} (95% CI {_num(lo)}-{_num(hi)}), n={m['n']} "
-                         f"({m['n_positive']} positive); at {thr:g}: sensitivity {_num(m['sensitivity'])}, "
-                         f"specificity {_num(m['specificity'])}, PPV {_num(m['ppv'])}, NPV {_num(m['npv'])}, "
-                         f"F1 {_num(m['f1'])}")
-    if extras.overlays is not None:
-        lines.append(f"overlays: {extras.drawer.stats.written} PNG(s) in {extras.overlays}")
-    if extras.report_path is not None:
-        lines.append(f"report: {extras.report_path} (thumbnails in {extras.report.thumbs})")
-    lines.append(f"results: {out}; manifest: {mpath}")
-    for line in lines:
-        _echo(f"cxr-score: {line}")
 
 
 def _num(value: float) -> str:

@@ -11,10 +11,15 @@ import click
 
 QUIET, NORMAL, VERBOSE = "quiet", "normal", "verbose"
 LEVELS = {QUIET: logging.ERROR, NORMAL: logging.INFO, VERBOSE: logging.DEBUG}
+QUIET_HELP = "Errors only: no progress, warnings or summary."
 
 
-def verbosity_options(func: Callable) -> Callable:
-    """Add -q/--quiet and -v/--verbose; the command receives `verbosity` (QUIET, NORMAL or VERBOSE)."""
+def verbosity_options(func: Callable | None = None, *, quiet_help: str = QUIET_HELP) -> Callable:
+    """Add -q/--quiet and -v/--verbose; the command receives `quiet` and `verbose` (together: a usage error). Used
+    bare (`@verbosity_options`) or with the --quiet help of a command whose quiet differs
+    (`@verbosity_options(quiet_help=...)`)."""
+    if func is None:
+        return lambda f: verbosity_options(f, quiet_help=quiet_help)
 
     def pick(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
         chosen = ctx.meta.setdefault("cxr.verbosity", set())
@@ -26,8 +31,7 @@ def verbosity_options(func: Callable) -> Callable:
 
     func = click.option("-v", "--verbose", is_flag=True, callback=pick, expose_value=True,
                         help="Debug logging on stderr.")(func)
-    func = click.option("-q", "--quiet", is_flag=True, callback=pick, expose_value=True,
-                        help="Errors only: no progress, warnings or summary.")(func)
+    func = click.option("-q", "--quiet", is_flag=True, callback=pick, expose_value=True, help=quiet_help)(func)
     return func
 
 

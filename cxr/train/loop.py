@@ -32,6 +32,7 @@ from cxr.train.checkpoints import load_checkpoint, save_checkpoint
 from cxr.train.config import RESUMABLE_OVERRIDES, TrainConfig
 from cxr.train.data import CxrDataset
 from cxr.train.decision import Decision, choose_on_validation
+from cxr.train.early_stopping import EarlyStopping
 from cxr.train.errors import TrainError
 from cxr.train.evaluate import choose_threshold, epoch_metrics, evaluate_split
 from cxr.train.model import CardiomegalyNet, build_model
@@ -280,7 +281,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, ctx: D.DistContext)
     val_sources = [s.source for s in data.samples["val"]]
 
     history: list[dict[str, Any]] = []
-    stop = {"best_val_loss": float("inf"), "best_epoch": 0, "bad_epochs": 0, "stopped": False}
+    stop = EarlyStopping(config.early_stopping_patience)
     best_state = None
     start = 1
     if last is not None:
@@ -289,14 +290,16 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, ctx: D.DistContext)
         scheduler.load_state_dict(last["scheduler_state"])
         if scaler is not None and last.get("scaler_state"):
             scaler.load_state_dict(last["scaler_state"])
-        stop, history = dict(last["early_stopping"]), list(last["history"])
+        stop = EarlyStopping.from_state(last["early_stopping"], config.early_stopping_patience,
+                                        str(run_dir / "last.pt"))
+        history = list(last["history"])
         best_state = load_checkpoint(run_dir / "best.pt")["model_state"]
         _set_rng_state(last["rng"])
         start = int(last["epoch"]) + 1
         log.info("resuming %s after epoch %d", run_dir, last["epoch"])
 
     for epoch in range(start, config.max_epochs + 1):
-        if stop["stopped"]:
+        if stop.stopped:
             break
         t0 = time.perf_counter()
         torch.manual_seed(_epoch_seed(config.seed, epoch, ctx.rank))
@@ -318,13 +321,10 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, ctx: D.DistContext)
         if seg:
             row.update(train_mask_loss=train_mask_loss, val_selection_loss=ev_loss)
         scheduler.step(ev_loss)  # every rank holds the same gathered val loss, so schedulers agree
-        improved = ev_loss < stop["best_val_loss"]
+        improved = stop.update(ev_loss, epoch)
         if improved:
-            stop.update(best_val_loss=ev_loss, best_epoch=epoch, bad_epochs=0)
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        else:
-            stop["bad_epochs"] += 1
-        stop["stopped"] = bool(D.broadcast_from_main(ctx, stop["bad_epochs"] >= config.early_stopping_patience))
+        stop.stopped = bool(D.broadcast_from_main(ctx, stop.due))
         row.update(seconds=round(time.perf_counter() - t0, 3), is_best=int(improved))
         history.append(row)
         log.info("epoch %d (%s, %.0f s): lr %.2e train_loss %.4f val_loss %.4f val_auroc %.4f%s%s", epoch,
@@ -338,13 +338,13 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, ctx: D.DistContext)
             state = _payload("last", model, config, data, threshold, val_metrics, epoch)
             state.update(optimizer_state=optimizer.state_dict(), scheduler_state=scheduler.state_dict(),
                          scaler_state=scaler.state_dict() if scaler is not None else {},
-                         early_stopping=dict(stop), rng=_rng_state(), history=history,
+                         early_stopping=stop.state_dict(), rng=_rng_state(), history=history,
                          sampler={"seed": config.seed, "epoch": epoch, "world_size": ctx.world_size})
             save_checkpoint(state, run_dir / "last.pt")
             rundir.write_history(run_dir / "history.csv", history)
-        if stop["stopped"]:
+        if stop.stopped:
             log.info("early stopping after epoch %d: no lower validation loss for %d epochs (best epoch %d)",
-                     epoch, stop["bad_epochs"], stop["best_epoch"])
+                     epoch, stop.bad_epochs, stop.best_epoch)
 
     return _finish(config, run_dir, ctx, data=data, model=model, best_state=best_state, stop=stop, history=history,
                    evals=evals, pos_weight=pos_weight, autocast=autocast)
@@ -390,7 +390,8 @@ def _require_usable_validation(ev, samples) -> None:
                      + (f": {shown}" if unreadable else "") + "); a model cannot be selected on them")
 
 
-def _finish(config, run_dir, ctx, *, data, model, best_state, stop, history, evals, pos_weight, autocast):
+def _finish(config, run_dir, ctx, *, data, model, best_state, stop: EarlyStopping, history, evals, pos_weight,
+            autocast):
     """Best weights back; the decision (classifier, CTR or fusion) and the threshold chosen on validation with them;
     test evaluated once; best.pt, metrics, plots."""
     from cxr.train.evaluate import decided, full_report
@@ -418,8 +419,8 @@ def _finish(config, run_dir, ctx, *, data, model, best_state, stop, history, eva
         metrics["test"] = full_report(test, decision, candidates, threshold, data.samples["test"], **kw)
         test = decided(test, decision)
     summary = {
-        "run_dir": str(run_dir), "best_epoch": stop["best_epoch"], "epochs_run": len(history),
-        "stopped_early": stop["stopped"], "threshold": {"value": threshold.value, "method": threshold.method,
+        "run_dir": str(run_dir), "best_epoch": stop.best_epoch, "epochs_run": len(history),
+        "stopped_early": stop.stopped, "threshold": {"value": threshold.value, "method": threshold.method,
                                                         "detail": threshold.detail},
         "decision": decision.to_dict(),
         "pos_weight": pos_weight, "world_size": ctx.world_size, "device": str(ctx.device), "data": data.summary,
@@ -427,7 +428,7 @@ def _finish(config, run_dir, ctx, *, data, model, best_state, stop, history, eva
     }
     if ctx.is_main:
         save_checkpoint(_payload("best", model, config, data, threshold, jsonable(metrics),
-                                 stop["best_epoch"], decision=decision), run_dir / "best.pt")
+                                 stop.best_epoch, decision=decision), run_dir / "best.pt")
         rundir.write_json(run_dir / "metrics.json", summary)
         from cxr.train.plots import write_run_plots
 
