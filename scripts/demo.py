@@ -4,7 +4,8 @@
     cxr-phantom -> cxr-train -> cxr-export --opset 17 -> cxr-score --labels (a held-out phantom cohort)
 
 Nothing can be downloaded here, so there are no ImageNet weights: the network starts from random weights, and a few
-settings are scaled for a 2-core CPU. Each is printed with its reason. Everything else is the recipe (DESIGN.md).
+settings are scaled for a 2-core CPU. Each is printed with its reason. Everything else is the recipe
+(README, '`cxr-train`: the recipe').
 Re-running reuses what is already there (phantoms, a finished run, an up-to-date model) and gives the same numbers.
 
     python scripts/demo.py [--out demo_out] [--n-train 800] [--n-holdout 300] [--epochs 6] [--size 128]
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
 
     print("cxr demo: research software, not a medical device.\n")
-    print("Settings scaled for a 2-core CPU without internet (all else is the recipe in DESIGN.md):")
+    print("Settings scaled for a 2-core CPU without internet (all else is cxr-train's recipe):")
     print("  --init random        ImageNet weights cannot be downloaded here; the recipe fine-tunes from them.")
     print(f"  --lr {args.lr:g}         the recipe's 1e-5 is a fine-tuning rate; from random init it learns too slowly")
     print("                       (measured on the phantom: AUROC 0.69 after 2 epochs at 1e-5 vs 0.92 at 1e-4).")

@@ -1,4 +1,4 @@
-"""The runtime layer and cxr-score never load torch (DESIGN.md: arrows only point down; cxr[cpu] alone must work).
+"""The runtime layer and cxr-score never load torch (imports only point down the layers; cxr[cpu] alone must work).
 
 Each check runs in a fresh interpreter, because this test process may well have imported torch already.
 """

@@ -643,7 +643,7 @@ class _ScoreRun:
         try:  # until scoring starts, any exit (Ctrl-C during a long walk included) removes the temporary file
             thr = self.thr = scorer.threshold if req.threshold is None else float(req.threshold)
             thr_source = self.thr_source = "card" if req.threshold is None else "--threshold"
-            # What --device auto picked is always said, --quiet or not (DESIGN.md: Devices).
+            # What --device auto picked is always said, --quiet or not (a device picked for the user is never silent).
             _note(f"model {req.model} on {scorer.device} ({', '.join(scorer.providers)}); threshold {thr:g} "
                   f"({thr_source})", req.quiet and req.device != "auto")
             unchecked = plan.precision not in ("fp32", "fp16") and (plan.gate is None or plan.forced)

@@ -51,7 +51,8 @@ class Threshold:
 
 @dataclass(frozen=True)
 class ModelCard:
-    """Everything a user of an exported model relies on. See DESIGN.md, 'The model I/O contract'."""
+    """Everything a user of an exported model relies on. The model I/O contract: uint8 [N, 1, S, S] in; logit,
+    probability (and cam, ctr, masks where the card lists them) out."""
 
     preprocess: PreprocessConfig
     normalization: Normalization

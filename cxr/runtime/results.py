@@ -7,7 +7,7 @@ and the final name is left untouched (a previous results file there survives), w
 `<out>.partial.json` recording the run's identity (cxr.runtime.journal.run_identity: folder, model sha256, settings).
 A later run that completes removes a kept `.partial` only when its sidecar records the same identity (the complete
 results now stand for it); another folder's, model's or settings' interrupted run keeps its rows, and is named.
-Columns: path,prob_cardiomegaly,cardiomegaly,status,error (see DESIGN.md, 'The results contract'), then ctr,ctr_flag
+Columns: path,prob_cardiomegaly,cardiomegaly,status,error (one row per image file), then ctr,ctr_flag
 for models with a ctr output, then label when cxr-score is given --labels.
 
 The path cell is escaped so that any file name Linux allows survives a spreadsheet and a CSV reader, and two names

@@ -1,4 +1,4 @@
-"""TrainConfig: every knob of a training run, defaults = the original recipe (DESIGN.md, 'The training recipe').
+"""TrainConfig: every knob of a training run, defaults = the original recipe (README, '`cxr-train`: the recipe').
 
 A frozen dataclass with a docstring under each field; `__post_init__` raises ValueError for impossible values so a bad
 command line fails before any image is read. `to_dict`/`from_dict` round-trip through config.json in the run directory.

@@ -87,7 +87,7 @@ def test_all_good_exit_0_relative_out_stays_where_given(tiny_model, good_folder,
     monkeypatch.chdir(work)
     result = run(folder, "--out", "scores.csv", "--model", tiny_model, "--quiet")
     assert result.exit_code == 0, result.output
-    # --quiet: nothing but what --device auto picked (DESIGN.md asks for it on stderr), unless something is wrong
+    # --quiet: nothing but what --device auto picked (always said on stderr), unless something is wrong
     assert result.stderr.splitlines() == [f"cxr-score: model {tiny_model} on cpu (CPUExecutionProvider); "
                                           "threshold 0.5 (card)"]
     quiet_cpu = run(folder, "--out", "scores.csv", "--model", tiny_model, "--quiet", "--device", "cpu")
