@@ -76,3 +76,11 @@ def fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def fsync_close(fd: int) -> None:
+    """fsync then close a descriptor (closed even when the fsync fails, whose error propagates)."""
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from cxr.runtime.atomic import fsync_close
 from cxr.runtime.scoring import ScoreRow
 
 VERSION = 1
@@ -234,10 +235,7 @@ class Journal:
         """fsync and close (the journal stays for a later --resume)."""
         if self._fd is not None:
             fd, self._fd = self._fd, None
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_close(fd)
 
     def remove(self) -> None:
         """The results are complete: the journal has served."""

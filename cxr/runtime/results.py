@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from cxr.runtime.atomic import fsync_dir
+from cxr.runtime.atomic import fsync_close, fsync_dir
 from cxr.runtime.scoring import ScoreRow
 from cxr.runtime.serialization import jsonable
 
@@ -320,10 +320,7 @@ class ResultsWriter:
     def _close(self) -> None:
         if self._fd is not None:
             fd, self._fd = self._fd, None
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_close(fd)
 
     def commit(self) -> Path:
         """fsync and atomically move the temporary file onto `out`."""
