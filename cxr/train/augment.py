@@ -25,10 +25,14 @@ class Augmenter:
         self.options = dict(options)
         o = self.options
         geometric = []
-        if o.get("aug_scale") or o.get("aug_translate") or o.get("rotation_degrees"):
+        if o.get("aug_scale") or o.get("aug_stretch") or o.get("aug_translate") or o.get("rotation_degrees"):
             s, t, r = (float(o.get("aug_scale", 0)), float(o.get("aug_translate", 0)),
                        float(o.get("rotation_degrees", 0)))
-            geometric.append(A.Affine(scale=(1 - s, 1 + s), translate_percent=(-t, t), rotate=(-r, r),
+            v = float(o.get("aug_stretch", 0))
+            # the two axes' zooms are drawn apart (albumentations' default): the ratio of horizontal extents, the
+            # CTR, is unchanged by either; a stretch widens the vertical range only
+            geometric.append(A.Affine(scale={"x": (1 - s, 1 + s), "y": (1 - s - v, 1 + s + v)}, keep_ratio=False,
+                                      translate_percent=(-t, t), rotate=(-r, r),
                                       interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST,
                                       border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0, p=1.0))
         photometric = []

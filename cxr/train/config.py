@@ -142,7 +142,12 @@ class TrainConfig:
     rotation_degrees: float = 5.0
     """Train-time augmentation: random rotation uniformly within +/- this many degrees (0 = none)."""
     aug_scale: float = 0.0
-    """Random zoom within +/- this fraction (0.1 = 0.9x to 1.1x); image and masks move together (0 = none)."""
+    """Random zoom within +/- this fraction (0.1 = 0.9x to 1.1x), drawn apart for the two axes; image and masks move
+    together (0 = none)."""
+    aug_stretch: float = 0.0
+    """Widens the vertical zoom by +/- this fraction, drawn apart from the horizontal one (0 = none): hospitals frame
+    films with more or less neck and abdomen (training sources differ by a quarter in lung height over film height).
+    The cardiothoracic ratio is unchanged, since both its extents are horizontal."""
     aug_translate: float = 0.0
     """Random shift within +/- this fraction of the side, image and masks together (0 = none)."""
     aug_brightness: float = 0.0
@@ -268,7 +273,8 @@ class TrainConfig:
             bad("decision", "ctr and fusion need the segmentation head (masks and --seg-head auto|on)")
 
     def _check_augmentation(self, bad) -> None:
-        for name in ("aug_scale", "aug_translate", "aug_brightness", "aug_contrast", "aug_gamma", "aug_noise"):
+        for name in ("aug_scale", "aug_stretch", "aug_translate", "aug_brightness", "aug_contrast", "aug_gamma",
+                     "aug_noise"):
             if not (isinstance(getattr(self, name), (int, float)) and 0.0 <= getattr(self, name) < 1.0):
                 bad(name, "must lie in [0, 1)")
         for name in ("aug_blur", "aug_sharpen", "aug_clahe"):

@@ -314,3 +314,32 @@ def test_a_model_without_the_new_outputs_scores_as_before(tiny_model, masked, tm
     assert list(rows[0]) == ["path", "prob_cardiomegaly", "cardiomegaly", "status", "error"]
     assert len(rows) == 48 + 3 * 36 and all(r["status"] == "ok" for r in rows)  # images and mask files
     assert "no ctr or cam output" in result.output
+
+
+def test_stretch_changes_the_height_of_the_film_not_the_cardiothoracic_ratio():
+    from cxr.train.augment import Augmenter
+    from cxr.train.config import TrainConfig
+
+    image = np.full((96, 96), 40, np.uint8)
+    masks = np.zeros((3, 96, 96), np.uint8)
+    masks[0, 40:60, 38:60] = 1  # heart: 22 columns
+    masks[1, 20:70, 50:80] = 1  # left lung
+    masks[2, 20:70, 14:44] = 1  # right lung: union 66 columns
+    image[masks.any(0)] = 200
+
+    def extents(m):
+        cols = lambda a: np.flatnonzero(a.any(0))  # noqa: E731
+        rows = np.flatnonzero(m[1:].any(0).any(1))
+        heart, lungs = cols(m[0]), cols(m[1] | m[2])
+        return heart[-1] - heart[0] + 1, lungs[-1] - lungs[0] + 1, rows[-1] - rows[0] + 1
+
+    stretch = Augmenter({"aug_stretch": 0.3}, 96)
+    heights = set()
+    for i in range(8):
+        img, m = stretch(image, masks, np.random.SeedSequence([0, 0, i]))
+        heart, lungs, height = extents(m)
+        assert (heart, lungs) == (22, 66)  # horizontal extents, and so the ratio, as they were
+        heights.add(int(height))
+    assert len(heights) >= 4 and min(heights) < 45 and max(heights) > 55  # the lungs' height (50) moved both ways
+    with pytest.raises(ValueError, match="aug_stretch"):
+        TrainConfig(aug_stretch=1.0)
