@@ -27,7 +27,7 @@ class ExportWrapper:
     def build(model, decision=None):
         import torch
 
-        from cxr.train.anatomy import binary_masks, ctr_from_masks
+        from cxr.train.anatomy import ctr_from_masks, measured_masks
         from cxr.train.decision import Decision
 
         decision = decision or Decision()
@@ -44,7 +44,7 @@ class ExportWrapper:
                 cam = self.inner.cam(out["features"]).float()
                 if not seg:
                     return cls_logit, torch.sigmoid(cls_logit), cam
-                masks = binary_masks(out["mask_logits"].float())
+                masks = measured_masks(out["mask_logits"].float())
                 ctr = ctr_from_masks(masks)
                 if decision.mode == "classifier":
                     logit = cls_logit

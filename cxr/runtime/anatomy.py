@@ -7,6 +7,7 @@ largest horizontal extent of one row of the union of both lungs; NaN when the he
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 STRUCTURES = ("heart", "left_lung", "right_lung")
@@ -33,6 +34,38 @@ def ctr_reference(masks: np.ndarray) -> float:
     if heart_w == 0 or thorax_w == 0:
         return float("nan")
     return heart_w / thorax_w
+
+
+MAIN_PART_FACTOR = 4  # as cxr.train.anatomy.MAIN_PART_FACTOR (tests hold the two equal)
+
+
+def main_parts_reference(masks: np.ndarray) -> np.ndarray:
+    """numpy twin of the model's in-graph `main_parts` (cxr.train.anatomy): for each structure of 0/1 masks [C, H, W],
+    the 8-connected part, on a grid of 4x4-pixel cells, holding the densest neighbourhood (a box a quarter of the
+    image wide, first in row-major order on ties), grown from that cell for as many steps as the grid is high plus
+    wide; the pixels outside it are dropped."""
+    m = (np.asarray(masks) > 0).astype(np.uint8)
+    _, h, w = m.shape
+    f = MAIN_PART_FACTOR
+    hc, wc = -(-h // f), -(-w // f)
+    box, steps = 2 * (max(h, w) // (8 * f)) + 1, hc + wc
+    out = np.zeros_like(m)
+    for i, mask in enumerate(m):
+        padded = np.zeros((hc * f, wc * f), np.uint8)
+        padded[:h, :w] = mask
+        coarse = padded.reshape(hc, f, wc, f).max(axis=(1, 3))
+        if not coarse.any():
+            continue
+        density = cv2.boxFilter(coarse.astype(np.int32), cv2.CV_32S, (box, box), normalize=False,
+                                borderType=cv2.BORDER_CONSTANT) * coarse
+        part = np.zeros_like(coarse)
+        part.flat[int(np.argmax(density))] = 1
+        kernel = np.ones((3, 3), np.uint8)
+        for _ in range(steps):
+            part = cv2.dilate(part, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0) & coarse
+        keep = np.repeat(np.repeat(part, f, axis=0), f, axis=1)[:h, :w]
+        out[i] = mask & keep
+    return out
 
 
 def mask_flags(masks: np.ndarray) -> str:

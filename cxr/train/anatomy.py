@@ -6,7 +6,9 @@
 `ctr_from_masks` is the definition the labels use (cxr.runtime.anatomy.ctr_reference is its numpy twin): the heart's
 horizontal extent (first to last occupied column, +1) over the largest horizontal extent of one row of the union of
 both lungs. It is written with Where/ReduceMin/ReduceMax only, so it traces into an opset-17 ONNX graph and every
-runtime gets the ratio from the model itself. An empty heart or empty lungs give NaN (not measurable).
+runtime gets the ratio from the model itself. An empty heart or empty lungs give NaN (not measurable). A model's masks
+are measured after `main_parts` keeps each structure's main piece (`measured_masks`): on one-piece manual masks that
+changes nothing, on a predicted mask it drops the stray islands that would otherwise set an extent.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from torch import nn
 from torch.nn import functional as F
 
 STRUCTURES = ("heart", "left_lung", "right_lung")
+MAIN_PART_FACTOR = 4
+"""`main_parts` finds connected parts on a grid of 4x4-pixel cells (islands closer than a cell join the part)."""
 DECODER_WIDTHS = (128, 64, 32, 16)
 """Output channels of the four up-sampling stages (stride 16, 8, 4, 2): light next to DenseNet-121's 7M weights."""
 
@@ -73,6 +77,41 @@ def mask_loss(logits: torch.Tensor, target: torch.Tensor, has_mask: torch.Tensor
 def binary_masks(mask_logits: torch.Tensor) -> torch.Tensor:
     """Masks at probability 0.5, as uint8 0/1 [N, 3, S, S]."""
     return (torch.sigmoid(mask_logits) >= 0.5).to(torch.uint8)
+
+
+def main_part_geometry(height: int, width: int) -> tuple[int, int, int]:
+    """(coarse factor, seed box on the coarse grid, growth steps) of `main_parts` for masks of this size."""
+    hc, wc = -(-height // MAIN_PART_FACTOR), -(-width // MAIN_PART_FACTOR)
+    return MAIN_PART_FACTOR, 2 * (max(height, width) // (8 * MAIN_PART_FACTOR)) + 1, hc + wc
+
+
+def main_parts(masks: torch.Tensor) -> torch.Tensor:
+    """Each structure's main part of 0/1 masks [N, C, H, W] (same dtype back): the pixels of the 8-connected part,
+    on the grid of 4x4 cells, that holds the densest neighbourhood of the mask (a box a quarter of the image wide);
+    stray islands elsewhere are dropped. Manual masks are one piece each, so their ratio is unchanged; a predicted
+    mask's islands (a blob below the diaphragm called heart, lung specks at the edge) would otherwise set its extent.
+
+    Traceable into opset 17 (MaxPool, AveragePool, ArgMax, Equal, Mul, Resize): the part grows from its seed cell by
+    one cell per step, as many steps as the coarse grid is high plus wide. cxr.runtime.anatomy.main_parts_reference
+    is the numpy twin."""
+    n, c, h, w = masks.shape
+    f, box, steps = main_part_geometry(h, w)
+    m = masks.float()
+    coarse = F.max_pool2d(m, f, f, ceil_mode=True)
+    hc, wc = coarse.shape[-2:]
+    density = F.avg_pool2d(coarse, box, 1, box // 2, count_include_pad=True) * coarse
+    seed_at = density.flatten(2).argmax(dim=2, keepdim=True)
+    cells = torch.arange(hc * wc, device=masks.device).reshape(1, 1, -1)
+    part = (cells == seed_at).float().reshape(n, c, hc, wc) * coarse  # no seed where the mask is empty
+    for _ in range(steps):
+        part = F.max_pool2d(part, 3, 1, 1) * coarse
+    keep = part.repeat_interleave(f, dim=2).repeat_interleave(f, dim=3)[:, :, :h, :w]
+    return (m * keep).to(masks.dtype)
+
+
+def measured_masks(mask_logits: torch.Tensor) -> torch.Tensor:
+    """The masks the model outputs and measures: at probability 0.5, each structure's main part (uint8 0/1)."""
+    return main_parts(binary_masks(mask_logits))
 
 
 def _extent(occupied: torch.Tensor, dim: int) -> torch.Tensor:

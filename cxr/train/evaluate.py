@@ -47,7 +47,7 @@ def bce_loss(logits: np.ndarray, labels: np.ndarray, pos_weight: float | None) -
 def evaluate_split(model: torch.nn.Module, loader, ctx: DistContext, pos_weight: float | None,
                    autocast: Any = contextlib.nullcontext) -> Evaluation:
     """Run `model` over this rank's shard, gather all ranks' predictions, and compute the loss on the whole split."""
-    from cxr.train.anatomy import binary_masks, ctr_from_masks, dice_lungs, dice_per_structure
+    from cxr.train.anatomy import ctr_from_masks, dice_lungs, dice_per_structure, measured_masks
 
     model.eval()
     seg = bool(getattr(model, "seg_head", False))
@@ -62,7 +62,7 @@ def evaluate_split(model: torch.nn.Module, loader, ctx: DistContext, pos_weight:
         cols["index"].append(idx.numpy())
         cols["ok"].append(ok.numpy())
         if seg:
-            pred = binary_masks(out["mask_logits"].float())
+            pred = measured_masks(out["mask_logits"].float())
             cols["ctr"].append(ctr_from_masks(pred).cpu().numpy())
             target, has = batch[4].to(pred.device), batch[5].numpy()
             dice = torch.cat([dice_per_structure(pred, target), dice_lungs(pred, target)[:, None]], 1).cpu().numpy()

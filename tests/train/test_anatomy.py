@@ -150,3 +150,104 @@ def test_dice_per_structure():
     b[0, 0] = 0  # heart missed entirely
     d = dice_per_structure(b, a)[0]
     assert float(d[0]) == 0.0 and float(d[1]) == 1.0 and float(d[2]) == 1.0
+
+
+def _chest(h=96, w=96, islands=()) -> np.ndarray:
+    """[3, h, w] 0/1: an elliptic heart and two lung blobs (cv2-drawn), plus islands (k, r0, r1, c0, c1)."""
+    import cv2
+
+    m = np.zeros((3, h, w), np.uint8)
+    cv2.ellipse(m[0], (w // 2 + 4, 60 * h // 96), (14 * w // 96, 11 * h // 96), 0, 0, 360, 1, -1)
+    cv2.ellipse(m[1], (w - 28 * w // 96, 45 * h // 96), (13 * w // 96, 30 * h // 96), 0, 0, 360, 1, -1)
+    cv2.ellipse(m[2], (28 * w // 96, 45 * h // 96), (13 * w // 96, 30 * h // 96), 0, 0, 360, 1, -1)
+    for k, r0, r1, c0, c1 in islands:
+        m[k, r0:r1, c0:c1] = 1
+    return m
+
+
+MAIN_PART_CASES = {
+    "clean": _chest(),
+    "heart_island_below_the_lungs": _chest(islands=[(0, 86, 92, 2, 10)]),
+    "lung_specks_at_both_edges": _chest(islands=[(1, 40, 44, 94, 96), (2, 70, 75, 0, 3), (2, 5, 6, 0, 96)]),
+    "empty_heart": _chest() * np.array([0, 1, 1], np.uint8)[:, None, None],
+    "all_empty": np.zeros((3, 96, 96), np.uint8),
+    "full_frame": np.ones((3, 96, 96), np.uint8),
+    "not_a_multiple_of_four": _chest(90, 94, islands=[(0, 2, 5, 80, 93)]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MAIN_PART_CASES))
+def test_main_parts_torch_equals_numpy_twin(name):
+    from cxr.runtime.anatomy import main_parts_reference
+    from cxr.train.anatomy import main_parts
+
+    masks = MAIN_PART_CASES[name]
+    got = main_parts(torch.from_numpy(masks)[None])[0].numpy()
+    assert got.dtype == np.uint8
+    np.testing.assert_array_equal(got, main_parts_reference(masks))
+
+
+def test_main_parts_drop_the_islands_and_keep_one_piece_masks_as_they_were():
+    import cv2
+
+    from cxr.runtime.anatomy import MAIN_PART_FACTOR, main_parts_reference
+    from cxr.train import anatomy
+
+    assert MAIN_PART_FACTOR == anatomy.MAIN_PART_FACTOR
+    clean = MAIN_PART_CASES["clean"]
+    np.testing.assert_array_equal(main_parts_reference(clean), clean)
+    for name in ("heart_island_below_the_lungs", "lung_specks_at_both_edges"):
+        noisy = MAIN_PART_CASES[name]
+        kept = main_parts_reference(noisy)
+        np.testing.assert_array_equal(kept, clean)  # exactly the largest 8-connected part of each structure
+        for k in range(3):
+            n, labels, stats, _ = cv2.connectedComponentsWithStats(noisy[k], connectivity=8)
+            largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+            np.testing.assert_array_equal(kept[k], (labels == largest).astype(np.uint8))
+        # the island set the extent before: the heart island widens the heart, the specks the thorax
+        assert ctr_reference(noisy) != pytest.approx(ctr_reference(clean))
+        assert ctr_reference(kept) == pytest.approx(ctr_reference(clean))
+
+
+def test_main_parts_on_random_masks_match_the_twin():
+    """Blobs and specks at random (seeded): the traced-graph arithmetic and the numpy twin agree pixel for pixel."""
+    import cv2
+
+    from cxr.runtime.anatomy import main_parts_reference
+    from cxr.train.anatomy import main_parts
+
+    rng = np.random.default_rng(1)
+    stack = np.zeros((12, 3, 64, 72), np.uint8)
+    for m in stack:
+        for k in range(3):
+            for _ in range(rng.integers(0, 4)):
+                cv2.circle(m[k], (int(rng.integers(0, 72)), int(rng.integers(0, 64))), int(rng.integers(1, 15)), 1, -1)
+    got = main_parts(torch.from_numpy(stack)).numpy()
+    want = np.stack([main_parts_reference(m) for m in stack])
+    np.testing.assert_array_equal(got, want)
+
+
+class _MeasuredCtr(torch.nn.Module):
+    def forward(self, masks):
+        from cxr.train.anatomy import main_parts
+
+        kept = main_parts(masks)
+        return ctr_from_masks(kept), kept
+
+
+def test_onnx_main_parts_and_ctr_equal_the_numpy_twin_at_opset_17():
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from cxr.runtime.anatomy import main_parts_reference
+
+    buffer = io.BytesIO()
+    torch.onnx.export(_MeasuredCtr(), (torch.zeros(2, 3, 96, 96, dtype=torch.uint8),), buffer, dynamo=False,
+                      opset_version=17, input_names=["masks"], output_names=["ctr", "kept"],
+                      dynamic_axes={"masks": {0: "N"}, "ctr": {0: "N"}, "kept": {0: "N"}})
+    session = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
+    names = sorted(n for n in MAIN_PART_CASES if MAIN_PART_CASES[n].shape == (3, 96, 96))
+    batch = np.stack([MAIN_PART_CASES[n] for n in names])
+    ctr, kept = session.run(None, {"masks": batch})
+    want_kept = np.stack([main_parts_reference(m) for m in batch])
+    np.testing.assert_array_equal(kept, want_kept)
+    np.testing.assert_allclose(ctr, [ctr_reference(m) for m in want_kept], atol=1e-6)
