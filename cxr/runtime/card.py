@@ -20,7 +20,8 @@ OUTPUT_NAMES = ("logit", "probability")
 OPTIONAL_OUTPUTS = ("cam", "ctr", "masks")
 """Outputs a model may add after OUTPUT_NAMES, in this order: cam float32 [N, h, w] (class activation map), ctr
 float32 [N] (cardiothoracic ratio on the model's masks; NaN when not measurable), masks uint8 [N, 3, S, S] (heart,
-left lung, right lung). A runtime uses those a model has and never requires them."""
+left lung, right lung; models exported since the CTR is measured on main parts give each structure's main part, older
+ones every pixel at probability 0.5). A runtime uses those a model has and never requires them."""
 DECISION_MODES = ("classifier", "ctr", "fusion")
 TASK = "cardiomegaly"
 MAX_CARD_BYTES = 4_000_000
