@@ -10,7 +10,7 @@ OV_VENV ?= .venv-ov
 OV_PY := $(OV_VENV)/bin/python
 OV_STAMP := $(OV_VENV)/.cxr-installed
 
-.PHONY: demo test lint bench bench-ray real external cam-on-heart install clean fuzz
+.PHONY: demo test lint bench bench-e2e bench-ray real external cam-on-heart install clean fuzz
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,12 @@ external: $(STAMP)
 
 bench: $(STAMP) $(OV_STAMP)
 	CXR_OV_PYTHON=$(abspath $(OV_PY)) $(PY) scripts/bench.py
+
+# cxr-score end to end vs the session alone, fp32 and auto's pick, in turn (OpenVINO where .venv-ov has it):
+# make bench-e2e MODEL=model.onnx FOLDER=pngs [E2E_ARGS="--images 300 --rounds 3 --json e2e.json"]
+bench-e2e: $(STAMP) $(OV_STAMP)
+	@test -n "$(MODEL)" -a -n "$(FOLDER)" || { echo "usage: make bench-e2e MODEL=model.onnx FOLDER=pngs" >&2; exit 2; }
+	$(if $(wildcard $(OV_STAMP)),$(OV_PY),$(PY)) benchmarks/e2e_precision.py "$(MODEL)" "$(FOLDER)" $(E2E_ARGS)
 
 # does the activation map lie on the heart? make cam-on-heart MODEL=m.onnx FOLDER=imgs LABELS=l.csv [LABEL_COLUMN=c]
 cam-on-heart: $(STAMP)

@@ -51,3 +51,25 @@ def build_scorer(model: Path, device: str, precision: str | None, force: bool, t
     plan.device = scorer.device
     scorer.precision_facts = plan.facts()
     return scorer, plan
+
+
+def precision_check(run, matcher, echo) -> dict | None:
+    """cxr-score --labels at bf16/int8 (local engine): the labelled images scored again in fp32 on the same provider
+    (cxr.runtime.precision_check); says what it does unless --quiet, warns when the AUROC drop is beyond the gate
+    (unless forced). The manifest's `precision_check`, or None when there is nothing to compare."""
+    from cxr.runtime.precision import GATES
+    from cxr.runtime.precision_check import compare_with_fp32, gate_warning
+
+    req = run.req
+    if matcher is None or not matcher.paths or run.ray_run is not None or run.plan.precision not in GATES:
+        return None
+    if not req.quiet:
+        echo(f"cxr-score: comparing {run.plan.precision} with fp32 on the {len(matcher.paths)} labelled image(s) "
+             f"scored (an fp32 pass on {run.scorer.device})")
+    check = compare_with_fp32(plan=run.plan, scorer=run.scorer, folder=req.folder, paths=matcher.paths,
+                              y=matcher.y, p=matcher.p, threshold=run.thr, batch_size=req.batch_size,
+                              workers=req.workers, threads=req.threads, forced=req.force_precision)
+    warning = gate_warning(check)
+    if warning:
+        echo(f"cxr-score: warning: {warning}")
+    return check

@@ -631,7 +631,7 @@ class _ScoreRun:
         except CxrError as exc:
             _error(str(exc))
             sys.exit(EXIT_FAILED)
-        self.scorer = scorer
+        self.scorer, self.plan = scorer, plan
         try:  # the model first: the columns depend on its outputs (ctr)
             writer = ResultsWriter(out, anatomy="ctr" in scorer.extra_outputs,  # an unwritable place fails now
                                    labels=self.label_table is not None)
@@ -766,6 +766,9 @@ class _ScoreRun:
         from cxr.runtime.results import build_manifest, manifest_path, write_json_atomic
 
         label_report = matcher.report(self.thr) if matcher is not None else None
+        from cxr.cli.precision_opts import precision_check
+
+        self.check = precision_check(self, matcher, _echo)  # bf16/int8 with labels: the same images in fp32
         manifest = build_manifest(
             scorer=self.scorer, folder=req.folder, out=out, tally=self.tally, walk=self.walk, threshold=self.thr,
             threshold_source=self.thr_source, started=self.started_wall,
@@ -779,6 +782,8 @@ class _ScoreRun:
         from cxr.cli.engines import engine_manifest
 
         manifest["engine"] = engine_manifest(self.ray_run)
+        if self.check is not None:
+            manifest["precision_check"] = self.check
         mpath = manifest_path(out)
         try:
             write_json_atomic(mpath, manifest)
@@ -836,6 +841,10 @@ class _ScoreRun:
                              f"({m['n_positive']} positive); at {thr:g}: sensitivity {_num(m['sensitivity'])}, "
                              f"specificity {_num(m['specificity'])}, PPV {_num(m['ppv'])}, NPV {_num(m['npv'])}, "
                              f"F1 {_num(m['f1'])}")
+        if self.check is not None:
+            from cxr.runtime.precision_check import summary_line
+
+            lines.append(summary_line(self.check))
         if extras.overlays is not None:
             lines.append(f"overlays: {extras.drawer.stats.written} PNG(s) in {extras.overlays}")
         if extras.report_path is not None:

@@ -6,6 +6,8 @@
 Files written next to `out` (model.onnx):
     model.validation.json        what was checked and the figures (parity, batch invariance, ...)
     model.int8.onnx / .fp16.onnx  optional reduced-precision copies, each with its own card (precision, figures)
+    model.precision.json          where onnxruntime here offers the OpenVINO provider: its fp32/bf16/int8 accuracy
+                                  and speed on the labelled images, for --precision auto (else the report says why not)
     model.rejected.onnx (+ model.rejected.validation.json)   the file that failed a check, kept for inspection;
                                   nothing is ever written under the final name unless every check passed.
 The graph itself is built in cxr.export.graph, the card and side files in cxr.export.artifacts; what to do comes as
@@ -45,6 +47,8 @@ class ExportReport:
     report_path: Path | None
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)
     """'int8' / 'fp16': path (or None when refused), size, speed-up, AUROC change, reason."""
+    openvino: dict[str, Any] | None = None
+    """OpenVINO fp32/bf16/int8 measured on the labelled images (cxr.runtime.precision_gate.openvino_precisions)."""
 
     def summary_lines(self) -> list[str]:
         lines = [f"wrote {self.path} ({self.size_bytes / 1e6:.2f} MB, opset {self.opset})",
@@ -68,6 +72,10 @@ class ExportReport:
                              + (f"; {v['reason']}" if v.get("reason") else ""))
             else:
                 lines.append(f"{name}: NOT written: {v.get('reason')}")
+        if self.openvino is not None:
+            from cxr.runtime.precision_gate import openvino_lines
+
+            lines += openvino_lines(self.openvino)
         return lines
 
 
@@ -182,6 +190,25 @@ def export_onnx(checkpoint: Path, out: Path, options: ExportOptions | None = Non
 
         fp32 = Fp32Export(path=out, ckpt=ckpt, facts=facts, opset=opset, size=config.size)
         result.variants = make_variants(fp32, variant_images, options)
-        report_data = {**report, "model": str(out), "card_export": facts, "variants": result.variants}
-        write_report(report_data, report_path)
+    eval_set = variant_images.eval_set if variant_images is not None else images
+    result.openvino = _openvino_precisions(out, eval_set)
+    report_data = {**report, "model": str(out), "card_export": facts, "openvino_precisions": result.openvino,
+                   **({"variants": result.variants} if options.reduced_precision else {})}
+    write_report(report_data, report_path)
     return result
+
+
+def _openvino_precisions(out: Path, eval_set) -> dict[str, Any]:
+    """OpenVINO's precisions measured on the export's labelled images where onnxruntime-openvino is installed (kept in
+    model.precision.json), else why not."""
+    import numpy as np
+
+    from cxr.runtime.precision_gate import openvino_precisions
+
+    if eval_set is None:
+        y, source = np.zeros(0, np.int64), "no image set (--no-validate)"
+        images = np.zeros((0, 1, 1, 1), np.uint8)
+    else:
+        (idx, y), source = eval_set.labelled(), eval_set.source
+        images = eval_set.images[idx]
+    return openvino_precisions(out, images, y, source)

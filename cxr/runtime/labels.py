@@ -226,6 +226,8 @@ class LabelMatcher:
         self.table = match.by_file if match is not None else labels.labels
         self.y: list[int] = []
         self.p: list[float] = []
+        self.paths: list[str] = []
+        """The path of each (y, p) pair, for re-scoring them (cxr.runtime.precision_check)."""
         self.scored_without_label = 0
         self.few = False
         """Set by cxr-score when few labelled paths match (the run then exits 3)."""
@@ -245,6 +247,7 @@ class LabelMatcher:
         else:
             self.y.append(label)
             self.p.append(float(row.probability))
+            self.paths.append(row.path)
 
     def report(self, threshold: float, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
         """Matching counts and `metrics.summarize` at `threshold` (None when nothing matched)."""

@@ -167,3 +167,51 @@ def labelled_images(labels: Path, folder: Path | None, config) -> tuple[np.ndarr
     source = f"{labels} ({len(images)} image(s) in {folder}" + (f"; {failed} unreadable, left out)" if failed
                                                                   else ")")
     return np.stack(images), np.asarray(y, np.int64), source
+
+
+def openvino_precisions(model: Path, images: np.ndarray, y: np.ndarray, source: str, *,
+                        batch_sizes: Sequence[int] = (1, 8), seconds: float = 0.5, warmup: int = 1,
+                        threads: int | None = None, host: Host | None = None) -> dict[str, Any]:
+    """For an export report: where onnxruntime offers the OpenVINO provider, measure every precision it can run for
+    `model` (fp32, bf16, int8 from model.int8.onnx beside it) on the labelled `images`, as cxr-bench --labels does,
+    and keep the record in model.precision.json for --precision auto. Where it does not, or the images lack a class,
+    say why nothing was measured. No torch: the caller passes ONNX paths and preprocessed uint8 images."""
+    from cxr.runtime.metrics import has_both_classes
+
+    model = Path(model)
+    host = host or Host.detect()
+    if not host.has_openvino:
+        return {"measured": False,
+                "reason": f"onnxruntime-openvino not installed here; run `cxr-bench --model {model} --device "
+                          "openvino --labels LABELS` where it is"}
+    y = np.asarray(y, np.int64)
+    if not has_both_classes(y):
+        return {"measured": False,
+                "reason": f"{y.size} labelled image(s) in {source} without both classes; measure with `cxr-bench "
+                          f"--model {model} --device openvino --labels LABELS`"}
+    record, _ = measure_precisions(model, "openvino", images, y, source, batch_sizes=batch_sizes, seconds=seconds,
+                                   warmup=warmup, threads=threads, host=host)
+    path = save_measurement(model, record)
+    keep = ("passed", "verdict", "auroc_fp32", "auroc", "auroc_change", "auroc_change_ci95", "decision_flips",
+            "max_abs_prob_diff", "ms_per_image", "file")
+    return {"measured": True, "kept_in": str(path), "images": source, "n_images": int(y.size),
+            "cpu_flags": record["key"]["cpu_flags"],
+            "not_measured": {name: ("this CPU lacks avx512_bf16/amx_bf16" if name == "bf16"
+                                    else f"no {int8_path(model).name} beside the model")
+                             for name in ("bf16", "int8") if name not in record["precisions"]},
+            "precisions": {name: {k: entry.get(k) for k in keep} for name, entry in record["precisions"].items()}}
+
+
+def openvino_lines(report: dict[str, Any]) -> list[str]:
+    """The export summary's lines for `openvino_precisions`' report."""
+    if not report.get("measured"):
+        return [f"OpenVINO precisions: not measured ({report['reason']})"]
+    lines = [f"OpenVINO precisions on {report['n_images']} labelled image(s) (CPU flags "
+             f"{' '.join(report['cpu_flags']) or 'none'}), kept in {report['kept_in']} for --precision auto:"]
+    fp32_ms = report["precisions"]["fp32"]["ms_per_image"]
+    for name, entry in report["precisions"].items():
+        speed = ", ".join(f"b{b} {fp32_ms[b] / ms:.2f}x fp32" for b, ms in entry["ms_per_image"].items() if ms > 0)
+        state = "reference" if name == "fp32" else "PASS" if entry["passed"] else "FAIL"
+        lines.append(f"  {name} {state} ({speed})" + ("" if name == "fp32" else f": {entry['verdict']}"))
+    lines += [f"  {name} not measured: {why}" for name, why in report["not_measured"].items()]
+    return lines

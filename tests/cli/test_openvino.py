@@ -156,3 +156,63 @@ def test_measured_gates_then_auto_runs_the_fastest_passing_precision(ov_python, 
         assert p["accuracy_gate"] == record["precisions"][p["used"]]
         fp32_ms = record["precisions"]["fp32"]["ms_per_image"]["8"]
         assert record["precisions"][p["used"]]["ms_per_image"]["8"] * 1.1 <= fp32_ms
+
+
+def test_bf16_with_labels_is_compared_with_openvino_fp32_on_the_same_images(ov_python, trained, tmp_path):
+    if not any(cpu_flags()[f] for f in BF16_FLAGS):
+        pytest.skip(f"this CPU has none of {', '.join(BF16_FLAGS)}: bf16 is refused here (tested in test_precision)")
+    folder, model = trained
+    fp32, bf16 = tmp_path / "fp32.csv", tmp_path / "bf16.csv"
+    common = ["--model", model, "--device", "openvino", "--labels", folder / "labels.csv"]
+    assert _cli(ov_python, "score", folder, "--out", fp32, *common, "--precision", "fp32", "--quiet").returncode == 0
+    ran = _cli(ov_python, "score", folder, "--out", bf16, *common, "--precision", "bf16", "--force-precision")
+    assert ran.returncode == 0, ran.stderr
+    check = _manifest(bf16)["precision_check"]
+    assert check["compared"] is True and check["precision"] == "bf16" and check["device"] == "openvino"
+    assert check["reference"]["providers"][0] == "OpenVINOExecutionProvider" and check["images_compared"] == 24
+    a, b = _probs(fp32), _probs(bf16)
+    threshold = check["threshold"]
+    assert check["decision_flips"] == sum((a[k] >= threshold) != (b[k] >= threshold) for k in a)
+    assert 0 < check["max_abs_prob_diff"] <= BF16_TOLERANCE and check["gate_max_auroc_drop"] == 0.005
+    lo, hi = check["auroc_change_ci95"]
+    assert lo <= check["auroc_change"] <= hi and check["forced"] is True
+    assert "bf16 vs fp32 on 24 labelled image(s), same provider: AUROC change" in ran.stderr
+
+
+_MEASURE = """
+import json, sys
+from pathlib import Path
+from cxr.runtime.precision_gate import labelled_images, openvino_lines, openvino_precisions
+from cxr.runtime.scoring import Scorer
+model, labels, folder = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+x, y, source = labelled_images(labels, folder, Scorer(model, device="cpu").card.preprocess)
+report = openvino_precisions(model, x, y, source, batch_sizes=(1, 4), seconds=0.05)
+print(json.dumps({"report": report, "lines": openvino_lines(report), "torch": "torch" in sys.modules}))
+"""
+
+
+def test_openvino_precisions_for_the_export_report_measure_and_keep_every_runnable_precision(ov_python, trained,
+                                                                                             tmp_path):
+    import shutil
+
+    folder, model = trained
+    for name in ("model.onnx", "model.int8.onnx"):
+        shutil.copy(model.with_name(name), tmp_path / name)
+    ran = subprocess.run([str(ov_python), "-c", _MEASURE, tmp_path / "model.onnx", folder / "labels.csv", folder],
+                         capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert ran.returncode == 0, ran.stderr
+    out = json.loads(ran.stdout.strip().splitlines()[-1])
+    report, lines = out["report"], out["lines"]
+    assert out["torch"] is False and report["measured"] is True and report["n_images"] == 24
+    bf16 = any(cpu_flags()[f] for f in BF16_FLAGS)
+    assert set(report["precisions"]) == {"fp32", "int8"} | ({"bf16"} if bf16 else set())
+    assert set(report["not_measured"]) == (set() if bf16 else {"bf16"})
+    for name, entry in report["precisions"].items():
+        assert set(entry["ms_per_image"]) == {"1", "4"}
+        if name != "fp32":
+            assert entry["passed"] == (-entry["auroc_change"] <= {"bf16": 0.005, "int8": 0.01}[name])
+            assert f"  {name} {'PASS' if entry['passed'] else 'FAIL'} (" in "\n".join(lines)
+    kept = json.loads((tmp_path / "model.precision.json").read_text())["entries"]
+    assert report["kept_in"] == str(tmp_path / "model.precision.json") and len(kept) == 1
+    assert kept[0]["key"]["provider"] == "openvino" and kept[0]["n_images"] == 24
+    assert lines[0].startswith("OpenVINO precisions on 24 labelled image(s) (CPU flags ")

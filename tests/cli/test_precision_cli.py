@@ -144,3 +144,77 @@ def test_bench_json_names_the_precision(labelled, tmp_path):
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
     assert data["precision"]["used"] == "fp32" and data["precision"]["device"] == "cpu"
+
+
+def _decisions(csv_path):
+    import csv
+
+    with open(csv_path, newline="") as fh:
+        return {row["path"]: row["cardiomegaly"] for row in csv.DictReader(fh)}
+
+
+def test_labels_with_int8_compare_with_fp32_on_the_same_images(labelled, tmp_path):
+    """A copy that ranks the images as fp32 does (AUROC unchanged) but whose probabilities sit lower: at a threshold
+    between the two, some decisions flip, and the check counts exactly the rows whose call differs from fp32's."""
+    folder, model = labelled
+    _int8(model, gain=4.0)  # same order as fp32's gain 8, probabilities nearer 0.5
+    common = ["--labels", folder / "labels.csv", "--device", "cpu", "--threshold", "0.516"]
+    ref = _score([folder, "--out", tmp_path / "fp32.csv", "--model", model, *common, "--quiet"])
+    assert ref.exit_code == 0, ref.output
+    assert "precision_check" not in json.loads((tmp_path / "fp32.manifest.json").read_text())  # nothing to compare
+    result = _score([folder, "--out", tmp_path / "int8.csv", "--model", model, *common, "--precision", "int8"])
+    assert result.exit_code == 0, result.output
+    fp32_calls, int8_calls = _decisions(tmp_path / "fp32.csv"), _decisions(tmp_path / "int8.csv")
+    flips = sum(fp32_calls[p] != int8_calls[p] for p in fp32_calls)
+    assert 0 < flips < 12  # the constructed case: some calls flip, not all
+    check = json.loads((tmp_path / "int8.manifest.json").read_text())["precision_check"]
+    assert check["compared"] is True and check["precision"] == "int8" and check["device"] == "cpu"
+    assert check["decision_flips"] == flips and check["threshold"] == 0.516
+    assert check["labelled_images"] == check["images_compared"] == check["n"] == 12 and check["n_positive"] == 6
+    assert check["reference"]["model"] == str(model) and check["reference"]["precision"] == "fp32"
+    assert check["auroc_change"] == pytest.approx(0.0, abs=1e-12) and check["auroc"] == check["auroc_fp32"]
+    lo, hi = check["auroc_change_ci95"]
+    assert lo <= 0.0 <= hi and 0 < check["max_abs_prob_diff"] < 0.02
+    assert check["passed"] is True and check["exceeds_gate"] is False and check["gate_max_auroc_drop"] == 0.01
+    assert "comparing int8 with fp32 on the 12 labelled image(s)" in result.output
+    assert "int8 vs fp32 on 12 labelled image(s), same provider: AUROC change +0.0000" in result.output
+    assert f"{flips} decision(s) flip at 0.516" in result.output and "warning" not in result.output
+
+
+def test_labels_with_an_int8_beyond_its_gate_warn_unless_forced(labelled, tmp_path):
+    folder, model = labelled
+    _int8(model, gain=-8.0)  # reversed order: AUROC 1 - fp32's, every call flips at 0.5
+    common = [folder, "--model", model, "--labels", folder / "labels.csv", "--device", "cpu", "--precision", "int8"]
+    warned = _score([*common, "--out", tmp_path / "w.csv"])
+    assert warned.exit_code == 0, warned.output
+    check = json.loads((tmp_path / "w.manifest.json").read_text())["precision_check"]
+    assert check["exceeds_gate"] is True and check["passed"] is False and check["forced"] is False
+    assert check["auroc"] == pytest.approx(1 - check["auroc_fp32"]) and check["decision_flips"] == 12
+    assert "cxr-score: warning: int8 lost more AUROC than its 0.01 gate allows on these labelled images" in (
+        warned.output)
+    assert "12 decision(s) flipped" in warned.output and "--precision fp32" in warned.output
+
+    forced = _score([*common, "--out", tmp_path / "f.csv", "--force-precision"])
+    assert forced.exit_code == 0, forced.output
+    check = json.loads((tmp_path / "f.manifest.json").read_text())["precision_check"]
+    assert check["exceeds_gate"] is True and check["forced"] is True
+    assert "warning" not in forced.output and "(forced: --force-precision)" in forced.output
+
+
+def test_a_reduced_copy_given_as_model_is_compared_with_the_fp32_file_its_card_names(labelled, tmp_path):
+    from tests.onnx_fixtures import mean_brightness_model
+
+    folder, model = labelled
+    card = default_card(64, export={"opset": 17, "precision": "int8", "validation": {"fp32_source": model.name}})
+    int8 = mean_brightness_model(tmp_path / "copy.int8.onnx", size=64, gain=4.0, card=card)
+    args = [folder, "--model", int8, "--labels", folder / "labels.csv", "--device", "cpu", "--quiet"]
+    assert _score([*args, "--out", tmp_path / "a.csv"]).exit_code == 0
+    check = json.loads((tmp_path / "a.manifest.json").read_text())["precision_check"]
+    assert check["compared"] is True and check["reference"]["model"] == str(model)
+    assert check["reference"]["found_by"] == "the fp32 source named in copy.int8.onnx's card"
+
+    model.unlink()
+    assert _score([*args, "--out", tmp_path / "b.csv"]).exit_code == 0
+    check = json.loads((tmp_path / "b.manifest.json").read_text())["precision_check"]
+    assert check["compared"] is False and "model.onnx, the fp32 source named in copy.int8.onnx's card, does not" \
+        " exist" in check["why"]

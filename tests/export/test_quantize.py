@@ -180,3 +180,16 @@ def test_a_variant_whose_output_depends_on_its_batch_is_refused_even_forced(tiny
     assert "model.fp16.onnx" in v["reason"] and ".tmp-" not in v["reason"]
     assert not side_path(report.path, "fp16.onnx").exists()
     assert v["rejected_path"] == str(side_path(report.path, "fp16.rejected.onnx")) and report.path.is_file()
+
+
+def test_the_report_says_openvino_precisions_were_not_measured_where_the_provider_is_absent(int8_export):
+    if "OpenVINOExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has the OpenVINO provider (measured there: tests/cli/test_openvino.py)")
+    model = int8_export.path
+    reason = (f"onnxruntime-openvino not installed here; run `cxr-bench --model {model} --device openvino "
+              "--labels LABELS` where it is")
+    assert int8_export.openvino == {"measured": False, "reason": reason}
+    assert f"OpenVINO precisions: not measured ({reason})" in int8_export.summary_lines()
+    report = json.loads(side_path(model, "validation.json").read_text())
+    assert report["openvino_precisions"]["measured"] is False and "variants" in report
+    assert not side_path(model, "precision.json").exists()

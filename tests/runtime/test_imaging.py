@@ -378,3 +378,36 @@ def test_concurrent_reads_restore_the_opencv_log_level(good_folder):
         shapes = list(pool.map(lambda n: read_image(good_folder / n).shape, ["gray8.png", "rgb.jpg", "rgba.png"] * 8))
     assert shapes[:3] == [(256, 224), (200, 200), (128, 128)]
     assert cv2.utils.logging.getLogLevel() == level
+
+
+def _read_in_child(path, queue):
+    try:
+        queue.put(read_image(path).shape)
+    except ImageError as exc:
+        queue.put(exc.code)
+
+
+def test_decode_helpers_end_with_their_readers_and_a_forked_child_gets_its_own(tmp_path):
+    """One decode helper thread per reading thread: gone when the reader ends (no build-up over many folder runs), and
+    a fork (a DataLoader worker) whose parent read before does not wait on the parent's helper, which it lacks."""
+    import gc
+    import multiprocessing
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    path = _write(tmp_path / "x.png", chest_like(64, 80))
+    for _ in range(5):
+        with ThreadPoolExecutor(2) as pool:
+            assert all(s == (64, 80) for s in pool.map(lambda _: read_image(path).shape, range(4)))
+    gc.collect()
+    read_image(path)  # this thread's helper, inherited (without its thread) by the child below
+    helpers = [t for t in threading.enumerate() if t.name == "cxr-decode"]
+    assert len(helpers) <= 1
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_read_in_child, args=(path, queue))
+    child.start()
+    try:
+        assert queue.get(timeout=10) == (64, 80)  # without its own helper it would wait 20 s and say too_slow
+    finally:
+        child.join(15)
