@@ -670,7 +670,7 @@ class _ScoreRun:
             writer.identity = run_identity(folder=req.folder, model_sha256=scorer.model_sha256, threshold=thr,
                                            device=scorer.device, labels=req.labels.path,
                                            path_column=req.labels.path_column, label_column=req.labels.label_column,
-                                           files_given=req.files is not None)
+                                           files_given=req.files is not None, precision=plan.precision)
             try:
                 self.journal = open_journal(out, writer.identity, req.resume, _echo)
             except OSError as exc:

@@ -87,3 +87,17 @@ def test_start_replaces_an_earlier_journal_and_says_how_much_it_held(tmp_path):
     journal = Journal.start(path, IDENTITY)
     journal.close()
     assert journal.replaced == 3 and read_journal(path).rows == {}
+
+
+def test_the_precision_is_part_of_the_identity_and_fp32_journals_keep_theirs(tmp_path):
+    """bf16 runs the fp32 file (same sha256) with other probabilities: resuming one with the other would mix rows."""
+    from cxr.runtime.journal import run_identity
+
+    base = {"folder": tmp_path, "model_sha256": "ab" * 32, "threshold": 0.5, "device": "openvino"}
+    fp32, bf16 = run_identity(**base), run_identity(**base, precision="bf16")
+    assert "precision" not in fp32  # journals written before the field still belong to fp32 runs
+    assert bf16 == {**fp32, "precision": "bf16"}
+    _, path = _journal_with_rows(tmp_path)
+    Journal.resume(path, IDENTITY)  # the same identity continues
+    with pytest.raises(JournalMismatch, match=r"precision \"bf16\" here, null there"):
+        Journal.resume(path, {**IDENTITY, "precision": "bf16"})
