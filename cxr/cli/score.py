@@ -768,7 +768,13 @@ class _ScoreRun:
         label_report = matcher.report(self.thr) if matcher is not None else None
         from cxr.cli.precision_opts import precision_check
 
-        self.check = precision_check(self, matcher, _echo)  # bf16/int8 with labels: the same images in fp32
+        cut_short = None
+        try:
+            self.check = precision_check(self, matcher, _echo)  # bf16/int8 with labels: the same images in fp32
+        except (KeyboardInterrupt, _Terminated) as exc:  # the results are complete: the manifest still gets written
+            cut_short = exc
+            self.check = {"compared": False, "why": "cut short by " + ("SIGTERM" if isinstance(exc, _Terminated)
+                                                                       else "Ctrl-C") + " during the fp32 pass"}
         manifest = build_manifest(
             scorer=self.scorer, folder=req.folder, out=out, tally=self.tally, walk=self.walk, threshold=self.thr,
             threshold_source=self.thr_source, started=self.started_wall,
@@ -799,6 +805,10 @@ class _ScoreRun:
                 _error(f"results written to {out}, but the report {extras.report_path} could not be: "
                        f"{exc.strerror or exc}")
                 sys.exit(EXIT_FAILED)
+        if cut_short is not None:
+            _error(f"{'terminated (SIGTERM)' if isinstance(cut_short, _Terminated) else 'interrupted'} during the "
+                   f"comparison with fp32; {out} and its manifest {mpath} are complete (precision_check: not compared)")
+            sys.exit(EXIT_TERMINATED if isinstance(cut_short, _Terminated) else EXIT_INTERRUPTED)
         failed_drawings = extras.drawer.stats.failed if extras.drawer is not None else 0
         if failed_drawings:
             _echo(f"cxr-score: warning: {failed_drawings} image(s) could not be drawn for the overlays/report "

@@ -218,3 +218,24 @@ def test_a_reduced_copy_given_as_model_is_compared_with_the_fp32_file_its_card_n
     check = json.loads((tmp_path / "b.manifest.json").read_text())["precision_check"]
     assert check["compared"] is False and "model.onnx, the fp32 source named in copy.int8.onnx's card, does not" \
         " exist" in check["why"]
+
+
+def test_ctrl_c_during_the_fp32_comparison_keeps_the_results_and_writes_the_manifest(labelled, tmp_path, monkeypatch):
+    import cxr.runtime.precision_check as pc
+
+    folder, model = labelled
+    _int8(model, gain=4.0)
+
+    def interrupted(**_):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pc, "compare_with_fp32", interrupted)
+    out = tmp_path / "int8.csv"
+    result = _score([folder, "--out", out, "--model", model, "--labels", folder / "labels.csv", "--device", "cpu",
+                     "--precision", "int8"])
+    assert result.exit_code == 130, result.output
+    assert "interrupted during the comparison with fp32" in result.output and "are complete" in result.output
+    assert len(_decisions(out)) == 12  # every row is there
+    manifest = json.loads((tmp_path / "int8.manifest.json").read_text())
+    assert manifest["precision_check"] == {"compared": False, "why": "cut short by Ctrl-C during the fp32 pass"}
+    assert manifest["counts"]["ok"] == 12
