@@ -176,7 +176,8 @@ def mode_real(args, out: Path) -> dict:
     print("\n" + "=" * 100)
     decision = metrics["decision"]
     print(f"make real: trained on wingspan + JSRT (masks) and the NIH sample at once; patient-disjoint splits per "
-          f"source; decision: {decision['mode']} (chosen on validation: {decision['validation'].get('auroc')})")
+          f"source; decision: {decision['mode']} (validation AUROC: "
+          + ", ".join(f"{k} {fmt(v)}" for k, v in (decision['validation'].get('auroc') or {}).items()) + ")")
     lines = table("Test split (PyTorch, best weights)", metrics["metrics"]["test"])
     print(f"cxr-score on the exported model, test split: AUROC {fmt(m.get('auroc'))} (95% CI "
           f"{fmt((m.get('auroc_ci95') or [None])[0])}-{fmt((m.get('auroc_ci95') or [None, None])[1])}), n={m.get('n')}")
