@@ -123,7 +123,7 @@ def _train_epoch(model, loader, optimizer, criterion, ctx, autocast, scaler, epo
 
     model.train()
     total, count, masked, seg_total, seg_count = 0.0, 0, 0, 0.0, 0
-    show = ctx.is_main and sys.stderr.isatty()
+    show = ctx.is_main and sys.stderr.isatty() and log.isEnabledFor(logging.INFO)  # with the epoch lines: not -q
     for batch in tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not show):
         images, labels, ok = batch[0].to(ctx.device, non_blocking=True), batch[1].to(ctx.device), batch[2]
         okf = ok.to(ctx.device).float()
