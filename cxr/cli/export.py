@@ -74,8 +74,8 @@ def main(checkpoint: Path, out: Path, no_validate: bool, quiet: bool, verbose: b
     if not quiet:
         for line in report.summary_lines():
             click.echo(line)
-    for name, v in report.variants.items():  # said even with --quiet: a file that was asked for is missing
-        if not v.get("written"):
+    for name, v in report.variants.items():  # --quiet: the reason is kept in the validation report's variants
+        if not v.get("written") and not quiet:
             click.echo(f"cxr-export: warning: {name} copy not written: {v.get('reason')}", err=True)
 
 

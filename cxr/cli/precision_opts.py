@@ -53,7 +53,7 @@ def build_scorer(model: Path, device: str, precision: str | None, force: bool, t
     return scorer, plan
 
 
-def precision_check(run, matcher, echo) -> dict | None:
+def precision_check(run, matcher, echo, warn) -> dict | None:
     """cxr-score --labels at bf16/int8 (local engine): the labelled images scored again in fp32 on the same provider
     (cxr.runtime.precision_check); says what it does unless --quiet, warns when the AUROC drop is beyond the gate
     (unless forced). The manifest's `precision_check`, or None when there is nothing to compare."""
@@ -71,5 +71,5 @@ def precision_check(run, matcher, echo) -> dict | None:
                               workers=req.workers, threads=req.threads, forced=req.force_precision)
     warning = gate_warning(check)
     if warning:
-        echo(f"cxr-score: warning: {warning}")
+        warn(warning)  # printed unless --quiet, and listed in the manifest's warnings
     return check

@@ -24,12 +24,14 @@ from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 import click
 
 from cxr import __version__
 from cxr.cli import FiniteFloat
 from cxr.cli.precision_opts import DEVICE_HELP, precision_options
+from cxr.cli.score_warnings import RunWarnings
 from cxr.cli.verbosity import VERBOSE, setup_logging, verbosity_options
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 3, 130, 143
@@ -208,7 +210,7 @@ def _remove_created() -> None:
             _CREATED.clear()  # not empty: results (or something else) are in it, and in its parents
 
 
-def _lock_out(out: Path, quiet: bool) -> None:
+def _lock_out(out: Path, warn: Callable[[str], None]) -> None:
     """Hold <out>.lock for the run: a second run on the same --out is refused (exit 1), a dead run's lock taken over."""
     from cxr.runtime.results import OutputLock, OutputLocked
 
@@ -223,7 +225,7 @@ def _lock_out(out: Path, quiet: bool) -> None:
         sys.exit(EXIT_FAILED)
     _LOCKS.append(lock)
     if lock.taken_over is not None:
-        _echo(f"cxr-score: warning: took over {lock.path}, left by process {lock.taken_over}, which no longer runs")
+        warn(f"took over {lock.path}, left by process {lock.taken_over}, which no longer runs")
 
 
 def _overlap(a: Path, b: Path) -> bool:
@@ -431,7 +433,8 @@ def _note(message: str, quiet: bool) -> None:
               help="--engine ray: scorer actors (one model session each).")
 @click.option("--gpus-per-actor", type=FiniteFloat(0.0, 64.0), default=0.0, show_default=True,
               help="--engine ray: GPUs each scorer actor asks for (0.5: two actors share one).")
-@verbosity_options(quiet_help="No progress bar and no summary; errors only.")
+@verbosity_options(quiet_help="Errors only: no progress bar, notes, warnings or summary on stderr (the warnings "
+                                "are kept in the manifest; one file's answer still goes to stdout).")
 @click.version_option(__version__, prog_name="cxr-score")
 def main(*, targets: tuple[Path, ...], out: Path, model: Path, device: str, batch_size: int, workers: int,
          threads: int | None, threshold: float | None, labels: Path | None, path_column: str,
@@ -450,7 +453,7 @@ def main(*, targets: tuple[Path, ...], out: Path, model: Path, device: str, batc
     from cxr.cli.score_journal import exit_now_if_readers_stuck
 
     _std_fds_open()
-    if verbose:  # debug logging; the default and --quiet keep Python's own (warnings, unprefixed) as before
+    if verbose:  # debug logging; warnings (cxr's and Python's) go through the run's RunWarnings, -v or not
         setup_logging(VERBOSE, "cxr-score")
     if resume and (overlays is not None or report is not None):
         raise click.UsageError("--resume cannot be combined with --overlays or --report (the resumed rows have no "
@@ -469,8 +472,8 @@ def main(*, targets: tuple[Path, ...], out: Path, model: Path, device: str, batc
                 _ScoreRun(_Request(
                     folder=folder, out=out, model=model, device=device, batch_size=batch_size, workers=workers,
                     threads=threads, threshold=threshold, labels=_LabelsOption(labels, path_column, label_column),
-                    overlays=overlays, report=report, quiet=quiet, files=files, globbed_other=globbed_other,
-                    resume=resume, engine=engine_option, precision=precision,
+                    overlays=overlays, report=report, quiet=quiet, verbose=verbose, files=files,
+                    globbed_other=globbed_other, resume=resume, engine=engine_option, precision=precision,
                     force_precision=force_precision)).run()
             except _Terminated:  # before scoring started (once it has, the run reports it itself)
                 _error(f"terminated (SIGTERM) before scoring started; nothing was written to {out}")
@@ -525,7 +528,7 @@ def _read_label_table(option: _LabelsOption):
     return table
 
 
-def _match_labels(table, folder: Path, files: list[Path], quiet: bool):
+def _match_labels(table, folder: Path, files: list[Path], warn: Callable[[str], None]):
     """A LabelMatcher for the walked files; a usage error when no labelled path matches a scored image, a warning
     (and exit 3 at the end) when few do."""
     from cxr.runtime.labels import LabelMatcher, LabelsError, match_labels
@@ -542,8 +545,7 @@ def _match_labels(table, folder: Path, files: list[Path], quiet: bool):
     matched = len(match.by_file)
     matcher.few = 2 * matched < len(table.labels) and 2 * matched < len(files)
     if matcher.few:
-        _echo(f"cxr-score: warning: --labels {table.source}: few labels match: {match.describe(table, files)} "
-              "(the run ends with exit 3)")
+        warn(f"--labels {table.source}: few labels match: {match.describe(table, files)} (the run ends with exit 3)")
     return matcher
 
 
@@ -563,6 +565,7 @@ class _Request:
     overlays: Path | None
     report: Path | None
     quiet: bool
+    verbose: bool = False
     files: list[Path] | None = None  # None: walk the folder; else these files under it
     globbed_other: int = 0  # non-image files a glob matched
     resume: bool = False
@@ -582,12 +585,20 @@ class _ScoreRun:
         self.started_wall = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self.t0 = time.perf_counter()
         self.label_table = _read_label_table(request.labels)  # a usage error before anything is written
+        self.warn = RunWarnings(_echo, quiet=request.quiet, verbose=request.verbose)  # said unless -q; all kept
         self.manifest_written = False
         self.report_written = False
 
     def run(self) -> None:
-        self.prepare()
-        self.score()
+        self.warn.start_capture()
+        try:
+            self.prepare()
+            self.score()
+            self._finish_unless_terminated()
+        finally:
+            self.warn.stop_capture()
+
+    def _finish_unless_terminated(self) -> None:
         try:
             self.finish()
         except _Terminated:
@@ -616,10 +627,10 @@ class _ScoreRun:
         _check_extras(req.folder, out, req.model, req.labels.path, req.overlays, req.report, req.files)
         _make_out_folder(out, req.quiet)
         _check_out_kind(out)
-        _lock_out(out, req.quiet)
+        _lock_out(out, self.warn)
         from cxr.cli.score_journal import name_leftovers, open_journal, resume_note
 
-        name_leftovers(out, _echo)
+        name_leftovers(out, self.warn)
         if req.report is not None and not req.report.parent.is_dir():
             _error(f"cannot write {req.report}: folder {req.report.parent} does not exist")
             sys.exit(EXIT_FAILED)
@@ -643,20 +654,23 @@ class _ScoreRun:
         try:  # until scoring starts, any exit (Ctrl-C during a long walk included) removes the temporary file
             thr = self.thr = scorer.threshold if req.threshold is None else float(req.threshold)
             thr_source = self.thr_source = "card" if req.threshold is None else "--threshold"
-            # What --device auto picked is always said, --quiet or not (a device picked for the user is never silent).
+            # --quiet: errors only; what --device auto and --precision picked, and why, are in the manifest
             _note(f"model {req.model} on {scorer.device} ({', '.join(scorer.providers)}); threshold {thr:g} "
-                  f"({thr_source})", req.quiet and req.device != "auto")
+                  f"({thr_source})", req.quiet)
             unchecked = plan.precision not in ("fp32", "fp16") and (plan.gate is None or plan.forced)
-            _note(f"precision {plan.precision}: {plan.why}", req.quiet and req.precision != "auto" and not unchecked)
+            if unchecked:  # never measured here, or forced past its failed gate
+                self.warn(f"precision {plan.precision}: {plan.why}")
+            else:
+                _note(f"precision {plan.precision}: {plan.why}", req.quiet)
 
             walk = self.walk = (find_images(req.folder) if req.files is None
                                 else WalkResult(files=req.files, skipped_non_images=req.globbed_other))
             for problem in walk.problems:
-                _echo(f"cxr-score: warning: {problem}")
+                self.warn(problem)
             if not walk.files:
                 _error(f"no images found in {req.folder} ({walk.skipped_non_images} other file(s) skipped)")
                 sys.exit(EXIT_FAILED)
-            self.matcher = (_match_labels(self.label_table, req.folder, walk.files, req.quiet)
+            self.matcher = (_match_labels(self.label_table, req.folder, walk.files, self.warn)
                             if self.label_table is not None else None)
             self.ray_run = _connect(req.engine, req.quiet)
             try:
@@ -672,7 +686,7 @@ class _ScoreRun:
                                            path_column=req.labels.path_column, label_column=req.labels.label_column,
                                            files_given=req.files is not None, precision=plan.precision)
             try:
-                self.journal = open_journal(out, writer.identity, req.resume, _echo)
+                self.journal = open_journal(out, writer.identity, req.resume, self.warn)
             except OSError as exc:
                 _error(f"cannot write the journal beside {out}: {exc.strerror or exc}")
                 sys.exit(EXIT_FAILED)
@@ -722,8 +736,8 @@ class _ScoreRun:
                 _note(f"removed {', '.join(map(str, writer.removed_partials))}, left by earlier interrupted run(s): "
                       f"{out} is complete", req.quiet)
             for kept in writer.kept_partials:
-                _echo(f"cxr-score: warning: kept {kept}: left by an interrupted run of another folder, model or "
-                      "settings (or an older cxr), so these results do not stand for it")
+                self.warn(f"kept {kept}: left by an interrupted run of another folder, model or settings (or an "
+                          "older cxr), so these results do not stand for it")
             if req.files is not None and len(self.walk.files) == 1 and last_row is not None and last_row.ok:
                 _print_one(last_row, self.thr)
         except (KeyboardInterrupt, _Terminated) as exc:
@@ -765,12 +779,16 @@ class _ScoreRun:
         req, out, extras, matcher = self.req, self.req.out, self.extras, self.matcher
         from cxr.runtime.results import build_manifest, manifest_path, write_json_atomic
 
+        failed_drawings = extras.drawer.stats.failed if extras.drawer is not None else 0
+        if failed_drawings:
+            self.warn(f"{failed_drawings} image(s) could not be drawn for the overlays/report (first: "
+                      f"{extras.drawer.stats.failures[0]}); see the manifest")
         label_report = matcher.report(self.thr) if matcher is not None else None
         from cxr.cli.precision_opts import precision_check
 
         cut_short = None
         try:
-            self.check = precision_check(self, matcher, _echo)  # bf16/int8 with labels: the same images in fp32
+            self.check = precision_check(self, matcher, _echo, self.warn)  # bf16/int8 + labels: the images in fp32
         except (KeyboardInterrupt, _Terminated) as exc:  # the results are complete: the manifest still gets written
             cut_short = exc
             self.check = {"compared": False, "why": "cut short by " + ("SIGTERM" if isinstance(exc, _Terminated)
@@ -790,6 +808,7 @@ class _ScoreRun:
         manifest["engine"] = engine_manifest(self.ray_run)
         if self.check is not None:
             manifest["precision_check"] = self.check
+        manifest["warnings"] = self.warn.manifest()
         mpath = manifest_path(out)
         try:
             write_json_atomic(mpath, manifest)
@@ -809,10 +828,6 @@ class _ScoreRun:
             _error(f"{'terminated (SIGTERM)' if isinstance(cut_short, _Terminated) else 'interrupted'} during the "
                    f"comparison with fp32; {out} and its manifest {mpath} are complete (precision_check: not compared)")
             sys.exit(EXIT_TERMINATED if isinstance(cut_short, _Terminated) else EXIT_INTERRUPTED)
-        failed_drawings = extras.drawer.stats.failed if extras.drawer is not None else 0
-        if failed_drawings:
-            _echo(f"cxr-score: warning: {failed_drawings} image(s) could not be drawn for the overlays/report "
-                  f"(first: {extras.drawer.stats.failures[0]}); see the manifest")
         if not req.quiet:
             for line in self.summary(mpath, manifest["timings"], label_report):
                 _echo(f"cxr-score: {line}")

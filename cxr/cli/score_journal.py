@@ -12,7 +12,7 @@ from typing import Callable
 import click
 
 
-def name_leftovers(out: Path, echo: Callable[[str], None]) -> None:
+def name_leftovers(out: Path, warn: Callable[[str], None]) -> None:
     """Say which hidden temporary files a killed run (SIGKILL, power loss) left for --out: they are never removed
     here, since they hold rows; the journal holds the same rows, so --resume continues without them."""
     from cxr.runtime.journal import journal_path
@@ -20,12 +20,12 @@ def name_leftovers(out: Path, echo: Callable[[str], None]) -> None:
 
     for path, rows in leftover_temps(out):
         what = f"{rows} whole row(s)" if rows else "no whole row"
-        echo(f"cxr-score: warning: {path} was left by a killed run on this --out ({what}); "
+        warn(f"{path} was left by a killed run on this --out ({what}); "
              + (f"--resume continues from {journal_path(out)}; " if journal_path(out).exists() else "")
              + "delete it once you no longer need it")
 
 
-def open_journal(out: Path, identity: dict, resume: bool, echo: Callable[[str], None]):
+def open_journal(out: Path, identity: dict, resume: bool, warn: Callable[[str], None]):
     """The run's journal: a new one, or with --resume the one beside --out when it was written with the same
     folder, model and settings (otherwise a usage error, exit 2). OSError when it cannot be written."""
     from cxr.runtime.journal import Journal, JournalMismatch, journal_path
@@ -35,7 +35,7 @@ def open_journal(out: Path, identity: dict, resume: bool, echo: Callable[[str], 
     if not resume:
         journal = Journal.start(path, identity)
         if journal.replaced:
-            echo(f"cxr-score: warning: started {path} afresh; the earlier one held {journal.replaced} finished "
+            warn(f"started {path} afresh; the earlier one held {journal.replaced} finished "
                  "file(s) (--resume would have continued it)")
         return journal
     try:
@@ -46,7 +46,7 @@ def open_journal(out: Path, identity: dict, resume: bool, echo: Callable[[str], 
             "mixed into these results: give another --out, or run without --resume to start over"),
             param_hint="--resume") from None
     if journal.ignored:
-        echo(f"cxr-score: warning: {path}: {journal.ignored} torn or damaged line(s) ignored (a killed run or a "
+        warn(f"{path}: {journal.ignored} torn or damaged line(s) ignored (a killed run or a "
              "power loss); their files are scored again")
     return journal
 

@@ -44,3 +44,5 @@ def setup_logging(level_name: str, prefix: str, normal_level: int = logging.INFO
     command shows by default (cxr-export shows warnings only; cxr-train shows its per-epoch lines)."""
     level = normal_level if level_name == NORMAL else LEVELS[level_name]
     logging.basicConfig(level=level, format=f"{prefix}: %(message)s", stream=sys.stderr)
+    if level_name == QUIET:  # Python's warnings (torch's, a decoder's) through logging too, so quiet drops them
+        logging.captureWarnings(True)

@@ -16,6 +16,7 @@ import logging
 import random
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -122,7 +123,7 @@ def _train_epoch(model, loader, optimizer, criterion, ctx, autocast, scaler, epo
 
     model.train()
     total, count, masked, seg_total, seg_count = 0.0, 0, 0, 0.0, 0
-    show = ctx.is_main and sys.stderr.isatty()
+    show = ctx.is_main and sys.stderr.isatty() and log.isEnabledFor(logging.INFO)  # with the epoch lines: not -q
     for batch in tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not show):
         images, labels, ok = batch[0].to(ctx.device, non_blocking=True), batch[1].to(ctx.device), batch[2]
         okf = ok.to(ctx.device).float()
@@ -152,19 +153,6 @@ def _train_epoch(model, loader, optimizer, criterion, ctx, autocast, scaler, epo
         log.warning("epoch %d: %d unreadable training image(s) left out (named in the warnings above)", epoch, masked)
     return (total / count if count else float("nan")), int(masked), (seg_total / seg_count if seg_count
                                                                      else float("nan"))
-
-
-def _payload(kind: str, model: CardiomegalyNet, config: TrainConfig, data: PreparedData, threshold: Threshold,
-             metrics: dict, epoch: int, *, state_dict=None, decision: Decision | None = None) -> dict[str, Any]:
-    return {
-        "kind": kind, "model": {"arch": config.arch, "dropout": config.dropout, "seg_head": config.use_seg_head},
-        "decision": (decision or Decision()).to_dict(),
-        "model_state": {k: v.detach().cpu().clone() for k, v in (state_dict or model.state_dict()).items()},
-        "preprocess": config.preprocess.to_dict(), "normalization": model_normalization(model),
-        "threshold": {"value": float(threshold.value), "method": threshold.method, "detail": threshold.detail},
-        "metrics": metrics, "config": config.to_dict(), "data": data.summary, "epoch": int(epoch),
-        "versions": _versions(),
-    }
 
 
 def _param_groups(model: CardiomegalyNet, config: TrainConfig) -> list[dict[str, Any]]:
@@ -221,7 +209,7 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> dic
         _amp(config, ctx.device)  # an option that cannot work on this device fails before any image is indexed
         if ctx.device.type == "cpu":
             torch.use_deterministic_algorithms(True, warn_only=True)
-        return _train(config, run_dir, resume, ctx)
+        return _TrainRun(config, run_dir, resume, ctx).run()
     except Exception:
         if created and ctx.is_main:
             _remove_failed_start(run_dir)
@@ -239,115 +227,6 @@ def _remove_failed_start(run_dir: Path) -> None:
     if run_dir.is_dir() and not (run_dir / "last.pt").exists():
         shutil.rmtree(run_dir, ignore_errors=True)
         log.debug("removed %s: the run failed before its first epoch", run_dir)
-
-
-def _train(config: TrainConfig, run_dir: Path, resume: bool, ctx: D.DistContext) -> dict[str, Any]:
-    last = None
-    if resume:
-        if not (run_dir / "last.pt").is_file():
-            raise TrainError(f"--resume {run_dir}: no last.pt there, nothing to resume")
-        last = load_checkpoint(run_dir / "last.pt")
-        config = _check_resumable(TrainConfig.from_dict(last["config"]), config, run_dir)
-    elif ctx.is_main:
-        if (run_dir / "last.pt").exists():
-            raise TrainError(f"{run_dir} already holds a run (last.pt); use --resume {run_dir} or another --out")
-        run_dir.mkdir(parents=True, exist_ok=True)
-    D.barrier(ctx)
-
-    random.seed(config.seed)
-    np.random.seed(config.seed)
-    torch.manual_seed(config.seed)
-    # the model first: unavailable initial weights fail before any image is read
-    model = build_model(config.arch, config.dropout, init=config.init if last is None else "random",
-                        seg_head=config.use_seg_head)
-    data = prepare_data(config, run_dir, ctx, resume=resume)
-    if last is not None:
-        data.summary = dict(last["data"])  # the same samples (from splits.csv) as the interrupted run
-    if ctx.is_main and not resume:
-        rundir.write_json(run_dir / "config.json", config.to_dict())
-    model.to(ctx.device)
-    net = torch.nn.parallel.DistributedDataParallel(
-        model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None) if ctx.enabled else model
-    opt_cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-    optimizer = opt_cls(_param_groups(model, config), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", patience=config.plateau_patience,
-                                                           factor=config.plateau_factor)
-    pos_weight = data.pos_weight
-    criterion = torch.nn.BCEWithLogitsLoss(
-        reduction="none", pos_weight=None if pos_weight is None else torch.tensor(pos_weight, device=ctx.device))
-    autocast, scaler = _amp(config, ctx.device)
-    train_ds, sampler, train_loader, evals = _loaders(config, data, ctx)
-    seg = config.use_seg_head
-    val_sources = [s.source for s in data.samples["val"]]
-
-    history: list[dict[str, Any]] = []
-    stop = EarlyStopping(config.early_stopping_patience)
-    best_state = None
-    start = 1
-    if last is not None:
-        model.load_state_dict(last["model_state"])
-        optimizer.load_state_dict(last["optimizer_state"])
-        scheduler.load_state_dict(last["scheduler_state"])
-        if scaler is not None and last.get("scaler_state"):
-            scaler.load_state_dict(last["scaler_state"])
-        stop = EarlyStopping.from_state(last["early_stopping"], config.early_stopping_patience,
-                                        str(run_dir / "last.pt"))
-        history = list(last["history"])
-        best_state = load_checkpoint(run_dir / "best.pt")["model_state"]
-        _set_rng_state(last["rng"])
-        start = int(last["epoch"]) + 1
-        log.info("resuming %s after epoch %d", run_dir, last["epoch"])
-
-    for epoch in range(start, config.max_epochs + 1):
-        if stop.stopped:
-            break
-        t0 = time.perf_counter()
-        torch.manual_seed(_epoch_seed(config.seed, epoch, ctx.rank))
-        sampler.set_epoch(epoch)
-        train_ds.set_epoch(epoch)
-        lr = optimizer.param_groups[0]["lr"]
-        train_loss, _, train_mask_loss = _train_epoch(net, train_loader, optimizer, criterion, ctx, autocast, scaler,
-                                                      epoch, mask_weight=config.mask_loss_weight if seg else None)
-        ev = evaluate_split(model, evals["val"], ctx, pos_weight, autocast)
-        ev_loss = _selection_loss(ev, config)
-        _require_usable_validation(ev, data.samples["val"])
-        if not (np.isfinite(ev.loss) and np.isfinite(ev.probabilities).all()):
-            raise TrainError(f"epoch {epoch}: the model's validation outputs are not finite (loss {ev.loss}): "
-                             f"training diverged; lower --lr (now {lr:g}) or check the images")
-        threshold = choose_threshold(config.threshold_method, config.target_sensitivity, ev.labels,
-                                     ev.probabilities)
-        row = {"epoch": epoch, "lr": lr, "train_loss": train_loss,
-               **epoch_metrics(ev, threshold, val_sources)}
-        if seg:
-            row.update(train_mask_loss=train_mask_loss, val_selection_loss=ev_loss)
-        scheduler.step(ev_loss)  # every rank holds the same gathered val loss, so schedulers agree
-        improved = stop.update(ev_loss, epoch)
-        if improved:
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        stop.stopped = bool(D.broadcast_from_main(ctx, stop.due))
-        row.update(seconds=round(time.perf_counter() - t0, 3), is_best=int(improved))
-        history.append(row)
-        log.info("epoch %d (%s, %.0f s): lr %.2e train_loss %.4f val_loss %.4f val_auroc %.4f%s%s", epoch,
-                 ctx.device, row["seconds"], lr, train_loss, ev.loss, row["val_auroc"], _anatomy_note(row),
-                 " (best)" if improved else "")
-        if ctx.is_main:
-            val_metrics = jsonable({"val": {k[4:]: v for k, v in row.items() if k.startswith("val_")}})
-            if improved:
-                save_checkpoint(_payload("best", model, config, data, threshold, val_metrics, epoch),
-                                run_dir / "best.pt")
-            state = _payload("last", model, config, data, threshold, val_metrics, epoch)
-            state.update(optimizer_state=optimizer.state_dict(), scheduler_state=scheduler.state_dict(),
-                         scaler_state=scaler.state_dict() if scaler is not None else {},
-                         early_stopping=stop.state_dict(), rng=_rng_state(), history=history,
-                         sampler={"seed": config.seed, "epoch": epoch, "world_size": ctx.world_size})
-            save_checkpoint(state, run_dir / "last.pt")
-            rundir.write_history(run_dir / "history.csv", history)
-        if stop.stopped:
-            log.info("early stopping after epoch %d: no lower validation loss for %d epochs (best epoch %d)",
-                     epoch, stop.bad_epochs, stop.best_epoch)
-
-    return _finish(config, run_dir, ctx, data=data, model=model, best_state=best_state, stop=stop, history=history,
-                   evals=evals, pos_weight=pos_weight, autocast=autocast)
 
 
 def _between_ties(threshold: Threshold, probabilities: np.ndarray, mode: str) -> Threshold:
@@ -390,48 +269,235 @@ def _require_usable_validation(ev, samples) -> None:
                      + (f": {shown}" if unreadable else "") + "); a model cannot be selected on them")
 
 
-def _finish(config, run_dir, ctx, *, data, model, best_state, stop: EarlyStopping, history, evals, pos_weight,
-            autocast):
-    """Best weights back; the decision (classifier, CTR or fusion) and the threshold chosen on validation with them;
-    test evaluated once; best.pt, metrics, plots."""
-    from cxr.train.evaluate import decided, full_report
+class _TrainRun:
+    """One call of `train`, its state in one place. `prepare`: the run folder, the model, data, optimizer, scheduler
+    and, when resuming, everything last.pt saved; `epochs`: train, validate, step the schedule, early-stop,
+    checkpoint; `finish`: the best weights, the decision and threshold chosen on validation, the test split evaluated
+    once, best.pt, metrics.json and plots. The steps draw random numbers in a fixed order, which resume relies on."""
 
-    if best_state is None:  # no epoch ran (max_epochs reached before the first): nothing to select from
-        raise TrainError("no epoch was trained, so there are no best weights (raise --max-epochs)")
-    model.load_state_dict(best_state)
-    val = evaluate_split(model, evals["val"], ctx, pos_weight, autocast)
-    val_rows = [data.samples["val"][int(i)] for i in val.index]
-    decision = choose_on_validation(config.decision if config.use_seg_head else "classifier", val_rows, val.labels,
-                                    val.logits, val.ctr, seed=config.seed)
-    candidates = _candidates(val, val_rows, decision, config) if config.use_seg_head else {"classifier": decision}
-    val_decided = decided(val, decision)
-    threshold = choose_threshold(config.threshold_method, config.target_sensitivity, val_decided.labels,
-                                 val_decided.probabilities)
-    if decision.mode != "classifier":
-        threshold = _between_ties(threshold, val_decided.probabilities, decision.mode)
-    kw = {"n_boot": config.bootstrap_n, "seed": config.seed}
-    metrics = {"val": full_report(val, decision, candidates, threshold, data.samples["val"], **kw),
-               "decision": decision.to_dict(),
-               "decision_candidates": {m: d.to_dict() for m, d in candidates.items()}}
-    test = None
-    if "test" in evals:
-        test = evaluate_split(model, evals["test"], ctx, pos_weight, autocast)
-        metrics["test"] = full_report(test, decision, candidates, threshold, data.samples["test"], **kw)
-        test = decided(test, decision)
-    summary = {
-        "run_dir": str(run_dir), "best_epoch": stop.best_epoch, "epochs_run": len(history),
-        "stopped_early": stop.stopped, "threshold": {"value": threshold.value, "method": threshold.method,
-                                                        "detail": threshold.detail},
-        "decision": decision.to_dict(),
-        "pos_weight": pos_weight, "world_size": ctx.world_size, "device": str(ctx.device), "data": data.summary,
-        "metrics": metrics,
-    }
-    if ctx.is_main:
-        save_checkpoint(_payload("best", model, config, data, threshold, jsonable(metrics),
-                                 stop.best_epoch, decision=decision), run_dir / "best.pt")
-        rundir.write_json(run_dir / "metrics.json", summary)
-        from cxr.train.plots import write_run_plots
+    model: CardiomegalyNet
+    net: torch.nn.Module  # the model, wrapped in DistributedDataParallel under torchrun
+    data: PreparedData
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
+    criterion: torch.nn.BCEWithLogitsLoss
+    autocast: Callable[[], contextlib.AbstractContextManager]
+    scaler: torch.amp.GradScaler | None
+    train_ds: CxrDataset
+    sampler: Any  # DistributedSampler or SourceBalancedSampler: both reshuffle on set_epoch
+    train_loader: DataLoader
+    evals: dict[str, DataLoader]  # "val" and, when the data has one, "test": this rank's shard of each
 
-        write_run_plots(run_dir, history, {"test": test, "validation": val_decided}, threshold.value, **kw)
-    D.barrier(ctx)
-    return copy.deepcopy(summary)
+    def __init__(self, config: TrainConfig, run_dir: Path, resume: bool, ctx: D.DistContext) -> None:
+        self.config, self.run_dir, self.resume, self.ctx = config, run_dir, resume, ctx
+        self.last: dict[str, Any] | None = None  # last.pt, when resuming
+        self.stop = EarlyStopping(config.early_stopping_patience)
+        self.history: list[dict[str, Any]] = []
+        self.best_state: dict[str, torch.Tensor] | None = None  # on the CPU, from the best validation epoch
+        self.start = 1  # the first epoch this call trains
+
+    def run(self) -> dict[str, Any]:
+        self.prepare()
+        self.epochs()
+        return self.finish()
+
+    def prepare(self) -> None:
+        config, ctx = self.config, self.ctx
+        self._open_run_dir()
+        random.seed(config.seed)
+        np.random.seed(config.seed)
+        torch.manual_seed(config.seed)
+        # the model first: unavailable initial weights fail before any image is read
+        self.model = build_model(config.arch, config.dropout, init=config.init if self.last is None else "random",
+                                 seg_head=config.use_seg_head)
+        self.data = prepare_data(config, self.run_dir, ctx, resume=self.resume)
+        if self.last is not None:
+            self.data.summary = dict(self.last["data"])  # the same samples (from splits.csv) as the interrupted run
+        if ctx.is_main and not self.resume:
+            rundir.write_json(self.run_dir / "config.json", config.to_dict())
+        self._optimization()
+        self.train_ds, self.sampler, self.train_loader, self.evals = _loaders(config, self.data, ctx)
+        if self.last is not None:
+            self._restore(self.last)
+
+    def _open_run_dir(self) -> None:
+        """Resuming: last.pt loaded and the config checked against it. Otherwise rank 0 refuses a folder that holds a
+        run and creates the folder; every rank waits for it."""
+        run_dir = self.run_dir
+        if self.resume:
+            if not (run_dir / "last.pt").is_file():
+                raise TrainError(f"--resume {run_dir}: no last.pt there, nothing to resume")
+            self.last = load_checkpoint(run_dir / "last.pt")
+            self.config = _check_resumable(TrainConfig.from_dict(self.last["config"]), self.config, run_dir)
+        elif self.ctx.is_main:
+            if (run_dir / "last.pt").exists():
+                raise TrainError(f"{run_dir} already holds a run (last.pt); use --resume {run_dir} or another --out")
+            run_dir.mkdir(parents=True, exist_ok=True)
+        D.barrier(self.ctx)
+
+    def _optimization(self) -> None:
+        """The model on its device (under DDP when distributed), optimizer, plateau schedule, loss and AMP."""
+        model, config, ctx = self.model, self.config, self.ctx
+        model.to(ctx.device)
+        self.net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None) if ctx.enabled else model
+        opt_cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+        self.optimizer = opt_cls(_param_groups(model, config), lr=config.lr, weight_decay=config.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optimizer, mode="min", patience=config.plateau_patience, factor=config.plateau_factor)
+        pos_weight = self.data.pos_weight
+        self.criterion = torch.nn.BCEWithLogitsLoss(
+            reduction="none", pos_weight=None if pos_weight is None else torch.tensor(pos_weight, device=ctx.device))
+        self.autocast, self.scaler = _amp(config, ctx.device)
+
+    def _restore(self, last: dict[str, Any]) -> None:
+        """Weights, optimizer, schedule, scaler, early stopping, history, best weights and RNG states from last.pt."""
+        self.model.load_state_dict(last["model_state"])
+        self.optimizer.load_state_dict(last["optimizer_state"])
+        self.scheduler.load_state_dict(last["scheduler_state"])
+        if self.scaler is not None and last.get("scaler_state"):
+            self.scaler.load_state_dict(last["scaler_state"])
+        self.stop = EarlyStopping.from_state(last["early_stopping"], self.config.early_stopping_patience,
+                                             str(self.run_dir / "last.pt"))
+        self.history = list(last["history"])
+        self.best_state = load_checkpoint(self.run_dir / "best.pt")["model_state"]
+        _set_rng_state(last["rng"])
+        self.start = int(last["epoch"]) + 1
+        log.info("resuming %s after epoch %d", self.run_dir, last["epoch"])
+
+    def epochs(self) -> None:
+        for epoch in range(self.start, self.config.max_epochs + 1):
+            if self.stop.stopped:
+                break
+            self._epoch(epoch)
+
+    def _epoch(self, epoch: int) -> None:
+        """Train one epoch, validate, step the schedule and early stopping, log, and (rank 0) save."""
+        config, ctx, stop = self.config, self.ctx, self.stop
+        t0 = time.perf_counter()
+        torch.manual_seed(_epoch_seed(config.seed, epoch, ctx.rank))
+        self.sampler.set_epoch(epoch)
+        self.train_ds.set_epoch(epoch)
+        lr = self.optimizer.param_groups[0]["lr"]
+        seg = config.use_seg_head
+        train_loss, _, train_mask_loss = _train_epoch(self.net, self.train_loader, self.optimizer, self.criterion, ctx,
+                                                      self.autocast, self.scaler, epoch,
+                                                      mask_weight=config.mask_loss_weight if seg else None)
+        ev, ev_loss, threshold = self._validate(epoch, lr)
+        row = {"epoch": epoch, "lr": lr, "train_loss": train_loss,
+               **epoch_metrics(ev, threshold, [s.source for s in self.data.samples["val"]])}
+        if seg:
+            row.update(train_mask_loss=train_mask_loss, val_selection_loss=ev_loss)
+        self.scheduler.step(ev_loss)  # every rank holds the same gathered val loss, so schedulers agree
+        improved = stop.update(ev_loss, epoch)
+        if improved:
+            self.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        stop.stopped = bool(D.broadcast_from_main(ctx, stop.due))
+        row.update(seconds=round(time.perf_counter() - t0, 3), is_best=int(improved))
+        self.history.append(row)
+        log.info("epoch %d (%s, %.0f s): lr %.2e train_loss %.4f val_loss %.4f val_auroc %.4f%s%s", epoch,
+                 ctx.device, row["seconds"], lr, train_loss, ev.loss, row["val_auroc"], _anatomy_note(row),
+                 " (best)" if improved else "")
+        if ctx.is_main:
+            self._save(epoch, row, threshold, improved)
+        if stop.stopped:
+            log.info("early stopping after epoch %d: no lower validation loss for %d epochs (best epoch %d)",
+                     epoch, stop.bad_epochs, stop.best_epoch)
+
+    def _evaluate(self, split: str):
+        return evaluate_split(self.model, self.evals[split], self.ctx, self.data.pos_weight, self.autocast)
+
+    def _validate(self, epoch: int, lr: float) -> tuple[Any, float, Threshold]:
+        """(validation evaluation, the loss model selection watches, the epoch's threshold); TrainError when the
+        validation images cannot select a model or the outputs are not finite."""
+        ev = self._evaluate("val")
+        ev_loss = _selection_loss(ev, self.config)
+        _require_usable_validation(ev, self.data.samples["val"])
+        if not (np.isfinite(ev.loss) and np.isfinite(ev.probabilities).all()):
+            raise TrainError(f"epoch {epoch}: the model's validation outputs are not finite (loss {ev.loss}): "
+                             f"training diverged; lower --lr (now {lr:g}) or check the images")
+        threshold = choose_threshold(self.config.threshold_method, self.config.target_sensitivity, ev.labels,
+                                     ev.probabilities)
+        return ev, ev_loss, threshold
+
+    def _save(self, epoch: int, row: dict[str, Any], threshold: Threshold, improved: bool) -> None:
+        """best.pt when the epoch improved; last.pt (everything resume needs) and history.csv always."""
+        val_metrics = jsonable({"val": {k[4:]: v for k, v in row.items() if k.startswith("val_")}})
+        if improved:
+            save_checkpoint(self._payload("best", threshold, val_metrics, epoch), self.run_dir / "best.pt")
+        state = self._payload("last", threshold, val_metrics, epoch)
+        state.update(optimizer_state=self.optimizer.state_dict(), scheduler_state=self.scheduler.state_dict(),
+                     scaler_state=self.scaler.state_dict() if self.scaler is not None else {},
+                     early_stopping=self.stop.state_dict(), rng=_rng_state(), history=self.history,
+                     sampler={"seed": self.config.seed, "epoch": epoch, "world_size": self.ctx.world_size})
+        save_checkpoint(state, self.run_dir / "last.pt")
+        rundir.write_history(self.run_dir / "history.csv", self.history)
+
+    def _payload(self, kind: str, threshold: Threshold, metrics: dict, epoch: int, *,
+                 decision: Decision | None = None) -> dict[str, Any]:
+        """A checkpoint of the model's current weights (kind "best" or "last") with what export needs."""
+        config, model = self.config, self.model
+        return {
+            "kind": kind, "model": {"arch": config.arch, "dropout": config.dropout, "seg_head": config.use_seg_head},
+            "decision": (decision or Decision()).to_dict(),
+            "model_state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+            "preprocess": config.preprocess.to_dict(), "normalization": model_normalization(model),
+            "threshold": {"value": float(threshold.value), "method": threshold.method, "detail": threshold.detail},
+            "metrics": metrics, "config": config.to_dict(), "data": self.data.summary, "epoch": int(epoch),
+            "versions": _versions(),
+        }
+
+    def finish(self) -> dict[str, Any]:
+        """Best weights back; the decision (classifier, CTR or fusion) and the threshold chosen on validation with
+        them; test evaluated once; best.pt, metrics.json, plots. Returns the summary metrics.json holds."""
+        from cxr.train.evaluate import decided, full_report
+
+        config, ctx, data, stop = self.config, self.ctx, self.data, self.stop
+        if self.best_state is None:  # no epoch ran (max_epochs reached before the first): nothing to select from
+            raise TrainError("no epoch was trained, so there are no best weights (raise --max-epochs)")
+        self.model.load_state_dict(self.best_state)
+        val = self._evaluate("val")
+        decision, candidates, val_decided, threshold = self._decide(val)
+        kw = {"n_boot": config.bootstrap_n, "seed": config.seed}
+        metrics = {"val": full_report(val, decision, candidates, threshold, data.samples["val"], **kw),
+                   "decision": decision.to_dict(),
+                   "decision_candidates": {m: d.to_dict() for m, d in candidates.items()}}
+        test = None
+        if "test" in self.evals:
+            test = self._evaluate("test")
+            metrics["test"] = full_report(test, decision, candidates, threshold, data.samples["test"], **kw)
+            test = decided(test, decision)
+        summary = {
+            "run_dir": str(self.run_dir), "best_epoch": stop.best_epoch, "epochs_run": len(self.history),
+            "stopped_early": stop.stopped, "threshold": {"value": threshold.value, "method": threshold.method,
+                                                            "detail": threshold.detail},
+            "decision": decision.to_dict(),
+            "pos_weight": data.pos_weight, "world_size": ctx.world_size, "device": str(ctx.device),
+            "data": data.summary, "metrics": metrics,
+        }
+        if ctx.is_main:
+            save_checkpoint(self._payload("best", threshold, jsonable(metrics), stop.best_epoch, decision=decision),
+                            self.run_dir / "best.pt")
+            rundir.write_json(self.run_dir / "metrics.json", summary)
+            from cxr.train.plots import write_run_plots
+
+            write_run_plots(self.run_dir, self.history, {"test": test, "validation": val_decided}, threshold.value,
+                            **kw)
+        D.barrier(ctx)
+        return copy.deepcopy(summary)
+
+    def _decide(self, val) -> tuple[Decision, dict[str, Decision], Any, Threshold]:
+        """(the decision, every candidate decision for the reports, validation under the decision, its threshold)."""
+        from cxr.train.evaluate import decided
+
+        config = self.config
+        val_rows = [self.data.samples["val"][int(i)] for i in val.index]
+        decision = choose_on_validation(config.decision if config.use_seg_head else "classifier", val_rows,
+                                        val.labels, val.logits, val.ctr, seed=config.seed)
+        candidates = _candidates(val, val_rows, decision, config) if config.use_seg_head else {"classifier": decision}
+        val_decided = decided(val, decision)
+        threshold = choose_threshold(config.threshold_method, config.target_sensitivity, val_decided.labels,
+                                     val_decided.probabilities)
+        if decision.mode != "classifier":
+            threshold = _between_ties(threshold, val_decided.probabilities, decision.mode)
+        return decision, candidates, val_decided, threshold

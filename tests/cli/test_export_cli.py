@@ -81,6 +81,20 @@ def test_int8_refused_warns_but_fp32_written(tiny_run, tmp_path):
     assert not (tmp_path / "model.int8.onnx").exists() and (tmp_path / "model.int8.rejected.onnx").exists()
 
 
+@pytest.mark.parametrize("quiet", [False, True])
+def test_quiet_drops_the_refused_copy_warning_and_the_report_keeps_its_reason(tiny_run, tmp_path, quiet):
+    import json
+
+    out = tmp_path / "model.onnx"
+    result = _run(tiny_run, "--out", out, "--quantize", "int8", "--max-auroc-drop", "-1", *(["-q"] if quiet else []))
+    assert result.exit_code == 0 and out.is_file()
+    reason = json.loads((tmp_path / "model.validation.json").read_text())["variants"]["int8"]["reason"]
+    assert "AUROC dropped by" in reason
+    assert (result.stderr == "") is quiet and (result.stdout == "") is quiet
+    if not quiet:
+        assert f"cxr-export: warning: int8 copy not written: {reason}" in result.stderr
+
+
 @pytest.mark.parametrize("name", ["best.pt", "model", "splits.csv"])
 def test_out_must_be_an_onnx_file_name(tiny_run, tmp_path, name):
     """A typo such as --out run/best.pt would overwrite the trained weights."""

@@ -151,7 +151,7 @@ def test_measured_gates_then_auto_runs_the_fastest_passing_precision(ov_python, 
     p = _manifest(out)["precision"]
     passing = {n for n, e in record["precisions"].items() if e["passed"]}
     assert p["requested"] == "auto" and p["used"] in passing and p["why"].startswith("auto:")
-    assert f"precision {p['used']}: auto:" in ran.stderr
+    assert "cxr-score:" not in ran.stderr  # --quiet: what auto picked, and why, is in the manifest only
     if p["used"] != "fp32":
         assert p["accuracy_gate"] == record["precisions"][p["used"]]
         fp32_ms = record["precisions"]["fp32"]["ms_per_image"]["8"]

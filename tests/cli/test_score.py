@@ -87,9 +87,10 @@ def test_all_good_exit_0_relative_out_stays_where_given(tiny_model, good_folder,
     monkeypatch.chdir(work)
     result = run(folder, "--out", "scores.csv", "--model", tiny_model, "--quiet")
     assert result.exit_code == 0, result.output
-    # --quiet: nothing but what --device auto picked (always said on stderr), unless something is wrong
-    assert result.stderr.splitlines() == [f"cxr-score: model {tiny_model} on cpu (CPUExecutionProvider); "
-                                          "threshold 0.5 (card)"]
+    # --quiet: errors only; what --device auto picked is in the manifest
+    assert result.stderr == ""
+    assert json.loads((work / "scores.manifest.json").read_text())["device"] | {"providers": None} == {
+        "requested": "auto", "used": "cpu", "providers": None, "intra_op_threads": None}
     quiet_cpu = run(folder, "--out", "scores.csv", "--model", tiny_model, "--quiet", "--device", "cpu")
     assert quiet_cpu.exit_code == 0 and quiet_cpu.stderr == ""
     rows = read_rows(work / "scores.csv")
