@@ -180,7 +180,7 @@ def test_labels_with_int8_compare_with_fp32_on_the_same_images(labelled, tmp_pat
     assert check["passed"] is True and check["exceeds_gate"] is False and check["gate_max_auroc_drop"] == 0.01
     assert "comparing int8 with fp32 on the 12 labelled image(s)" in result.output
     assert "int8 vs fp32 on 12 labelled image(s), same provider: AUROC change +0.0000" in result.output
-    assert f"{flips} decision(s) flip at 0.516" in result.output and "warning" not in result.output
+    assert f"{flips} decision(s) flip at 0.516" in result.output and "lost more AUROC" not in result.output
 
 
 def test_labels_with_an_int8_beyond_its_gate_warn_unless_forced(labelled, tmp_path):
@@ -195,12 +195,14 @@ def test_labels_with_an_int8_beyond_its_gate_warn_unless_forced(labelled, tmp_pa
     assert "cxr-score: warning: int8 lost more AUROC than its 0.01 gate allows on these labelled images" in (
         warned.output)
     assert "12 decision(s) flipped" in warned.output and "--precision fp32" in warned.output
+    warnings = json.loads((tmp_path / "w.manifest.json").read_text())["warnings"]
+    assert any(w.startswith("int8 lost more AUROC than its 0.01 gate") for w in warnings)  # kept for -q runs too
 
     forced = _score([*common, "--out", tmp_path / "f.csv", "--force-precision"])
     assert forced.exit_code == 0, forced.output
     check = json.loads((tmp_path / "f.manifest.json").read_text())["precision_check"]
     assert check["exceeds_gate"] is True and check["forced"] is True
-    assert "warning" not in forced.output and "(forced: --force-precision)" in forced.output
+    assert "lost more AUROC" not in forced.output and "(forced: --force-precision)" in forced.output
 
 
 def test_a_reduced_copy_given_as_model_is_compared_with_the_fp32_file_its_card_names(labelled, tmp_path):
