@@ -36,7 +36,15 @@ def ctr_reference(masks: np.ndarray) -> float:
     return heart_w / thorax_w
 
 
-MAIN_PART_FACTOR = 4  # as cxr.train.anatomy.MAIN_PART_FACTOR (tests hold the two equal)
+MAIN_PART_FACTOR = 4
+"""Main parts are found on a grid of 4x4-pixel cells (islands closer than a cell join the part)."""
+
+
+def main_part_geometry(height: int, width: int) -> tuple[int, int, int]:
+    """(cell size, seed box in cells: about a quarter of the image, growth steps: the grid's height plus width) of
+    the main-part search on masks of this size; the model's in-graph `main_parts` and the twin below share it."""
+    hc, wc = -(-height // MAIN_PART_FACTOR), -(-width // MAIN_PART_FACTOR)
+    return MAIN_PART_FACTOR, 2 * (max(height, width) // (8 * MAIN_PART_FACTOR)) + 1, hc + wc
 
 
 def main_parts_reference(masks: np.ndarray) -> np.ndarray:
@@ -46,9 +54,8 @@ def main_parts_reference(masks: np.ndarray) -> np.ndarray:
     wide; the pixels outside it are dropped."""
     m = (np.asarray(masks) > 0).astype(np.uint8)
     _, h, w = m.shape
-    f = MAIN_PART_FACTOR
+    f, box, steps = main_part_geometry(h, w)
     hc, wc = -(-h // f), -(-w // f)
-    box, steps = 2 * (max(h, w) // (8 * f)) + 1, hc + wc
     out = np.zeros_like(m)
     for i, mask in enumerate(m):
         padded = np.zeros((hc * f, wc * f), np.uint8)

@@ -17,9 +17,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from cxr.runtime.anatomy import main_part_geometry
+
 STRUCTURES = ("heart", "left_lung", "right_lung")
-MAIN_PART_FACTOR = 4
-"""`main_parts` finds connected parts on a grid of 4x4-pixel cells (islands closer than a cell join the part)."""
 DECODER_WIDTHS = (128, 64, 32, 16)
 """Output channels of the four up-sampling stages (stride 16, 8, 4, 2): light next to DenseNet-121's 7M weights."""
 
@@ -77,12 +77,6 @@ def mask_loss(logits: torch.Tensor, target: torch.Tensor, has_mask: torch.Tensor
 def binary_masks(mask_logits: torch.Tensor) -> torch.Tensor:
     """Masks at probability 0.5, as uint8 0/1 [N, 3, S, S]."""
     return (torch.sigmoid(mask_logits) >= 0.5).to(torch.uint8)
-
-
-def main_part_geometry(height: int, width: int) -> tuple[int, int, int]:
-    """(coarse factor, seed box on the coarse grid, growth steps) of `main_parts` for masks of this size."""
-    hc, wc = -(-height // MAIN_PART_FACTOR), -(-width // MAIN_PART_FACTOR)
-    return MAIN_PART_FACTOR, 2 * (max(height, width) // (8 * MAIN_PART_FACTOR)) + 1, hc + wc
 
 
 def main_parts(masks: torch.Tensor) -> torch.Tensor:
