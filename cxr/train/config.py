@@ -7,6 +7,7 @@ command line fails before any image is read. `to_dict`/`from_dict` round-trip th
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -139,6 +140,10 @@ class TrainConfig:
     """ReduceLROnPlateau factor (mode min, on validation loss)."""
     early_stopping_patience: int = 4
     """Stop after this many epochs without a lower validation loss; the best-validation-loss weights are kept."""
+    ema_halflife: float = 0.0
+    """Validate, select and export an exponential moving average of the weights whose half-life is this many epochs
+    (0 = off, the recipe: the raw weights). The average is updated after every optimizer step, BatchNorm statistics
+    included (torch.optim.swa_utils.AveragedModel); it smooths the epoch-to-epoch swings of small-data training."""
     rotation_degrees: float = 5.0
     """Train-time augmentation: random rotation uniformly within +/- this many degrees (0 = none)."""
     aug_scale: float = 0.0
@@ -222,6 +227,9 @@ class TrainConfig:
                 bad(name, "must be a positive integer")
         if not isinstance(self.num_workers, int) or self.num_workers < 0:
             bad("num_workers", "must be an integer >= 0")
+        if not (isinstance(self.ema_halflife, (int, float)) and math.isfinite(self.ema_halflife)
+                and self.ema_halflife >= 0):
+            bad("ema_halflife", "must be 0 (off) or a number of epochs > 0")
         if not 0.0 < self.plateau_factor < 1.0:
             bad("plateau_factor", "must lie in (0, 1)")
         if not 0.0 <= self.rotation_degrees <= 180.0:

@@ -114,9 +114,11 @@ def _loaders(config: TrainConfig, data: PreparedData, ctx: D.DistContext):
 
 
 def _train_epoch(model, loader, optimizer, criterion, ctx, autocast, scaler, epoch: int, *,
-                 mask_weight: float | None = None) -> tuple[float, int, float]:
-    """One pass over this rank's share; returns (mean classifier loss over all ranks, unreadable images masked,
-    mean mask loss over the images with masks, NaN without the segmentation head)."""
+                 mask_weight: float | None = None,
+                 after_step: Callable[[], None] | None = None) -> tuple[float, int, float]:
+    """One pass over this rank's share (`after_step` called after every optimizer step); returns (mean classifier
+    loss over all ranks, unreadable images masked, mean mask loss over the images with masks, NaN without the
+    segmentation head)."""
     from tqdm import tqdm
 
     from cxr.train.anatomy import mask_loss
@@ -145,6 +147,8 @@ def _train_epoch(model, loader, optimizer, criterion, ctx, autocast, scaler, epo
         else:
             loss.backward()
             optimizer.step()
+        if after_step is not None:
+            after_step()
         total += float(per_image.sum().detach())
         count += int(ok.sum())
         masked += int((~ok).sum())
@@ -164,6 +168,17 @@ def _param_groups(model: CardiomegalyNet, config: TrainConfig) -> list[dict[str,
     if decoder:
         groups.append({"params": decoder, "lr": config.decoder_lr, "weight_decay": config.seg_weight_decay})
     return groups
+
+
+def _weight_average(model: CardiomegalyNet, config: TrainConfig, steps_per_epoch: int):
+    """The exponential moving average of the weights (--ema-halflife epochs), or None when off. BatchNorm's running
+    statistics are averaged with the weights (use_buffers), so the average is evaluated as it stands."""
+    if not config.ema_halflife:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    decay = 0.5 ** (1.0 / (config.ema_halflife * max(1, steps_per_epoch)))
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 def _selection_loss(ev, config: TrainConfig) -> float:
@@ -287,6 +302,7 @@ class _TrainRun:
     sampler: Any  # DistributedSampler or SourceBalancedSampler: both reshuffle on set_epoch
     train_loader: DataLoader
     evals: dict[str, DataLoader]  # "val" and, when the data has one, "test": this rank's shard of each
+    ema: Any  # AveragedModel of the weights (--ema-halflife), or None: what is validated, selected and saved
 
     def __init__(self, config: TrainConfig, run_dir: Path, resume: bool, ctx: D.DistContext) -> None:
         self.config, self.run_dir, self.resume, self.ctx = config, run_dir, resume, ctx
@@ -317,6 +333,7 @@ class _TrainRun:
             rundir.write_json(self.run_dir / "config.json", config.to_dict())
         self._optimization()
         self.train_ds, self.sampler, self.train_loader, self.evals = _loaders(config, self.data, ctx)
+        self.ema = _weight_average(self.model, config, len(self.train_loader))
         if self.last is not None:
             self._restore(self.last)
 
@@ -352,7 +369,9 @@ class _TrainRun:
 
     def _restore(self, last: dict[str, Any]) -> None:
         """Weights, optimizer, schedule, scaler, early stopping, history, best weights and RNG states from last.pt."""
-        self.model.load_state_dict(last["model_state"])
+        self.model.load_state_dict(last["train_state"] if "train_state" in last else last["model_state"])
+        if self.ema is not None:
+            self.ema.load_state_dict(last["ema_state"])
         self.optimizer.load_state_dict(last["optimizer_state"])
         self.scheduler.load_state_dict(last["scheduler_state"])
         if self.scaler is not None and last.get("scaler_state"):
@@ -382,7 +401,8 @@ class _TrainRun:
         seg = config.use_seg_head
         train_loss, _, train_mask_loss = _train_epoch(self.net, self.train_loader, self.optimizer, self.criterion, ctx,
                                                       self.autocast, self.scaler, epoch,
-                                                      mask_weight=config.mask_loss_weight if seg else None)
+                                                      mask_weight=config.mask_loss_weight if seg else None,
+                                                      after_step=self._average if self.ema is not None else None)
         ev, ev_loss, threshold = self._validate(epoch, lr)
         row = {"epoch": epoch, "lr": lr, "train_loss": train_loss,
                **epoch_metrics(ev, threshold, [s.source for s in self.data.samples["val"]])}
@@ -391,7 +411,7 @@ class _TrainRun:
         self.scheduler.step(ev_loss)  # every rank holds the same gathered val loss, so schedulers agree
         improved = stop.update(ev_loss, epoch)
         if improved:
-            self.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+            self.best_state = {k: v.detach().cpu().clone() for k, v in self.selected.state_dict().items()}
         stop.stopped = bool(D.broadcast_from_main(ctx, stop.due))
         row.update(seconds=round(time.perf_counter() - t0, 3), is_best=int(improved))
         self.history.append(row)
@@ -404,8 +424,16 @@ class _TrainRun:
             log.info("early stopping after epoch %d: no lower validation loss for %d epochs (best epoch %d)",
                      epoch, stop.bad_epochs, stop.best_epoch)
 
+    @property
+    def selected(self) -> CardiomegalyNet:
+        """The weights validated, selected and saved: the moving average when on, else the trained ones."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def _average(self) -> None:
+        self.ema.update_parameters(self.model)
+
     def _evaluate(self, split: str):
-        return evaluate_split(self.model, self.evals[split], self.ctx, self.data.pos_weight, self.autocast)
+        return evaluate_split(self.selected, self.evals[split], self.ctx, self.data.pos_weight, self.autocast)
 
     def _validate(self, epoch: int, lr: float) -> tuple[Any, float, Threshold]:
         """(validation evaluation, the loss model selection watches, the epoch's threshold); TrainError when the
@@ -426,6 +454,9 @@ class _TrainRun:
         if improved:
             save_checkpoint(self._payload("best", threshold, val_metrics, epoch), self.run_dir / "best.pt")
         state = self._payload("last", threshold, val_metrics, epoch)
+        if self.ema is not None:  # model_state holds the average (what export reads); training resumes from these
+            state.update(train_state={k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
+                         ema_state={k: v.detach().cpu().clone() for k, v in self.ema.state_dict().items()})
         state.update(optimizer_state=self.optimizer.state_dict(), scheduler_state=self.scheduler.state_dict(),
                      scaler_state=self.scaler.state_dict() if self.scaler is not None else {},
                      early_stopping=self.stop.state_dict(), rng=_rng_state(), history=self.history,
@@ -435,8 +466,8 @@ class _TrainRun:
 
     def _payload(self, kind: str, threshold: Threshold, metrics: dict, epoch: int, *,
                  decision: Decision | None = None) -> dict[str, Any]:
-        """A checkpoint of the model's current weights (kind "best" or "last") with what export needs."""
-        config, model = self.config, self.model
+        """A checkpoint of the selected weights (kind "best" or "last") with what export needs."""
+        config, model = self.config, self.selected
         return {
             "kind": kind, "model": {"arch": config.arch, "dropout": config.dropout, "seg_head": config.use_seg_head},
             "decision": (decision or Decision()).to_dict(),
@@ -455,7 +486,7 @@ class _TrainRun:
         config, ctx, data, stop = self.config, self.ctx, self.data, self.stop
         if self.best_state is None:  # no epoch ran (max_epochs reached before the first): nothing to select from
             raise TrainError("no epoch was trained, so there are no best weights (raise --max-epochs)")
-        self.model.load_state_dict(self.best_state)
+        self.selected.load_state_dict(self.best_state)
         val = self._evaluate("val")
         decision, candidates, val_decided, threshold = self._decide(val)
         kw = {"n_boot": config.bootstrap_n, "seed": config.seed}
