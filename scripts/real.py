@@ -154,6 +154,61 @@ def ctr_agreement(results: Path, labels_csv: Path, prefix: str) -> dict:
             "flags": sum(bool(r.get("ctr_flag")) for r in rows.values())}
 
 
+CTR_BANDS = ((0.35, 0.5), (0.5, 0.6), (0.6, 0.9))
+
+
+def outline_measures(heart, left_lung, right_lung) -> tuple[float, float, float]:
+    """How one set of masks draws the heart: (top and bottom row of the heart as fractions of the lungs' height from
+    the lungs' top row, the share of the heart's bounding box it fills), NaN without heart or lungs. 0/1 masks."""
+    import numpy as np
+
+    heart, lungs = np.asarray(heart) > 0, (np.asarray(left_lung) > 0) | (np.asarray(right_lung) > 0)
+    ly, hy, hx = np.flatnonzero(lungs.any(1)), np.flatnonzero(heart.any(1)), np.flatnonzero(heart.any(0))
+    if not (ly.size and hy.size):
+        return math.nan, math.nan, math.nan
+    span = max(1, ly[-1] - ly[0])
+    box = (hy[-1] - hy[0] + 1) * (hx[-1] - hx[0] + 1)
+    return (hy[0] - ly[0]) / span, (hy[-1] - ly[0]) / span, float(heart.sum()) / box
+
+
+def mask_conventions(wj: Path, labels: Path) -> dict:
+    """Per masked source and band of the masks' CTR: median heart top, bottom and box fill (outline_measures). Two
+    sources whose annotators outline the heart differently cap the Dice a model trained on one can reach on the
+    other, whatever it learns; the CTR, built from horizontal extents only, is far less affected."""
+    import cv2
+    import numpy as np
+
+    rows: dict[str, list] = {}
+    with open(labels, newline="") as fh:
+        for r in csv.DictReader(fh):
+            masks = [cv2.imread(str(wj / r[c]), cv2.IMREAD_GRAYSCALE) for c in MASK_COLUMNS]
+            if any(m is None for m in masks):
+                continue
+            binary = [m >= 128 for m in masks]  # the masks are anti-aliased 8-bit images
+            rows.setdefault(r["dataset"], []).append((float(r["ctr_mask"]), *outline_measures(*binary)))
+    out: dict = {}
+    for source, values in sorted(rows.items()):
+        a = np.array(values, dtype=float)
+        for lo, hi in CTR_BANDS:
+            m = (a[:, 0] >= lo) & (a[:, 0] < hi)
+            if m.any():
+                top, bottom, fill = np.nanmedian(a[m, 1:], axis=0)
+                out.setdefault(source, {})[f"{lo:.2f}-{hi:.2f}"] = {
+                    "n": int(m.sum()), "heart_top": round(float(top), 3), "heart_bottom": round(float(bottom), 3),
+                    "box_fill": round(float(fill), 3)}
+    return out
+
+
+def print_conventions(conv: dict) -> None:
+    print("\nHow each masked source outlines the heart (medians; top/bottom as fractions of the lungs' height from "
+          "their top row, fill = share of the heart's bounding box):")
+    print("| source | masks' CTR | n | heart top | heart bottom | box fill |\n|---|---|---|---|---|---|")
+    for source, bands in conv.items():
+        for band, v in bands.items():
+            print(f"| {source} | {band} | {v['n']} | {v['heart_top']:.3f} | {v['heart_bottom']:.3f} | "
+                  f"{v['box_fill']:.3f} |")
+
+
 def mode_real(args, out: Path) -> dict:
     wj, nih = args.data / "ctr_wingspan_jsrt", args.data / "nih_cxr14_sample"
     labels = masked_labels(wj, out)
@@ -211,6 +266,8 @@ def mode_external(args, out: Path) -> dict:
                [f"csv:{wj};csv={wj / 'labels.csv'};label_column=cardiomegaly_mask_ctr;name=wj"], nih_whole, None),
     }
     todo = args.only.split(",") if args.only else ["A", "B", "C"] + (["A0"] if args.baseline else [])
+    report["mask_conventions"] = mask_conventions(wj, labels)
+    print_conventions(report["mask_conventions"])
     for key in todo:
         title, sources, left_out, masked_prefix = plans[key]
         t0 = time.time()

@@ -1,0 +1,71 @@
+"""scripts/real.py's measure of how a masked source outlines the heart (printed by `make external`)."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data" / "ctr_wingspan_jsrt"
+
+
+@pytest.fixture(scope="module")
+def real():
+    spec = importlib.util.spec_from_file_location("real_script", REPO / "scripts" / "real.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def chest(heart_top: int, shape: str) -> list[np.ndarray]:
+    """Lungs from row 10 to 89 (80 rows); a heart from heart_top to row 79, a full box or a triangle."""
+    lungs = np.zeros((2, 100, 100), np.uint8)
+    lungs[0, 10:90, 10:40] = 1
+    lungs[1, 10:90, 60:90] = 1
+    heart = np.zeros((100, 100), np.uint8)
+    for y in range(heart_top, 80):
+        half = 20 if shape == "box" else 1 + (y - heart_top) * 19 // (79 - heart_top)
+        heart[y, 50 - half:50 + half] = 1
+    return [heart, lungs[0], lungs[1]]
+
+
+def test_outline_measures_on_hand_made_masks(real):
+    top, bottom, fill = real.outline_measures(*chest(42, "box"))
+    assert top == pytest.approx(32 / 79) and bottom == pytest.approx(69 / 79) and fill == pytest.approx(1.0)
+    _, _, fill = real.outline_measures(*chest(42, "triangle"))
+    assert 0.45 < fill < 0.6
+    empty = real.outline_measures(np.zeros((100, 100)), *chest(42, "box")[1:])
+    assert all(math.isnan(v) for v in empty)
+
+
+def test_mask_conventions_bands_by_source(real, tmp_path):
+    for name, top, shape in (("a", 30, "box"), ("b", 42, "triangle")):
+        for kind, mask in zip(("heart", "left_lung", "right_lung"), chest(top, shape)):
+            (tmp_path / kind).mkdir(exist_ok=True)
+            cv2.imwrite(str(tmp_path / kind / f"{name}.png"), mask * 255)
+    labels = tmp_path / "labels.csv"
+    with open(labels, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "dataset", "ctr_mask", *real.MASK_COLUMNS])
+        w.writerow(["a.png", "first", "0.55", "heart/a.png", "left_lung/a.png", "right_lung/a.png"])
+        w.writerow(["b.png", "second", "0.45", "heart/b.png", "left_lung/b.png", "right_lung/b.png"])
+        w.writerow(["c.png", "second", "0.45", "heart/missing.png", "left_lung/b.png", "right_lung/b.png"])
+    conv = real.mask_conventions(tmp_path, labels)
+    assert conv["first"] == {"0.50-0.60": {"n": 1, "heart_top": round(20 / 79, 3), "heart_bottom": round(69 / 79, 3),
+                                           "box_fill": 1.0}}
+    assert list(conv["second"]) == ["0.35-0.50"] and conv["second"]["0.35-0.50"]["n"] == 1  # unreadable mask skipped
+
+
+@pytest.mark.skipif(not (DATA / "labels.csv").is_file(), reason="the wingspan/JSRT data folder is not beside the repo")
+def test_the_two_masked_sources_outline_the_heart_differently(real, tmp_path):
+    conv = real.mask_conventions(DATA, real.masked_labels(DATA, tmp_path))
+    for band in ("0.35-0.50", "0.50-0.60"):
+        jsrt, wingspan = conv["jsrt"][band], conv["wingspan"][band]
+        assert wingspan["heart_top"] < jsrt["heart_top"] - 0.03  # wingspan's outlines reach higher
+        assert wingspan["box_fill"] < jsrt["box_fill"] - 0.05  # and fill less of their box
