@@ -6,7 +6,8 @@ Layout (format_version 1):
     kind              "best" | "last"
     model             {"arch": str, "dropout": float, "seg_head": bool (absent: False)}
     decision          cxr.train.decision.Decision.to_dict() (absent: the classifier alone)
-    model_state       state dict of CardiomegalyNet
+    model_state       state dict of CardiomegalyNet: the weights validated, selected and exported (with
+                      --ema-halflife, their moving average)
     preprocess        PreprocessConfig.to_dict()
     normalization     Normalization.to_dict()
     threshold         {"value": float, "method": "youden_j"|"target_sensitivity"|"fixed", "detail": str}
@@ -17,6 +18,8 @@ Layout (format_version 1):
     versions          {"cxr", "torch", "torchvision"}
   only in "last" (for --resume):
     optimizer_state, scheduler_state, early_stopping (dict), rng (dict of tensors / lists), history (list of dicts)
+    with --ema-halflife also: train_state (the trained weights training resumes from), ema_averaged (int, the
+    number of steps averaged)
 """
 
 from __future__ import annotations

@@ -129,6 +129,13 @@ def broadcast_from_main(ctx: DistContext, obj: Any) -> Any:
     return box[0]
 
 
+def broadcast_buffers(ctx: DistContext, module: torch.nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm statistics) in `module` on every rank, in place."""
+    if ctx.enabled:
+        for buf in module.buffers():
+            dist.broadcast(buf, src=0)
+
+
 def shard(ctx: DistContext, n: int) -> list[int]:
     """Evaluation shard of this rank: indices rank, rank+W, ... (no padding, so nothing is counted twice)."""
     return list(range(ctx.rank, n, ctx.world_size))

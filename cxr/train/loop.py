@@ -140,14 +140,17 @@ def _train_epoch(model, loader, optimizer, criterion, ctx, autocast, scaler, epo
             seg_total += float(seg.detach()) * n_seg
             seg_count += n_seg
         optimizer.zero_grad(set_to_none=True)
+        stepped = True
         if scaler is not None:
+            scale = scaler.get_scale()
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
+            stepped = scaler.get_scale() >= scale  # the scale drops exactly when the step was skipped (inf/NaN)
         else:
             loss.backward()
             optimizer.step()
-        if after_step is not None:
+        if after_step is not None and stepped:
             after_step()
         total += float(per_image.sum().detach())
         count += int(ok.sum())
@@ -371,7 +374,8 @@ class _TrainRun:
         """Weights, optimizer, schedule, scaler, early stopping, history, best weights and RNG states from last.pt."""
         self.model.load_state_dict(last["train_state"] if "train_state" in last else last["model_state"])
         if self.ema is not None:
-            self.ema.load_state_dict(last["ema_state"])
+            self.ema.module.load_state_dict(last["model_state"])
+            self.ema.n_averaged.fill_(int(last["ema_averaged"]))
         self.optimizer.load_state_dict(last["optimizer_state"])
         self.scheduler.load_state_dict(last["scheduler_state"])
         if self.scaler is not None and last.get("scaler_state"):
@@ -403,6 +407,8 @@ class _TrainRun:
                                                       self.autocast, self.scaler, epoch,
                                                       mask_weight=config.mask_loss_weight if seg else None,
                                                       after_step=self._average if self.ema is not None else None)
+        if self.ema is not None:  # each rank averaged its own BatchNorm statistics: validate and save rank 0's
+            D.broadcast_buffers(ctx, self.ema.module)
         ev, ev_loss, threshold = self._validate(epoch, lr)
         row = {"epoch": epoch, "lr": lr, "train_loss": train_loss,
                **epoch_metrics(ev, threshold, [s.source for s in self.data.samples["val"]])}
@@ -431,6 +437,9 @@ class _TrainRun:
 
     def _average(self) -> None:
         self.ema.update_parameters(self.model)
+        for avg, buf in zip(self.ema.module.buffers(), self.model.buffers()):
+            if not avg.is_floating_point():  # counters (BatchNorm's num_batches_tracked) are copied, not averaged
+                avg.copy_(buf)
 
     def _evaluate(self, split: str):
         return evaluate_split(self.selected, self.evals[split], self.ctx, self.data.pos_weight, self.autocast)
@@ -456,7 +465,7 @@ class _TrainRun:
         state = self._payload("last", threshold, val_metrics, epoch)
         if self.ema is not None:  # model_state holds the average (what export reads); training resumes from these
             state.update(train_state={k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
-                         ema_state={k: v.detach().cpu().clone() for k, v in self.ema.state_dict().items()})
+                         ema_averaged=int(self.ema.n_averaged))
         state.update(optimizer_state=self.optimizer.state_dict(), scheduler_state=self.scheduler.state_dict(),
                      scaler_state=self.scaler.state_dict() if self.scaler is not None else {},
                      early_stopping=self.stop.state_dict(), rng=_rng_state(), history=self.history,

@@ -53,10 +53,14 @@ def test_the_average_does_not_change_what_is_trained(runs):
     # same seed, same steps: the trained weights are identical; the saved (validated, exported) weights are the average
     assert state_equal(plain["model_state"], ema["train_state"])
     assert not state_equal(ema["model_state"], ema["train_state"])
-    steps = int(ema["ema_state"]["n_averaged"])
-    assert steps == 2 * math.ceil(len([r for r in open(runs / "ema" / "splits.csv") if ",train," in r]) / 8)
-    module = {k[len("module."):]: v for k, v in ema["ema_state"].items() if k.startswith("module.")}
-    assert state_equal(module, ema["model_state"])
+    n_train = len([r for r in open(runs / "ema" / "splits.csv") if ",train," in r])
+    assert ema["ema_averaged"] == 2 * math.ceil(n_train / 8)  # every optimizer step of both epochs
+    # BatchNorm statistics are averaged with the weights; its step counter is the trained model's
+    stats = [k for k in ema["model_state"] if k.endswith("running_mean")]
+    assert stats and all(not torch.equal(ema["model_state"][k], ema["train_state"][k]) for k in stats)
+    counters = [k for k in ema["model_state"] if k.endswith("num_batches_tracked")]
+    assert counters and all(int(ema["model_state"][k]) == int(ema["train_state"][k]) == ema["ema_averaged"]
+                            for k in counters)
 
 
 def test_validation_and_best_weights_come_from_the_average(runs):
@@ -66,7 +70,7 @@ def test_validation_and_best_weights_come_from_the_average(runs):
     best, last = load_checkpoint(runs / "ema" / "best.pt"), load_checkpoint(runs / "ema" / "last.pt")
     if best["epoch"] == last["epoch"]:
         assert state_equal(best["model_state"], last["model_state"])
-    assert "train_state" not in best and "ema_state" not in best  # best.pt is what export reads: one set of weights
+    assert "train_state" not in best and "ema_averaged" not in best  # best.pt is what export reads: one set
 
 
 @pytest.mark.parametrize("name", ["last.pt", "best.pt"])
@@ -75,7 +79,7 @@ def test_resume_continues_the_average(runs, name):
     assert a["epoch"] == b["epoch"]
     assert state_equal(a["model_state"], b["model_state"])
     if name == "last.pt":
-        assert state_equal(a["ema_state"], b["ema_state"]) and state_equal(a["train_state"], b["train_state"])
+        assert a["ema_averaged"] == b["ema_averaged"] and state_equal(a["train_state"], b["train_state"])
 
 
 @pytest.mark.parametrize("value", [-1.0, float("nan"), float("inf")])
@@ -87,3 +91,16 @@ def test_bad_half_life_is_refused(value):
 def test_resume_refuses_a_changed_half_life(phantom, runs):
     with pytest.raises(ValueError, match="different ema_halflife"):
         train(tiny_config(phantom, max_epochs=3, rotation_degrees=5.0, ema_halflife=1.0), runs / "parts", resume=True)
+
+
+def test_the_decoder_is_averaged_and_exported_with_the_rest(tmp_path):
+    from tests.train.masked_fixtures import MASK_COLUMNS, make_masked_set
+
+    labels = make_masked_set(tmp_path / "masked", n=32)
+    cfg = tiny_config(labels.parent, dataset="csv", csv_path=str(labels), mask_columns=",".join(MASK_COLUMNS),
+                      ctr_column="ctr", seg_lr=3e-3, max_epochs=1, ema_halflife=0.5)
+    summary = train(cfg, tmp_path / "run")
+    last = load_checkpoint(tmp_path / "run" / "last.pt")
+    decoder = [k for k in last["model_state"] if k.startswith("decoder.") and k.endswith("weight")]
+    assert decoder and all(not torch.equal(last["model_state"][k], last["train_state"][k]) for k in decoder)
+    assert summary["metrics"]["val"]["anatomy"]["dice_heart"] is not None  # validated with the averaged decoder
