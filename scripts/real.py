@@ -151,7 +151,24 @@ def ctr_agreement(results: Path, labels_csv: Path, prefix: str) -> dict:
     err = [abs(a - b) for a, b in pairs]
     return {"n": len(ref), "n_measured": len(pairs), "mae": sum(err) / len(err) if err else float("nan"),
             "within_0.03": sum(e <= 0.03 for e in err) / len(err) if err else float("nan"),
-            "flags": sum(bool(r.get("ctr_flag")) for r in rows.values())}
+            "flags": sum(bool(r.get("ctr_flag")) for r in rows.values()), **follows(pairs)}
+
+
+def follows(pairs: list[tuple[float, float]]) -> dict:
+    """Whether measured ratios follow the reference ones, not just sit near them: mean error (bias), Pearson r, and
+    the slope of measured on reference (1: follows; near 0: one typical ratio for every film, which a small MAE on
+    a cohort of similar hearts would hide)."""
+    import numpy as np
+
+    if len(pairs) < 3:
+        return {"bias": float("nan"), "pearson_r": float("nan"), "slope": float("nan")}
+    measured, reference = np.array(pairs, dtype=float).T
+    if reference.std() == 0 or measured.std() == 0:
+        r = slope = float("nan")
+    else:
+        r = float(np.corrcoef(measured, reference)[0, 1])
+        slope = float(np.polyfit(reference, measured, 1)[0])
+    return {"bias": float((measured - reference).mean()), "pearson_r": r, "slope": slope}
 
 
 CTR_BANDS = ((0.35, 0.5), (0.5, 0.6), (0.6, 0.9))
@@ -293,7 +310,8 @@ def mode_external(args, out: Path) -> dict:
         if "exported_ctr_vs_masks" in entry:
             c = entry["exported_ctr_vs_masks"]
             print(f"exported model's ctr column vs the manual masks' ratio: MAE {fmt(c['mae'], 4)} on "
-                  f"{c['n_measured']} of {c['n']} images ({fmt(100 * c['within_0.03'], 1)}% within 0.03)")
+                  f"{c['n_measured']} of {c['n']} images ({fmt(100 * c['within_0.03'], 1)}% within 0.03); "
+                  f"bias {c['bias']:+.3f}, Pearson r {fmt(c['pearson_r'], 2)}, slope {fmt(c['slope'], 2)}")
         report[key] = entry
         summary.write_text(json.dumps(jsonable(report), indent=1, sort_keys=True))
     return report

@@ -69,3 +69,28 @@ def test_the_two_masked_sources_outline_the_heart_differently(real, tmp_path):
         jsrt, wingspan = conv["jsrt"][band], conv["wingspan"][band]
         assert wingspan["heart_top"] < jsrt["heart_top"] - 0.03  # wingspan's outlines reach higher
         assert wingspan["box_fill"] < jsrt["box_fill"] - 0.05  # and fill less of their box
+
+
+def test_follows_tells_a_measurement_from_a_constant(real):
+    reference = [0.40, 0.45, 0.50, 0.55, 0.60]
+    tracking = real.follows([(r + 0.02, r) for r in reference])
+    assert tracking["bias"] == pytest.approx(0.02) and tracking["pearson_r"] == pytest.approx(1.0)
+    assert tracking["slope"] == pytest.approx(1.0)
+    constant = real.follows([(0.52, r) for r in reference])  # one typical ratio for every film
+    assert math.isnan(constant["pearson_r"]) and math.isnan(constant["slope"])
+    flat = real.follows([(0.52 + 0.001 * (i % 2), r) for i, r in enumerate(reference)])
+    assert abs(flat["slope"]) < 0.01 and constant["bias"] == pytest.approx(0.02)
+    assert math.isnan(real.follows([(0.5, 0.5)])["bias"])
+
+
+def test_ctr_agreement_reads_the_scored_rows(real, tmp_path):
+    results, labels = tmp_path / "results.csv", tmp_path / "labels.csv"
+    results.write_text("path,prob_cardiomegaly,cardiomegaly,status,error,ctr,ctr_flag\n"
+                       "a.png,0.1,0,ok,,0.42,\nb.png,0.9,1,ok,,0.61,lungs_cut_by_edge\nc.png,,,error,unreadable,,\n"
+                       "d.png,0.5,1,ok,,0.50,\n")
+    labels.write_text("path,ctr_mask\nset/png/a.png,0.40\nset/png/b.png,0.60\nset/png/c.png,0.5\n"
+                      "set/png/d.png,0.50\nother/png/e.png,0.3\n")
+    c = real.ctr_agreement(results, labels, "set/png/")
+    assert (c["n"], c["n_measured"], c["flags"]) == (4, 3, 1)
+    assert c["mae"] == pytest.approx(0.01) and c["within_0.03"] == pytest.approx(1.0)
+    assert c["bias"] == pytest.approx(0.01) and c["slope"] > 0.9
