@@ -866,6 +866,13 @@ class _ScoreRun:
                              f"({m['n_positive']} positive); at {thr:g}: sensitivity {_num(m['sensitivity'])}, "
                              f"specificity {_num(m['specificity'])}, PPV {_num(m['ppv'])}, NPV {_num(m['npv'])}, "
                              f"F1 {_num(m['f1'])}")
+            site = label_report.get("site_threshold") or {}
+            if site.get("available"):
+                held = site["held_out"]
+                lines.append(f"site threshold: {site['threshold']:.4g} (Youden's J on these labelled films); fitted "
+                             f"on half of them it gave sensitivity {_num(held['sensitivity'])}, specificity "
+                             f"{_num(held['specificity'])} on the other half; for this site's other films: "
+                             f"--threshold {site['threshold']:.4g}")
         if self.check is not None:
             from cxr.runtime.precision_check import summary_line
 

@@ -271,4 +271,5 @@ class LabelMatcher:
             **extra,
             "metrics": (metrics.summarize(self.y, self.p, threshold, n_boot=n_boot, seed=seed)
                         if self.y else None),
+            "site_threshold": metrics.site_threshold(self.y, self.p, seed=seed) if self.y else None,
         }

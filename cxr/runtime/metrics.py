@@ -183,3 +183,34 @@ def summarize(y_true, probabilities, threshold: float, n_boot: int = 1000, seed:
         out["auprc"] = math.nan
     out.update(binary_metrics(y, p, threshold))
     return out
+
+
+SITE_MIN_PER_CLASS = 10
+"""Fewer labelled positives or negatives than this and no site threshold is proposed (halves too small to fit one)."""
+
+
+def site_threshold(y_true, probabilities, repeats: int = 20, seed: int = 0) -> dict[str, Any]:
+    """A threshold fitted on one site's labelled films (Youden's J on all of them), and what such a fitted
+    threshold gives on films it was not fitted on: the mean sensitivity and specificity over `repeats` random
+    stratified halvings (fit on one half, count on the other, and the other way round). A threshold chosen on one
+    set of hospitals need not suit another; this is the local one, with an estimate that is not in-sample.
+    {"available": False, "why": ...} when a class has fewer than SITE_MIN_PER_CLASS films."""
+    y, p = _check(y_true, probabilities)
+    n_pos, n_neg = int(y.sum()), int(y.size - y.sum())
+    if min(n_pos, n_neg) < SITE_MIN_PER_CLASS:
+        return {"available": False, "why": f"{n_pos} positive and {n_neg} negative labelled film(s); a site "
+                                           f"threshold needs at least {SITE_MIN_PER_CLASS} of each"}
+    rng = np.random.default_rng(seed)
+    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    sens, spec = [], []
+    for _ in range(repeats):
+        a = np.zeros(y.size, bool)
+        a[rng.permutation(pos)[: pos.size // 2]] = True
+        a[rng.permutation(neg)[: neg.size // 2]] = True
+        for fit, held in ((a, ~a), (~a, a)):
+            m = binary_metrics(y[held], p[held], youden_threshold(y[fit], p[fit]))
+            sens.append(m["sensitivity"])
+            spec.append(m["specificity"])
+    return {"available": True, "method": "youden_j", "threshold": youden_threshold(y, p), "n": int(y.size),
+            "held_out": {"sensitivity": float(np.mean(sens)), "specificity": float(np.mean(spec)),
+                         "halvings": repeats}}

@@ -503,3 +503,33 @@ def test_folder_of_only_bad_files_exits_3_with_a_summary(tiny_model, tmp_path):
     assert "model n/a ms/image" in result.stderr
     rows = read_rows(out)
     assert {name: r["error"].split(":")[0] for name, r in rows.items()} == expected
+
+
+def test_labels_propose_a_site_threshold_with_held_out_figures(tiny_model, tmp_path):
+    import cv2
+
+    folder, rng = tmp_path / "site", np.random.default_rng(0)
+    folder.mkdir()
+    truth = {}
+    for i in range(40):  # a site whose films all score below the card's 0.5 (a black band lowers the equalized
+        # mean the model reads): positives with a narrower band, with some overlap between the classes
+        rows = int(np.clip((8 if i % 2 else 24) + rng.normal(0, 6), 1, 40))
+        image = rng.integers(50, 200, (64, 64)).astype(np.uint8)
+        image[:rows] = 0
+        cv2.imwrite(str(folder / f"f{i:02d}.png"), image)
+        truth[f"f{i:02d}.png"] = i % 2
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,label\n" + "".join(f"{n},{y}\n" for n, y in truth.items()))
+    result = run(folder, "--out", tmp_path / "r.csv", "--model", tiny_model, "--labels", labels)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r.manifest.json").read_text())["labels"]
+    rows = read_rows(tmp_path / "r.csv")
+    y, p = [truth[n] for n in truth], [float(rows[n]["prob_cardiomegaly"]) for n in truth]
+    assert max(p) < 0.5 and report["metrics"]["sensitivity"] == 0.0  # the card's threshold calls nobody
+    site = report["site_threshold"]
+    expected = metrics.site_threshold(y, p, seed=0)  # from the CSV's rounded probabilities
+    assert site["threshold"] == pytest.approx(expected["threshold"], abs=1e-6)
+    assert site["held_out"] == pytest.approx(expected["held_out"]) and site["n"] == 40
+    assert site["threshold"] < 0.5 and site["held_out"]["sensitivity"] > 0.8
+    assert f"site threshold: {site['threshold']:.4g}" in result.stderr
+    assert f"--threshold {site['threshold']:.4g}" in result.stderr

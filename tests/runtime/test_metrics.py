@@ -113,3 +113,34 @@ def test_f1_is_zero_when_positives_are_all_missed_and_nan_only_when_undefined(y,
 def test_thresholds_need_both_classes(fn):
     with pytest.raises(ValueError, match="needs positives and negatives; got 0 positive, 3 negative"):
         fn([0, 0, 0], [0.1, 0.5, 0.9])
+
+
+def test_site_threshold_finds_the_local_operating_point():
+    rng = np.random.default_rng(0)
+    y = np.r_[np.ones(200), np.zeros(400)].astype(int)
+    # a site where the model's probabilities run low: positives around 0.25, negatives around 0.10
+    p = np.clip(np.where(y == 1, rng.normal(0.25, 0.04, y.size), rng.normal(0.10, 0.04, y.size)), 0, 1)
+    site = metrics.site_threshold(y, p)
+    assert site["available"] and site["method"] == "youden_j" and site["n"] == 600
+    assert site["threshold"] == metrics.youden_threshold(y, p) and 0.12 < site["threshold"] < 0.23
+    assert site["held_out"]["sensitivity"] > 0.9 and site["held_out"]["specificity"] > 0.9
+    at_half = metrics.binary_metrics(y, p, 0.5)  # a card's threshold from other hospitals calls nobody
+    assert at_half["sensitivity"] == 0.0
+
+
+def test_site_threshold_estimate_is_held_out_not_in_sample():
+    rng = np.random.default_rng(0)
+    y = np.r_[np.ones(40), np.zeros(40)].astype(int)
+    p = rng.uniform(size=y.size)  # no information: any fitted threshold looks good in-sample only
+    site = metrics.site_threshold(y, p, seed=3)
+    in_sample = metrics.binary_metrics(y, p, site["threshold"])
+    assert in_sample["sensitivity"] + in_sample["specificity"] - 1 > 0.15
+    held = site["held_out"]
+    assert abs(held["sensitivity"] + held["specificity"] - 1) < 0.12 and held["halvings"] == 20
+    assert metrics.site_threshold(y, p, seed=3) == site  # seeded
+
+
+def test_site_threshold_needs_enough_of_each_class():
+    site = metrics.site_threshold([1] * 9 + [0] * 50, np.linspace(0, 1, 59))
+    assert site == {"available": False,
+                    "why": "9 positive and 50 negative labelled film(s); a site threshold needs at least 10 of each"}
