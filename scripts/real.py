@@ -297,12 +297,14 @@ def mode_external(args, out: Path) -> dict:
         if masked_prefix:  # the exported model's ctr column on the left-out masked source, through cxr-score
             folder = wj / masked_prefix
             results = out / key / "left_out_results.csv"
-            score(folder, out / key / "model.onnx", _prefixed_labels(labels, masked_prefix, out / key), results)
+            manifest = score(folder, out / key / "model.onnx", _prefixed_labels(labels, masked_prefix, out / key),
+                             results)
             entry["exported_ctr_vs_masks"] = ctr_agreement(results, labels, masked_prefix)
         else:
             results = out / key / "left_out_results.csv"
             manifest = score(nih, out / key / "model.onnx", nih / "labels.csv", results)  # paths: images/...
             entry["cxr_score"] = (manifest.get("labels") or {}).get("metrics")
+        entry["site_threshold"] = (manifest.get("labels") or {}).get("site_threshold")
         entry["seconds"] = round(time.time() - t0)
         print("\n" + "=" * 100)
         entry["table"] = table(f"{key}: {title} (decision: {entry['train_metrics']['decision']['mode']})",
@@ -312,6 +314,11 @@ def mode_external(args, out: Path) -> dict:
             print(f"exported model's ctr column vs the manual masks' ratio: MAE {fmt(c['mae'], 4)} on "
                   f"{c['n_measured']} of {c['n']} images ({fmt(100 * c['within_0.03'], 1)}% within 0.03); "
                   f"bias {c['bias']:+.3f}, Pearson r {fmt(c['pearson_r'], 2)}, slope {fmt(c['slope'], 2)}")
+        site = entry["site_threshold"] or {}
+        if site.get("available"):
+            print(f"site threshold (Youden's J on the films left out): {site['threshold']:.4g}; fitted on half of "
+                  f"them it gave sensitivity {fmt(site['held_out']['sensitivity'])}, specificity "
+                  f"{fmt(site['held_out']['specificity'])} on the other half")
         report[key] = entry
         summary.write_text(json.dumps(jsonable(report), indent=1, sort_keys=True))
     return report
