@@ -24,6 +24,7 @@ noise, JPEG). Nothing here is tuned on a test split: the first settings were fix
 seen; sharpening, CLAHE and the stretch were added once, after run B's failure on wingspan (see AUGMENT).
 
     python scripts/real.py [--mode real|external] [--out DIR] [--epochs 12] [--size 160] [--only A,B] [--baseline]
+                           [--seed 0]
 """
 
 from __future__ import annotations
@@ -94,7 +95,8 @@ def train(run_dir: Path, sources: list[str], args, extra: list[str] | None = Non
         run([str(BIN / "cxr-train"), "--resume", str(run_dir)])
         return
     cmd = [str(BIN / "cxr-train"), "--out", str(run_dir), "--init", "random", "--lr", "1e-4", "--image-size",
-           str(args.size), "--batch-size", "16", "--max-epochs", str(args.epochs), "--num-workers", "0", "--seed", "0"]
+           str(args.size), "--batch-size", "16", "--max-epochs", str(args.epochs), "--num-workers", "0",
+           "--seed", str(args.seed)]
     for s in sources:
         cmd += ["--data", s]
     run(cmd + (AUGMENT + RECIPE if extra is None else extra))
@@ -343,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--size", type=int, default=160)
     ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--seed", type=int, default=0, help="training seed (another seed shows run-to-run spread)")
     ap.add_argument("--only", default=None, help="external: comma-separated runs among A,B,C,A0")
     ap.add_argument("--baseline", action="store_true", help="external: also run A0 (today's recipe)")
     args = ap.parse_args(argv)
