@@ -265,7 +265,8 @@ class _Decoder:
 
         self.pid = os.getpid()  # a forked child (a DataLoader worker) inherits this object but not its thread
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
-        threading.Thread(target=self._serve, args=(self._jobs,), name="cxr-decode", daemon=True).start()
+        self.thread = threading.Thread(target=self._serve, args=(self._jobs,), name="cxr-decode", daemon=True)
+        self.thread.start()
         weakref.finalize(self, self._jobs.put, None)
 
     @staticmethod
