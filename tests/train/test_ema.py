@@ -14,12 +14,7 @@ from cxr.train.checkpoints import load_checkpoint
 from cxr.train.config import ConfigError, TrainConfig
 from cxr.train.loop import _weight_average, train
 from cxr.train.rundir import read_history
-from tests.train.train_fixtures import make_small_phantom, state_equal, tiny_config
-
-
-@pytest.fixture(scope="module")
-def phantom(tmp_path_factory):
-    return make_small_phantom(tmp_path_factory.mktemp("phantom"))
+from tests.train.train_fixtures import state_equal, tiny_config
 
 
 @pytest.fixture(scope="module")

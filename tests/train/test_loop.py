@@ -18,15 +18,10 @@ from cxr.train.checkpoints import load_checkpoint
 from cxr.train.data import CxrDataset, rotation_angle
 from cxr.train.loop import train
 from cxr.train.rundir import HISTORY_COLUMNS, read_history
-from tests.train.train_fixtures import make_small_phantom, state_equal, tiny_config
+from tests.train.train_fixtures import state_equal, tiny_config
 
 LR = 1e-3
 SCRIPT = [1.0, 0.9, 0.95, 0.95, 0.95, 0.95, 0.95, 0.95]  # best at epoch 2, then never better
-
-
-@pytest.fixture(scope="module")
-def phantom(tmp_path_factory):
-    return make_small_phantom(tmp_path_factory.mktemp("phantom"))
 
 
 @pytest.fixture(scope="module")

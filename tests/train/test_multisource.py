@@ -12,7 +12,7 @@ import pytest
 
 from cxr.train.config import TrainConfig, parse_source
 from tests.train.masked_fixtures import MASK_COLUMNS, make_masked_set
-from tests.train.train_fixtures import make_small_phantom, tiny_config
+from tests.train.train_fixtures import tiny_config
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
 MASKS = ",".join(MASK_COLUMNS)
@@ -21,11 +21,6 @@ MASKS = ",".join(MASK_COLUMNS)
 @pytest.fixture(scope="module")
 def masked(tmp_path_factory):
     return make_masked_set(tmp_path_factory.mktemp("masked"), n=48, masked=36)
-
-
-@pytest.fixture(scope="module")
-def phantom(tmp_path_factory):
-    return make_small_phantom(tmp_path_factory.mktemp("phantom"))
 
 
 def masked_config(masked, phantom, **overrides) -> TrainConfig:

@@ -11,12 +11,7 @@ import pytest
 from cxr.train.checkpoints import load_checkpoint
 from cxr.train.loop import train
 from cxr.train.rundir import read_history
-from tests.train.train_fixtures import make_small_phantom, state_equal, tiny_config
-
-
-@pytest.fixture(scope="module")
-def phantom(tmp_path_factory):
-    return make_small_phantom(tmp_path_factory.mktemp("phantom"))
+from tests.train.train_fixtures import state_equal, tiny_config
 
 
 @pytest.fixture(scope="module")
