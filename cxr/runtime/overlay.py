@@ -25,6 +25,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
+from cxr.runtime import waits
 from cxr.runtime.preprocess import to_uint8
 
 logger = logging.getLogger(__name__)
@@ -269,18 +270,26 @@ class OverlayWriter:
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(max_pending)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cxr-overlay")
+        self._queued: set = set()  # submitted drawings not yet done
 
     def submit(self, row, index: int = 0) -> None:
         """Queue an ok row (error rows are skipped: no overlay, no error). Waits while `max_pending` are queued."""
         if not row.ok:
             return
-        self._slots.acquire()
+        waits.acquire(self._slots)  # a signal cuts the wait short (see cxr.runtime.waits)
         try:
             future = self._pool.submit(self._draw, row, index)
         except BaseException:
             self._slots.release()
             raise
-        future.add_done_callback(lambda _: self._slots.release())
+        with self._lock:
+            self._queued.add(future)
+        future.add_done_callback(self._done)
+
+    def _done(self, future) -> None:
+        with self._lock:
+            self._queued.discard(future)
+        self._slots.release()
 
     def _draw(self, row, index: int) -> None:
         from cxr.runtime.imaging import read_image
@@ -312,7 +321,12 @@ class OverlayWriter:
 
     def close(self, cancel: bool = False) -> OverlayStats:
         """Wait for the queued drawings (or drop those not started, with `cancel`); the stats."""
-        self._pool.shutdown(wait=True, cancel_futures=cancel)
+        if cancel:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            queued = list(self._queued)
+        waits.all_done(queued)  # a signal cuts the wait short; the drawings go on in the pool's threads
+        self._pool.shutdown(wait=True)
         return self.stats
 
     def __enter__(self) -> "OverlayWriter":

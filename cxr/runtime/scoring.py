@@ -27,6 +27,7 @@ from cxr.runtime.onnx_scan import MalformedModel, ModelScan, scan_model
 from cxr.runtime.ort import import_ort
 from cxr.runtime.preprocess import preprocess_batch
 from cxr.runtime.serialization import sha256_file
+from cxr.runtime.waits import result as wait_result
 
 logger = logging.getLogger(__name__)
 
@@ -395,7 +396,7 @@ def score_folder(folder: str | os.PathLike, scorer: Scorer, batch_size: int = 8,
         while pending:
             batch = [pending.popleft() for _ in range(min(batch_size, len(pending)))]
             fill(max_in_flight - len(batch))  # the workers read the next batch while this one is scored
-            loaded = [(Path(rel).as_posix(), fut.result()) for rel, fut in batch]
+            loaded = [(Path(rel).as_posix(), wait_result(fut)) for rel, fut in batch]  # a signal cuts it short
             for row in _score_batch(scorer, loaded, thr, maps):
                 if on_item is not None:
                     on_item(row)

@@ -36,9 +36,26 @@ def stopping(*args, **kwargs):
             if how == "ctrl-c":
                 raise KeyboardInterrupt
             print("two rows done", flush=True)
-            time.sleep(120)
+            for _ in range(2400):  # the main thread busy: one long sleep in C would outlast a signal that
+                time.sleep(0.05)   # another thread caught (that case: test_sigterm_caught_by_a_stuck_reader...)
         yield row
 scoring.score_folder = stopping
+from cxr.cli.score import main
+main(sys.argv[1:])
+"""
+
+
+STUCK_READER = """
+import signal, sys, threading, time
+import cxr.runtime.scoring as scoring
+real = scoring._load_one
+def load(path, config):
+    if path.name == "img2.png":
+        time.sleep(0.5)  # the main thread is now waiting for this read
+        signal.pthread_kill(threading.get_ident(), signal.SIGTERM)  # the kernel may hand SIGTERM to any thread
+        time.sleep(90)  # a read blocked in C (a hung network mount)
+    return real(path, config)
+scoring._load_one = load
 from cxr.cli.score import main
 main(sys.argv[1:])
 """
@@ -153,3 +170,23 @@ def test_sigterm_while_the_report_is_written_says_it_was_not(setup, tmp_path, mo
     assert (f"terminated (SIGTERM) after {tmp_path / 'r.csv'} was written; so was its manifest; the report "
             f"{tmp_path / 'r.html'} was not (a rerun writes it)") in result.stderr
     assert not (tmp_path / "r.html").exists()
+
+
+def test_sigterm_caught_by_a_stuck_reader_still_stops_the_run_at_once(setup, tmp_path):
+    """The SIGTERM lands on a reader thread blocked in a read while the main thread waits for that read: the run
+    stops now, not when the read ends (90 s here, never for a hung mount), and keeps the rows done."""
+    model, folder, names = setup
+    out = tmp_path / "r.csv"
+    proc = subprocess.Popen([sys.executable, "-c", STUCK_READER, str(folder), "--out", str(out), "--model", str(model),
+                             "--batch-size", "1", "--workers", "1", "--device", "cpu"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, stderr
+    done = int(re.search(rf"terminated \(SIGTERM\) after (\d) of {N_IMAGES} file\(s\)", stderr).group(1))
+    assert done <= 2 and "Traceback" not in stderr
+    with open(tmp_path / "r.csv.partial", newline="") as fh:
+        assert [r["path"] for r in csv.DictReader(fh)] == names[:done]
+    assert not out.exists()
