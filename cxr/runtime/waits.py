@@ -11,9 +11,8 @@ reader thread stopped a wait after 0.5 s instead of when the reader's 5 s read e
 from __future__ import annotations
 
 import threading
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from concurrent.futures import TimeoutError as FutureTimeout
-from concurrent.futures import wait
 from typing import Collection, TypeVar
 
 POLL_S = 0.2
