@@ -25,6 +25,11 @@ seen; sharpening, CLAHE and the stretch were added once, after run B's failure o
 
     python scripts/real.py [--mode real|external] [--out DIR] [--epochs 12] [--size 160] [--only A,B] [--baseline]
                            [--seed 0]
+
+Run-to-run spread, and the seeds used together: `--mode external --seeds 0,1,2` trains every run once per seed (into
+OUT/seed<N>, three times the hours) and then prints each seed's AUROC beside that of the seeds' exported models with
+their probabilities averaged (an unweighted ensemble; nothing fitted on the films left out), with paired intervals;
+`--average DIR DIR ...` prints the same for earlier outputs without training.
 """
 
 from __future__ import annotations
@@ -326,6 +331,99 @@ def mode_external(args, out: Path) -> dict:
     return report
 
 
+def seed_average(dirs: list[Path], key: str, views: dict[str, str] | None = None,
+                 reference: dict[str, float] | None = None) -> dict:
+    """Run `key` of several seeds (each DIR an --out of `make external`) used together: each film's probabilities
+    averaged over the seeds' exported models (an unweighted ensemble: nothing is fitted, least of all on the films
+    left out). Per group (all, and per view position where `views` maps path -> view): each seed's AUROC and the
+    average's, with the paired 95% interval of the average's AUROC minus each seed's. With `reference` (path -> the
+    manual masks' ratio) the seeds' ctr columns averaged the same way, against it."""
+    import numpy as np
+
+    from cxr.runtime import metrics
+
+    tables = [score_rows(d / key / "left_out_results.csv") for d in dirs]
+    paths = sorted(p for p in tables[0] if all(p in t and t[p]["status"] == "ok" and t[p].get("label") in ("0", "1")
+                                               for t in tables))
+    y = np.array([int(tables[0][p]["label"]) for p in paths])
+    probs = np.array([[float(t[p]["prob_cardiomegaly"]) for p in paths] for t in tables])
+    average = probs.mean(axis=0)
+    groups = {"all": np.ones(len(paths), bool)}
+    for view in sorted(set((views or {}).get(p, "") for p in paths) - {""}):
+        groups[view] = np.array([views.get(p) == view for p in paths])
+    seeds = [json.loads((d / key / "run" / "config.json").read_text()).get("seed") for d in dirs]
+    out: dict = {"dirs": [str(d) for d in dirs], "seeds": seeds, "groups": {}}
+    for name, keep in groups.items():
+        yk = y[keep]
+        if not metrics.has_both_classes(yk):
+            continue
+        g = {"n": int(keep.sum()), "n_positive": int(yk.sum()),
+             "seeds_auroc": [metrics.roc_auc(yk, p[keep]) for p in probs],
+             "average_auroc": metrics.roc_auc(yk, average[keep]),
+             "average_auroc_ci95": list(metrics.bootstrap_auroc_ci(yk, average[keep])),
+             "average_minus_seed_ci95": [list(metrics.bootstrap_auroc_change_ci(yk, p[keep], average[keep]))
+                                         for p in probs]}
+        out["groups"][name] = g
+    if reference is not None:
+        measured = [p for p in paths if p in reference and all(t[p].get("ctr") for t in tables)]
+        ctrs = np.array([[float(t[p]["ctr"]) for p in measured] for t in tables])
+        ref = np.array([reference[p] for p in measured])
+        out["ctr"] = {"n": len(measured), "seeds_mae": [float(np.abs(c - ref).mean()) for c in ctrs],
+                      "average_mae": float(np.abs(ctrs.mean(axis=0) - ref).mean()),
+                      "average_within_0.03": float((np.abs(ctrs.mean(axis=0) - ref) <= 0.03).mean()),
+                      **follows(list(zip(ctrs.mean(axis=0), ref)))}
+    return out
+
+
+def print_average(key: str, title: str, avg: dict) -> list[str]:
+    n_seeds = len(avg["seeds"])
+    lines = [f"**{key}: {title}, {n_seeds} seeds' exported models, probabilities averaged**", "",
+             "| group | n (pos.) | " + " | ".join(f"seed {n}" for n in avg["seeds"])
+             + " | average (95% CI) | average minus each seed, paired (95% CI) |",
+             "|---|---|" + "---|" * n_seeds + "---|---|"]
+    for name, g in avg["groups"].items():
+        lines.append(f"| {name} | {g['n']} ({g['n_positive']}) | " + " | ".join(fmt(a) for a in g["seeds_auroc"])
+                     + f" | {fmt(g['average_auroc'])} ({fmt(g['average_auroc_ci95'][0])}-"
+                       f"{fmt(g['average_auroc_ci95'][1])}) | "
+                     + ", ".join(f"{lo:+.3f} to {hi:+.3f}" for lo, hi in g["average_minus_seed_ci95"]) + " |")
+    if "ctr" in avg:
+        c = avg["ctr"]
+        lines += ["", f"ctr averaged over the seeds vs the manual masks' ratio ({c['n']} films): MAE "
+                      f"{fmt(c['average_mae'], 4)} ({fmt(100 * c['average_within_0.03'], 1)}% within 0.03; the seeds "
+                      f"alone {', '.join(fmt(m, 4) for m in c['seeds_mae'])}), bias {c['bias']:+.3f}, Pearson r "
+                      f"{fmt(c['pearson_r'], 2)}, slope {fmt(c['slope'], 2)}"]
+    print("\n".join(lines), flush=True)
+    return lines
+
+
+def mode_average(args, dirs: list[Path], out: Path) -> dict:
+    """Print (and keep in OUT/average.json) the seed average of every run the DIRs all hold."""
+    wj, nih = args.data / "ctr_wingspan_jsrt", args.data / "nih_cxr14_sample"
+    with open(nih / "labels.csv", newline="") as fh:
+        views = {r["path"]: r["view_position"] for r in csv.DictReader(fh)}
+    with open(wj / "labels.csv", newline="") as fh:
+        ctr_mask = {r["path"]: float(r["ctr_mask"]) for r in csv.DictReader(fh)}
+    plans = {"A": ("wingspan + JSRT -> whole NIH sample", None), "B": ("NIH + JSRT -> wingspan", "wingspan/png/"),
+             "C": ("NIH + wingspan -> JSRT", "jsrt/png/")}
+    todo = args.only.split(",") if args.only else list(plans)
+    report: dict = {}
+    for key in todo:
+        if key not in plans or not all((d / key / "left_out_results.csv").is_file() for d in dirs):
+            print(f"{key}: not in every folder given; skipped")
+            continue
+        title, prefix = plans[key]
+        reference = None if prefix is None else {p[len(prefix):]: c for p, c in ctr_mask.items()
+                                                 if p.startswith(prefix)}
+        print("\n" + "=" * 100)
+        avg = seed_average(dirs, key, views if prefix is None else None, reference)
+        avg["table"] = print_average(key, title, avg)
+        report[key] = avg
+    from cxr.runtime.serialization import jsonable
+
+    (out / "average.json").write_text(json.dumps(jsonable(report), indent=1, sort_keys=True))
+    return report
+
+
 def _prefixed_labels(labels: Path, prefix: str, out_dir: Path) -> Path:
     """labels of the images under `prefix`, with paths relative to that folder (for cxr-score --labels)."""
     target = out_dir / "left_out_labels.csv"
@@ -348,6 +446,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="training seed (another seed shows run-to-run spread)")
     ap.add_argument("--only", default=None, help="external: comma-separated runs among A,B,C,A0")
     ap.add_argument("--baseline", action="store_true", help="external: also run A0 (today's recipe)")
+    ap.add_argument("--seeds", default=None,
+                    help="external: train every run once per seed (comma-separated, into OUT/seed<N>), then print "
+                         "the seeds' models used together (probabilities averaged) beside each seed")
+    ap.add_argument("--average", type=Path, nargs="+", default=None, metavar="DIR",
+                    help="no training: the seed average of earlier `make external` outputs (each DIR an --out)")
     args = ap.parse_args(argv)
     for needed in ("ctr_wingspan_jsrt/labels.csv", "nih_cxr14_sample/labels.csv"):
         if not (args.data / needed).is_file():
@@ -357,7 +460,17 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or Path("real_out" if args.mode == "real" else "external_out")
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    (mode_real if args.mode == "real" else mode_external)(args, out)
+    if args.average:
+        mode_average(args, args.average, out)
+    elif args.seeds and args.mode == "external":
+        seeds = [int(n) for n in args.seeds.split(",")]
+        for n in seeds:
+            args.seed = n
+            (out / f"seed{n}").mkdir(exist_ok=True)
+            mode_external(args, out / f"seed{n}")
+        mode_average(args, [out / f"seed{n}" for n in seeds], out)
+    else:
+        (mode_real if args.mode == "real" else mode_external)(args, out)
     print("\nPublished anchors: CheXNet cardiomegaly AUROC 0.92 (ImageNet weights, 112,120 NIH images, NIH's own test "
           "split); torchxrayvision densenet121-all 0.88 on NIH. Not comparable: random init, 160 px, hundreds of "
           "training images, labels from measured ratios for wingspan/JSRT.")

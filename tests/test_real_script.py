@@ -94,3 +94,55 @@ def test_ctr_agreement_reads_the_scored_rows(real, tmp_path):
     assert (c["n"], c["n_measured"], c["flags"]) == (4, 3, 1)
     assert c["mae"] == pytest.approx(0.01) and c["within_0.03"] == pytest.approx(1.0)
     assert c["bias"] == pytest.approx(0.01) and c["slope"] > 0.9
+
+
+def seed_dir(root: Path, seed: int, key: str, rows: list[tuple]) -> Path:
+    """An --out of `make external` holding run `key`'s scored rows (path, probability, ctr, label, status)."""
+    (root / key / "run").mkdir(parents=True)
+    (root / key / "run" / "config.json").write_text(f'{{"seed": {seed}}}')
+    with open(root / key / "left_out_results.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "prob_cardiomegaly", "cardiomegaly", "status", "error", "ctr", "ctr_flag", "label"])
+        for path, p, ctr, label, status in rows:
+            w.writerow([path, p if status == "ok" else "", "", status, "", ctr, "", label])
+    return root
+
+
+def test_seed_average_averages_each_films_probability_over_the_seeds(real, tmp_path):
+    """Two seeds that each rank one positive last: averaged, the films rank perfectly; per view; a film one seed
+    could not read is left out of every column (the same films everywhere), and so is a film without a label."""
+    rng = np.random.default_rng(0)
+    names = [f"images/{k}.png" for k in range(40)]
+    y = np.array([k % 2 for k in range(40)])
+    base = y * 0.5 + 0.25
+    p0, p1 = base + rng.uniform(-0.01, 0.01, 40), base + rng.uniform(-0.01, 0.01, 40)
+    p0[1], p1[3] = 0.0, 0.0  # each seed misses a different positive completely
+    rows0 = [(n, p0[k], "", y[k], "ok") for k, n in enumerate(names)] + [("images/bad.png", "", "", 1, "ok")]
+    rows1 = [(n, p1[k], "", y[k], "ok") for k, n in enumerate(names)] + [("images/bad.png", "", "", 1, "error")]
+    rows0.append(("images/unlabelled.png", 0.9, "", "", "ok"))
+    rows1.append(("images/unlabelled.png", 0.9, "", "", "ok"))
+    rows0[0], rows1[0] = ("images/0.png", 0.3, "", 0, "ok"), ("images/0.png", 0.2, "", 0, "ok")
+    dirs = [seed_dir(tmp_path / "s0", 0, "A", rows0), seed_dir(tmp_path / "s1", 1, "A", rows1)]
+    views = {n: ("PA" if k < 20 else "AP") for k, n in enumerate(names)}
+    avg = real.seed_average(dirs, "A", views=views)
+    assert avg["seeds"] == [0, 1] and set(avg["groups"]) == {"all", "AP", "PA"}
+    g = avg["groups"]["all"]
+    assert (g["n"], g["n_positive"]) == (40, 20)
+    assert g["seeds_auroc"][0] == pytest.approx(19 / 20) and g["seeds_auroc"][1] == pytest.approx(19 / 20)
+    assert g["average_auroc"] == pytest.approx(1.0)  # each positive missed by one seed still beats every negative
+    assert all(lo >= 0 for lo, _ in g["average_minus_seed_ci95"])
+    assert avg["groups"]["PA"]["n"] == 20 and "ctr" not in avg
+
+
+def test_seed_average_of_the_ctr_against_the_manual_ratio(real, tmp_path):
+    rows0 = [("a.png", 0.2, 0.40, 0, "ok"), ("b.png", 0.8, 0.60, 1, "ok"), ("c.png", 0.7, "", 1, "ok"),
+             ("d.png", 0.3, 0.46, 0, "ok")]
+    rows1 = [("a.png", 0.1, 0.44, 0, "ok"), ("b.png", 0.9, 0.64, 1, "ok"), ("c.png", 0.6, 0.55, 1, "ok"),
+             ("d.png", 0.4, 0.50, 0, "ok")]
+    dirs = [seed_dir(tmp_path / "s0", 0, "C", rows0), seed_dir(tmp_path / "s1", 1, "C", rows1)]
+    reference = {"a.png": 0.40, "b.png": 0.60, "c.png": 0.55, "d.png": 0.50}
+    c = real.seed_average(dirs, "C", reference=reference)["ctr"]
+    assert c["n"] == 3  # c.png: one seed measured no ratio
+    assert c["seeds_mae"] == pytest.approx([(0 + 0 + 0.04) / 3, (0.04 + 0.04 + 0) / 3])
+    assert c["average_mae"] == pytest.approx((0.02 + 0.02 + 0.02) / 3)
+    assert c["average_within_0.03"] == pytest.approx(1.0)
