@@ -185,6 +185,10 @@ class TrainConfig:
     # --- execution ---
     seed: int = 0
     """Seeds splits, subsets, weights, shuffling and augmentation. Runs on CPU are deterministic given the seed."""
+    split_seed: int | None = None
+    """Seeds only the patients' split into train/val/test (and the --max-*-images subsets); unset: --seed. Runs that
+    differ only in --seed then share their validation and test patients, so they measure training's own spread and
+    can be validated together."""
     num_workers: int = 2
     """DataLoader worker processes (0 = load in the main process)."""
     amp: str = "auto"
@@ -257,6 +261,8 @@ class TrainConfig:
             bad("threshold_method", f"must be one of {THRESHOLD_METHODS}")
         if not isinstance(self.seed, int) or self.seed < 0:
             bad("seed", "must be an integer >= 0")
+        if self.split_seed is not None and (not isinstance(self.split_seed, int) or self.split_seed < 0):
+            bad("split_seed", "must be an integer >= 0 (or unset: --seed)")
         self._check_segmentation(bad)
         self._check_augmentation(bad)
         for source in self.sources():

@@ -81,12 +81,16 @@ def _index_source(config: TrainConfig, spec, prefix: bool) -> tuple[list, Any]:
                            source=s.source if has_column and s.source else spec.name) for s in samples]
     # keeps a split the data already names (a given test is never redrawn); assigns the rest by patient
     samples = assign_splits(samples, val_fraction=config.val_fraction, test_fraction=config.test_fraction,
-                            seed=config.seed)
+                            seed=_split_seed(config))
     if not index.patient_ids_known:
         log.warning("%s: patient ids are not known for every image; those images count as their own patient, so "
                     "one patient's images may land in different splits (name a patient column, or use NIH-style "
                     "file names like 00000001_000.png)", spec.data_root)
     return samples, index
+
+
+def _split_seed(config: TrainConfig) -> int:
+    return config.seed if config.split_seed is None else config.split_seed
 
 
 def _subset(samples: list, limit: int | None, seed: int, split: str) -> list:
@@ -108,9 +112,9 @@ def prepare_data(config: TrainConfig, run_dir: Path, ctx: DistContext, resume: b
         samples, summary = _index(config)
     by_split = {s: [x for x in samples if x.split == s] for s in SPLITS}
     if not resume:
-        by_split["train"] = _subset(by_split["train"], config.max_train_images, config.seed, "train")
+        by_split["train"] = _subset(by_split["train"], config.max_train_images, _split_seed(config), "train")
         for s in ("val", "test"):
-            by_split[s] = _subset(by_split[s], config.max_eval_images, config.seed, s)
+            by_split[s] = _subset(by_split[s], config.max_eval_images, _split_seed(config), s)
 
     cache: dict[str, Any] = {}
     unreadable: list[dict[str, str]] = []
