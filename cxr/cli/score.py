@@ -35,6 +35,7 @@ from cxr.cli.score_warnings import RunWarnings
 from cxr.cli.verbosity import VERBOSE, setup_logging, verbosity_options
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 3, 130, 143
+STOP_DRAW_GRACE_S = 10.0  # a stopped run waits this long at most for the drawings of the rows done
 
 
 def _BadParameter(message: str, param_hint: str | None = None) -> click.BadParameter:  # noqa: N802 (reads as the class)
@@ -295,10 +296,12 @@ class _Extras:
         if self.drawer is not None:
             self.drawer.submit(row, index)
 
-    def finish(self, cancel: bool = False) -> None:
+    def finish(self, cancel: bool = False, stopping: bool = False) -> None:
+        """Wait for the drawings (dropping those not started, with `cancel`); `stopping` (the run was stopped or
+        failed): wait at most STOP_DRAW_GRACE_S, never for a drawing blocked on a hung file."""
         if self.drawer is not None:
             start = time.perf_counter()
-            self.drawer.close(cancel=cancel)
+            self.drawer.close(cancel=cancel, timeout=STOP_DRAW_GRACE_S if stopping else None)
             self.wait_s = time.perf_counter() - start
 
     def manifest(self) -> dict:
@@ -754,21 +757,21 @@ class _ScoreRun:
             sys.exit(EXIT_TERMINATED if isinstance(exc, _Terminated) else EXIT_INTERRUPTED)
         except OSError as exc:  # disk full, file too large, output folder gone: say so, keep the rows, no traceback
             bar.close()
-            extras.finish(cancel=True)
+            extras.finish(cancel=True, stopping=True)
             kept = writer.abort()
             _error(f"cannot write results: {exc.strerror or exc}; {out} was not written"
                    + (f"; the rows done are in {kept}" if kept else "") + _keep_journal(journal))
             sys.exit(EXIT_FAILED)
         except CxrError as exc:  # the Ray engine's pipeline failed or lost rows: say so, keep the rows, no traceback
             bar.close()
-            extras.finish(cancel=True)
+            extras.finish(cancel=True, stopping=True)
             kept = writer.abort()
             _error(f"{exc}; {out} was not written" + (f"; the rows done are in {kept}" if kept else "")
                    + _keep_journal(journal))
             sys.exit(EXIT_FAILED)
         except BaseException as exc:
             bar.close()
-            extras.finish(cancel=True)
+            extras.finish(cancel=True, stopping=True)
             kept = writer.abort()
             _error(f"stopped by {type(exc).__name__}: {exc}; {out} was not written"
                    + (f"; the rows done are in {kept}" if kept else "") + _keep_journal(journal))
@@ -897,12 +900,12 @@ def _keep_journal(journal) -> str:
 def _partial_report(extras: _Extras, matcher, thr: float, stopped: str, manifest_args: dict) -> str:
     """After Ctrl-C or SIGTERM: the report of the rows done, marked partial; what to add to the stop message."""
     if extras.report is None:
-        extras.finish(cancel=True)
+        extras.finish(cancel=True, stopping=True)
         return ""
     from cxr.runtime.results import build_manifest
 
     try:
-        extras.finish()  # the drawings already queued (at most 4 per worker), so the page shows every row done
+        extras.finish(stopping=True)  # the drawings already queued (at most 4 per worker): the page shows the rows
         labels = matcher.report(thr) if matcher is not None else None
         if labels is not None:  # labelled images the run did not reach were found, not missing
             not_reached = len(matcher.table) - labels["matched"] - labels["labelled_not_scored"]

@@ -57,10 +57,10 @@ def resume_note(journal, total: int, todo: int) -> str:
 
 
 def exit_now_if_readers_stuck(code) -> None:
-    """After an interrupted run has written what it had (rows kept, lock released): a reader thread blocked in C (a
-    FIFO, a slow network file, a decode that never ends) cannot be interrupted, and Python would wait for it at exit
-    forever. Flush and leave at once instead; nothing of the run is left to write."""
-    if not any(t.name.startswith("cxr-read") and t.is_alive() for t in threading.enumerate()):
+    """After an interrupted run has written what it had (rows kept, lock released): a reader or drawing thread blocked
+    in C (a FIFO, a slow network file, a decode that never ends) cannot be interrupted, and Python would wait for it
+    at exit forever. Flush and leave at once instead; nothing of the run is left to write."""
+    if not any(t.name.startswith(("cxr-read", "cxr-overlay")) and t.is_alive() for t in threading.enumerate()):
         return
     for stream in (sys.stdout, sys.stderr):
         try:

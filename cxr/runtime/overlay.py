@@ -240,10 +240,14 @@ class OverlayStats:
     drawn: int = 0
     failed: int = 0
     failures: list[str] = field(default_factory=list)
+    unfinished: int = 0  # drawings still running when a stopped run gave up waiting for them (close's timeout)
     MAX_KEPT = 20
 
     def to_dict(self) -> dict:
-        return {"written": self.written, "failed": self.failed, "first_failures": list(self.failures)}
+        out = {"written": self.written, "failed": self.failed, "first_failures": list(self.failures)}
+        if self.unfinished:
+            out["unfinished"] = self.unfinished
+        return out
 
 
 Drawn = Callable[[int, np.ndarray, np.ndarray], None]
@@ -319,14 +323,20 @@ class OverlayWriter:
                 if len(self.stats.failures) < OverlayStats.MAX_KEPT:
                     self.stats.failures.append(reason)
 
-    def close(self, cancel: bool = False) -> OverlayStats:
-        """Wait for the queued drawings (or drop those not started, with `cancel`); the stats."""
+    def close(self, cancel: bool = False, timeout: float | None = None) -> OverlayStats:
+        """Wait for the queued drawings (or drop those not started, with `cancel`); the stats. With `timeout` (a
+        stopped run), wait at most that long: a drawing blocked in C (a read from a hung mount) is left running and
+        counted in `stats.unfinished`, and its thread ends with the process."""
         if cancel:
             self._pool.shutdown(wait=False, cancel_futures=True)
         with self._lock:
             queued = list(self._queued)
-        waits.all_done(queued)  # a signal cuts the wait short; the drawings go on in the pool's threads
-        self._pool.shutdown(wait=True)
+        if waits.all_done(queued, timeout):  # a signal cuts the wait short; the drawings go on in the pool's threads
+            self._pool.shutdown(wait=True)
+        else:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            with self._lock:
+                self.stats.unfinished = sum(not f.done() for f in self._queued)
         return self.stats
 
     def __enter__(self) -> "OverlayWriter":

@@ -11,8 +11,8 @@ reader thread stopped a wait after 0.5 s instead of when the reader's 5 s read e
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import Future, wait
-from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Collection, TypeVar
 
 POLL_S = 0.2
@@ -21,11 +21,9 @@ T = TypeVar("T")
 
 def result(future: Future[T]) -> T:
     """`future.result()`, looking up every POLL_S seconds so a pending signal handler runs."""
-    while True:
-        try:
-            return future.result(timeout=POLL_S)
-        except FutureTimeout:
-            continue
+    while not future.done():  # not result(timeout): a future that failed with TimeoutError would look unfinished
+        wait((future,), timeout=POLL_S)
+    return future.result()
 
 
 def acquire(lock: threading.Semaphore | threading.Lock) -> None:
@@ -34,8 +32,14 @@ def acquire(lock: threading.Semaphore | threading.Lock) -> None:
         pass
 
 
-def all_done(futures: Collection[Future]) -> None:
-    """Wait until every future is done, looking up every POLL_S seconds so a pending signal handler runs."""
+def all_done(futures: Collection[Future], timeout: float | None = None) -> bool:
+    """Wait until every future is done (True), or `timeout` seconds have passed (False), looking up every POLL_S
+    seconds so a pending signal handler runs."""
+    deadline = None if timeout is None else time.monotonic() + timeout
     pending = set(futures)
     while pending:
-        pending = wait(pending, timeout=POLL_S).not_done
+        left = POLL_S if deadline is None else min(POLL_S, deadline - time.monotonic())
+        if left <= 0:
+            return False
+        pending = wait(pending, timeout=left).not_done
+    return True

@@ -45,17 +45,53 @@ main(sys.argv[1:])
 """
 
 
+MAIN_THREAD_WAITS = """
+def main_thread_waits(limit_s=30.0):  # blocked in a threading wait inside score_folder (for a reader), or limit_s
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        frame, names = sys._current_frames().get(threading.main_thread().ident), []
+        while frame is not None:
+            names.append((frame.f_code.co_filename, frame.f_code.co_name))
+            frame = frame.f_back
+        if ("wait" in {n for f, n in names if f.endswith("threading.py")}
+                and "score_folder" in {n for _, n in names}):
+            return
+        time.sleep(0.01)
+"""
+
 STUCK_READER = """
 import signal, sys, threading, time
 import cxr.runtime.scoring as scoring
 real = scoring._load_one
+""" + MAIN_THREAD_WAITS + """
 def load(path, config):
     if path.name == "img2.png":
-        time.sleep(0.5)  # the main thread is now waiting for this read
+        main_thread_waits()  # the main thread is now waiting for this read
         signal.pthread_kill(threading.get_ident(), signal.SIGTERM)  # the kernel may hand SIGTERM to any thread
         time.sleep(90)  # a read blocked in C (a hung network mount)
     return real(path, config)
 scoring._load_one = load
+from cxr.cli.score import main
+main(sys.argv[1:])
+"""
+
+STUCK_DRAWER = """
+import signal, sys, threading, time
+import cxr.runtime.imaging as imaging
+real = imaging.read_image
+def read_image(path):
+    if threading.current_thread().name.startswith("cxr-overlay") and str(path).endswith("img1.png"):
+        time.sleep(90)  # the overlay's second read of a file, blocked on a hung mount
+    return real(path)
+imaging.read_image = read_image
+import cxr.runtime.scoring as scoring
+real_score = scoring.score_folder
+def stopping(*args, **kwargs):
+    for i, row in enumerate(real_score(*args, **kwargs)):
+        if i == 2:
+            signal.raise_signal(signal.SIGTERM)
+        yield row
+scoring.score_folder = stopping
 from cxr.cli.score import main
 main(sys.argv[1:])
 """
@@ -190,3 +226,23 @@ def test_sigterm_caught_by_a_stuck_reader_still_stops_the_run_at_once(setup, tmp
     with open(tmp_path / "r.csv.partial", newline="") as fh:
         assert [r["path"] for r in csv.DictReader(fh)] == names[:done]
     assert not out.exists()
+
+
+def test_a_stopped_run_does_not_wait_for_a_drawing_stuck_on_a_hung_file(setup, tmp_path):
+    """Stopped while one row's overlay is blocked reading its file: the run still exits 143 with the rows and the
+    report kept (that row without its picture), after at most the drawings' grace, not when the read ends."""
+    model, folder, names = setup
+    out, report = tmp_path / "r.csv", tmp_path / "r.html"
+    proc = subprocess.Popen([sys.executable, "-c", STUCK_DRAWER, str(folder), "--out", str(out), "--model", str(model),
+                             "--batch-size", "1", "--device", "cpu", "--report", str(report)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, stderr
+    assert f"terminated (SIGTERM) after 2 of {N_IMAGES} file(s)" in stderr and "Traceback" not in stderr
+    assert f"the report of the rows done, marked partial, is {report}" in stderr
+    assert [r["p"] for r in page_rows(report)] == names[:2]
+    with open(tmp_path / "r.csv.partial", newline="") as fh:
+        assert [r["path"] for r in csv.DictReader(fh)] == names[:2]

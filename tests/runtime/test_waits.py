@@ -7,6 +7,7 @@ only let the handler run once the worker is done; these must raise while it stil
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +25,21 @@ class Stopped(BaseException):
     pass
 
 
+def main_thread_waits(limit_s: float = 30.0) -> None:
+    """Return once the main thread is blocked in a threading wait inside cxr.runtime.waits (so the signal tests what
+    it means to), or after `limit_s`."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        frame, names = sys._current_frames().get(threading.main_thread().ident), []
+        while frame is not None:
+            names.append((frame.f_code.co_filename, frame.f_code.co_name))
+            frame = frame.f_back
+        if ("wait" in {n for f, n in names if f.endswith("threading.py")}
+                and any(f.endswith("/runtime/waits.py") for f, _ in names)):
+            return
+        time.sleep(0.01)
+
+
 @pytest.fixture()
 def stopper():
     """A SIGUSR1 handler raising Stopped in the main thread; `blocker()` is a worker body that signals its own
@@ -35,7 +51,7 @@ def stopper():
     release, ended = threading.Event(), threading.Event()
 
     def blocker(*_args):
-        time.sleep(0.3)  # let the main thread reach its wait
+        main_thread_waits()
         signal.pthread_kill(threading.get_ident(), signal.SIGUSR1)
         release.wait(30)
         ended.set()
@@ -88,3 +104,20 @@ def test_overlay_writer_close_is_cut_short_and_then_finishes(stopper, tmp_path, 
     release.set()
     stats = writer.close()
     assert (stats.drawn, stats.failed) == (1, 0) and (Path(tmp_path) / "o" / "a.png").is_file()
+
+
+def test_result_raises_a_timeout_the_work_itself_raised():
+    """A read that failed with TimeoutError (ETIMEDOUT on a network file) is the result, not a wait to go on with."""
+    with ThreadPoolExecutor(1) as pool:
+        future = pool.submit(lambda: (_ for _ in ()).throw(TimeoutError("the share timed out")))
+        with pytest.raises(TimeoutError, match="the share timed out"):
+            waits.result(future)
+
+
+def test_all_done_gives_up_after_its_timeout():
+    release = threading.Event()
+    with ThreadPoolExecutor(1) as pool:
+        slow, quick = pool.submit(release.wait, 30), pool.submit(lambda: 1)
+        assert waits.all_done([slow, quick], timeout=0.3) is False
+        release.set()
+        assert waits.all_done([slow, quick]) is True and quick.result() == 1
