@@ -29,7 +29,8 @@ seen; sharpening, CLAHE and the stretch were added once, after run B's failure o
 Run-to-run spread, and the seeds used together: `--mode external --seeds 0,1,2` trains every run once per seed (into
 OUT/seed<N>, three times the hours) and then prints each seed's AUROC beside that of the seeds' exported models with
 their probabilities averaged (an unweighted ensemble; nothing fitted on the films left out), with paired intervals;
-`--average DIR DIR ...` prints the same for earlier outputs without training.
+`--average DIR DIR ...` prints the same for earlier outputs without training. Each seed draws its own split of the
+training sources unless `--split-seed N` holds it (the films left out are the same either way).
 """
 
 from __future__ import annotations
@@ -94,6 +95,11 @@ def wj_spec(wj: Path, labels: Path, name: str) -> str:
 
 def train(run_dir: Path, sources: list[str], args, extra: list[str] | None = None) -> None:
     if (run_dir / "metrics.json").is_file():
+        saved = json.loads((run_dir / "config.json").read_text())
+        if (saved.get("seed"), saved.get("split_seed")) != (args.seed, args.split_seed):
+            raise SystemExit(f"real: {run_dir} holds a run of --seed {saved.get('seed')} --split-seed "
+                             f"{saved.get('split_seed')}, not the --seed {args.seed} --split-seed {args.split_seed} "
+                             "asked for: give another --out, or delete it to train again")
         print(f"{run_dir} already holds a finished run: reusing it (delete it to train again).")
         return
     if (run_dir / "last.pt").is_file():
@@ -101,7 +107,7 @@ def train(run_dir: Path, sources: list[str], args, extra: list[str] | None = Non
         return
     cmd = [str(BIN / "cxr-train"), "--out", str(run_dir), "--init", "random", "--lr", "1e-4", "--image-size",
            str(args.size), "--batch-size", "16", "--max-epochs", str(args.epochs), "--num-workers", "0",
-           "--seed", str(args.seed)]
+           "--seed", str(args.seed)] + ([] if args.split_seed is None else ["--split-seed", str(args.split_seed)])
     for s in sources:
         cmd += ["--data", s]
     run(cmd + (AUGMENT + RECIPE if extra is None else extra))
@@ -351,8 +357,11 @@ def seed_average(dirs: list[Path], key: str, views: dict[str, str] | None = None
     groups = {"all": np.ones(len(paths), bool)}
     for view in sorted(set((views or {}).get(p, "") for p in paths) - {""}):
         groups[view] = np.array([views.get(p) == view for p in paths])
-    seeds = [json.loads((d / key / "run" / "config.json").read_text()).get("seed") for d in dirs]
-    out: dict = {"dirs": [str(d) for d in dirs], "seeds": seeds, "groups": {}}
+    configs = [json.loads((d / key / "run" / "config.json").read_text()) for d in dirs]
+    decisions = [(json.loads((d / key / "run" / "metrics.json").read_text()).get("decision") or {}).get("mode")
+                 for d in dirs]
+    out: dict = {"dirs": [str(d) for d in dirs], "seeds": [c.get("seed") for c in configs],
+                 "split_seeds": [c.get("split_seed") for c in configs], "decisions": decisions, "groups": {}}
     for name, keep in groups.items():
         yk = y[keep]
         if not metrics.has_both_classes(yk):
@@ -377,8 +386,12 @@ def seed_average(dirs: list[Path], key: str, views: dict[str, str] | None = None
 
 def print_average(key: str, title: str, avg: dict) -> list[str]:
     n_seeds = len(avg["seeds"])
-    lines = [f"**{key}: {title}, {n_seeds} seeds' exported models, probabilities averaged**", "",
-             "| group | n (pos.) | " + " | ".join(f"seed {n}" for n in avg["seeds"])
+    split = ("each seed its own split of the training sources" if set(avg["split_seeds"]) == {None}
+             else f"split seeds {', '.join(map(str, avg['split_seeds']))}")
+    lines = [f"**{key}: {title}, {n_seeds} seeds' exported models, probabilities averaged ({split}; in brackets "
+             "the decision each seed chose on its validation split)**", "",
+             "| group | n (pos.) | "
+             + " | ".join(f"seed {n} ({mode})" for n, mode in zip(avg["seeds"], avg["decisions"]))
              + " | average (95% CI) | average minus each seed, paired (95% CI) |",
              "|---|---|" + "---|" * n_seeds + "---|---|"]
     for name, g in avg["groups"].items():
@@ -446,12 +459,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="training seed (another seed shows run-to-run spread)")
     ap.add_argument("--only", default=None, help="external: comma-separated runs among A,B,C,A0")
     ap.add_argument("--baseline", action="store_true", help="external: also run A0 (today's recipe)")
+    ap.add_argument("--split-seed", type=int, default=None,
+                    help="training's --split-seed (unset: each --seed draws its own split of the training sources)")
     ap.add_argument("--seeds", default=None,
                     help="external: train every run once per seed (comma-separated, into OUT/seed<N>), then print "
                          "the seeds' models used together (probabilities averaged) beside each seed")
     ap.add_argument("--average", type=Path, nargs="+", default=None, metavar="DIR",
                     help="no training: the seed average of earlier `make external` outputs (each DIR an --out)")
     args = ap.parse_args(argv)
+    if args.seeds and args.average:
+        ap.error("--seeds trains and then averages; --average only averages earlier outputs: give one of them")
+    if (args.seeds or args.average) and args.mode != "external":
+        ap.error("--seeds and --average go with --mode external (the runs A, B, C)")
+    if args.average and args.only and not set(args.only.split(",")) <= {"A", "B", "C"}:
+        ap.error("--average covers the runs A, B and C")
     for needed in ("ctr_wingspan_jsrt/labels.csv", "nih_cxr14_sample/labels.csv"):
         if not (args.data / needed).is_file():
             print(f"real: {args.data / needed} not found; `make {args.mode}` needs the project's data folder beside "

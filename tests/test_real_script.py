@@ -100,6 +100,7 @@ def seed_dir(root: Path, seed: int, key: str, rows: list[tuple]) -> Path:
     """An --out of `make external` holding run `key`'s scored rows (path, probability, ctr, label, status)."""
     (root / key / "run").mkdir(parents=True)
     (root / key / "run" / "config.json").write_text(f'{{"seed": {seed}}}')
+    (root / key / "run" / "metrics.json").write_text('{"decision": {"mode": "classifier"}}')
     with open(root / key / "left_out_results.csv", "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["path", "prob_cardiomegaly", "cardiomegaly", "status", "error", "ctr", "ctr_flag", "label"])
@@ -146,3 +147,21 @@ def test_seed_average_of_the_ctr_against_the_manual_ratio(real, tmp_path):
     assert c["seeds_mae"] == pytest.approx([(0 + 0 + 0.04) / 3, (0.04 + 0.04 + 0) / 3])
     assert c["average_mae"] == pytest.approx((0.02 + 0.02 + 0.02) / 3)
     assert c["average_within_0.03"] == pytest.approx(1.0)
+
+
+def test_a_finished_run_of_another_seed_is_not_reused(real, tmp_path):
+    """--seeds / --seed into an --out that already holds another seed's run: refused, never mixed in silently."""
+    from types import SimpleNamespace
+
+    run_dir = seed_dir(tmp_path, 0, "A", []) / "A" / "run"
+    with pytest.raises(SystemExit, match="holds a run of --seed 0 --split-seed None, not the --seed 1"):
+        real.train(run_dir, [], SimpleNamespace(seed=1, split_seed=None))
+    real.train(run_dir, [], SimpleNamespace(seed=0, split_seed=None))  # the same seed: reused, nothing trained
+
+
+def test_seed_average_names_each_seeds_decision_and_split(real, tmp_path):
+    rows = [("a.png", 0.2, "", 0, "ok"), ("b.png", 0.8, "", 1, "ok")]
+    dirs = [seed_dir(tmp_path / f"s{n}", n, "A", rows) for n in (3, 4)]
+    avg = real.seed_average(dirs, "A")
+    assert (avg["seeds"], avg["split_seeds"], avg["decisions"]) == ([3, 4], [None, None], ["classifier"] * 2)
+    assert "seed 3 (classifier) | seed 4 (classifier)" in "\n".join(real.print_average("A", "t", avg))
