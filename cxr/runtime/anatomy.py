@@ -16,6 +16,8 @@ STRUCTURES = ("heart", "left_lung", "right_lung")
 NO_HEART = "no_heart"
 NO_LUNGS = "no_lungs"
 LUNGS_CUT = "lungs_cut_by_edge"
+ONE_LUNG = "one_lung_missing"  # the thorax is measured on one lung: the ratio comes out too high
+HEART_WIDER = "heart_wider_than_lungs"  # a ratio above 1: no chest holds a heart wider than its lungs
 
 
 def _extent(occupied: np.ndarray) -> int:
@@ -75,15 +77,22 @@ def main_parts_reference(masks: np.ndarray) -> np.ndarray:
     return out
 
 
-def mask_flags(masks: np.ndarray) -> str:
-    """'' when the masks [3, H, W] look like a chest; else why the CTR should not be trusted (';'-joined)."""
-    masks = np.asarray(masks) > 0
+def mask_flags(masks: np.ndarray | None, ctr: float | None = None) -> str:
+    """'' when the masks [3, H, W] (None: a model without them) and the measured `ctr` look like a chest; else why
+    the CTR should not be trusted (';'-joined)."""
     flags = []
-    if not masks[0].any():
-        flags.append(NO_HEART)
-    lungs = masks[1] | masks[2]
-    if not lungs.any():
-        flags.append(NO_LUNGS)
-    elif lungs[:, 0].any() or lungs[:, -1].any():
-        flags.append(LUNGS_CUT)  # the widest row may run past the image: the thorax is under-measured
+    if masks is not None:
+        masks = np.asarray(masks) > 0
+        if not masks[0].any():
+            flags.append(NO_HEART)
+        lungs = masks[1] | masks[2]
+        if not lungs.any():
+            flags.append(NO_LUNGS)
+        else:
+            if not (masks[1].any() and masks[2].any()):
+                flags.append(ONE_LUNG)
+            if lungs[:, 0].any() or lungs[:, -1].any():
+                flags.append(LUNGS_CUT)  # the widest row may run past the image: the thorax is under-measured
+    if ctr is not None and ctr > 1.0:
+        flags.append(HEART_WIDER)
     return ";".join(flags)

@@ -51,7 +51,8 @@ logger = logging.getLogger(__name__)
 COLUMNS = ("path", "prob_cardiomegaly", "cardiomegaly", "status", "error")
 ANATOMY_COLUMNS = ("ctr", "ctr_flag")
 """Added after COLUMNS for models with a ctr output: the ratio with 4 decimals (empty when not measurable) and why
-the masks look implausible (no_heart, no_lungs, lungs_cut_by_edge; ';'-joined; empty when they look right)."""
+the masks look implausible (no_heart, no_lungs, one_lung_missing, lungs_cut_by_edge, heart_wider_than_lungs;
+';'-joined; empty when they look right)."""
 LABEL_COLUMN = "label"
 """Added last when cxr-score is given --labels: the file's reference label 0/1, empty when the labels file has none."""
 _FORMULA_START = ("=", "+", "-", "@", "'", "\t", "\r")

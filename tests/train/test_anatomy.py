@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from cxr.runtime.anatomy import LUNGS_CUT, NO_HEART, NO_LUNGS, ctr_reference, mask_flags
+from cxr.runtime.anatomy import HEART_WIDER, LUNGS_CUT, NO_HEART, NO_LUNGS, ONE_LUNG, ctr_reference, mask_flags
 from cxr.train.anatomy import ctr_from_masks, dice_per_structure, mask_loss
 from cxr.train.model import CardiomegalyNet, build_model
 
@@ -88,9 +88,20 @@ def test_onnx_ctr_equals_reference_at_opset_17():
     (_masks(lungs=((0, 0, 0, 0), (0, 0, 0, 0))), NO_LUNGS),
     (_masks(lungs=((3, 15, 0, 13), (3, 15, 16, 27))), LUNGS_CUT),
     (_masks(heart=(0, 0, 0, 0), lungs=((3, 15, 4, 13), (3, 15, 16, 30))), f"{NO_HEART};{LUNGS_CUT}"),
+    (_masks(lungs=((3, 15, 4, 13), (0, 0, 0, 0))), ONE_LUNG),
+    (_masks(lungs=((0, 0, 0, 0), (3, 15, 16, 31))), f"{ONE_LUNG};{LUNGS_CUT}"),
 ])
 def test_mask_flags(masks, flags):
     assert mask_flags(masks) == flags
+
+
+def test_a_ratio_above_one_is_flagged_with_or_without_masks():
+    """A heart wider than the lungs' widest row (lungs mostly missed): the ratio is written, and flagged."""
+    narrow_lungs = _masks(heart=(8, 14, 6, 26), lungs=((4, 15, 10, 13), (4, 15, 16, 19)))
+    ctr = ctr_reference(narrow_lungs)
+    assert ctr > 1 and mask_flags(narrow_lungs, ctr) == HEART_WIDER
+    assert mask_flags(_masks(), ctr_reference(_masks())) == ""
+    assert mask_flags(None, 1.2) == HEART_WIDER and mask_flags(None, 0.55) == "" and mask_flags(None, 1.0) == ""
 
 
 def test_ctr_definition_matches_the_labels_on_real_masks(shared_data):
@@ -249,3 +260,19 @@ def test_onnx_main_parts_and_ctr_equal_the_numpy_twin_at_opset_17():
     want_kept = np.stack([main_parts_reference(m) for m in batch])
     np.testing.assert_array_equal(kept, want_kept)
     np.testing.assert_allclose(ctr, [ctr_reference(m) for m in want_kept], atol=1e-6)
+
+
+def test_scoring_writes_the_flags_beside_the_models_ratio():
+    """What cxr-score puts in ctr_flag for a model whose masks missed most of the lungs (ratio 2.2), and for a
+    model with a ctr output but no masks."""
+    from cxr.runtime.scoring import _one
+
+    narrow_lungs = _masks(heart=(8, 14, 6, 26), lungs=((4, 15, 10, 13), (4, 15, 16, 19)))
+    values = {"logit": np.array([0.0]), "probability": np.array([0.5]), "ctr": np.array([2.2], np.float32),
+              "masks": narrow_lungs[None]}
+    row = _one(values, 0)
+    assert row["ctr"] == pytest.approx(2.2) and row["ctr_flag"] == HEART_WIDER
+    del values["masks"]
+    assert _one(values, 0)["ctr_flag"] == HEART_WIDER
+    values["ctr"] = np.array([np.nan], np.float32)
+    assert _one(values, 0) == {"logit": 0.0, "probability": 0.5, "ctr": None, "ctr_flag": "not_measurable"}
