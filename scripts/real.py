@@ -162,9 +162,16 @@ def ctr_agreement(results: Path, labels_csv: Path, prefix: str) -> dict:
                if r["path"].startswith(prefix)}
     pairs = [(float(rows[p]["ctr"]), c) for p, c in ref.items() if p in rows and rows[p].get("ctr")]
     err = [abs(a - b) for a, b in pairs]
+    unflagged = [abs(float(rows[p]["ctr"]) - c) for p, c in ref.items()
+                 if p in rows and rows[p].get("ctr") and not rows[p].get("ctr_flag")]
     return {"n": len(ref), "n_measured": len(pairs), "mae": sum(err) / len(err) if err else float("nan"),
             "within_0.03": sum(e <= 0.03 for e in err) / len(err) if err else float("nan"),
-            "flags": sum(bool(r.get("ctr_flag")) for r in rows.values()), **follows(pairs)}
+            "flags": sum(bool(r.get("ctr_flag")) for r in rows.values()),
+            # what a user who sets the flagged rows aside gets
+            "n_unflagged": len(unflagged),
+            "mae_unflagged": sum(unflagged) / len(unflagged) if unflagged else float("nan"),
+            "within_0.03_unflagged": (sum(e <= 0.03 for e in unflagged) / len(unflagged) if unflagged
+                                      else float("nan")), **follows(pairs)}
 
 
 def follows(pairs: list[tuple[float, float]]) -> dict:
@@ -326,7 +333,9 @@ def mode_external(args, out: Path) -> dict:
             c = entry["exported_ctr_vs_masks"]
             print(f"exported model's ctr column vs the manual masks' ratio: MAE {fmt(c['mae'], 4)} on "
                   f"{c['n_measured']} of {c['n']} images ({fmt(100 * c['within_0.03'], 1)}% within 0.03); "
-                  f"bias {c['bias']:+.3f}, Pearson r {fmt(c['pearson_r'], 2)}, slope {fmt(c['slope'], 2)}")
+                  f"bias {c['bias']:+.3f}, Pearson r {fmt(c['pearson_r'], 2)}, slope {fmt(c['slope'], 2)}; on the "
+                  f"{c['n_unflagged']} films without a ctr_flag: MAE {fmt(c['mae_unflagged'], 4)} "
+                  f"({fmt(100 * c['within_0.03_unflagged'], 1)}% within 0.03)")
         site = entry["site_threshold"] or {}
         if site.get("available"):
             print(f"site threshold (Youden's J on the films left out): {site['threshold']:.4g}; fitted on half of "

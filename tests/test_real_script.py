@@ -94,6 +94,7 @@ def test_ctr_agreement_reads_the_scored_rows(real, tmp_path):
     assert (c["n"], c["n_measured"], c["flags"]) == (4, 3, 1)
     assert c["mae"] == pytest.approx(0.01) and c["within_0.03"] == pytest.approx(1.0)
     assert c["bias"] == pytest.approx(0.01) and c["slope"] > 0.9
+    assert c["n_unflagged"] == 2 and c["mae_unflagged"] == pytest.approx(0.01)  # b.png's flagged row set aside
 
 
 def seed_dir(root: Path, seed: int, key: str, rows: list[tuple]) -> Path:
