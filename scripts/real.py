@@ -160,18 +160,20 @@ def ctr_agreement(results: Path, labels_csv: Path, prefix: str) -> dict:
     with open(labels_csv, newline="") as fh:
         ref = {r["path"][len(prefix):]: float(r["ctr_mask"]) for r in csv.DictReader(fh)
                if r["path"].startswith(prefix)}
-    pairs = [(float(rows[p]["ctr"]), c) for p, c in ref.items() if p in rows and rows[p].get("ctr")]
+    measured = [p for p in ref if p in rows and rows[p].get("ctr")]
+    pairs = [(float(rows[p]["ctr"]), ref[p]) for p in measured]
+    unflagged = [(float(rows[p]["ctr"]), ref[p]) for p in measured if not rows[p].get("ctr_flag")]
+    mae, within = _mae_within(pairs)
+    mae_unflagged, within_unflagged = _mae_within(unflagged)  # what a user who sets the flagged rows aside gets
+    return {"n": len(ref), "n_measured": len(pairs), "mae": mae, "within_0.03": within,
+            "flags": sum(bool(r.get("ctr_flag")) for r in rows.values()), "n_unflagged": len(unflagged),
+            "mae_unflagged": mae_unflagged, "within_0.03_unflagged": within_unflagged, **follows(pairs)}
+
+
+def _mae_within(pairs: list[tuple[float, float]]) -> tuple[float, float]:
+    """Mean absolute error of (measured, reference) pairs and the share within 0.03; NaN for none."""
     err = [abs(a - b) for a, b in pairs]
-    unflagged = [abs(float(rows[p]["ctr"]) - c) for p, c in ref.items()
-                 if p in rows and rows[p].get("ctr") and not rows[p].get("ctr_flag")]
-    return {"n": len(ref), "n_measured": len(pairs), "mae": sum(err) / len(err) if err else float("nan"),
-            "within_0.03": sum(e <= 0.03 for e in err) / len(err) if err else float("nan"),
-            "flags": sum(bool(r.get("ctr_flag")) for r in rows.values()),
-            # what a user who sets the flagged rows aside gets
-            "n_unflagged": len(unflagged),
-            "mae_unflagged": sum(unflagged) / len(unflagged) if unflagged else float("nan"),
-            "within_0.03_unflagged": (sum(e <= 0.03 for e in unflagged) / len(unflagged) if unflagged
-                                      else float("nan")), **follows(pairs)}
+    return (sum(err) / len(err), sum(e <= 0.03 for e in err) / len(err)) if err else (float("nan"), float("nan"))
 
 
 def follows(pairs: list[tuple[float, float]]) -> dict:
@@ -386,10 +388,10 @@ def seed_average(dirs: list[Path], key: str, views: dict[str, str] | None = None
         measured = [p for p in paths if p in reference and all(t[p].get("ctr") for t in tables)]
         ctrs = np.array([[float(t[p]["ctr"]) for p in measured] for t in tables])
         ref = np.array([reference[p] for p in measured])
-        out["ctr"] = {"n": len(measured), "seeds_mae": [float(np.abs(c - ref).mean()) for c in ctrs],
-                      "average_mae": float(np.abs(ctrs.mean(axis=0) - ref).mean()),
-                      "average_within_0.03": float((np.abs(ctrs.mean(axis=0) - ref) <= 0.03).mean()),
-                      **follows(list(zip(ctrs.mean(axis=0), ref)))}
+        averaged = list(zip(ctrs.mean(axis=0), ref))
+        mae, within = _mae_within(averaged)
+        out["ctr"] = {"n": len(measured), "seeds_mae": [_mae_within(list(zip(c, ref)))[0] for c in ctrs],
+                      "average_mae": mae, "average_within_0.03": within, **follows(averaged)}
     return out
 
 

@@ -453,8 +453,8 @@ def _one(values: dict[str, np.ndarray], j: int, maps: bool = False) -> dict:
     if "ctr" in values:
         ctr = float(values["ctr"][j])
         out["ctr"] = ctr if math.isfinite(ctr) else None
-        out["ctr_flag"] = (mask_flags(values["masks"][j] if "masks" in values else None, out["ctr"])
-                           if "masks" in values or math.isfinite(ctr) else "not_measurable")
+        masks = values["masks"][j] if "masks" in values else None
+        out["ctr_flag"] = "not_measurable" if masks is None and out["ctr"] is None else mask_flags(masks, out["ctr"])
     if maps:
         if "cam" in values:
             out["cam"] = np.array(values["cam"][j], np.float32)

@@ -45,28 +45,14 @@ main(sys.argv[1:])
 """
 
 
-MAIN_THREAD_WAITS = """
-def main_thread_waits(limit_s=30.0):  # blocked in a threading wait inside score_folder (for a reader), or limit_s
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        frame, names = sys._current_frames().get(threading.main_thread().ident), []
-        while frame is not None:
-            names.append((frame.f_code.co_filename, frame.f_code.co_name))
-            frame = frame.f_back
-        if ("wait" in {n for f, n in names if f.endswith("threading.py")}
-                and "score_folder" in {n for _, n in names}):
-            return
-        time.sleep(0.01)
-"""
-
 STUCK_READER = """
 import signal, sys, threading, time
 import cxr.runtime.scoring as scoring
+from tests.main_thread import main_thread_waits
 real = scoring._load_one
-""" + MAIN_THREAD_WAITS + """
 def load(path, config):
     if path.name == "img2.png":
-        main_thread_waits()  # the main thread is now waiting for this read
+        main_thread_waits(lambda frames: "score_folder" in {n for _, n in frames})  # waiting for this read
         signal.pthread_kill(threading.get_ident(), signal.SIGTERM)  # the kernel may hand SIGTERM to any thread
         time.sleep(90)  # a read blocked in C (a hung network mount)
     return real(path, config)
@@ -208,19 +194,26 @@ def test_sigterm_while_the_report_is_written_says_it_was_not(setup, tmp_path, mo
     assert not (tmp_path / "r.html").exists()
 
 
+def run_harness(code: str, *args) -> tuple[int, str]:
+    """Run a cxr-score harness (one of the code strings above) in a real process: (exit code, stderr); a run that
+    does not stop within 60 s fails the test."""
+    proc = subprocess.Popen([sys.executable, "-c", code, *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    return proc.returncode, stderr
+
+
 def test_sigterm_caught_by_a_stuck_reader_still_stops_the_run_at_once(setup, tmp_path):
     """The SIGTERM lands on a reader thread blocked in a read while the main thread waits for that read: the run
     stops now, not when the read ends (90 s here, never for a hung mount), and keeps the rows done."""
     model, folder, names = setup
     out = tmp_path / "r.csv"
-    proc = subprocess.Popen([sys.executable, "-c", STUCK_READER, str(folder), "--out", str(out), "--model", str(model),
-                             "--batch-size", "1", "--workers", "1", "--device", "cpu"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
-    try:
-        _, stderr = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-    assert proc.returncode == 143, stderr
+    code, stderr = run_harness(STUCK_READER, folder, "--out", out, "--model", model, "--batch-size", "1",
+                               "--workers", "1", "--device", "cpu")
+    assert code == 143, stderr
     done = int(re.search(rf"terminated \(SIGTERM\) after (\d) of {N_IMAGES} file\(s\)", stderr).group(1))
     assert done <= 2 and "Traceback" not in stderr
     with open(tmp_path / "r.csv.partial", newline="") as fh:
@@ -233,14 +226,9 @@ def test_a_stopped_run_does_not_wait_for_a_drawing_stuck_on_a_hung_file(setup, t
     report kept (that row without its picture), after at most the drawings' grace, not when the read ends."""
     model, folder, names = setup
     out, report = tmp_path / "r.csv", tmp_path / "r.html"
-    proc = subprocess.Popen([sys.executable, "-c", STUCK_DRAWER, str(folder), "--out", str(out), "--model", str(model),
-                             "--batch-size", "1", "--device", "cpu", "--report", str(report)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
-    try:
-        _, stderr = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-    assert proc.returncode == 143, stderr
+    code, stderr = run_harness(STUCK_DRAWER, folder, "--out", out, "--model", model, "--batch-size", "1",
+                               "--device", "cpu", "--report", report)
+    assert code == 143, stderr
     assert f"terminated (SIGTERM) after 2 of {N_IMAGES} file(s)" in stderr and "Traceback" not in stderr
     assert f"the report of the rows done, marked partial, is {report}" in stderr
     assert [r["p"] for r in page_rows(report)] == names[:2]

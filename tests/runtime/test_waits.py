@@ -7,9 +7,7 @@ only let the handler run once the worker is done; these must raise while it stil
 from __future__ import annotations
 
 import signal
-import sys
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,27 +15,13 @@ import numpy as np
 import pytest
 
 from cxr.runtime import waits
+from tests.main_thread import main_thread_waits
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="needs POSIX thread signals")
 
 
 class Stopped(BaseException):
     pass
-
-
-def main_thread_waits(limit_s: float = 30.0) -> None:
-    """Return once the main thread is blocked in a threading wait inside cxr.runtime.waits (so the signal tests what
-    it means to), or after `limit_s`."""
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        frame, names = sys._current_frames().get(threading.main_thread().ident), []
-        while frame is not None:
-            names.append((frame.f_code.co_filename, frame.f_code.co_name))
-            frame = frame.f_back
-        if ("wait" in {n for f, n in names if f.endswith("threading.py")}
-                and any(f.endswith("/runtime/waits.py") for f, _ in names)):
-            return
-        time.sleep(0.01)
 
 
 @pytest.fixture()
@@ -51,7 +35,7 @@ def stopper():
     release, ended = threading.Event(), threading.Event()
 
     def blocker(*_args):
-        main_thread_waits()
+        main_thread_waits(lambda frames: any(f.endswith("/runtime/waits.py") for f, _ in frames))
         signal.pthread_kill(threading.get_ident(), signal.SIGUSR1)
         release.wait(30)
         ended.set()
