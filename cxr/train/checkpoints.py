@@ -4,7 +4,8 @@ Layout (format_version 1):
     format            "cxr-checkpoint"
     format_version    1
     kind              "best" | "last"
-    model             {"arch": str, "dropout": float, "seg_head": bool (absent: False)}
+    model             {"arch": str, "dropout": float, "seg_head": bool (absent: False), and for cxr-ensemble
+                      "ensemble": {"combine": str, "members": [{"decision", "checkpoint_sha256", "seed", ...}]}}
     decision          cxr.train.decision.Decision.to_dict() (absent: the classifier alone)
     model_state       state dict of CardiomegalyNet: the weights validated, selected and exported (with
                       --ema-halflife, their moving average)
@@ -98,7 +99,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def model_from_checkpoint(data: dict[str, Any]) -> CardiomegalyNet:
-    """Rebuild the model and load its weights strictly; a mismatch is a CheckpointError naming the file."""
+    """Rebuild the model (an ensemble's members too) and load its weights strictly; a mismatch is a CheckpointError
+    naming the file."""
+    if data["model"].get("ensemble"):
+        from cxr.train.ensemble import ensemble_from_checkpoint
+
+        return ensemble_from_checkpoint(data)
     model = CardiomegalyNet(arch=data["model"]["arch"], dropout=float(data["model"].get("dropout", 0.2)),
                             normalization=Normalization.from_dict(data["normalization"]),
                             seg_head=bool(data["model"].get("seg_head", False)))

@@ -528,16 +528,24 @@ class _TrainRun:
 
     def _decide(self, val) -> tuple[Decision, dict[str, Decision], Any, Threshold]:
         """(the decision, every candidate decision for the reports, validation under the decision, its threshold)."""
-        from cxr.train.evaluate import decided
-
         config = self.config
         val_rows = [self.data.samples["val"][int(i)] for i in val.index]
-        decision = choose_on_validation(config.decision if config.use_seg_head else "classifier", val_rows,
-                                        val.labels, val.logits, val.ctr, seed=config.seed)
-        candidates = _candidates(val, val_rows, decision, config) if config.use_seg_head else {"classifier": decision}
-        val_decided = decided(val, decision)
-        threshold = choose_threshold(config.threshold_method, config.target_sensitivity, val_decided.labels,
-                                     val_decided.probabilities)
-        if decision.mode != "classifier":
-            threshold = _between_ties(threshold, val_decided.probabilities, decision.mode)
-        return decision, candidates, val_decided, threshold
+        return decide_on_validation(val, val_rows, config.decision if config.use_seg_head else "classifier",
+                                    config.use_seg_head, config)
+
+
+def decide_on_validation(val, val_rows, requested: str, seg: bool,
+                         config: TrainConfig) -> tuple[Decision, dict[str, Decision], Any, Threshold]:
+    """The decision (`requested`: auto, classifier, ctr or fusion) fitted on the validation evaluation `val`
+    (`val_rows[i]` the sample of its row i), every candidate for the reports, validation under the decision, and the
+    threshold chosen on it by the config's method. Training's last step, and cxr-ensemble's."""
+    from cxr.train.evaluate import decided
+
+    decision = choose_on_validation(requested, val_rows, val.labels, val.logits, val.ctr, seed=config.seed)
+    candidates = _candidates(val, val_rows, decision, config) if seg else {"classifier": decision}
+    val_decided = decided(val, decision)
+    threshold = choose_threshold(config.threshold_method, config.target_sensitivity, val_decided.labels,
+                                 val_decided.probabilities)
+    if decision.mode != "classifier":
+        threshold = _between_ties(threshold, val_decided.probabilities, decision.mode)
+    return decision, candidates, val_decided, threshold

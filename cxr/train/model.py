@@ -84,6 +84,10 @@ class CardiomegalyNet(nn.Module):
             out["mask_logits"] = self.decoder(f, skips, image.shape[-2:])
         return out
 
+    def cam_of(self, out: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The class activation map from forward_all's outputs (what the exported graph's `cam` is)."""
+        return self.cam(out["features"])
+
     def cam(self, relu_features: torch.Tensor) -> torch.Tensor:
         """Class activation map of the positive logit: ReLU(sum_c w_c * features_c) [N, h, w] (no bias)."""
         w = self.head[1].weight[0].to(relu_features.dtype)

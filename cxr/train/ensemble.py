@@ -1,0 +1,295 @@
+"""Several cxr-train runs of one split used as one model (cxr-ensemble), exported like any run.
+
+    run1/best.pt, run2/best.pt, ...  (same split of the same sources: trained with one --split-seed)
+        --> members' probabilities averaged (each member's own decision: classifier, ctr or fusion)
+            members' mask probabilities averaged, the ratio measured on the averaged masks
+            members' activation maps averaged (each scaled to its own maximum first)
+        --> the ensemble's decision and threshold chosen on the shared validation split, test evaluated once
+        --> OUT/best.pt (+ splits.csv, metrics.json): `cxr-export OUT` writes one ONNX file.
+
+Why one split: the threshold (and any fusion) is chosen on validation; a member trained on some of those images would
+make them look easier than new patients. The members' splits.csv must therefore hold the same images in every split.
+
+A member whose decision uses the ratio and cannot measure it on an image (no heart or lungs found) is left out of that
+image's average; only when no member can decide is the image not scored (cxr-score: no_anatomy).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import shutil
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from cxr.train.decision import Decision
+from cxr.train.errors import TrainError
+from cxr.train.model import CardiomegalyNet
+
+log = logging.getLogger(__name__)
+
+COMBINE = ("mean of the members' probabilities (each member's own decision; a member that cannot decide an image is "
+           "left out of its mean); masks: mean of the members' mask probabilities, the ratio measured on them; "
+           "activation map: mean of the members' maps, each scaled to its own maximum")
+DECISIONS = ("average", "auto")
+"""average: the members' mean probability is the ensemble's (threshold chosen on validation); auto: as cxr-train's
+--decision auto, the mean probability, the ratio of the averaged masks, or a fusion of both, by validation AUROC."""
+
+
+def mean_probability_logit(logits: torch.Tensor) -> torch.Tensor:
+    """logit(mean over dim 0 of sigmoid(logits)), written in log space so it stays exact where a member is sure
+    (no 1 - p rounding to 0 in float32). NaN logits (a member that cannot decide) are left out; NaN where all are."""
+    valid = ~torch.isnan(logits)
+    x = torch.where(valid, logits, torch.zeros_like(logits))
+    soft = torch.log(1.0 + torch.exp(-torch.abs(x)))
+    neg_inf = torch.full_like(x, float("-inf"))
+    log_p = torch.where(valid, -(torch.relu(-x) + soft), neg_inf)  # log sigmoid(x)
+    log_q = torch.where(valid, -(torch.relu(x) + soft), neg_inf)  # log (1 - sigmoid(x))
+    return _logsumexp0(log_p) - _logsumexp0(log_q)  # the 1/K of both means cancels
+
+
+def _logsumexp0(a: torch.Tensor) -> torch.Tensor:
+    top = a.amax(dim=0)
+    return top + torch.log(torch.exp(a - top).sum(dim=0))
+
+
+class CardiomegalyEnsemble(nn.Module):
+    """uint8 [N, 1, S, S] -> the members' averaged logit; forward_all adds the averaged masks and activation map, so
+    the export wrapper, evaluation and validation treat it as one CardiomegalyNet."""
+
+    def __init__(self, members: Sequence[CardiomegalyNet], decisions: Sequence[Decision]):
+        super().__init__()
+        if len(members) < 2 or len(members) != len(decisions):
+            raise ValueError("an ensemble needs two or more members, each with its decision")
+        seg = {bool(m.seg_head) for m in members}
+        if len(seg) != 1:
+            raise ValueError("every member must have the segmentation head, or none")
+        self.members = nn.ModuleList(members)
+        self.decisions = list(decisions)
+        self.seg_head = seg.pop()
+        self.arch = members[0].arch
+
+    def forward(self, image: torch.Tensor, all_outputs: bool = False):
+        out = self.forward_all(image)
+        return out if all_outputs else out["logit"]
+
+    def forward_all(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        from cxr.export.graph import decision_logit
+        from cxr.train.anatomy import ctr_from_masks, measured_masks
+
+        logits, cams, masks = [], [], []
+        for member, decision in zip(self.members, self.decisions):
+            out = member.forward_all(image)
+            cls = out["logit"].float()
+            if self.seg_head:
+                masks.append(out["mask_logits"].float())
+                ctr = ctr_from_masks(measured_masks(masks[-1])) if decision.mode != "classifier" else None
+                logits.append(decision_logit(decision, cls, ctr))
+            else:
+                logits.append(cls)
+            cam = member.cam_of(out).float()
+            cams.append(cam / torch.clamp(cam.amax(dim=(1, 2), keepdim=True), min=1e-12))
+        result = {"logit": mean_probability_logit(torch.stack(logits)), "cam": torch.stack(cams).mean(dim=0)}
+        if self.seg_head:
+            result["mask_logits"] = mean_probability_logit(torch.stack(masks))
+        return result
+
+    def cam_of(self, out: dict[str, torch.Tensor]) -> torch.Tensor:
+        return out["cam"]
+
+
+def ensemble_from_checkpoint(data: dict[str, Any]) -> CardiomegalyEnsemble:
+    """The ensemble a checkpoint written by build_ensemble describes, its weights loaded strictly."""
+    from cxr.runtime.preprocess import Normalization
+    from cxr.train.checkpoints import CheckpointError
+
+    spec = data["model"]
+    listed = spec["ensemble"].get("members") if isinstance(spec["ensemble"], dict) else None
+    if not isinstance(listed, list) or len(listed) < 2 or not all(isinstance(m, dict) for m in listed):
+        raise CheckpointError(f"{data.get('path', 'checkpoint')}: its ensemble does not list two or more members")
+    members, decisions = [], []
+    for m in listed:
+        members.append(CardiomegalyNet(arch=spec["arch"], dropout=float(spec.get("dropout", 0.2)),
+                                       normalization=Normalization.from_dict(data["normalization"]),
+                                       seg_head=bool(spec.get("seg_head", False))))
+        try:
+            decisions.append(Decision.from_dict(m.get("decision")))
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{data.get('path', 'checkpoint')}: a member's decision is invalid: {exc}") from None
+    model = CardiomegalyEnsemble(members, decisions)
+    try:
+        model.load_state_dict(data["model_state"], strict=True)
+    except RuntimeError as exc:
+        first = " ".join(str(exc).splitlines()[0:3])
+        raise CheckpointError(f"{data.get('path', 'checkpoint')}: weights do not match the ensemble of "
+                              f"{len(members)} {spec['arch']!r} members: {first}") from None
+    return model.eval()
+
+
+def _split_sets(run_dir: Path) -> dict[str, set[str]]:
+    path = run_dir / "splits.csv"
+    if not path.is_file():
+        raise TrainError(f"{run_dir}: no splits.csv: give cxr-train run directories (the split is needed to choose "
+                         "the threshold on validation)")
+    with path.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    return {s: {r["path"] for r in rows if r.get("split") == s} for s in ("train", "val", "test")}
+
+
+def load_members(run_dirs: Sequence[Path]) -> list[dict[str, Any]]:
+    """Each run's best.pt, checked to fit the first: same architecture, input, segmentation head and split; not a
+    copy of another member; not itself an ensemble. TrainError naming the run and the difference otherwise."""
+    from cxr.runtime.serialization import sha256_file
+    from cxr.train.checkpoints import load_checkpoint, resolve_checkpoint
+
+    if len(run_dirs) < 2:
+        raise TrainError("give two or more cxr-train run directories to use together")
+    members, seen = [], {}
+    for run_dir in map(Path, run_dirs):
+        if not run_dir.is_dir():
+            raise TrainError(f"{run_dir}: not a cxr-train run directory")
+        path = resolve_checkpoint(run_dir)
+        ckpt = load_checkpoint(path)
+        if ckpt["model"].get("ensemble"):
+            raise TrainError(f"{run_dir}: already an ensemble; give the runs it was built from")
+        digest = sha256_file(path)
+        if digest in seen:
+            raise TrainError(f"{run_dir}: the same weights as {seen[digest]} (a member given twice)")
+        seen[digest] = run_dir
+        members.append({"run_dir": run_dir, "ckpt": ckpt, "sha256": digest, "splits": _split_sets(run_dir)})
+    first = members[0]
+    for m in members[1:]:
+        _require_same(first, m)
+    return members
+
+
+def _require_same(first: dict, other: dict) -> None:
+    a, b = first["ckpt"], other["ckpt"]
+    name, ref = other["run_dir"], first["run_dir"]
+    for what, x, y in (("architecture", a["model"]["arch"], b["model"]["arch"]),
+                       ("segmentation head", bool(a["model"].get("seg_head")), bool(b["model"].get("seg_head"))),
+                       ("preprocessing", a["preprocess"], b["preprocess"]),
+                       ("normalization", a["normalization"], b["normalization"])):
+        if x != y:
+            raise TrainError(f"{name}: its {what} ({y}) differs from {ref}'s ({x}); members must take the same input "
+                             "and have the same outputs")
+    for split in ("val", "test", "train"):
+        x, y = first["splits"][split], other["splits"][split]
+        if x != y:
+            raise TrainError(
+                f"{name}: its {split} split differs from {ref}'s ({len(x ^ y)} images in one and not the other); "
+                "members must share their split (train them with the same --split-seed), else validation, where "
+                "the threshold is chosen, would hold images some members trained on")
+
+
+def _loader(samples: list, preprocess, seg: bool, batch_size: int):
+    from torch.utils.data import DataLoader
+
+    from cxr.train.data import CxrDataset, preload_masks
+
+    masks = preload_masks(samples, preprocess.size, workers=2) if seg else None
+    return DataLoader(CxrDataset(samples, preprocess, masks=masks), batch_size=batch_size, shuffle=False,
+                      num_workers=0)
+
+
+def build_ensemble(run_dirs: Sequence[Path], out: Path, decision: str = "average") -> dict[str, Any]:
+    """Check the members, evaluate them together on the shared validation (and test) split, choose the decision and
+    threshold on validation, and write OUT as a run directory cxr-export reads. Returns metrics.json's content."""
+    from cxr.runtime.preprocess import PreprocessConfig
+    from cxr.runtime.serialization import jsonable
+    from cxr.train import rundir
+    from cxr.train.checkpoints import model_from_checkpoint, save_checkpoint
+    from cxr.train.config import TrainConfig
+    from cxr.train.distributed import DistContext
+    from cxr.train.evaluate import evaluate_split, full_report
+    from cxr.train.loop import decide_on_validation
+    from cxr.train.splits import read_splits
+
+    if decision not in DECISIONS:
+        raise ValueError(f"decision must be one of {DECISIONS}, got {decision!r}")
+    out = Path(out)
+    if (out / "best.pt").exists():
+        raise TrainError(f"{out} already holds a run (best.pt); choose another --out")
+    members = load_members(run_dirs)
+    if any(out.resolve() == m["run_dir"].resolve() for m in members):
+        raise TrainError(f"--out {out} is one of the members")
+    first = members[0]["ckpt"]
+    config = TrainConfig.from_dict(first["config"])
+    preprocess = PreprocessConfig.from_dict(first["preprocess"])
+    model = CardiomegalyEnsemble([model_from_checkpoint(m["ckpt"]) for m in members],
+                                 [Decision.from_dict(m["ckpt"].get("decision")) for m in members]).eval()
+    samples = read_splits(members[0]["run_dir"] / "splits.csv")
+    by_split = {s: [x for x in samples if x.split == s] for s in ("val", "test")}
+    pos_weight = (first.get("data") or {}).get("pos_weight")
+    ctx = DistContext()
+    log.info("evaluating %d members together on validation (%d images)", len(members), len(by_split["val"]))
+    val = evaluate_split(model, _loader(by_split["val"], preprocess, model.seg_head, config.batch_size), ctx,
+                         pos_weight)
+    val_rows = [by_split["val"][int(i)] for i in val.index]
+    requested = "classifier" if decision == "average" or not model.seg_head else "auto"
+    chosen, candidates, _, threshold = decide_on_validation(val, val_rows, requested, model.seg_head, config)
+    kw = {"n_boot": config.bootstrap_n, "seed": config.seed}
+    metrics: dict[str, Any] = {"val": full_report(val, chosen, candidates, threshold, by_split["val"], **kw),
+                               "decision": chosen.to_dict(),
+                               "decision_candidates": {m: d.to_dict() for m, d in candidates.items()}}
+    if by_split["test"]:
+        test = evaluate_split(model, _loader(by_split["test"], preprocess, model.seg_head, config.batch_size), ctx,
+                              pos_weight)
+        metrics["test"] = full_report(test, chosen, candidates, threshold, by_split["test"], **kw)
+    described = [_describe(m) for m in members]
+    metrics["members"] = described
+    spec = {"arch": first["model"]["arch"], "dropout": first["model"].get("dropout", 0.2),
+            "seg_head": model.seg_head, "ensemble": {"combine": COMBINE, "requested_decision": decision,
+                                                     "members": described}}
+    payload = {
+        "kind": "best", "model": spec, "decision": chosen.to_dict(),
+        "model_state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "preprocess": first["preprocess"], "normalization": first["normalization"],
+        "threshold": {"value": float(threshold.value), "method": threshold.method,
+                      "detail": f"{threshold.detail}; the {len(members)} members' mean probability"
+                      if chosen.mode == "classifier" else threshold.detail},
+        "metrics": jsonable(metrics), "config": first["config"], "data": first.get("data") or {}, "epoch": None,
+        "versions": first.get("versions", {}),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(members[0]["run_dir"] / "splits.csv", out / "splits.csv")
+    summary = {"run_dir": str(out), "ensemble_of": [str(m["run_dir"]) for m in members],
+               "ensemble": spec["ensemble"], "threshold": payload["threshold"],
+               "decision": chosen.to_dict(), "data": payload["data"], "metrics": metrics}
+    rundir.write_json(out / "metrics.json", summary)
+    save_checkpoint(payload, out / "best.pt")  # last: a folder with best.pt is a finished ensemble
+    return jsonable(summary)
+
+
+def _describe(member: dict[str, Any]) -> dict[str, Any]:
+    """What the card says of a member: its run, weights, seeds, decision, and its own validation and test AUROC."""
+    ckpt = member["ckpt"]
+    config, metrics = ckpt.get("config") or {}, ckpt.get("metrics") or {}
+
+    def auroc(split: str) -> float:
+        value = (metrics.get(split) or {}).get("auroc")
+        return float(value) if isinstance(value, (int, float)) else float("nan")
+
+    return {"run": member["run_dir"].name if member["run_dir"].name not in ("run", "") else
+            f"{member['run_dir'].parent.name}/{member['run_dir'].name}",
+            "checkpoint_sha256": member["sha256"], "seed": config.get("seed"), "split_seed": config.get("split_seed"),
+            "epoch": ckpt.get("epoch"), "decision": Decision.from_dict(ckpt.get("decision")).to_dict(),
+            "val_auroc": auroc("val"), "test_auroc": auroc("test")}
+
+
+def member_lines(summary: dict[str, Any]) -> list[str]:
+    """The members beside the ensemble, for the terminal: decision, validation and test AUROC."""
+    fmt = (lambda v: "n/a" if v is None or not np.isfinite(v) else f"{v:.3f}")
+    metrics = summary["metrics"]
+    lines = [f"{'member':<28} {'seed':>4} {'decision':>10} {'val AUROC':>9} {'test AUROC':>10}"]
+    for m in summary["ensemble"]["members"]:
+        lines.append(f"{str(m['run'])[:28]:<28} {str(m['seed']):>4} {m['decision']['mode']:>10} "
+                     f"{fmt(m['val_auroc']):>9} {fmt(m['test_auroc']):>10}")
+    test = metrics.get("test") or {}
+    lines.append(f"{'ensemble':<28} {'':>4} {summary['decision']['mode']:>10} {fmt(metrics['val'].get('auroc')):>9} "
+                 f"{fmt(test.get('auroc')):>10}")
+    return lines
