@@ -30,7 +30,9 @@ Run-to-run spread, and the seeds used together: `--mode external --seeds 0,1,2` 
 OUT/seed<N>, three times the hours) and then prints each seed's AUROC beside that of the seeds' exported models with
 their probabilities averaged (an unweighted ensemble; nothing fitted on the films left out), with paired intervals;
 `--average DIR DIR ...` prints the same for earlier outputs without training. Each seed draws its own split of the
-training sources unless `--split-seed N` holds it (the films left out are the same either way).
+training sources unless `--split-seed N` holds it (the films left out are the same either way). With `--ensemble`
+(seeds sharing --split-seed) each run's seeds are also built into one model with cxr-ensemble (threshold chosen on
+their shared validation split), exported, and tested on the source left out like a single run (OUT/ensemble/).
 """
 
 from __future__ import annotations
@@ -283,19 +285,15 @@ def mode_real(args, out: Path) -> dict:
     return {"test": metrics["metrics"]["test"], "decision": metrics["decision"], "cxr_score": m, "table": lines}
 
 
-def mode_external(args, out: Path) -> dict:
+def external_plans(args, out: Path) -> dict:
+    """key -> (title, training sources, the left-out source, the masked prefix or None); label files into `out`."""
     wj, nih = args.data / "ctr_wingspan_jsrt", args.data / "nih_cxr14_sample"
     labels = masked_labels(wj, out)
     jsrt_labels = masked_labels(wj, out, only="jsrt")
     nih_train = f"nih:{nih};name=nih"
     # the whole sample, every finding a negative, reported per view position (AP films magnify the heart)
     nih_whole = f"csv:{nih};csv={nih / 'labels.csv'};label_column=cardiomegaly;source_column=view_position;name=nih"
-    summary = out / "external.json"
-    report: dict = json.loads(summary.read_text()) if summary.is_file() else {}  # earlier runs' entries are kept
-    from cxr.runtime.serialization import jsonable
-    from cxr.train.external import evaluate_source
-
-    plans = {
+    return {
         "A": ("wingspan + JSRT -> whole NIH sample", [wj_spec(wj, labels, "wj")], nih_whole, None),
         "B": ("NIH + JSRT -> wingspan", [nih_train, wj_spec(wj, jsrt_labels, "jsrt")],
               wj_spec(wj, masked_labels(wj, out, only="wingspan"), "wingspan"), "wingspan/png/"),
@@ -304,46 +302,88 @@ def mode_external(args, out: Path) -> dict:
         "A0": ("baseline: today's recipe (classifier, rotation only), wingspan + JSRT -> whole NIH sample",
                [f"csv:{wj};csv={wj / 'labels.csv'};label_column=cardiomegaly_mask_ctr;name=wj"], nih_whole, None),
     }
+
+
+def mode_external(args, out: Path) -> dict:
+    summary = out / "external.json"
+    report: dict = json.loads(summary.read_text()) if summary.is_file() else {}  # earlier runs' entries are kept
+    from cxr.runtime.serialization import jsonable
+
+    plans = external_plans(args, out)
     todo = args.only.split(",") if args.only else ["A", "B", "C"] + (["A0"] if args.baseline else [])
-    report["mask_conventions"] = mask_conventions(wj, labels)
+    wj = args.data / "ctr_wingspan_jsrt"
+    report["mask_conventions"] = mask_conventions(wj, out / "labels_masks.csv")
     print_conventions(report["mask_conventions"])
     for key in todo:
-        title, sources, left_out, masked_prefix = plans[key]
         t0 = time.time()
         run_dir = out / key / "run"
-        train(run_dir, sources, args, extra=[] if key == "A0" else None)
+        train(run_dir, plans[key][1], args, extra=[] if key == "A0" else None)
         export(run_dir, out / key / "model.onnx")
-        result = jsonable(evaluate_source(run_dir, left_out, workers=2))
-        entry = {"title": title, "left_out": result,
-                 "train_metrics": json.loads((run_dir / "metrics.json").read_text())}
-        if masked_prefix:  # the exported model's ctr column on the left-out masked source, through cxr-score
-            folder = wj / masked_prefix
-            results = out / key / "left_out_results.csv"
-            manifest = score(folder, out / key / "model.onnx", _prefixed_labels(labels, masked_prefix, out / key),
-                             results)
-            entry["exported_ctr_vs_masks"] = ctr_agreement(results, labels, masked_prefix)
-        else:
-            results = out / key / "left_out_results.csv"
-            manifest = score(nih, out / key / "model.onnx", nih / "labels.csv", results)  # paths: images/...
-            entry["cxr_score"] = (manifest.get("labels") or {}).get("metrics")
-        entry["site_threshold"] = (manifest.get("labels") or {}).get("site_threshold")
-        entry["seconds"] = round(time.time() - t0)
-        print("\n" + "=" * 100)
-        entry["table"] = table(f"{key}: {title} (decision: {entry['train_metrics']['decision']['mode']})",
-                               entry["left_out"])
-        if "exported_ctr_vs_masks" in entry:
-            c = entry["exported_ctr_vs_masks"]
-            print(f"exported model's ctr column vs the manual masks' ratio: MAE {fmt(c['mae'], 4)} on "
-                  f"{c['n_measured']} of {c['n']} images ({fmt(100 * c['within_0.03'], 1)}% within 0.03); "
-                  f"bias {c['bias']:+.3f}, Pearson r {fmt(c['pearson_r'], 2)}, slope {fmt(c['slope'], 2)}; on the "
-                  f"{c['n_unflagged']} films without a ctr_flag: MAE {fmt(c['mae_unflagged'], 4)} "
-                  f"({fmt(100 * c['within_0.03_unflagged'], 1)}% within 0.03)")
-        site = entry["site_threshold"] or {}
-        if site.get("available"):
-            print(f"site threshold (Youden's J on the films left out): {site['threshold']:.4g}; fitted on half of "
-                  f"them it gave sensitivity {fmt(site['held_out']['sensitivity'])}, specificity "
-                  f"{fmt(site['held_out']['specificity'])} on the other half")
-        report[key] = entry
+        report[key] = left_out_entry(args, key, plans[key], run_dir, out / key, out / "labels_masks.csv", t0)
+        summary.write_text(json.dumps(jsonable(report), indent=1, sort_keys=True))
+    return report
+
+
+def left_out_entry(args, key: str, plan: tuple, run_dir: Path, key_out: Path, labels: Path, t0: float) -> dict:
+    """The exported model (key_out/model.onnx) of run_dir on the source left out: evaluated from the checkpoint, and
+    through cxr-score (the ctr column against the manual masks' ratio where the source has masks); printed."""
+    from cxr.runtime.serialization import jsonable
+    from cxr.train.external import evaluate_source
+
+    wj, nih = args.data / "ctr_wingspan_jsrt", args.data / "nih_cxr14_sample"
+    title, _, left_out, masked_prefix = plan
+    result = jsonable(evaluate_source(run_dir, left_out, workers=2))
+    entry = {"title": title, "left_out": result, "train_metrics": json.loads((run_dir / "metrics.json").read_text())}
+    results = key_out / "left_out_results.csv"
+    if masked_prefix:  # the exported model's ctr column on the left-out masked source, through cxr-score
+        manifest = score(wj / masked_prefix, key_out / "model.onnx",
+                         _prefixed_labels(labels, masked_prefix, key_out), results)
+        entry["exported_ctr_vs_masks"] = ctr_agreement(results, labels, masked_prefix)
+    else:
+        manifest = score(nih, key_out / "model.onnx", nih / "labels.csv", results)  # paths: images/...
+        entry["cxr_score"] = (manifest.get("labels") or {}).get("metrics")
+    entry["site_threshold"] = (manifest.get("labels") or {}).get("site_threshold")
+    entry["seconds"] = round(time.time() - t0)
+    print("\n" + "=" * 100)
+    entry["table"] = table(f"{key}: {title} (decision: {entry['train_metrics']['decision']['mode']})",
+                           entry["left_out"])
+    if "exported_ctr_vs_masks" in entry:
+        c = entry["exported_ctr_vs_masks"]
+        print(f"exported model's ctr column vs the manual masks' ratio: MAE {fmt(c['mae'], 4)} on "
+              f"{c['n_measured']} of {c['n']} images ({fmt(100 * c['within_0.03'], 1)}% within 0.03); "
+              f"bias {c['bias']:+.3f}, Pearson r {fmt(c['pearson_r'], 2)}, slope {fmt(c['slope'], 2)}; on the "
+              f"{c['n_unflagged']} films without a ctr_flag: MAE {fmt(c['mae_unflagged'], 4)} "
+              f"({fmt(100 * c['within_0.03_unflagged'], 1)}% within 0.03)")
+    site = entry["site_threshold"] or {}
+    if site.get("available"):
+        print(f"site threshold (Youden's J on the films left out): {site['threshold']:.4g}; fitted on half of "
+              f"them it gave sensitivity {fmt(site['held_out']['sensitivity'])}, specificity "
+              f"{fmt(site['held_out']['specificity'])} on the other half")
+    return entry
+
+
+def mode_ensemble(args, dirs: list[Path], out: Path) -> dict:
+    """Every run the DIRs all hold, used as one model: cxr-ensemble (the members must share their split), exported
+    with cxr-export and tested on the source left out like a single run (OUT/ensemble/<key>/, ensemble.json)."""
+    from cxr.runtime.serialization import jsonable
+
+    ens_out = out / "ensemble"
+    ens_out.mkdir(parents=True, exist_ok=True)
+    plans = external_plans(args, ens_out)
+    summary = ens_out / "ensemble.json"
+    report: dict = json.loads(summary.read_text()) if summary.is_file() else {}
+    for key in (args.only.split(",") if args.only else ["A", "B", "C"]):
+        members = [d / key / "run" for d in dirs]
+        if not all((m / "best.pt").is_file() for m in members):
+            print(f"{key}: not a finished run in every folder given; skipped")
+            continue
+        t0 = time.time()
+        run_dir = ens_out / key / "run"
+        if not (run_dir / "best.pt").is_file():
+            run([str(BIN / "cxr-ensemble"), *map(str, members), "--out", str(run_dir)])
+        export(run_dir, ens_out / key / "model.onnx")
+        report[key] = left_out_entry(args, key, plans[key], run_dir, ens_out / key, ens_out / "labels_masks.csv", t0)
+        report[key]["members"] = [str(m) for m in members]
         summary.write_text(json.dumps(jsonable(report), indent=1, sort_keys=True))
     return report
 
@@ -477,7 +517,14 @@ def main(argv: list[str] | None = None) -> int:
                          "the seeds' models used together (probabilities averaged) beside each seed")
     ap.add_argument("--average", type=Path, nargs="+", default=None, metavar="DIR",
                     help="no training: the seed average of earlier `make external` outputs (each DIR an --out)")
+    ap.add_argument("--ensemble", action="store_true",
+                    help="with --seeds or --average: also build each run's seeds into one model with cxr-ensemble "
+                         "(they must share --split-seed), export it and test it on the source left out")
     args = ap.parse_args(argv)
+    if args.ensemble and not (args.seeds or args.average):
+        ap.error("--ensemble goes with --seeds (trains, then builds) or --average DIR ... (builds from earlier runs)")
+    if args.ensemble and args.seeds and args.split_seed is None:
+        ap.error("--ensemble needs the seeds to share their split: give --split-seed N")
     if args.seeds and args.average:
         ap.error("--seeds trains and then averages; --average only averages earlier outputs: give one of them")
     if (args.seeds or args.average) and args.mode != "external":
@@ -494,6 +541,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     if args.average:
         mode_average(args, args.average, out)
+        if args.ensemble:
+            mode_ensemble(args, args.average, out)
     elif args.seeds and args.mode == "external":
         seeds = [int(n) for n in args.seeds.split(",")]
         for n in seeds:
@@ -501,6 +550,8 @@ def main(argv: list[str] | None = None) -> int:
             (out / f"seed{n}").mkdir(exist_ok=True)
             mode_external(args, out / f"seed{n}")
         mode_average(args, [out / f"seed{n}" for n in seeds], out)
+        if args.ensemble:
+            mode_ensemble(args, [out / f"seed{n}" for n in seeds], out)
     else:
         (mode_real if args.mode == "real" else mode_external)(args, out)
     print("\nPublished anchors: CheXNet cardiomegaly AUROC 0.92 (ImageNet weights, 112,120 NIH images, NIH's own test "

@@ -166,3 +166,43 @@ def test_seed_average_names_each_seeds_decision_and_split(real, tmp_path):
     avg = real.seed_average(dirs, "A")
     assert (avg["seeds"], avg["split_seeds"], avg["decisions"]) == ([3, 4], [None, None], ["classifier"] * 2)
     assert "seed 3 (classifier) | seed 4 (classifier)" in "\n".join(real.print_average("A", "t", avg))
+
+
+def test_ensemble_builds_each_run_of_every_folder_into_one_model(real, tmp_path, monkeypatch, capsys):
+    """--ensemble: cxr-ensemble over the same run of every seed folder, then export and the left-out test; a run
+    missing from one folder is skipped, not built from fewer members."""
+    import argparse
+    import json
+
+    seeds = [tmp_path / "seed0", tmp_path / "seed1"]
+    for d in seeds:
+        for key in ("A", "B"):
+            (d / key / "run").mkdir(parents=True)
+            (d / key / "run" / "best.pt").write_bytes(b"weights")
+    (seeds[1] / "B" / "run" / "best.pt").unlink()
+    calls = []
+    monkeypatch.setattr(real, "run", lambda cmd, allowed=(0,): calls.append(cmd) or 0)
+    monkeypatch.setattr(real, "export", lambda run_dir, model: calls.append(["export", str(run_dir), str(model)]))
+    monkeypatch.setattr(real, "external_plans", lambda args, out: {k: (k, [], f"csv:{k}", None) for k in "ABC"})
+    monkeypatch.setattr(real, "left_out_entry", lambda args, key, plan, run_dir, key_out, labels, t0:
+                        {"plan": plan[2], "run_dir": str(run_dir)})
+    out = tmp_path / "out"
+    report = real.mode_ensemble(argparse.Namespace(only="A,B", data=tmp_path), seeds, out)
+    built = out / "ensemble" / "A" / "run"
+    assert calls == [[str(real.BIN / "cxr-ensemble"), str(seeds[0] / "A" / "run"), str(seeds[1] / "A" / "run"),
+                      "--out", str(built)],
+                     ["export", str(built), str(out / "ensemble" / "A" / "model.onnx")]]
+    assert list(report) == ["A"] and report["A"]["plan"] == "csv:A"
+    assert "B: not a finished run in every folder given; skipped" in capsys.readouterr().out
+    saved = json.loads((out / "ensemble" / "ensemble.json").read_text())
+    assert saved["A"]["members"] == [str(seeds[0] / "A" / "run"), str(seeds[1] / "A" / "run")]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--mode", "external", "--ensemble"], "--ensemble goes with --seeds"),
+    (["--mode", "external", "--seeds", "0,1", "--ensemble"], "give --split-seed N"),
+])
+def test_ensemble_arguments_are_checked(real, argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        real.main(argv)
+    assert exc.value.code == 2 and message in capsys.readouterr().err
