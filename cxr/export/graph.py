@@ -46,20 +46,10 @@ class ExportWrapper:
                     return cls_logit, torch.sigmoid(cls_logit), cam
                 masks = measured_masks(out["mask_logits"].float())
                 ctr = ctr_from_masks(masks)
-                logit = decision_logit(decision, cls_logit, ctr)
+                logit = decision.combine(cls_logit, ctr)
                 return logit, torch.sigmoid(logit), cam, ctr, masks
 
         return Wrapper(model)
-
-
-def decision_logit(decision, classifier_logit, ctr):
-    """The decision's logit in torch (cxr.train.decision.Decision.logit is the numpy twin); only the terms the mode
-    uses enter the graph."""
-    if decision.mode == "classifier":
-        return classifier_logit
-    if decision.mode == "ctr":
-        return decision.w_ctr * ctr + decision.intercept
-    return decision.w_classifier * classifier_logit + decision.w_ctr * ctr + decision.intercept
 
 
 def export_graph(model, opset: int, size: int, training: bool = False, decision=None):

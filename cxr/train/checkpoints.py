@@ -34,7 +34,7 @@ from cxr.runtime.atomic import atomic_write
 from cxr.runtime.card import Threshold
 from cxr.runtime.errors import CxrError
 from cxr.runtime.preprocess import Normalization, PreprocessConfig
-from cxr.train.model import ARCHS, CardiomegalyNet
+from cxr.train.model import ARCHS, CardiomegalyEnsemble, CardiomegalyNet
 
 FORMAT = "cxr-checkpoint"
 FORMAT_VERSION = 1
@@ -102,9 +102,7 @@ def model_from_checkpoint(data: dict[str, Any]) -> CardiomegalyNet:
     """Rebuild the model (an ensemble's members too) and load its weights strictly; a mismatch is a CheckpointError
     naming the file."""
     if data["model"].get("ensemble"):
-        from cxr.train.ensemble import ensemble_from_checkpoint
-
-        return ensemble_from_checkpoint(data)
+        return _ensemble_from_checkpoint(data)
     model = CardiomegalyNet(arch=data["model"]["arch"], dropout=float(data["model"].get("dropout", 0.2)),
                             normalization=Normalization.from_dict(data["normalization"]),
                             seg_head=bool(data["model"].get("seg_head", False)))
@@ -114,4 +112,31 @@ def model_from_checkpoint(data: dict[str, Any]) -> CardiomegalyNet:
         first = str(exc).splitlines()[0:3]
         raise CheckpointError(f"{data.get('path', 'checkpoint')}: weights do not match architecture "
                               f"{data['model']['arch']!r}: {' '.join(first)}") from None
+    return model.eval()
+
+
+def _ensemble_from_checkpoint(data: dict[str, Any]) -> CardiomegalyEnsemble:
+    """The ensemble a cxr-ensemble checkpoint describes (members rebuilt, their decisions read), loaded strictly."""
+    from cxr.train.decision import Decision
+
+    spec = data["model"]
+    listed = spec["ensemble"].get("members") if isinstance(spec["ensemble"], dict) else None
+    if not isinstance(listed, list) or len(listed) < 2 or not all(isinstance(m, dict) for m in listed):
+        raise CheckpointError(f"{data.get('path', 'checkpoint')}: its ensemble does not list two or more members")
+    members, decisions = [], []
+    for m in listed:
+        members.append(CardiomegalyNet(arch=spec["arch"], dropout=float(spec.get("dropout", 0.2)),
+                                       normalization=Normalization.from_dict(data["normalization"]),
+                                       seg_head=bool(spec.get("seg_head", False))))
+        try:
+            decisions.append(Decision.from_dict(m.get("decision")))
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{data.get('path', 'checkpoint')}: a member's decision is invalid: {exc}") from None
+    model = CardiomegalyEnsemble(members, decisions)
+    try:
+        model.load_state_dict(data["model_state"], strict=True)
+    except RuntimeError as exc:
+        first = " ".join(str(exc).splitlines()[0:3])
+        raise CheckpointError(f"{data.get('path', 'checkpoint')}: weights do not match the ensemble of "
+                              f"{len(members)} {spec['arch']!r} members: {first}") from None
     return model.eval()

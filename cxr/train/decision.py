@@ -46,13 +46,18 @@ class Decision:
                 raise ValueError(f"decision {name} must be finite, got {getattr(self, name)!r}")
 
     def logit(self, classifier_logit: np.ndarray, ctr: np.ndarray | None) -> np.ndarray:
-        """The decision logit in numpy (the same formula as the exported graph)."""
+        """The decision logit in numpy (float64; the same formula as the exported graph)."""
+        return self.combine(np.asarray(classifier_logit, np.float64),
+                            None if ctr is None else np.asarray(ctr, np.float64))
+
+    def combine(self, classifier_logit, ctr):
+        """The decision logit from numpy arrays or torch tensors alike (the export traces it): only the terms the
+        mode uses are computed, so a classifier decision never needs a ratio."""
         if self.mode == "classifier":
-            return np.asarray(classifier_logit, np.float64)
-        c = np.asarray(ctr, np.float64)
+            return classifier_logit
         if self.mode == "ctr":
-            return self.w_ctr * c + self.intercept
-        return self.w_classifier * np.asarray(classifier_logit, np.float64) + self.w_ctr * c + self.intercept
+            return self.w_ctr * ctr + self.intercept
+        return self.w_classifier * classifier_logit + self.w_ctr * ctr + self.intercept
 
     def probability(self, classifier_logit: np.ndarray, ctr: np.ndarray | None) -> np.ndarray:
         return 1.0 / (1.0 + np.exp(-self.logit(classifier_logit, ctr)))

@@ -23,12 +23,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import torch
-from torch import nn
 
 from cxr.train.decision import Decision
 from cxr.train.errors import TrainError
-from cxr.train.model import CardiomegalyNet
+from cxr.train.model import CardiomegalyEnsemble
 
 log = logging.getLogger(__name__)
 
@@ -38,96 +36,6 @@ COMBINE = ("mean of the members' probabilities (each member's own decision; a me
 DECISIONS = ("average", "auto")
 """average: the members' mean probability is the ensemble's (threshold chosen on validation); auto: as cxr-train's
 --decision auto, the mean probability, the ratio of the averaged masks, or a fusion of both, by validation AUROC."""
-
-
-def mean_probability_logit(logits: torch.Tensor) -> torch.Tensor:
-    """logit(mean over dim 0 of sigmoid(logits)), written in log space so it stays exact where a member is sure
-    (no 1 - p rounding to 0 in float32). NaN logits (a member that cannot decide) are left out; NaN where all are."""
-    valid = ~torch.isnan(logits)
-    x = torch.where(valid, logits, torch.zeros_like(logits))
-    soft = torch.log(1.0 + torch.exp(-torch.abs(x)))
-    neg_inf = torch.full_like(x, float("-inf"))
-    log_p = torch.where(valid, -(torch.relu(-x) + soft), neg_inf)  # log sigmoid(x)
-    log_q = torch.where(valid, -(torch.relu(x) + soft), neg_inf)  # log (1 - sigmoid(x))
-    return _logsumexp0(log_p) - _logsumexp0(log_q)  # the 1/K of both means cancels
-
-
-def _logsumexp0(a: torch.Tensor) -> torch.Tensor:
-    top = a.amax(dim=0)
-    return top + torch.log(torch.exp(a - top).sum(dim=0))
-
-
-class CardiomegalyEnsemble(nn.Module):
-    """uint8 [N, 1, S, S] -> the members' averaged logit; forward_all adds the averaged masks and activation map, so
-    the export wrapper, evaluation and validation treat it as one CardiomegalyNet."""
-
-    def __init__(self, members: Sequence[CardiomegalyNet], decisions: Sequence[Decision]):
-        super().__init__()
-        if len(members) < 2 or len(members) != len(decisions):
-            raise ValueError("an ensemble needs two or more members, each with its decision")
-        seg = {bool(m.seg_head) for m in members}
-        if len(seg) != 1:
-            raise ValueError("every member must have the segmentation head, or none")
-        self.members = nn.ModuleList(members)
-        self.decisions = list(decisions)
-        self.seg_head = seg.pop()
-        self.arch = members[0].arch
-
-    def forward(self, image: torch.Tensor, all_outputs: bool = False):
-        out = self.forward_all(image)
-        return out if all_outputs else out["logit"]
-
-    def forward_all(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        from cxr.export.graph import decision_logit
-        from cxr.train.anatomy import ctr_from_masks, measured_masks
-
-        logits, cams, masks = [], [], []
-        for member, decision in zip(self.members, self.decisions):
-            out = member.forward_all(image)
-            cls = out["logit"].float()
-            if self.seg_head:
-                masks.append(out["mask_logits"].float())
-                ctr = ctr_from_masks(measured_masks(masks[-1])) if decision.mode != "classifier" else None
-                logits.append(decision_logit(decision, cls, ctr))
-            else:
-                logits.append(cls)
-            cam = member.cam_of(out).float()
-            cams.append(cam / torch.clamp(cam.amax(dim=(1, 2), keepdim=True), min=1e-12))
-        result = {"logit": mean_probability_logit(torch.stack(logits)), "cam": torch.stack(cams).mean(dim=0)}
-        if self.seg_head:
-            result["mask_logits"] = mean_probability_logit(torch.stack(masks))
-        return result
-
-    def cam_of(self, out: dict[str, torch.Tensor]) -> torch.Tensor:
-        return out["cam"]
-
-
-def ensemble_from_checkpoint(data: dict[str, Any]) -> CardiomegalyEnsemble:
-    """The ensemble a checkpoint written by build_ensemble describes, its weights loaded strictly."""
-    from cxr.runtime.preprocess import Normalization
-    from cxr.train.checkpoints import CheckpointError
-
-    spec = data["model"]
-    listed = spec["ensemble"].get("members") if isinstance(spec["ensemble"], dict) else None
-    if not isinstance(listed, list) or len(listed) < 2 or not all(isinstance(m, dict) for m in listed):
-        raise CheckpointError(f"{data.get('path', 'checkpoint')}: its ensemble does not list two or more members")
-    members, decisions = [], []
-    for m in listed:
-        members.append(CardiomegalyNet(arch=spec["arch"], dropout=float(spec.get("dropout", 0.2)),
-                                       normalization=Normalization.from_dict(data["normalization"]),
-                                       seg_head=bool(spec.get("seg_head", False))))
-        try:
-            decisions.append(Decision.from_dict(m.get("decision")))
-        except (TypeError, ValueError) as exc:
-            raise CheckpointError(f"{data.get('path', 'checkpoint')}: a member's decision is invalid: {exc}") from None
-    model = CardiomegalyEnsemble(members, decisions)
-    try:
-        model.load_state_dict(data["model_state"], strict=True)
-    except RuntimeError as exc:
-        first = " ".join(str(exc).splitlines()[0:3])
-        raise CheckpointError(f"{data.get('path', 'checkpoint')}: weights do not match the ensemble of "
-                              f"{len(members)} {spec['arch']!r} members: {first}") from None
-    return model.eval()
 
 
 def _split_sets(run_dir: Path) -> dict[str, set[str]]:
@@ -205,8 +113,7 @@ def build_ensemble(run_dirs: Sequence[Path], out: Path, decision: str = "average
     from cxr.train.checkpoints import model_from_checkpoint, save_checkpoint
     from cxr.train.config import TrainConfig
     from cxr.train.distributed import DistContext
-    from cxr.train.evaluate import evaluate_split, full_report
-    from cxr.train.loop import decide_on_validation
+    from cxr.train.evaluate import decide_on_validation, evaluate_split, full_report
     from cxr.train.splits import read_splits
 
     if decision not in DECISIONS:

@@ -17,6 +17,7 @@ from torch.nn import functional as F
 
 from cxr.runtime import metrics as M
 from cxr.runtime.card import Threshold
+from cxr.train.decision import Decision, choose_on_validation
 from cxr.train.distributed import DistContext, gather_arrays
 
 
@@ -230,4 +231,43 @@ def full_report(ev: Evaluation, decision, candidates: dict, threshold: Threshold
             target["by_score"] = score_aurocs(sub, candidates, n_boot, seed)
         if ev.dice is not None:
             target["anatomy"] = anatomy_metrics(sub, reference_ctr=refs[sub.index])
+    return out
+
+
+def decide_on_validation(val, val_rows, requested: str, seg: bool,
+                         config) -> tuple[Any, dict[str, Any], Evaluation, Threshold]:
+    """The decision (`requested`: auto, classifier, ctr or fusion) fitted on the validation evaluation `val`
+    (`val_rows[i]` the sample of its row i), every candidate for the reports, validation under the decision, and the
+    threshold chosen on it by the config's method. Training's last step, and cxr-ensemble's."""
+    decision = choose_on_validation(requested, val_rows, val.labels, val.logits, val.ctr, seed=config.seed)
+    candidates = _candidates(val, val_rows, decision, config) if seg else {"classifier": decision}
+    val_decided = decided(val, decision)
+    threshold = choose_threshold(config.threshold_method, config.target_sensitivity, val_decided.labels,
+                                 val_decided.probabilities)
+    if decision.mode != "classifier":
+        threshold = _between_ties(threshold, val_decided.probabilities, decision.mode)
+    return decision, candidates, val_decided, threshold
+
+
+def _between_ties(threshold: Threshold, probabilities: np.ndarray, mode: str) -> Threshold:
+    """The threshold moved halfway down to the next lower validation probability. A CTR takes few distinct values,
+    so many images share the chosen one exactly; float32 in the graph and float64 here could then call the same
+    image differently. The validation calls (and so its figures) do not change."""
+    below = probabilities[probabilities < threshold.value]
+    value = (threshold.value + below.max()) / 2 if below.size else threshold.value
+    return Threshold(float(value), threshold.method, f"{threshold.detail}; probability from the {mode}, threshold "
+                     "halfway to the next lower validation probability")
+
+
+def _candidates(val, val_rows, decision, config) -> dict[str, Any]:
+    """Every decision fitted on validation, for the reports (the ratio's own AUROC is reported even where its fit is
+    refused: then the candidate is the classifier's map with the ratio's figures beside it)."""
+    out = {}
+    for mode in ("classifier", "ctr", "fusion"):
+        if val.ctr is None or "ctr" not in decision.validation.get("auroc", {}):
+            return {"classifier": decision}
+        try:
+            out[mode] = choose_on_validation(mode, val_rows, val.labels, val.logits, val.ctr, seed=config.seed)
+        except ValueError:
+            out[mode] = Decision(mode="classifier", validation={"refused": mode})
     return out

@@ -32,10 +32,10 @@ from cxr.train import rundir
 from cxr.train.checkpoints import load_checkpoint, save_checkpoint
 from cxr.train.config import RESUMABLE_OVERRIDES, TrainConfig
 from cxr.train.data import CxrDataset
-from cxr.train.decision import Decision, choose_on_validation
+from cxr.train.decision import Decision
 from cxr.train.early_stopping import EarlyStopping
 from cxr.train.errors import TrainError
-from cxr.train.evaluate import choose_threshold, epoch_metrics, evaluate_split
+from cxr.train.evaluate import choose_threshold, decide_on_validation, epoch_metrics, evaluate_split
 from cxr.train.model import CardiomegalyNet, build_model
 from cxr.train.prepare import PreparedData, prepare_data
 
@@ -245,30 +245,6 @@ def _remove_failed_start(run_dir: Path) -> None:
     if run_dir.is_dir() and not (run_dir / "last.pt").exists():
         shutil.rmtree(run_dir, ignore_errors=True)
         log.debug("removed %s: the run failed before its first epoch", run_dir)
-
-
-def _between_ties(threshold: Threshold, probabilities: np.ndarray, mode: str) -> Threshold:
-    """The threshold moved halfway down to the next lower validation probability. A CTR takes few distinct values,
-    so many images share the chosen one exactly; float32 in the graph and float64 here could then call the same
-    image differently. The validation calls (and so its figures) do not change."""
-    below = probabilities[probabilities < threshold.value]
-    value = (threshold.value + below.max()) / 2 if below.size else threshold.value
-    return Threshold(float(value), threshold.method, f"{threshold.detail}; probability from the {mode}, threshold "
-                     "halfway to the next lower validation probability")
-
-
-def _candidates(val, val_rows, decision: Decision, config: TrainConfig) -> dict[str, Decision]:
-    """Every decision fitted on validation, for the reports (the ratio's own AUROC is reported even where its fit is
-    refused: then the candidate is the classifier's map with the ratio's figures beside it)."""
-    out = {}
-    for mode in ("classifier", "ctr", "fusion"):
-        if val.ctr is None or "ctr" not in decision.validation.get("auroc", {}):
-            return {"classifier": decision}
-        try:
-            out[mode] = choose_on_validation(mode, val_rows, val.labels, val.logits, val.ctr, seed=config.seed)
-        except ValueError:
-            out[mode] = Decision(mode="classifier", validation={"refused": mode})
-    return out
 
 
 def _require_usable_validation(ev, samples) -> None:
@@ -532,20 +508,3 @@ class _TrainRun:
         val_rows = [self.data.samples["val"][int(i)] for i in val.index]
         return decide_on_validation(val, val_rows, config.decision if config.use_seg_head else "classifier",
                                     config.use_seg_head, config)
-
-
-def decide_on_validation(val, val_rows, requested: str, seg: bool,
-                         config: TrainConfig) -> tuple[Decision, dict[str, Decision], Any, Threshold]:
-    """The decision (`requested`: auto, classifier, ctr or fusion) fitted on the validation evaluation `val`
-    (`val_rows[i]` the sample of its row i), every candidate for the reports, validation under the decision, and the
-    threshold chosen on it by the config's method. Training's last step, and cxr-ensemble's."""
-    from cxr.train.evaluate import decided
-
-    decision = choose_on_validation(requested, val_rows, val.labels, val.logits, val.ctr, seed=config.seed)
-    candidates = _candidates(val, val_rows, decision, config) if seg else {"classifier": decision}
-    val_decided = decided(val, decision)
-    threshold = choose_threshold(config.threshold_method, config.target_sensitivity, val_decided.labels,
-                                 val_decided.probabilities)
-    if decision.mode != "classifier":
-        threshold = _between_ties(threshold, val_decided.probabilities, decision.mode)
-    return decision, candidates, val_decided, threshold

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -92,6 +93,70 @@ class CardiomegalyNet(nn.Module):
         """Class activation map of the positive logit: ReLU(sum_c w_c * features_c) [N, h, w] (no bias)."""
         w = self.head[1].weight[0].to(relu_features.dtype)
         return torch.relu(torch.einsum("nchw,c->nhw", relu_features, w))
+
+
+def mean_probability_logit(logits: torch.Tensor) -> torch.Tensor:
+    """logit(mean over dim 0 of sigmoid(logits)), written in log space so it stays exact where a member is sure
+    (no 1 - p rounding to 0 in float32). NaN logits (a member that cannot decide) are left out; NaN where all are."""
+    valid = ~torch.isnan(logits)
+    x = torch.where(valid, logits, torch.zeros_like(logits))
+    soft = torch.log(1.0 + torch.exp(-torch.abs(x)))
+    neg_inf = torch.full_like(x, float("-inf"))
+    log_p = torch.where(valid, -(torch.relu(-x) + soft), neg_inf)  # log sigmoid(x)
+    log_q = torch.where(valid, -(torch.relu(x) + soft), neg_inf)  # log (1 - sigmoid(x))
+    return _logsumexp0(log_p) - _logsumexp0(log_q)  # the 1/K of both means cancels
+
+
+def _logsumexp0(a: torch.Tensor) -> torch.Tensor:
+    top = a.amax(dim=0)
+    return top + torch.log(torch.exp(a - top).sum(dim=0))
+
+
+class CardiomegalyEnsemble(nn.Module):
+    """Several CardiomegalyNet of one split used as one model (cxr-ensemble): uint8 [N, 1, S, S] -> the logit of the
+    members' mean probability, each member's under its own decision (cxr.train.decision.Decision); forward_all adds
+    the mean of the members' mask probabilities (as logits) and of their activation maps (each scaled to its own
+    maximum), so the export wrapper, evaluation and validation treat it as one CardiomegalyNet. A member whose
+    decision cannot be made on an image (a ratio not measurable) is left out of that image's mean."""
+
+    def __init__(self, members: Sequence[CardiomegalyNet], decisions: Sequence):
+        super().__init__()
+        if len(members) < 2 or len(members) != len(decisions):
+            raise ValueError("an ensemble needs two or more members, each with its decision")
+        seg = {bool(m.seg_head) for m in members}
+        if len(seg) != 1:
+            raise ValueError("every member must have the segmentation head, or none")
+        self.members = nn.ModuleList(members)
+        self.decisions = list(decisions)
+        self.seg_head = seg.pop()
+        self.arch = members[0].arch
+
+    def forward(self, image: torch.Tensor, all_outputs: bool = False):
+        out = self.forward_all(image)
+        return out if all_outputs else out["logit"]
+
+    def forward_all(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        from cxr.train.anatomy import ctr_from_masks, measured_masks
+
+        logits, cams, masks = [], [], []
+        for member, decision in zip(self.members, self.decisions):
+            out = member.forward_all(image)
+            cls = out["logit"].float()
+            if self.seg_head:
+                masks.append(out["mask_logits"].float())
+                ctr = ctr_from_masks(measured_masks(masks[-1])) if decision.mode != "classifier" else None
+                logits.append(decision.combine(cls, ctr))
+            else:
+                logits.append(cls)
+            cam = member.cam_of(out).float()
+            cams.append(cam / torch.clamp(cam.amax(dim=(1, 2), keepdim=True), min=1e-12))
+        result = {"logit": mean_probability_logit(torch.stack(logits)), "cam": torch.stack(cams).mean(dim=0)}
+        if self.seg_head:
+            result["mask_logits"] = mean_probability_logit(torch.stack(masks))
+        return result
+
+    def cam_of(self, out: dict[str, torch.Tensor]) -> torch.Tensor:
+        return out["cam"]
 
 
 SKIP_LAYERS = ("relu0", "denseblock1", "denseblock2", "denseblock3")

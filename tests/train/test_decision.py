@@ -72,7 +72,7 @@ def test_without_masks_the_classifier_is_the_only_candidate():
 
 def test_threshold_between_ties_keeps_validation_calls():
     from cxr.runtime.card import Threshold
-    from cxr.train.loop import _between_ties
+    from cxr.train.evaluate import _between_ties
 
     probs = np.array([0.2, 0.35, 0.35, 0.6, 0.6, 0.6, 0.9])
     moved = _between_ties(Threshold(0.6, "youden_j", "x"), probs, "ctr")

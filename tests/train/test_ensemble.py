@@ -30,7 +30,7 @@ def _sigmoid(x):
     [[30.0, -30.0, 0.0], [25.0, -40.0, 0.0], [-3.0, 2.0, 0.0]],
 ])
 def test_mean_probability_logit_is_the_logit_of_the_mean_probability(logits):
-    from cxr.train.ensemble import mean_probability_logit
+    from cxr.train.model import mean_probability_logit
 
     got = mean_probability_logit(torch.tensor(logits, dtype=torch.float32)).numpy()
     p = _sigmoid(logits).mean(axis=0)
@@ -38,7 +38,7 @@ def test_mean_probability_logit_is_the_logit_of_the_mean_probability(logits):
 
 
 def test_mean_probability_logit_leaves_out_members_that_cannot_decide():
-    from cxr.train.ensemble import mean_probability_logit
+    from cxr.train.model import mean_probability_logit
 
     nan = float("nan")
     got = mean_probability_logit(torch.tensor([[1.0, nan, nan], [-1.0, 2.0, nan], [0.5, -1.0, nan]])).numpy()
