@@ -40,20 +40,21 @@ def main(runs: tuple[Path, ...], out: Path, decision: str, quiet: bool, verbose:
 
     require_training_extra("cxr-ensemble")
     from cxr.runtime.errors import CxrError
+    from cxr.runtime.results import escape_text  # run folders' names are printed: control characters stay inert
     from cxr.train.ensemble import build_ensemble, member_lines
 
     try:
         summary = build_ensemble(list(runs), out, decision=decision)
     except (CxrError, ValueError, OSError) as exc:
-        click.echo(f"cxr-ensemble: error: {exc}", err=True)
+        click.echo(escape_text(f"cxr-ensemble: error: {exc}"), err=True)
         sys.exit(1)
     if quiet:
         return
     for line in member_lines(summary):
-        click.echo(line)
+        click.echo(escape_text(line))
     th = summary["threshold"]
     click.echo(f"decision {summary['decision']['mode']}, threshold {th['value']:.4f} ({th['method']}, on validation)")
-    click.echo(f"wrote {out}; next: cxr-export {out} --out model.onnx --opset 17")
+    click.echo(escape_text(f"wrote {out}; next: cxr-export {out} --out model.onnx --opset 17"))
 
 
 if __name__ == "__main__":

@@ -181,9 +181,8 @@ def _describe(member: dict[str, Any]) -> dict[str, Any]:
         value = (metrics.get(split) or {}).get("auroc")
         return float(value) if isinstance(value, (int, float)) else float("nan")
 
-    return {"run": member["run_dir"].name if member["run_dir"].name not in ("run", "") else
-            f"{member['run_dir'].parent.name}/{member['run_dir'].name}",
-            "checkpoint_sha256": member["sha256"], "seed": config.get("seed"), "split_seed": config.get("split_seed"),
+    return {"run": str(member["run_dir"]), "checkpoint_sha256": member["sha256"], "seed": config.get("seed"),
+            "split_seed": config.get("split_seed"),
             "epoch": ckpt.get("epoch"), "decision": Decision.from_dict(ckpt.get("decision")).to_dict(),
             "val_auroc": auroc("val"), "test_auroc": auroc("test")}
 
@@ -194,8 +193,10 @@ def member_lines(summary: dict[str, Any]) -> list[str]:
     metrics = summary["metrics"]
     lines = [f"{'member':<28} {'seed':>4} {'decision':>10} {'val AUROC':>9} {'test AUROC':>10}"]
     for m in summary["ensemble"]["members"]:
-        lines.append(f"{str(m['run'])[:28]:<28} {str(m['seed']):>4} {m['decision']['mode']:>10} "
-                     f"{fmt(m['val_auroc']):>9} {fmt(m['test_auroc']):>10}")
+        run = str(m["run"])
+        run = run if len(run) <= 28 else "..." + run[-25:]
+        lines.append(f"{run:<28} {str(m['seed']):>4} {m['decision']['mode']:>10} {fmt(m['val_auroc']):>9} "
+                     f"{fmt(m['test_auroc']):>10}")
     test = metrics.get("test") or {}
     lines.append(f"{'ensemble':<28} {'':>4} {summary['decision']['mode']:>10} {fmt(metrics['val'].get('auroc')):>9} "
                  f"{fmt(test.get('auroc')):>10}")

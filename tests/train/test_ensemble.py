@@ -242,6 +242,11 @@ def test_cli(members, tmp_path):
     again = runner.invoke(main, [str(members[0]), str(members[1]), "--out", str(tmp_path / "ens")])
     assert again.exit_code == 1 and "already holds a run" in again.output
     assert runner.invoke(main, [str(members[0]), "--out", str(tmp_path / "x")]).exit_code == 2
+    evil = shutil.copytree(members[1], tmp_path / "s1\x1b[2J\x1b[31mforged")  # a run folder's name is printed
+    shown = runner.invoke(main, [str(members[0]), str(evil), "--out", str(tmp_path / "shown")])
+    assert shown.exit_code == 0 and "\x1b" not in shown.output and "\\x1b[2J" in shown.output
+    refused = runner.invoke(main, [str(evil), str(evil), "--out", str(tmp_path / "twice")])
+    assert refused.exit_code == 1 and "\x1b" not in refused.output and "given twice" in refused.output
     auto = runner.invoke(main, [str(members[0]), str(members[1]), "--out", str(tmp_path / "auto"),
                                 "--decision", "auto"])
     assert auto.exit_code == 0, auto.output
