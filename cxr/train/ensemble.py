@@ -113,7 +113,7 @@ def build_ensemble(run_dirs: Sequence[Path], out: Path, decision: str = "average
     from cxr.train.checkpoints import model_from_checkpoint, save_checkpoint
     from cxr.train.config import TrainConfig
     from cxr.train.distributed import DistContext
-    from cxr.train.evaluate import decide_on_validation, evaluate_split, full_report
+    from cxr.train.evaluate import decide_on_validation, decided, evaluate_split, full_report
     from cxr.train.splits import read_splits
 
     if decision not in DECISIONS:
@@ -134,8 +134,9 @@ def build_ensemble(run_dirs: Sequence[Path], out: Path, decision: str = "average
     pos_weight = (first.get("data") or {}).get("pos_weight")
     ctx = DistContext()
     log.info("evaluating %d members together on validation (%d images)", len(members), len(by_split["val"]))
-    val = evaluate_split(model, _loader(by_split["val"], preprocess, model.seg_head, config.batch_size), ctx,
-                         pos_weight)
+    # a film no member could decide (every member reads the ratio, none could measure it) is left out and counted
+    val = decided(evaluate_split(model, _loader(by_split["val"], preprocess, model.seg_head, config.batch_size), ctx,
+                                 pos_weight), Decision())
     val_rows = [by_split["val"][int(i)] for i in val.index]
     requested = "classifier" if decision == "average" or not model.seg_head else "auto"
     chosen, candidates, _, threshold = decide_on_validation(val, val_rows, requested, model.seg_head, config)
@@ -144,8 +145,8 @@ def build_ensemble(run_dirs: Sequence[Path], out: Path, decision: str = "average
                                "decision": chosen.to_dict(),
                                "decision_candidates": {m: d.to_dict() for m, d in candidates.items()}}
     if by_split["test"]:
-        test = evaluate_split(model, _loader(by_split["test"], preprocess, model.seg_head, config.batch_size), ctx,
-                              pos_weight)
+        test = decided(evaluate_split(model, _loader(by_split["test"], preprocess, model.seg_head,
+                                                     config.batch_size), ctx, pos_weight), Decision())
         metrics["test"] = full_report(test, chosen, candidates, threshold, by_split["test"], **kw)
     described = [_describe(m) for m in members]
     metrics["members"] = described

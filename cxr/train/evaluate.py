@@ -169,11 +169,15 @@ def report(ev: Evaluation, threshold: Threshold, sources: Sequence[str] | None =
 
 def decided(ev: Evaluation, decision) -> Evaluation:
     """`ev` with the decision's probabilities; images whose decision cannot be made (CTR not measurable for the ctr
-    and fusion modes) are left out and counted in n_unreadable (cxr-score reports them as error rows)."""
+    and fusion modes; for an ensemble, no member able to decide: a NaN logit) are left out and counted in
+    n_unreadable (cxr-score reports them as error rows)."""
     from dataclasses import replace
 
     if decision.mode == "classifier" or ev.ctr is None:
-        return ev
+        keep = np.isfinite(ev.probabilities)
+        if keep.all():
+            return ev
+        return replace(_select(ev, keep), n_unreadable=ev.n_unreadable + int((~keep).sum()))
     prob = decision.probability(ev.logits, ev.ctr)
     keep = np.isfinite(prob)
     return replace(ev, labels=ev.labels[keep], probabilities=prob[keep], index=ev.index[keep],

@@ -253,3 +253,17 @@ def test_cli(members, tmp_path):
     saved = json.loads((tmp_path / "auto" / "metrics.json").read_text())
     assert saved["decision"]["mode"] in ("classifier", "ctr", "fusion")
     assert set(saved["metrics"]["decision_candidates"]) == {"classifier", "ctr", "fusion"}
+
+
+def test_films_no_member_could_decide_are_left_out_and_counted():
+    """An ensemble's NaN probability (no member could decide) is left out of its figures, never scored as a call."""
+    from cxr.train.decision import Decision
+    from cxr.train.evaluate import Evaluation, decided
+
+    ev = Evaluation(loss=0.5, labels=np.array([1, 0, 1, 0]), probabilities=np.array([0.9, np.nan, 0.6, 0.2]),
+                    index=np.arange(4), n_unreadable=1, logits=np.array([2.2, np.nan, 0.4, -1.4]))
+    kept = decided(ev, Decision())
+    assert kept.index.tolist() == [0, 2, 3] and kept.labels.tolist() == [1, 1, 0]
+    assert kept.n_unreadable == 2 and np.isfinite(kept.probabilities).all()
+    whole = Evaluation(loss=0.5, labels=np.array([1, 0]), probabilities=np.array([0.9, 0.1]), index=np.arange(2))
+    assert decided(whole, Decision()) is whole  # a model that decides every film: unchanged
