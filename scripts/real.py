@@ -345,8 +345,11 @@ def left_out_entry(args, key: str, plan: tuple, run_dir: Path, key_out: Path, la
     entry["site_threshold"] = (manifest.get("labels") or {}).get("site_threshold")
     entry["seconds"] = round(time.time() - t0)
     print("\n" + "=" * 100)
-    entry["table"] = table(f"{key}: {title} (decision: {entry['train_metrics']['decision']['mode']})",
-                           entry["left_out"])
+    mode, ens = entry["train_metrics"]["decision"]["mode"], entry["train_metrics"].get("ensemble")
+    if ens:  # an ensemble's "classifier" is its members' mean probability (each under its own decision)
+        mode = (f"the {len(ens['members'])} members' mean probability" if mode == "classifier" else
+                f"{mode} of the {len(ens['members'])} members' averaged masks")
+    entry["table"] = table(f"{key}: {title} (decision: {mode})", entry["left_out"])
     if "exported_ctr_vs_masks" in entry:
         c = entry["exported_ctr_vs_masks"]
         print(f"exported model's ctr column vs the manual masks' ratio: MAE {fmt(c['mae'], 4)} on "

@@ -265,11 +265,14 @@ def _between_ties(threshold: Threshold, probabilities: np.ndarray, mode: str) ->
 
 def _candidates(val, val_rows, decision, config) -> dict[str, Any]:
     """Every decision fitted on validation, for the reports (the ratio's own AUROC is reported even where its fit is
-    refused: then the candidate is the classifier's map with the ratio's figures beside it)."""
+    refused: then the candidate is the classifier's map with the ratio's figures beside it). Also where the classifier
+    was asked for (cxr-train --decision classifier, cxr-ensemble's members' average): the others are reported beside
+    it, not used; only where validation had too few measurable ratios to judge them is the classifier alone."""
+    too_few = "ctr" not in decision.validation.get("auroc", {}) and decision.validation.get("chosen_by") != "requested"
+    if val.ctr is None or too_few:
+        return {"classifier": decision}
     out = {}
     for mode in ("classifier", "ctr", "fusion"):
-        if val.ctr is None or "ctr" not in decision.validation.get("auroc", {}):
-            return {"classifier": decision}
         try:
             out[mode] = choose_on_validation(mode, val_rows, val.labels, val.logits, val.ctr, seed=config.seed)
         except ValueError:

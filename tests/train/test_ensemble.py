@@ -125,6 +125,9 @@ def test_ensemble_averages_each_members_decided_probability(members, ensemble):
     assert "2 members' mean probability" in ckpt["threshold"]["detail"]
     assert summary["metrics"]["val"]["auroc"] == pytest.approx(M.roc_auc(labels, expected), abs=1e-9)
     assert "test" in summary["metrics"] and summary["metrics"]["test"]["n"] > 0
+    # the ratio of the averaged masks and the fusion are reported beside the average, not used
+    assert set(summary["metrics"]["decision_candidates"]) == {"classifier", "ctr", "fusion"}
+    assert math.isfinite(summary["metrics"]["test"]["by_score"]["ctr"]["auroc"])
 
 
 def test_ensemble_run_lists_its_members(members, ensemble):
