@@ -382,7 +382,13 @@ def mode_ensemble(args, dirs: list[Path], out: Path) -> dict:
             continue
         t0 = time.time()
         run_dir = ens_out / key / "run"
-        if not (run_dir / "best.pt").is_file():
+        if (run_dir / "best.pt").is_file():
+            built = json.loads((run_dir / "metrics.json").read_text()).get("ensemble_of")
+            if [str(Path(m).resolve()) for m in built or []] != [str(m.resolve()) for m in members]:
+                raise SystemExit(f"real: {run_dir} holds an ensemble of {built}, not of the runs given now: give "
+                                 "another --out, or delete it to build again")
+            print(f"{run_dir} already holds this ensemble: reusing it (delete it to build again).")
+        else:
             run([str(BIN / "cxr-ensemble"), *map(str, members), "--out", str(run_dir)])
         export(run_dir, ens_out / key / "model.onnx")
         report[key] = left_out_entry(args, key, plans[key], run_dir, ens_out / key, ens_out / "labels_masks.csv", t0)

@@ -196,6 +196,17 @@ def test_ensemble_builds_each_run_of_every_folder_into_one_model(real, tmp_path,
     assert "B: not a finished run in every folder given; skipped" in capsys.readouterr().out
     saved = json.loads((out / "ensemble" / "ensemble.json").read_text())
     assert saved["A"]["members"] == [str(seeds[0] / "A" / "run"), str(seeds[1] / "A" / "run")]
+    # built before: reused when it is of the same runs, refused when of others
+    (built / "best.pt").parent.mkdir(parents=True, exist_ok=True)
+    (built / "best.pt").write_bytes(b"ensemble")
+    (built / "metrics.json").write_text(json.dumps({"ensemble_of": [str(seeds[0] / "A" / "run"),
+                                                                    str(seeds[1] / "A" / "run")]}))
+    calls.clear()
+    real.mode_ensemble(argparse.Namespace(only="A", data=tmp_path), seeds, out)
+    assert calls == [["export", str(built), str(out / "ensemble" / "A" / "model.onnx")]]
+    assert "already holds this ensemble: reusing it" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="holds an ensemble of .* not of the runs given now"):
+        real.mode_ensemble(argparse.Namespace(only="A", data=tmp_path), seeds[::-1], out)
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -32,6 +32,7 @@ class ExportWrapper:
 
         decision = decision or Decision()
         seg = bool(getattr(model, "seg_head", False))
+        ensemble = hasattr(model, "members")
 
         class Wrapper(torch.nn.Module):
             def __init__(self, inner):
@@ -47,6 +48,8 @@ class ExportWrapper:
                 masks = measured_masks(out["mask_logits"].float())
                 ctr = ctr_from_masks(masks)
                 logit = decision.combine(cls_logit, ctr)
+                if ensemble:  # no member could decide (each reads a ratio it could not measure): no ratio either,
+                    ctr = torch.where(torch.isnan(logit), logit, ctr)  # so cxr-score says no_anatomy
                 return logit, torch.sigmoid(logit), cam, ctr, masks
 
         return Wrapper(model)

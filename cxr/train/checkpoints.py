@@ -123,20 +123,32 @@ def _ensemble_from_checkpoint(data: dict[str, Any]) -> CardiomegalyEnsemble:
     listed = spec["ensemble"].get("members") if isinstance(spec["ensemble"], dict) else None
     if not isinstance(listed, list) or len(listed) < 2 or not all(isinstance(m, dict) for m in listed):
         raise CheckpointError(f"{data.get('path', 'checkpoint')}: its ensemble does not list two or more members")
-    members, decisions = [], []
-    for m in listed:
-        members.append(CardiomegalyNet(arch=spec["arch"], dropout=float(spec.get("dropout", 0.2)),
-                                       normalization=Normalization.from_dict(data["normalization"]),
-                                       seg_head=bool(spec.get("seg_head", False))))
+    where = data.get("path", "checkpoint")
+    state = data["model_state"] if isinstance(data["model_state"], dict) else {}
+    in_state = {str(k).split(".")[1] for k in state if str(k).startswith("members.") and str(k).count(".") > 1}
+    if in_state != {str(i) for i in range(len(listed))}:  # checked before any network is built
+        raise CheckpointError(f"{where}: its ensemble lists {len(listed)} members but its weights hold "
+                              f"{len(in_state)}")
+    seg = bool(spec.get("seg_head", False))
+    decisions = []
+    for i, m in enumerate(listed):
+        if not isinstance(m.get("decision"), dict):
+            raise CheckpointError(f"{where}: member {i} has no decision")
         try:
-            decisions.append(Decision.from_dict(m.get("decision")))
+            decisions.append(Decision.from_dict(m["decision"]))
         except (TypeError, ValueError) as exc:
-            raise CheckpointError(f"{data.get('path', 'checkpoint')}: a member's decision is invalid: {exc}") from None
+            raise CheckpointError(f"{where}: member {i}'s decision is invalid: {exc}") from None
+        if decisions[-1].mode != "classifier" and not seg:
+            raise CheckpointError(f"{where}: member {i} decides on the ratio ({decisions[-1].mode}) but the ensemble "
+                                  "has no segmentation head to measure it")
+    members = [CardiomegalyNet(arch=spec["arch"], dropout=float(spec.get("dropout", 0.2)),
+                               normalization=Normalization.from_dict(data["normalization"]), seg_head=seg)
+               for _ in listed]
     model = CardiomegalyEnsemble(members, decisions)
     try:
         model.load_state_dict(data["model_state"], strict=True)
     except RuntimeError as exc:
         first = " ".join(str(exc).splitlines()[0:3])
-        raise CheckpointError(f"{data.get('path', 'checkpoint')}: weights do not match the ensemble of "
+        raise CheckpointError(f"{where}: weights do not match the ensemble of "
                               f"{len(members)} {spec['arch']!r} members: {first}") from None
     return model.eval()

@@ -38,14 +38,23 @@ DECISIONS = ("average", "auto")
 --decision auto, the mean probability, the ratio of the averaged masks, or a fusion of both, by validation AUROC."""
 
 
-def _split_sets(run_dir: Path) -> dict[str, set[str]]:
+def _split_sets(run_dir: Path) -> dict[str, set[tuple[str, str, str]]]:
+    """(path, label, source) of each split in run_dir/splits.csv; TrainError naming the file when it cannot serve."""
     path = run_dir / "splits.csv"
     if not path.is_file():
         raise TrainError(f"{run_dir}: no splits.csv: give cxr-train run directories (the split is needed to choose "
                          "the threshold on validation)")
-    with path.open(newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    return {s: {r["path"] for r in rows if r.get("split") == s} for s in ("train", "val", "test")}
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            missing = {"path", "label", "split", "source"} - set(reader.fieldnames or ())
+            if missing:
+                raise TrainError(f"{path}: missing column(s) {sorted(missing)}; not a cxr-train splits file")
+            rows = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise TrainError(f"{path}: cannot read the splits file: {exc}") from None
+    return {s: {(r["path"], r["label"], r["source"]) for r in rows if r.get("split") == s}
+            for s in ("train", "val", "test")}
 
 
 def load_members(run_dirs: Sequence[Path]) -> list[dict[str, Any]]:
@@ -64,6 +73,8 @@ def load_members(run_dirs: Sequence[Path]) -> list[dict[str, Any]]:
         ckpt = load_checkpoint(path)
         if ckpt["model"].get("ensemble"):
             raise TrainError(f"{run_dir}: already an ensemble; give the runs it was built from")
+        if not isinstance(ckpt.get("config"), dict):
+            raise TrainError(f"{path}: no training config in the checkpoint; not a cxr-train run")
         digest = sha256_file(path)
         if digest in seen:
             raise TrainError(f"{run_dir}: the same weights as {seen[digest]} (a member given twice)")
@@ -89,7 +100,8 @@ def _require_same(first: dict, other: dict) -> None:
         x, y = first["splits"][split], other["splits"][split]
         if x != y:
             raise TrainError(
-                f"{name}: its {split} split differs from {ref}'s ({len(x ^ y)} images in one and not the other); "
+                f"{name}: its {split} split differs from {ref}'s ({len(x ^ y)} images in one and not the other, or "
+                "with another label or source); "
                 "members must share their split (train them with the same --split-seed), else validation, where "
                 "the threshold is chosen, would hold images some members trained on")
 
@@ -106,16 +118,8 @@ def _loader(samples: list, preprocess, seg: bool, batch_size: int):
 
 def build_ensemble(run_dirs: Sequence[Path], out: Path, decision: str = "average") -> dict[str, Any]:
     """Check the members, evaluate them together on the shared validation (and test) split, choose the decision and
-    threshold on validation, and write OUT as a run directory cxr-export reads. Returns metrics.json's content."""
-    from cxr.runtime.preprocess import PreprocessConfig
-    from cxr.runtime.serialization import jsonable
-    from cxr.train import rundir
-    from cxr.train.checkpoints import model_from_checkpoint, save_checkpoint
-    from cxr.train.config import TrainConfig
-    from cxr.train.distributed import DistContext
-    from cxr.train.evaluate import decide_on_validation, decided, evaluate_split, full_report
-    from cxr.train.splits import read_splits
-
+    threshold on validation, and write OUT as a run directory cxr-export reads. Returns metrics.json's content.
+    Nothing is left in OUT when this fails (a folder it created is removed)."""
     if decision not in DECISIONS:
         raise ValueError(f"decision must be one of {DECISIONS}, got {decision!r}")
     out = Path(out)
@@ -124,30 +128,52 @@ def build_ensemble(run_dirs: Sequence[Path], out: Path, decision: str = "average
     members = load_members(run_dirs)
     if any(out.resolve() == m["run_dir"].resolve() for m in members):
         raise TrainError(f"--out {out} is one of the members")
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)  # now: a folder that cannot be made fails before the evaluation
+    try:
+        return _build(members, out, decision)
+    except BaseException:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _build(members: list[dict[str, Any]], out: Path, decision: str) -> dict[str, Any]:
+    from cxr.runtime.preprocess import PreprocessConfig
+    from cxr.runtime.serialization import jsonable
+    from cxr.train import rundir
+    from cxr.train.checkpoints import model_from_checkpoint, save_checkpoint
+    from cxr.train.config import TrainConfig
+    from cxr.train.evaluate import decide_on_validation, full_report
+    from cxr.train.splits import read_splits
+
     first = members[0]["ckpt"]
     config = TrainConfig.from_dict(first["config"])
     preprocess = PreprocessConfig.from_dict(first["preprocess"])
-    model = CardiomegalyEnsemble([model_from_checkpoint(m["ckpt"]) for m in members],
-                                 [Decision.from_dict(m["ckpt"].get("decision")) for m in members]).eval()
+    decisions = [Decision.from_dict(m["ckpt"].get("decision")) for m in members]
+    model = CardiomegalyEnsemble([model_from_checkpoint(m["ckpt"]) for m in members], decisions).eval()
     samples = read_splits(members[0]["run_dir"] / "splits.csv")
     by_split = {s: [x for x in samples if x.split == s] for s in ("val", "test")}
     pos_weight = (first.get("data") or {}).get("pos_weight")
-    ctx = DistContext()
     log.info("evaluating %d members together on validation (%d images)", len(members), len(by_split["val"]))
-    # a film no member could decide (every member reads the ratio, none could measure it) is left out and counted
-    val = decided(evaluate_split(model, _loader(by_split["val"], preprocess, model.seg_head, config.batch_size), ctx,
-                                 pos_weight), Decision())
+    val, val_undecided = _evaluate(model, by_split["val"], preprocess, config.batch_size, pos_weight)
     val_rows = [by_split["val"][int(i)] for i in val.index]
     requested = "classifier" if decision == "average" or not model.seg_head else "auto"
-    chosen, candidates, _, threshold = decide_on_validation(val, val_rows, requested, model.seg_head, config)
+    # members reading the ratio make the mean take few distinct values: the threshold goes between ties, as for a
+    # single model's ratio decision
+    ties = (f"{len(members)} members' mean (some reading the ratio)"
+            if any(d.mode != "classifier" for d in decisions) else None)
+    chosen, candidates, _, threshold = decide_on_validation(val, val_rows, requested, model.seg_head, config,
+                                                            ties=ties)
     kw = {"n_boot": config.bootstrap_n, "seed": config.seed}
     metrics: dict[str, Any] = {"val": full_report(val, chosen, candidates, threshold, by_split["val"], **kw),
                                "decision": chosen.to_dict(),
                                "decision_candidates": {m: d.to_dict() for m, d in candidates.items()}}
+    metrics["val"]["n_not_measurable"] += val_undecided
     if by_split["test"]:
-        test = decided(evaluate_split(model, _loader(by_split["test"], preprocess, model.seg_head,
-                                                     config.batch_size), ctx, pos_weight), Decision())
+        test, test_undecided = _evaluate(model, by_split["test"], preprocess, config.batch_size, pos_weight)
         metrics["test"] = full_report(test, chosen, candidates, threshold, by_split["test"], **kw)
+        metrics["test"]["n_not_measurable"] += test_undecided
     described = [_describe(m) for m in members]
     metrics["members"] = described
     spec = {"arch": first["model"]["arch"], "dropout": first["model"].get("dropout", 0.2),
@@ -163,7 +189,6 @@ def build_ensemble(run_dirs: Sequence[Path], out: Path, decision: str = "average
         "metrics": jsonable(metrics), "config": first["config"], "data": first.get("data") or {}, "epoch": None,
         "versions": first.get("versions", {}),
     }
-    out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(members[0]["run_dir"] / "splits.csv", out / "splits.csv")
     summary = {"run_dir": str(out), "ensemble_of": [str(m["run_dir"]) for m in members],
                "ensemble": spec["ensemble"], "threshold": payload["threshold"],
@@ -173,8 +198,26 @@ def build_ensemble(run_dirs: Sequence[Path], out: Path, decision: str = "average
     return jsonable(summary)
 
 
+def _evaluate(model: CardiomegalyEnsemble, samples: list, preprocess, batch_size: int, pos_weight):
+    """(the evaluation on the films the ensemble could decide, how many it could not): a film no member could decide
+    (each reads the ratio, none could measure it) has no probability; it is left out of the figures, counted as not
+    measurable (cxr-score: no_anatomy), and out of the loss."""
+    from dataclasses import replace
+
+    from cxr.train.distributed import DistContext
+    from cxr.train.evaluate import bce_loss, evaluate_split, select
+
+    ev = evaluate_split(model, _loader(samples, preprocess, model.seg_head, batch_size), DistContext(), pos_weight)
+    keep = np.isfinite(ev.probabilities)
+    if keep.all():
+        return ev, 0
+    kept = select(ev, keep)
+    return replace(kept, loss=bce_loss(kept.logits, kept.labels, pos_weight)), int((~keep).sum())
+
+
 def _describe(member: dict[str, Any]) -> dict[str, Any]:
-    """What the card says of a member: its run, weights, seeds, decision, and its own validation and test AUROC."""
+    """What the card says of a member: its run folder (the path's last three parts: a card is shared, a home folder's
+    name need not be), weights, seeds, decision, and its own validation and test AUROC."""
     ckpt = member["ckpt"]
     config, metrics = ckpt.get("config") or {}, ckpt.get("metrics") or {}
 
@@ -182,8 +225,8 @@ def _describe(member: dict[str, Any]) -> dict[str, Any]:
         value = (metrics.get(split) or {}).get("auroc")
         return float(value) if isinstance(value, (int, float)) else float("nan")
 
-    return {"run": str(member["run_dir"]), "checkpoint_sha256": member["sha256"], "seed": config.get("seed"),
-            "split_seed": config.get("split_seed"),
+    return {"run": "/".join(member["run_dir"].resolve().parts[-3:]), "checkpoint_sha256": member["sha256"],
+            "seed": config.get("seed"), "split_seed": config.get("split_seed"),
             "epoch": ckpt.get("epoch"), "decision": Decision.from_dict(ckpt.get("decision")).to_dict(),
             "val_auroc": auroc("val"), "test_auroc": auroc("test")}
 

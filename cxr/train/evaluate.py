@@ -169,15 +169,11 @@ def report(ev: Evaluation, threshold: Threshold, sources: Sequence[str] | None =
 
 def decided(ev: Evaluation, decision) -> Evaluation:
     """`ev` with the decision's probabilities; images whose decision cannot be made (CTR not measurable for the ctr
-    and fusion modes; for an ensemble, no member able to decide: a NaN logit) are left out and counted in
-    n_unreadable (cxr-score reports them as error rows)."""
+    and fusion modes) are left out and counted in n_unreadable (cxr-score reports them as error rows)."""
     from dataclasses import replace
 
     if decision.mode == "classifier" or ev.ctr is None:
-        keep = np.isfinite(ev.probabilities)
-        if keep.all():
-            return ev
-        return replace(_select(ev, keep), n_unreadable=ev.n_unreadable + int((~keep).sum()))
+        return ev
     prob = decision.probability(ev.logits, ev.ctr)
     keep = np.isfinite(prob)
     return replace(ev, labels=ev.labels[keep], probabilities=prob[keep], index=ev.index[keep],
@@ -185,7 +181,8 @@ def decided(ev: Evaluation, decision) -> Evaluation:
                    n_unreadable=ev.n_unreadable + int((~keep).sum()))
 
 
-def _select(ev: Evaluation, keep: np.ndarray) -> Evaluation:
+def select(ev: Evaluation, keep: np.ndarray) -> Evaluation:
+    """The rows of `ev` where `keep` is true (everything else as it is)."""
     from dataclasses import replace
 
     return replace(ev, labels=ev.labels[keep], probabilities=ev.probabilities[keep], index=ev.index[keep],
@@ -200,7 +197,8 @@ def score_aurocs(ev: Evaluation, candidates: dict, n_boot: int, seed: int) -> di
     for mode, dec in candidates.items():
         if mode != "ctr" and dec.mode != mode:  # a fit refused on validation: no figures of its own
             out[mode] = {"n": 0, "n_positive": 0, "auroc": math.nan, "auroc_ci95": [math.nan, math.nan],
-                         "refused": "the fit on validation gave the ratio a weight that was not positive"}
+                         "refused": dec.validation.get("why") or "the fit on validation gave the ratio a weight "
+                                                                  "that was not positive"}
             continue
         prob = ev.ctr if mode == "ctr" and ev.ctr is not None else dec.probability(ev.logits, ev.ctr)
         keep = np.isfinite(prob)
@@ -229,7 +227,7 @@ def full_report(ev: Evaluation, decision, candidates: dict, threshold: Threshold
     names = sorted(set(src.tolist()))
     groups = [(None, np.ones(ev.labels.size, bool))] + ([(n, src == n) for n in names] if len(names) > 1 else [])
     for name, keep in groups:
-        sub = _select(ev, keep)
+        sub = select(ev, keep)
         target = out if name is None else out.setdefault("by_source", {}).setdefault(name, {})
         if ev.logits is not None and ev.labels.size:
             target["by_score"] = score_aurocs(sub, candidates, n_boot, seed)
@@ -238,18 +236,21 @@ def full_report(ev: Evaluation, decision, candidates: dict, threshold: Threshold
     return out
 
 
-def decide_on_validation(val, val_rows, requested: str, seg: bool,
-                         config) -> tuple[Any, dict[str, Any], Evaluation, Threshold]:
+def decide_on_validation(val, val_rows, requested: str, seg: bool, config,
+                         ties: str | None = None) -> tuple[Any, dict[str, Any], Evaluation, Threshold]:
     """The decision (`requested`: auto, classifier, ctr or fusion) fitted on the validation evaluation `val`
     (`val_rows[i]` the sample of its row i), every candidate for the reports, validation under the decision, and the
-    threshold chosen on it by the config's method. Training's last step, and cxr-ensemble's."""
+    threshold chosen on it by the config's method. Training's last step, and cxr-ensemble's. A decision that reads
+    the ratio gets its threshold between tied probabilities; so does a classifier-mode one whose probability is
+    named by `ties` (an ensemble some of whose members read the ratio)."""
     decision = choose_on_validation(requested, val_rows, val.labels, val.logits, val.ctr, seed=config.seed)
     candidates = _candidates(val, val_rows, decision, config) if seg else {"classifier": decision}
     val_decided = decided(val, decision)
     threshold = choose_threshold(config.threshold_method, config.target_sensitivity, val_decided.labels,
                                  val_decided.probabilities)
-    if decision.mode != "classifier":
-        threshold = _between_ties(threshold, val_decided.probabilities, decision.mode)
+    if decision.mode != "classifier" or ties:
+        threshold = _between_ties(threshold, val_decided.probabilities,
+                                  decision.mode if decision.mode != "classifier" else ties)
     return decision, candidates, val_decided, threshold
 
 
@@ -265,9 +266,9 @@ def _between_ties(threshold: Threshold, probabilities: np.ndarray, mode: str) ->
 
 def _candidates(val, val_rows, decision, config) -> dict[str, Any]:
     """Every decision fitted on validation, for the reports (the ratio's own AUROC is reported even where its fit is
-    refused: then the candidate is the classifier's map with the ratio's figures beside it). Also where the classifier
-    was asked for (cxr-train --decision classifier, cxr-ensemble's members' average): the others are reported beside
-    it, not used; only where validation had too few measurable ratios to judge them is the classifier alone."""
+    refused: then the candidate is the classifier's map with the ratio's figures beside it, and why). Also where the
+    classifier was asked for (cxr-train --decision classifier, cxr-ensemble's members' average): the others are
+    reported beside it, not used. Under auto, where validation had too few measurable ratios, the classifier alone."""
     too_few = "ctr" not in decision.validation.get("auroc", {}) and decision.validation.get("chosen_by") != "requested"
     if val.ctr is None or too_few:
         return {"classifier": decision}
@@ -275,6 +276,6 @@ def _candidates(val, val_rows, decision, config) -> dict[str, Any]:
     for mode in ("classifier", "ctr", "fusion"):
         try:
             out[mode] = choose_on_validation(mode, val_rows, val.labels, val.logits, val.ctr, seed=config.seed)
-        except ValueError:
-            out[mode] = Decision(mode="classifier", validation={"refused": mode})
+        except ValueError as exc:
+            out[mode] = Decision(mode="classifier", validation={"refused": mode, "why": str(exc)})
     return out

@@ -100,7 +100,7 @@ def mean_probability_logit(logits: torch.Tensor) -> torch.Tensor:
     (no 1 - p rounding to 0 in float32). NaN logits (a member that cannot decide) are left out; NaN where all are."""
     valid = ~torch.isnan(logits)
     x = torch.where(valid, logits, torch.zeros_like(logits))
-    soft = torch.log(1.0 + torch.exp(-torch.abs(x)))
+    soft = torch.log1p(torch.exp(-torch.abs(x)))
     neg_inf = torch.full_like(x, float("-inf"))
     log_p = torch.where(valid, -(torch.relu(-x) + soft), neg_inf)  # log sigmoid(x)
     log_q = torch.where(valid, -(torch.relu(x) + soft), neg_inf)  # log (1 - sigmoid(x))

@@ -28,13 +28,16 @@ def _sigmoid(x):
 @pytest.mark.parametrize("logits", [
     [[0.3, -2.0, 5.0], [1.1, -0.5, -7.0]],
     [[30.0, -30.0, 0.0], [25.0, -40.0, 0.0], [-3.0, 2.0, 0.0]],
+    [[20.0, 40.0, -60.0], [25.0, 60.0, -45.0]],  # sure members: 1 - p is 0 in float32, a naive logit is inf
 ])
 def test_mean_probability_logit_is_the_logit_of_the_mean_probability(logits):
     from cxr.train.model import mean_probability_logit
 
     got = mean_probability_logit(torch.tensor(logits, dtype=torch.float32)).numpy()
-    p = _sigmoid(logits).mean(axis=0)
-    np.testing.assert_allclose(got, np.log(p) - np.log1p(-p), rtol=1e-5, atol=1e-5)
+    x = np.asarray(logits, np.float64)
+    expected = np.log(_sigmoid(x).mean(axis=0)) - np.log(_sigmoid(-x).mean(axis=0))  # float64, in log space
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_mean_probability_logit_leaves_out_members_that_cannot_decide():
@@ -114,6 +117,8 @@ def test_ensemble_averages_each_members_decided_probability(members, ensemble):
     probs = np.stack([m["probability"] for m in per_member]).astype(np.float64)
     expected = np.where(np.isnan(probs), 0, probs).sum(0) / np.isfinite(probs).sum(0)
     np.testing.assert_allclose(got["probability"], expected, atol=2e-6)
+    assert "ratio" in ckpt["threshold"]["detail"]  # a member reads the ratio: threshold between tied probabilities
+    assert np.isfinite(probs).all(axis=0).sum() >= 5  # films both members decided: the mean is really of two
     assert not np.allclose(probs[0], probs[1], atol=1e-3)  # the members really differ
     # masks: the members' mask probabilities averaged, then measured as one model's would be
     assert got["masks"].shape == per_member[0]["masks"].shape and got["masks"].dtype == np.uint8
@@ -136,6 +141,7 @@ def test_ensemble_run_lists_its_members(members, ensemble):
     out, summary = ensemble
     listed = summary["ensemble"]["members"]
     assert [m["checkpoint_sha256"] for m in listed] == [sha256_file(r / "best.pt") for r in members]
+    assert [m["run"] for m in listed] == ["/".join(r.resolve().parts[-3:]) for r in members]  # no home folder
     assert [m["seed"] for m in listed] == [0, 1] and [m["split_seed"] for m in listed] == [0, 0]
     assert [m["decision"]["mode"] for m in listed] == ["classifier", "ctr"]
     assert (out / "splits.csv").read_bytes() == (members[0] / "splits.csv").read_bytes()
@@ -231,6 +237,18 @@ def test_a_damaged_ensemble_checkpoint_is_refused_by_name(ensemble, tmp_path):
     ckpt["model_state"].pop(next(iter(ckpt["model_state"])))
     with pytest.raises(CheckpointError, match="weights do not match the ensemble of 2"):
         model_from_checkpoint(ckpt)
+    ckpt = load_checkpoint(ensemble[0])
+    ckpt["model"]["ensemble"]["members"] *= 500  # checked against the weights before any network is built
+    with pytest.raises(CheckpointError, match="lists 1000 members but its weights hold 2"):
+        model_from_checkpoint(ckpt)
+    ckpt = load_checkpoint(ensemble[0])
+    ckpt["model"]["ensemble"]["members"][0]["decision"] = ["ctr"]
+    with pytest.raises(CheckpointError, match="member 0 has no decision"):
+        model_from_checkpoint(ckpt)
+    ckpt = load_checkpoint(ensemble[0])
+    ckpt["model"]["seg_head"] = False
+    with pytest.raises(CheckpointError, match="member 1 decides on the ratio .* no segmentation head"):
+        model_from_checkpoint(ckpt)
 
 
 def test_cli(members, tmp_path):
@@ -258,15 +276,49 @@ def test_cli(members, tmp_path):
     assert set(saved["metrics"]["decision_candidates"]) == {"classifier", "ctr", "fusion"}
 
 
-def test_films_no_member_could_decide_are_left_out_and_counted():
-    """An ensemble's NaN probability (no member could decide) is left out of its figures, never scored as a call."""
+def test_films_no_member_could_decide_are_left_out_counted_and_kept_out_of_the_loss(monkeypatch):
+    """An ensemble's NaN probability (no member could decide) is left out of its figures, never scored as a call; a
+    single model's evaluation is not filtered (a NaN there is an error to see, not a film to drop)."""
+    from cxr.runtime.preprocess import PreprocessConfig
+    from cxr.train import ensemble as E
+    from cxr.train import evaluate
     from cxr.train.decision import Decision
-    from cxr.train.evaluate import Evaluation, decided
 
-    ev = Evaluation(loss=0.5, labels=np.array([1, 0, 1, 0]), probabilities=np.array([0.9, np.nan, 0.6, 0.2]),
-                    index=np.arange(4), n_unreadable=1, logits=np.array([2.2, np.nan, 0.4, -1.4]))
-    kept = decided(ev, Decision())
-    assert kept.index.tolist() == [0, 2, 3] and kept.labels.tolist() == [1, 1, 0]
-    assert kept.n_unreadable == 2 and np.isfinite(kept.probabilities).all()
-    whole = Evaluation(loss=0.5, labels=np.array([1, 0]), probabilities=np.array([0.9, 0.1]), index=np.arange(2))
-    assert decided(whole, Decision()) is whole  # a model that decides every film: unchanged
+    ev = evaluate.Evaluation(loss=math.nan, labels=np.array([1, 0, 1, 0]),
+                             probabilities=_sigmoid([2.2, np.nan, 0.4, -1.4]), index=np.arange(4), n_unreadable=1,
+                             logits=np.array([2.2, np.nan, 0.4, -1.4]))
+    monkeypatch.setattr(evaluate, "evaluate_split", lambda *a, **k: ev)
+    kept, undecided = E._evaluate(type("Stub", (), {"seg_head": False})(), [], PreprocessConfig(size=64), 8, None)
+    assert undecided == 1 and kept.index.tolist() == [0, 2, 3] and kept.labels.tolist() == [1, 1, 0]
+    assert kept.n_unreadable == 1 and np.isfinite(kept.probabilities).all()
+    assert kept.loss == pytest.approx(evaluate.bce_loss(np.array([2.2, 0.4, -1.4]), np.array([1, 1, 0]), None))
+    assert evaluate.decided(ev, Decision()) is ev
+
+
+def test_an_ensemble_that_cannot_decide_reports_no_ratio_either():
+    """Where no member could decide, the exported ctr is NaN too, so cxr-score writes no_anatomy, not an invalid
+    probability; a single model's graph is unchanged."""
+    from cxr.export.graph import ExportWrapper
+    from cxr.train.decision import Decision
+
+    class Stub(torch.nn.Module):
+        seg_head = True
+        members = ()
+
+        def forward_all(self, image):
+            n, size = image.shape[0], image.shape[-1]
+            masks = torch.full((n, 3, size, size), -5.0)
+            masks[:, 0, 20:40, 24:40] = 5.0  # a heart
+            masks[:, 1, 10:50, 34:56] = 5.0  # and both lungs: a measurable ratio on every film
+            masks[:, 2, 10:50, 8:30] = 5.0
+            return {"logit": torch.tensor([0.5, float("nan")])[:n], "mask_logits": masks,
+                    "cam": torch.zeros(n, 2, 2)}
+
+        def cam_of(self, out):
+            return out["cam"]
+
+    logit, prob, _, ctr, _ = ExportWrapper.build(Stub(), Decision())(torch.zeros(2, 1, 64, 64, dtype=torch.uint8))
+    assert math.isfinite(float(ctr[0])) and math.isnan(float(ctr[1])) and math.isnan(float(prob[1]))
+    del Stub.members
+    _, _, _, ctr, _ = ExportWrapper.build(Stub(), Decision())(torch.zeros(2, 1, 64, 64, dtype=torch.uint8))
+    assert math.isfinite(float(ctr[1]))  # not an ensemble: the ratio is reported whatever the logit
