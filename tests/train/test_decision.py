@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -136,3 +138,19 @@ def test_the_decision_is_judged_on_sources_whose_labels_are_not_the_ratio():
     only = choose_on_validation("auto", rows[:n], y_wj, cls_wj, ctr_wj)
     assert only.mode in ("ctr", "fusion") and "every usable validation label is its reference ratio" in \
         only.validation["note"]
+
+
+def test_a_refused_candidate_reports_the_fits_own_reason():
+    """The report says why a candidate has no figures: the fit's own message, not a fixed guess."""
+    from cxr.train.decision import Decision
+    from cxr.train.evaluate import Evaluation, score_aurocs
+
+    ev = Evaluation(loss=0.5, labels=np.array([0, 1, 0, 1]), probabilities=np.array([0.2, 0.7, 0.4, 0.9]),
+                    index=np.arange(4), logits=np.array([-1.4, 0.8, -0.4, 2.2]), ctr=np.array([0.4, 0.6, 0.45, 0.55]))
+    why = "--decision fusion: too few validation images with a measurable CTR and both classes (3 measurable) to fit it"
+    got = score_aurocs(ev, {"classifier": Decision(), "fusion": Decision(validation={"refused": "fusion", "why": why})},
+                       n_boot=20, seed=0)
+    assert got["fusion"]["refused"] == why and math.isnan(got["fusion"]["auroc"])
+    old = score_aurocs(ev, {"fusion": Decision(validation={"refused": "fusion"})}, n_boot=20, seed=0)
+    assert "weight that was not positive" in old["fusion"]["refused"]  # runs from before the reason was kept
+    assert got["classifier"]["auroc"] == 1.0
