@@ -102,6 +102,11 @@ def train(run_dir: Path, sources: list[str], args, extra: list[str] | None = Non
             raise SystemExit(f"real: {run_dir} holds a run of --seed {saved.get('seed')} --split-seed "
                              f"{saved.get('split_seed')}, not the --seed {args.seed} --split-seed {args.split_seed} "
                              "asked for: give another --out, or delete it to train again")
+        wanted = bool(getattr(args, "balance_labels", False) and extra is None)
+        if bool(saved.get("balance_labels")) != wanted:
+            raise SystemExit(f"real: {run_dir} holds a run {'with' if saved.get('balance_labels') else 'without'} "
+                             f"--balance-labels, not the one asked for: give another --out, or delete it to train "
+                             "again")
         print(f"{run_dir} already holds a finished run: reusing it (delete it to train again).")
         return
     if (run_dir / "last.pt").is_file():
@@ -112,7 +117,8 @@ def train(run_dir: Path, sources: list[str], args, extra: list[str] | None = Non
            "--seed", str(args.seed)] + ([] if args.split_seed is None else ["--split-seed", str(args.split_seed)])
     for s in sources:
         cmd += ["--data", s]
-    run(cmd + (AUGMENT + RECIPE if extra is None else extra))
+    balance = ["--balance-labels"] if getattr(args, "balance_labels", False) else []
+    run(cmd + (AUGMENT + RECIPE + balance if extra is None else extra))
 
 
 def export(run_dir: Path, model: Path) -> None:
@@ -521,6 +527,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baseline", action="store_true", help="external: also run A0 (today's recipe)")
     ap.add_argument("--split-seed", type=int, default=None,
                     help="training's --split-seed (unset: each --seed draws its own split of the training sources)")
+    ap.add_argument("--balance-labels", action="store_true",
+                    help="train with cxr-train --balance-labels (positives and negatives drawn equally often inside "
+                         "each source; not the baseline A0)")
     ap.add_argument("--seeds", default=None,
                     help="external: train every run once per seed (comma-separated, into OUT/seed<N>), then print "
                          "the seeds' models used together (probabilities averaged) beside each seed")

@@ -158,6 +158,8 @@ def test_a_finished_run_of_another_seed_is_not_reused(real, tmp_path):
     with pytest.raises(SystemExit, match="holds a run of --seed 0 --split-seed None, not the --seed 1"):
         real.train(run_dir, [], SimpleNamespace(seed=1, split_seed=None))
     real.train(run_dir, [], SimpleNamespace(seed=0, split_seed=None))  # the same seed: reused, nothing trained
+    with pytest.raises(SystemExit, match="holds a run without --balance-labels"):
+        real.train(run_dir, [], SimpleNamespace(seed=0, split_seed=None, balance_labels=True))
 
 
 def test_seed_average_names_each_seeds_decision_and_split(real, tmp_path):

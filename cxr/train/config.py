@@ -90,6 +90,9 @@ class TrainConfig:
     """CSV column with a reference cardiothoracic ratio (e.g. ctr_mask); reported as the CTR error of the model."""
     balance_sources: bool = False
     """Draw training images so that each source is seen equally often per epoch (seeded, with replacement)."""
+    balance_labels: bool = False
+    """Draw training images so that inside each source positives and negatives are seen equally often (seeded, with
+    replacement): a source's share of positives then says nothing about the label. Not with --pos-weight."""
     verify_images: bool = False
     """Decode every image while indexing and skip (and report) unreadable ones before training starts."""
     val_fraction: float = 0.15
@@ -251,6 +254,9 @@ class TrainConfig:
                 bad("pos_weight", "must be None, 'auto' or a positive number")
         elif self.pos_weight is not None and not (isinstance(self.pos_weight, (int, float)) and self.pos_weight > 0):
             bad("pos_weight", "must be None, 'auto' or a positive number")
+        if self.balance_labels and self.pos_weight is not None:
+            bad("pos_weight", "reweights the classes a second time: --balance-labels already draws positives and "
+                "negatives equally often; give one of them")
         if self.threshold_method == "youden_j":
             if self.target_sensitivity is not None:
                 bad("target_sensitivity", "is only used with threshold_method target_sensitivity")

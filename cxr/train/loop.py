@@ -95,11 +95,13 @@ def _loaders(config: TrainConfig, data: PreparedData, ctx: D.DistContext):
     train_ds = CxrDataset(data.samples["train"], pp, train=True, rotation_degrees=config.rotation_degrees,
                           seed=config.seed, cache=data.cache.get("train"), masks=masks("train"),
                           augmentation=config.augmentation)
-    if config.balance_sources:
-        from cxr.train.sampling import SourceBalancedSampler
+    if config.balance_sources or config.balance_labels:
+        from cxr.train.sampling import BalancedSampler
 
-        sampler = SourceBalancedSampler([s.source for s in data.samples["train"]], seed=config.seed,
-                                        num_replicas=ctx.world_size, rank=ctx.rank)
+        train = data.samples["train"]
+        sampler = BalancedSampler([s.source for s in train], [s.label for s in train] if config.balance_labels else None,
+                                  by_source=config.balance_sources, seed=config.seed, num_replicas=ctx.world_size,
+                                  rank=ctx.rank)
     else:
         sampler = DistributedSampler(train_ds, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
                                      seed=config.seed, drop_last=False)
@@ -278,7 +280,7 @@ class _TrainRun:
     autocast: Callable[[], contextlib.AbstractContextManager]
     scaler: torch.amp.GradScaler | None
     train_ds: CxrDataset
-    sampler: Any  # DistributedSampler or SourceBalancedSampler: both reshuffle on set_epoch
+    sampler: Any  # DistributedSampler or BalancedSampler: both reshuffle on set_epoch
     train_loader: DataLoader
     evals: dict[str, DataLoader]  # "val" and, when the data has one, "test": this rank's shard of each
     ema: Any  # AveragedModel of the weights (--ema-halflife), or None: what is validated, selected and saved

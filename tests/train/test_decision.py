@@ -86,15 +86,48 @@ def test_threshold_between_ties_keeps_validation_calls():
 
 @pytest.mark.parametrize("n, world", [(33, 2), (10, 3), (7, 1)])
 def test_balanced_sampler_gives_every_rank_the_same_number_of_draws(n, world):
-    from cxr.train.sampling import SourceBalancedSampler
+    from cxr.train.sampling import BalancedSampler
 
     sources = ["a"] * (n - 3) + ["b"] * 3
-    samplers = [SourceBalancedSampler(sources, seed=1, num_replicas=world, rank=r) for r in range(world)]
+    samplers = [BalancedSampler(sources, seed=1, num_replicas=world, rank=r) for r in range(world)]
     counts = [len(list(s)) for s in samplers]
     assert len(set(counts)) == 1 and counts[0] == len(samplers[0]) and counts[0] * world >= n
-    draws = np.concatenate([list(SourceBalancedSampler(sources, seed=s)) for s in range(200)])
+    draws = np.concatenate([list(BalancedSampler(sources, seed=s)) for s in range(200)])
     share_b = np.isin(draws, [n - 3, n - 2, n - 1]).mean()
     assert share_b == pytest.approx(0.5, abs=0.05)  # each source drawn equally often, whatever its size
+
+
+def test_label_balance_makes_every_source_half_positive():
+    """wingspan-like (71% positive) and JSRT-like (28%) sources: drawn with --balance-labels, each source shows half
+    positives, so the source no longer predicts the label; sources keep their size unless balanced too."""
+    from cxr.train.sampling import BalancedSampler, balanced_weights
+
+    sources = ["w"] * 100 + ["j"] * 300
+    labels = [1] * 71 + [0] * 29 + [1] * 84 + [0] * 216
+    p = balanced_weights(sources, labels, by_source=False)
+    w, j, y = np.array(sources) == "w", np.array(sources) == "j", np.array(labels) == 1
+    assert p.sum() == pytest.approx(1.0)
+    assert p[w].sum() == pytest.approx(0.25) and p[j].sum() == pytest.approx(0.75)  # sizes kept
+    assert p[w & y].sum() == pytest.approx(p[w & ~y].sum()) == pytest.approx(0.125)
+    assert p[j & y].sum() == pytest.approx(p[j & ~y].sum()) == pytest.approx(0.375)
+    both = balanced_weights(sources, labels, by_source=True)
+    for cell in (w & y, w & ~y, j & y, j & ~y):
+        assert both[cell].sum() == pytest.approx(0.25)
+    # a source with one class keeps its whole share; the draws follow the weights
+    one = balanced_weights(["a", "a", "b", "b", "b"], [0, 0, 1, 0, 0], by_source=True)
+    np.testing.assert_allclose(one, [0.25, 0.25, 0.25, 0.125, 0.125])
+    draws = np.concatenate([list(BalancedSampler(sources, labels, by_source=False, seed=s)) for s in range(100)])
+    assert np.array(labels)[draws].mean() == pytest.approx(0.5, abs=0.02)
+    with pytest.raises(ValueError, match="labels"):
+        balanced_weights(["a", "b"], [1])
+
+
+def test_label_balance_refuses_a_second_class_weight():
+    from cxr.train.config import TrainConfig
+    from cxr.train.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="balance-labels"):
+        TrainConfig(data_root="x", balance_labels=True, pos_weight="auto")
 
 
 def _samples(sources, labels, ctrs):

@@ -115,7 +115,7 @@ def seg_run(masked, phantom, tmp_path_factory):
 
     run_dir = tmp_path_factory.mktemp("segrun") / "run"
     config = masked_config(masked, phantom, aug_scale=0.1, aug_translate=0.05, aug_gamma=0.2, aug_noise=0.02,
-                           balance_sources=True, max_epochs=3)
+                           balance_sources=True, balance_labels=True, max_epochs=3)
     return run_dir, train(config, run_dir)
 
 
