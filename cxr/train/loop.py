@@ -99,9 +99,9 @@ def _loaders(config: TrainConfig, data: PreparedData, ctx: D.DistContext):
         from cxr.train.sampling import BalancedSampler
 
         train = data.samples["train"]
-        sampler = BalancedSampler([s.source for s in train], [s.label for s in train] if config.balance_labels else None,
-                                  by_source=config.balance_sources, seed=config.seed, num_replicas=ctx.world_size,
-                                  rank=ctx.rank)
+        labels = [s.label for s in train] if config.balance_labels else None
+        sampler = BalancedSampler([s.source for s in train], labels, by_source=config.balance_sources,
+                                  seed=config.seed, num_replicas=ctx.world_size, rank=ctx.rank)
     else:
         sampler = DistributedSampler(train_ds, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
                                      seed=config.seed, drop_last=False)
