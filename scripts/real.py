@@ -26,6 +26,10 @@ seen; sharpening, CLAHE and the stretch were added once, after run B's failure o
     python scripts/real.py [--mode real|external] [--out DIR] [--epochs 12] [--size 160] [--only A,B] [--baseline]
                            [--seed 0]
 
+A larger --epochs over an --out that already holds finished runs continues them (cxr-train --resume --max-epochs N:
+the same run as one started with N, since the plateau schedule and early stopping only look back), unless early
+stopping had ended them; a smaller one reuses them as they are.
+
 Run-to-run spread, and the seeds used together: `--mode external --seeds 0,1,2` trains every run once per seed (into
 OUT/seed<N>, three times the hours) and then prints each seed's AUROC beside that of the seeds' exported models with
 their probabilities averaged (an unweighted ensemble; nothing fitted on the films left out), with paired intervals;
@@ -107,10 +111,16 @@ def train(run_dir: Path, sources: list[str], args, extra: list[str] | None = Non
             raise SystemExit(f"real: {run_dir} holds a run {'with' if saved.get('balance_labels') else 'without'} "
                              f"--balance-labels, not the one asked for: give another --out, or delete it to train "
                              "again")
+        done = json.loads((run_dir / "metrics.json").read_text())
+        if done.get("epochs_run", args.epochs) < args.epochs and not done.get("stopped_early"):
+            # the same run as one started with --epochs N: the plateau schedule and early stopping carry on
+            print(f"{run_dir} holds a finished run of {done['epochs_run']} epochs: continuing it to {args.epochs}.")
+            run([str(BIN / "cxr-train"), "--resume", str(run_dir), "--max-epochs", str(args.epochs)])
+            return
         print(f"{run_dir} already holds a finished run: reusing it (delete it to train again).")
         return
     if (run_dir / "last.pt").is_file():
-        run([str(BIN / "cxr-train"), "--resume", str(run_dir)])
+        run([str(BIN / "cxr-train"), "--resume", str(run_dir), "--max-epochs", str(args.epochs)])
         return
     cmd = [str(BIN / "cxr-train"), "--out", str(run_dir), "--init", "random", "--lr", "1e-4", "--image-size",
            str(args.size), "--batch-size", "16", "--max-epochs", str(args.epochs), "--num-workers", "0",

@@ -156,10 +156,44 @@ def test_a_finished_run_of_another_seed_is_not_reused(real, tmp_path):
 
     run_dir = seed_dir(tmp_path, 0, "A", []) / "A" / "run"
     with pytest.raises(SystemExit, match="holds a run of --seed 0 --split-seed None, not the --seed 1"):
-        real.train(run_dir, [], SimpleNamespace(seed=1, split_seed=None))
-    real.train(run_dir, [], SimpleNamespace(seed=0, split_seed=None))  # the same seed: reused, nothing trained
+        real.train(run_dir, [], SimpleNamespace(seed=1, split_seed=None, epochs=12))
+    real.train(run_dir, [], SimpleNamespace(seed=0, split_seed=None, epochs=12))  # same seed: reused
     with pytest.raises(SystemExit, match="holds a run without --balance-labels"):
-        real.train(run_dir, [], SimpleNamespace(seed=0, split_seed=None, balance_labels=True))
+        real.train(run_dir, [], SimpleNamespace(seed=0, split_seed=None, epochs=12, balance_labels=True))
+
+
+@pytest.mark.parametrize("metrics, epochs, resumed", [
+    ({"epochs_run": 12, "stopped_early": False}, 20, True),    # longer: the same run carries on to 20
+    ({"epochs_run": 12, "stopped_early": False}, 12, False),   # as long: reused
+    ({"epochs_run": 12, "stopped_early": False}, 8, False),    # shorter: reused as it is (never cut back)
+    ({"epochs_run": 9, "stopped_early": True}, 20, False),     # early stopping ended it: more epochs change nothing
+])
+def test_more_epochs_continue_a_finished_run(real, tmp_path, monkeypatch, capsys, metrics, epochs, resumed):
+    import json
+    from types import SimpleNamespace
+
+    run_dir = seed_dir(tmp_path, 0, "A", []) / "A" / "run"
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    calls = []
+    monkeypatch.setattr(real, "run", lambda cmd, allowed=(0,): calls.append(cmd) or 0)
+    real.train(run_dir, [], SimpleNamespace(seed=0, split_seed=None, epochs=epochs))
+    if resumed:
+        assert calls == [[str(real.BIN / "cxr-train"), "--resume", str(run_dir), "--max-epochs", str(epochs)]]
+        assert f"finished run of 12 epochs: continuing it to {epochs}" in capsys.readouterr().out
+    else:
+        assert calls == [] and "reusing it" in capsys.readouterr().out
+
+
+def test_an_interrupted_run_resumes_to_the_epochs_asked(real, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    run_dir = tmp_path / "A" / "run"
+    run_dir.mkdir(parents=True)
+    (run_dir / "last.pt").write_bytes(b"state")
+    calls = []
+    monkeypatch.setattr(real, "run", lambda cmd, allowed=(0,): calls.append(cmd) or 0)
+    real.train(run_dir, [], SimpleNamespace(seed=0, split_seed=None, epochs=20))
+    assert calls == [[str(real.BIN / "cxr-train"), "--resume", str(run_dir), "--max-epochs", "20"]]
 
 
 def test_seed_average_names_each_seeds_decision_and_split(real, tmp_path):

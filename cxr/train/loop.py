@@ -310,7 +310,7 @@ class _TrainRun:
         self.data = prepare_data(config, self.run_dir, ctx, resume=self.resume)
         if self.last is not None:
             self.data.summary = dict(self.last["data"])  # the same samples (from splits.csv) as the interrupted run
-        if ctx.is_main and not self.resume:
+        if ctx.is_main:  # on --resume too: the recipe as it now runs (a longer --max-epochs, another device, ...)
             rundir.write_json(self.run_dir / "config.json", config.to_dict())
         self._optimization()
         self.train_ds, self.sampler, self.train_loader, self.evals = _loaders(config, self.data, ctx)

@@ -52,6 +52,16 @@ def test_last_checkpoint_holds_resume_state(runs):
     assert len(last["history"]) == 3
 
 
+def test_config_json_records_the_longer_run(runs):
+    """A finished 2-epoch run continued with max_epochs 3: config.json says what ran (3), like the checkpoint."""
+    import json
+
+    whole, parts, _ = runs
+    saved = json.loads((parts / "config.json").read_text())
+    assert saved["max_epochs"] == 3 == load_checkpoint(parts / "last.pt")["config"]["max_epochs"]
+    assert saved == json.loads((whole / "config.json").read_text())
+
+
 @pytest.mark.parametrize("change, message", [
     ({"lr": 0.5}, "different lr"),
     ({"image_size": 96}, "different image_size"),
