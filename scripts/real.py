@@ -188,27 +188,26 @@ def ctr_agreement(results: Path, labels_csv: Path, prefix: str) -> dict:
             "mae_unflagged": mae_unflagged, "within_0.03_unflagged": within_unflagged, **follows(pairs)}
 
 
+def _agreement(pairs: list[tuple[float, float]]) -> dict:
+    """cxr-score --ctr-column's comparison (cxr.runtime.metrics.ratio_agreement) of (measured, reference) pairs."""
+    from cxr.runtime.metrics import ratio_agreement
+
+    measured, reference = (list(t) for t in zip(*pairs)) if pairs else ([], [])
+    return ratio_agreement(measured, reference, n_boot=200)
+
+
 def _mae_within(pairs: list[tuple[float, float]]) -> tuple[float, float]:
     """Mean absolute error of (measured, reference) pairs and the share within 0.03; NaN for none."""
-    err = [abs(a - b) for a, b in pairs]
-    return (sum(err) / len(err), sum(e <= 0.03 for e in err) / len(err)) if err else (float("nan"), float("nan"))
+    a = _agreement(pairs)
+    return a["mae"], a["within_close"]
 
 
 def follows(pairs: list[tuple[float, float]]) -> dict:
     """Whether measured ratios follow the reference ones, not just sit near them: mean error (bias), Pearson r, and
-    the slope of measured on reference (1: follows; near 0: one typical ratio for every film, which a small MAE on
-    a cohort of similar hearts would hide)."""
-    import numpy as np
-
-    if len(pairs) < 3:
-        return {"bias": float("nan"), "pearson_r": float("nan"), "slope": float("nan")}
-    measured, reference = np.array(pairs, dtype=float).T
-    if reference.std() == 0 or measured.std() == 0:
-        r = slope = float("nan")
-    else:
-        r = float(np.corrcoef(measured, reference)[0, 1])
-        slope = float(np.polyfit(reference, measured, 1)[0])
-    return {"bias": float((measured - reference).mean()), "pearson_r": r, "slope": slope}
+    the slope of measured on reference (1: follows; 0: one typical ratio for every film, which a small MAE on a
+    cohort of similar hearts would hide), as cxr-score --ctr-column reports them."""
+    a = _agreement(pairs)
+    return {"bias": a["bias"], "pearson_r": a["pearson_r"], "slope": a["slope"]}
 
 
 CTR_BANDS = ((0.35, 0.5), (0.5, 0.6), (0.6, 0.9))

@@ -77,10 +77,11 @@ def test_follows_tells_a_measurement_from_a_constant(real):
     assert tracking["bias"] == pytest.approx(0.02) and tracking["pearson_r"] == pytest.approx(1.0)
     assert tracking["slope"] == pytest.approx(1.0)
     constant = real.follows([(0.52, r) for r in reference])  # one typical ratio for every film
-    assert math.isnan(constant["pearson_r"]) and math.isnan(constant["slope"])
+    assert math.isnan(constant["pearson_r"]) and constant["slope"] == pytest.approx(0.0, abs=1e-9)
     flat = real.follows([(0.52 + 0.001 * (i % 2), r) for i, r in enumerate(reference)])
     assert abs(flat["slope"]) < 0.01 and constant["bias"] == pytest.approx(0.02)
-    assert math.isnan(real.follows([(0.5, 0.5)])["bias"])
+    assert math.isnan(real.follows([(0.5, 0.5), (0.6, 0.6)])["slope"])  # too few films for a slope
+    assert math.isnan(real.follows([])["bias"])
 
 
 def test_ctr_agreement_reads_the_scored_rows(real, tmp_path):

@@ -415,6 +415,11 @@ def _note(message: str, quiet: bool) -> None:
 @click.option("--path-column", default="path", show_default=True, help="--labels column with the image path.")
 @click.option("--label-column", default=None,
               help="--labels column with the label  [default: label, else cardiomegaly]")
+@click.option("--ctr-column", default=None,
+              help="--labels column with manual cardiothoracic ratios (heart width over chest width, 0-1; blank "
+                   "where not measured): the model's ctr column is compared with them on the labelled films "
+                   "(error, share within 0.03, bias, Pearson r, slope) in the summary and the manifest. Models "
+                   "with a ctr output only.")
 @click.option("--overlays", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder (outside FOLDER; created if missing) for one PNG per scored image at the same relative "
                    "path (.png appended unless already .png): the radiograph, the model's activation map and, for "
@@ -441,7 +446,8 @@ def _note(message: str, quiet: bool) -> None:
 @click.version_option(__version__, prog_name="cxr-score")
 def main(*, targets: tuple[Path, ...], out: Path, model: Path, device: str, batch_size: int, workers: int,
          threads: int | None, threshold: float | None, labels: Path | None, path_column: str,
-         label_column: str | None, overlays: Path | None, report: Path | None, resume: bool, engine: str,
+         label_column: str | None, ctr_column: str | None, overlays: Path | None, report: Path | None,
+         resume: bool, engine: str,
          ray_address: str | None, actors: int, gpus_per_actor: float, quiet: bool, verbose: bool,
          precision: str | None, force_precision: bool) -> None:
     """Score every image under FOLDER (recursively, sorted) for cardiomegaly, or the image files given (quote a
@@ -458,6 +464,8 @@ def main(*, targets: tuple[Path, ...], out: Path, model: Path, device: str, batc
     _std_fds_open()
     if verbose:  # debug logging; warnings (cxr's and Python's) go through the run's RunWarnings, -v or not
         setup_logging(VERBOSE, "cxr-score")
+    if ctr_column is not None and labels is None:
+        raise click.UsageError("--ctr-column names a column of the --labels file: give --labels too")
     if resume and (overlays is not None or report is not None):
         raise click.UsageError("--resume cannot be combined with --overlays or --report (the resumed rows have no "
                                "maps to draw); score without them, or start over without --resume")
@@ -474,7 +482,8 @@ def main(*, targets: tuple[Path, ...], out: Path, model: Path, device: str, batc
             try:
                 _ScoreRun(_Request(
                     folder=folder, out=out, model=model, device=device, batch_size=batch_size, workers=workers,
-                    threads=threads, threshold=threshold, labels=_LabelsOption(labels, path_column, label_column),
+                    threads=threads, threshold=threshold,
+                    labels=_LabelsOption(labels, path_column, label_column, ctr_column),
                     overlays=overlays, report=report, quiet=quiet, verbose=verbose, files=files,
                     globbed_other=globbed_other, resume=resume, engine=engine_option, precision=precision,
                     force_precision=force_precision)).run()
@@ -509,6 +518,7 @@ class _LabelsOption:
     path: Path | None
     path_column: str = "path"
     label_column: str | None = None
+    ratio_column: str | None = None
 
 
 def _read_label_table(option: _LabelsOption):
@@ -518,7 +528,7 @@ def _read_label_table(option: _LabelsOption):
     if option.path is None:
         return None
     try:
-        table = read_labels(option.path, option.path_column, option.label_column)
+        table = read_labels(option.path, option.path_column, option.label_column, ratio_column=option.ratio_column)
     except LabelsError as exc:
         hint = _COLUMNS_HINT if "missing column" in str(exc) else ""
         raise _BadParameter(f"{exc}{hint}", param_hint="--labels") from None
@@ -528,6 +538,11 @@ def _read_label_table(option: _LabelsOption):
         raise _BadParameter(f"{option.path}: no usable label in column {column}: {table.ignored} line(s) "
                             f"blank or unreadable{examples}; labels are {ACCEPTED}{_COLUMNS_HINT}",
                             param_hint="--labels")
+    if option.ratio_column is not None and not table.ratios:
+        examples = f", such as {', '.join(map(repr, table.ratio_bad_values))}" if table.ratio_bad_values else ""
+        raise _BadParameter(f"{option.path}: no usable manual ratio in column {option.ratio_column!r}: "
+                            f"{table.ratio_ignored} labelled line(s) blank or unreadable{examples}; a ratio is a "
+                            "number above 0 and at most 1", param_hint="--ctr-column")
     return table
 
 
@@ -646,6 +661,9 @@ class _ScoreRun:
             _error(str(exc))
             sys.exit(EXIT_FAILED)
         self.scorer, self.plan = scorer, plan
+        if req.labels.ratio_column is not None and "ctr" not in scorer.extra_outputs:
+            raise _BadParameter(f"{req.model} has no ctr output to compare with the manual ratios (a model trained "
+                                "with masks has one)", param_hint="--ctr-column")
         try:  # the model first: the columns depend on its outputs (ctr)
             writer = ResultsWriter(out, anatomy="ctr" in scorer.extra_outputs,  # an unwritable place fails now
                                    labels=self.label_table is not None)
@@ -787,6 +805,12 @@ class _ScoreRun:
             self.warn(f"{failed_drawings} image(s) could not be drawn for the overlays/report (first: "
                       f"{extras.drawer.stats.failures[0]}); see the manifest")
         label_report = matcher.report(self.thr) if matcher is not None else None
+        agreement = (label_report or {}).get("ctr_agreement")
+        if agreement is not None and agreement["follows"] is False:
+            self.warn(f"the ctr column does not follow the manual ratios in {agreement['column']!r} (slope "
+                      f"{_two(agreement['slope'])}, Pearson r {_two(agreement['pearson_r'])} on {agreement['n']} "
+                      "films): the model measures about the same heart on every film here; do not use its ratio "
+                      "at this site")
         from cxr.cli.precision_opts import precision_check
 
         cut_short = None
@@ -876,6 +900,8 @@ class _ScoreRun:
                              f"on half of them it gave sensitivity {_num(held['sensitivity'])}, specificity "
                              f"{_num(held['specificity'])} on the other half; for this site's other films: "
                              f"--threshold {site['threshold']:.4g}")
+            if label_report.get("ctr_agreement") is not None:
+                lines.append(_ratio_line(label_report["ctr_agreement"]))
         if self.check is not None:
             from cxr.runtime.precision_check import summary_line
 
@@ -886,6 +912,26 @@ class _ScoreRun:
             lines.append(f"report: {extras.report_path} (thumbnails in {extras.report.thumbs})")
         lines.append(f"results: {self.req.out}; manifest: {mpath}")
         return lines
+
+
+def _two(value: float) -> str:
+    """2 decimals (never '-0.00'), or 'n/a' for NaN: Pearson r and the slope."""
+    return "n/a" if value != value else f"{round(value, 2) + 0.0:.2f}"
+
+
+def _ratio_line(a: dict) -> str:
+    """The ctr column against the manual ratios, one summary line."""
+    if not a["n"]:
+        return (f"ctr vs manual ratios ({a['column']!r}): no labelled film with a manual ratio has a ctr "
+                f"({a['not_measured']} not measurable)")
+    lo, hi = a["mae_ci95"]
+    u = a["unflagged"]
+    return (f"ctr vs manual ratios ({a['column']!r}) on {a['n']} films: mean absolute error {_num(a['mae'])} "
+            f"(95% CI {_num(lo)}-{_num(hi)}), {100 * a['within_close']:.0f}% within {a['close']:g}, bias "
+            f"{a['bias']:+.4f}, Pearson r {_two(a['pearson_r'])}, slope {_two(a['slope'])}; on the {u['n']} "
+            f"without a ctr_flag {_num(u['mae'])}"
+            + (f"; {a['not_measured']} not measurable" if a["not_measured"] else "")
+            + (f"; {a['ignored_lines']} ratio(s) blank or unreadable" if a["ignored_lines"] else ""))
 
 
 def _keep_journal(journal) -> str:

@@ -10,6 +10,7 @@ guessed. Metrics come from `cxr.runtime.metrics.summarize`, the same function tr
 from __future__ import annotations
 
 import csv
+import math
 import os
 import posixpath
 from collections import Counter
@@ -58,6 +59,13 @@ class Labels:
     """Lines whose label is blank or not a label `parse_label` reads."""
     bad_values: list[str] = field(default_factory=list)
     """The first few unreadable (non-blank) label values, for messages."""
+    ratio_column: str | None = None
+    """The column of manual cardiothoracic ratios (`cxr-score --ctr-column`), or None."""
+    ratios: dict[str, float] = field(default_factory=dict)
+    """path -> the manual ratio, for labelled lines whose ratio is a number in (0, 1]."""
+    ratio_ignored: int = 0
+    """Labelled lines whose ratio is blank or not such a number."""
+    ratio_bad_values: list[str] = field(default_factory=list)
 
 
 def normalize_path(text: str) -> str:
@@ -66,23 +74,28 @@ def normalize_path(text: str) -> str:
     return PurePosixPath(*parts).as_posix() if parts else ""
 
 
-def label_rows(path: str | os.PathLike, path_column: str | None = None,
-               label_column: str | None = None) -> Iterator[tuple[int, str, str]]:
+def label_rows(path: str | os.PathLike, path_column: str | None = None, label_column: str | None = None,
+               extra_column: str | None = None) -> Iterator[tuple]:
     """(line number, normalized path, stripped label text) for each data line of a labels CSV, in file order.
 
     The one reader of labels files for cxr-score --labels and cxr-export --sample: UTF-8 with or without a BOM (as
     spreadsheets save it), header names stripped; the path column `path_column` (default `path`), the label column
     `label_column` (default `label`, or else `cardiomegaly`). What a blank or unreadable label means is the caller's
-    decision. Raises LabelsError naming the file for missing columns or a file that cannot be read."""
+    decision. With `extra_column` each tuple also holds that column's stripped text. Raises LabelsError naming the
+    file for missing columns or a file that cannot be read."""
     path = Path(path)
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
             header = [h.strip() for h in (reader.fieldnames or [])]
             path_col, label_col = _columns(path, header, path_column, label_column)
+            if extra_column is not None and extra_column not in header:
+                raise LabelsError(f"{path}: missing column {extra_column!r} (the manual cardiothoracic ratio); the "
+                                  f"CSV has {header}")
             reader.fieldnames = header
             for line_no, rec in enumerate(reader, start=2):
-                yield line_no, normalize_path(rec.get(path_col) or ""), (rec.get(label_col) or "").strip()
+                row = (line_no, normalize_path(rec.get(path_col) or ""), (rec.get(label_col) or "").strip())
+                yield row if extra_column is None else (*row, (rec.get(extra_column) or "").strip())
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise LabelsError(f"{path}: cannot read labels: {exc}") from None
 
@@ -101,13 +114,13 @@ def _columns(path: Path, header: list[str], path_column: str | None, label_colum
 
 
 def read_labels(path: str | os.PathLike, path_column: str | None = None, label_column: str | None = None,
-                classes: tuple[str, str] = DEFAULT_CLASSES) -> Labels:
-    """Read a labels CSV (other columns are ignored); values as `parse_label` reads them. Raises LabelsError naming
-    the file for missing columns or a path labelled both 0 and 1."""
+                classes: tuple[str, str] = DEFAULT_CLASSES, ratio_column: str | None = None) -> Labels:
+    """Read a labels CSV (other columns are ignored); values as `parse_label` reads them, and with `ratio_column`
+    the manual cardiothoracic ratio of each labelled line (`parse_ratio`). Raises LabelsError naming the file for
+    missing columns or a path labelled both 0 and 1 (or given two ratios)."""
     path = Path(path)
-    out = Labels(source=path)
-    rows = label_rows(path, path_column, label_column)
-    for line_no, key, value in rows:
+    out = Labels(source=path, ratio_column=ratio_column)
+    for line_no, key, value, *extra in label_rows(path, path_column, label_column, ratio_column):
         label = parse_label(value, classes)
         if not key or label is None:
             out.ignored += 1
@@ -117,7 +130,31 @@ def read_labels(path: str | os.PathLike, path_column: str | None = None, label_c
         if out.labels.get(key, label) != label:
             raise LabelsError(f"{path}: line {line_no}: {key!r} is labelled both 0 and 1")
         out.labels[key] = label
+        if ratio_column is not None:
+            _add_ratio(out, path, line_no, key, extra[0])
     return out
+
+
+def parse_ratio(value: str) -> float | None:
+    """A manual cardiothoracic ratio: a finite number in (0, 1] (a heart as wide as the chest is 1); else None."""
+    try:
+        ratio = float(value)
+    except ValueError:
+        return None
+    return ratio if math.isfinite(ratio) and 0.0 < ratio <= 1.0 else None
+
+
+def _add_ratio(out: Labels, path: Path, line_no: int, key: str, value: str) -> None:
+    ratio = parse_ratio(value)
+    if ratio is None:
+        out.ratio_ignored += 1
+        if value and len(out.ratio_bad_values) < _EXAMPLES and value not in out.ratio_bad_values:
+            out.ratio_bad_values.append(value)
+        return
+    if out.ratios.get(key, ratio) != ratio:
+        raise LabelsError(f"{path}: line {line_no}: {key!r} is given two manual ratios, {out.ratios[key]:g} and "
+                          f"{ratio:g}")
+    out.ratios[key] = ratio
 
 
 HOW = {"relative": "relative to the scored folder", "absolute": "absolute path under the scored folder",
@@ -136,6 +173,8 @@ class LabelMatch:
     """Labelled paths that match no scored image, in file order."""
     ambiguous: list[str] = field(default_factory=list)
     """Bare file names that several scored images share (not matched)."""
+    ratio_by_file: dict[str, float] = field(default_factory=dict)
+    """The manual ratios (`Labels.ratios`) keyed the same way as `by_file`."""
 
     def describe(self, labels: Labels, files: Sequence[Path]) -> str:
         """Why labelled paths did not match: examples of both sides and what was tried, for stderr."""
@@ -174,6 +213,12 @@ def match_labels(labels: Labels, root: str | os.PathLike, files: Sequence[Path])
         out.by_file[rel] = label
         first_key.setdefault(rel, key)
         out.how[how] += 1
+        ratio = labels.ratios.get(key)
+        if ratio is not None:
+            if out.ratio_by_file.get(rel, ratio) != ratio:
+                raise LabelsError(f"{labels.source}: {first_key[rel]!r} and {key!r} are the same image {rel!r} with "
+                                  "different manual ratios")
+            out.ratio_by_file[rel] = ratio
     return out
 
 
@@ -229,6 +274,11 @@ class LabelMatcher:
         self.paths: list[str] = []
         """The path of each (y, p) pair, for re-scoring them (cxr.runtime.precision_check)."""
         self.scored_without_label = 0
+        self.ratio_table = match.ratio_by_file if match is not None else labels.ratios
+        self.ratio_pairs: list[tuple[float, float, bool]] = []
+        """(the model's ctr, the manual ratio, flagged) for rows with status ok, a ctr and a manual ratio."""
+        self.ratio_not_measured = 0
+        """Rows with status ok and a manual ratio whose ctr is blank (the masks held no heart or no lungs)."""
         self.few = False
         """Set by cxr-score when few labelled paths match (the run then exits 3)."""
         self._seen_labelled: set[str] = set()
@@ -248,6 +298,12 @@ class LabelMatcher:
             self.y.append(label)
             self.p.append(float(row.probability))
             self.paths.append(row.path)
+        manual = self.ratio_table.get(row.path)
+        if manual is not None:
+            if row.ctr is None:
+                self.ratio_not_measured += 1
+            else:
+                self.ratio_pairs.append((float(row.ctr), manual, bool(row.ctr_flag)))
 
     def report(self, threshold: float, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
         """Matching counts and `metrics.summarize` at `threshold` (None when nothing matched)."""
@@ -272,4 +328,13 @@ class LabelMatcher:
             "metrics": (metrics.summarize(self.y, self.p, threshold, n_boot=n_boot, seed=seed)
                         if self.y else None),
             "site_threshold": metrics.site_threshold(self.y, self.p, seed=seed) if self.y else None,
+            **({"ctr_agreement": self.ratio_report(n_boot, seed)} if self.labels.ratio_column else {}),
         }
+
+    def ratio_report(self, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+        """The ctr column against the manual ratios (`metrics.ratio_agreement`), with what was left out and why."""
+        measured, manual, flagged = (list(t) for t in zip(*self.ratio_pairs)) if self.ratio_pairs else ([], [], [])
+        agreement = metrics.ratio_agreement(measured, manual, flagged, n_boot=n_boot, seed=seed)
+        return {"column": self.labels.ratio_column, "manual_ratios": len(self.labels.ratios),
+                "ignored_lines": self.labels.ratio_ignored, "not_measured": self.ratio_not_measured,
+                "follows": metrics.ratio_follows(agreement), **agreement}

@@ -214,3 +214,57 @@ def site_threshold(y_true, probabilities, repeats: int = 20, seed: int = 0) -> d
     return {"available": True, "method": "youden_j", "threshold": youden_threshold(y, p), "n": int(y.size),
             "held_out": {"sensitivity": float(np.mean(sens)), "specificity": float(np.mean(spec)),
                          "halvings": repeats}}
+
+
+RATIO_CLOSE = 0.03
+"""A measured cardiothoracic ratio within this of the manual one counts as agreeing (the issue's target)."""
+
+
+def ratio_agreement(measured, reference, flagged=None, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """How the model's cardiothoracic ratios agree with manual ones on the same films.
+
+    Mean absolute error with a bootstrap 95% interval, the share within RATIO_CLOSE, bias (mean of measured minus
+    manual), Pearson r and the slope of measured on manual. The last two tell a measurement from a typical heart:
+    a model that gives every film about the same ratio can have a small error on a cohort of similar hearts, with r
+    and slope near 0. `flagged` (bool per film, optional): the same figures on the films without a plausibility
+    flag, as a user who sets the flagged rows aside gets them. NaN where a figure is undefined (fewer than 3 films,
+    or no spread)."""
+    m = np.asarray(measured, dtype=np.float64).ravel()
+    r = np.asarray(reference, dtype=np.float64).ravel()
+    if m.shape != r.shape:
+        raise ValueError(f"measured and manual ratios differ in length: {m.shape[0]} vs {r.shape[0]}")
+    if not (np.isfinite(m).all() and np.isfinite(r).all()):
+        raise ValueError("ratios contain NaN or infinity")
+    nan = float("nan")
+    err = np.abs(m - r)
+    out: dict[str, Any] = {"n": int(m.size), "close": RATIO_CLOSE,
+                           "mae": float(err.mean()) if m.size else nan,
+                           "mae_ci95": [nan, nan],
+                           "within_close": float((err <= RATIO_CLOSE + 1e-12).mean()) if m.size else nan,
+                           "bias": float((m - r).mean()) if m.size else nan,
+                           "pearson_r": nan, "slope": nan}
+    if m.size >= 3:
+        rng = np.random.default_rng(seed)
+        boots = err[rng.integers(0, m.size, size=(n_boot, m.size))].mean(axis=1)
+        out["mae_ci95"] = list(_percentile_interval(boots, 0.95))
+        if np.ptp(r) > 0:  # the same ratio for every film: slope 0, r undefined
+            out["slope"] = float(np.polyfit(r, m, 1)[0])
+            if np.ptp(m) > 0:
+                out["pearson_r"] = float(np.corrcoef(m, r)[0, 1])
+    if flagged is not None:
+        keep = ~np.asarray(flagged, dtype=bool).ravel()
+        if keep.shape != m.shape:
+            raise ValueError(f"flags and ratios differ in length: {keep.shape[0]} vs {m.shape[0]}")
+        out["unflagged"] = {"n": int(keep.sum()),
+                            "mae": float(err[keep].mean()) if keep.any() else nan,
+                            "within_close": float((err[keep] <= RATIO_CLOSE + 1e-12).mean()) if keep.any() else nan}
+    return out
+
+
+def ratio_follows(agreement: dict[str, Any]) -> bool | None:
+    """Whether the measured ratios follow the manual ones (slope and Pearson r both at least 0.5; one ratio for
+    every film has slope 0); None when undefined (fewer than 3 films, or no spread in the manual ratios)."""
+    r, slope = agreement.get("pearson_r", math.nan), agreement.get("slope", math.nan)
+    if math.isnan(slope):
+        return None
+    return slope >= 0.5 and not math.isnan(r) and r >= 0.5

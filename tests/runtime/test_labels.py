@@ -90,3 +90,33 @@ def test_two_spellings_of_one_image_with_different_labels_are_refused(tmp_path):
     labels.write_text(f"path,label\na.png,1\n{root}/a.png,0\n")
     with pytest.raises(LabelsError, match="same image 'a.png' with different labels"):
         match_labels(read_labels(labels), root, [Path("a.png")])
+
+
+def test_manual_ratios_are_read_beside_the_labels(tmp_path):
+    """--ctr-column: a number in (0, 1] per labelled line; blank or anything else ignored and counted, never
+    guessed; unlabelled lines give no ratio; a second, different ratio for one path is refused."""
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,label,ctr_manual\na.png,1,0.55\nb.png,0, 0.42 \nc.png,0,\nd.png,1,abc\ne.png,1,1.5\n"
+                      "f.png,0,0\ng.png,0,nan\nh.png,,0.47\ni.png,1,1\n")
+    table = read_labels(labels, ratio_column="ctr_manual")
+    assert table.ratios == {"a.png": 0.55, "b.png": 0.42, "i.png": 1.0}
+    assert table.ratio_ignored == 5 and table.ratio_bad_values == ["abc", "1.5", "0", "nan"]
+    assert "h.png" not in table.labels and table.ignored == 1
+    assert read_labels(labels).ratios == {} and read_labels(labels).ratio_column is None
+    with pytest.raises(LabelsError, match=r"missing column 'ratio' \(the manual cardiothoracic ratio\)"):
+        read_labels(labels, ratio_column="ratio")
+    labels.write_text("path,label,ctr\na.png,1,0.55\na.png,1,0.56\n")
+    with pytest.raises(LabelsError, match=r"line 3: 'a.png' is given two manual ratios, 0.55 and 0.56"):
+        read_labels(labels, ratio_column="ctr")
+
+
+def test_manual_ratios_follow_the_matched_paths(tmp_path):
+    labels = tmp_path / "data" / "labels.csv"
+    labels.parent.mkdir(parents=True)
+    labels.write_text("path,label,ctr\nimages/a.png,1,0.55\nb.png,0,0.40\n")
+    match = match_labels(read_labels(labels, ratio_column="ctr"), tmp_path / "data" / "images",
+                         [Path("a.png"), Path("sub/b.png")])
+    assert match.ratio_by_file == {"a.png": 0.55, "sub/b.png": 0.40}
+    labels.write_text("path,label,ctr\nimages/a.png,1,0.55\na.png,1,0.60\n")
+    with pytest.raises(LabelsError, match="same image 'a.png' with different manual ratios"):
+        match_labels(read_labels(labels, ratio_column="ctr"), tmp_path / "data" / "images", [Path("a.png")])

@@ -144,3 +144,40 @@ def test_site_threshold_needs_enough_of_each_class():
     site = metrics.site_threshold([1] * 9 + [0] * 50, np.linspace(0, 1, 59))
     assert site == {"available": False,
                     "why": "9 positive and 50 negative labelled film(s); a site threshold needs at least 10 of each"}
+
+
+def test_ratio_agreement_on_hand_computed_films():
+    manual = [0.40, 0.45, 0.50, 0.55, 0.60]
+    measured = [0.42, 0.44, 0.55, 0.56, 0.70]  # errors 0.02, 0.01, 0.05, 0.01, 0.10
+    a = metrics.ratio_agreement(measured, manual, flagged=[False, False, False, False, True], n_boot=200)
+    assert a["n"] == 5 and a["mae"] == pytest.approx(0.038)
+    assert a["within_close"] == pytest.approx(0.6)  # 0.02, 0.01, 0.01
+    assert a["bias"] == pytest.approx(0.034)
+    assert a["pearson_r"] == pytest.approx(np.corrcoef(measured, manual)[0, 1])
+    assert a["slope"] == pytest.approx(np.polyfit(manual, measured, 1)[0])
+    lo, hi = a["mae_ci95"]
+    assert 0.0 < lo <= a["mae"] <= hi <= 0.1
+    assert a["unflagged"] == {"n": 4, "mae": pytest.approx(0.0225), "within_close": pytest.approx(0.75)}
+    assert metrics.ratio_follows(a) is True
+
+
+def test_one_ratio_for_every_film_does_not_follow():
+    """The typical-heart failure: a small error on similar hearts, slope 0."""
+    manual = [0.44, 0.46, 0.47, 0.48, 0.50]
+    a = metrics.ratio_agreement([0.47] * 5, manual)
+    assert a["mae"] == pytest.approx(0.016) and a["within_close"] == 1.0
+    assert a["slope"] == pytest.approx(0.0, abs=1e-12) and math.isnan(a["pearson_r"])
+    assert metrics.ratio_follows(a) is False
+    assert metrics.ratio_follows(metrics.ratio_agreement([0.4, 0.5, 0.6], [0.5, 0.5, 0.5])) is None  # no spread
+    few = metrics.ratio_agreement([0.5, 0.6], [0.5, 0.6])
+    assert few["mae"] == 0.0 and math.isnan(few["slope"]) and metrics.ratio_follows(few) is None
+
+
+@pytest.mark.parametrize("measured, manual, flagged, message", [
+    ([0.5, 0.5], [0.5], None, "differ in length"),
+    ([0.5, float("nan")], [0.5, 0.5], None, "NaN"),
+    ([0.5, 0.5], [0.5, 0.5], [True], "flags and ratios differ"),
+])
+def test_ratio_agreement_refuses_bad_input(measured, manual, flagged, message):
+    with pytest.raises(ValueError, match=message):
+        metrics.ratio_agreement(measured, manual, flagged)
