@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results = out / "results.csv"
     rc = run([tool("cxr-score"), str(holdout_dir), "--out", str(results), "--model", str(model),
-              "--labels", str(holdout_dir / "labels.csv"), "--quiet"], allowed=(0, 3))
+              "--labels", str(holdout_dir / "labels.csv"), "--ctr-column", "ctr", "--quiet"], allowed=(0, 3))
 
     manifest = json.loads((out / "results.manifest.json").read_text())
     m = (manifest.get("labels") or {}).get("metrics") or {}
@@ -122,10 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     decision = manifest["card"].get("decision") or {}
     print(f"  decision     {decision.get('mode', 'classifier')} (chosen on validation: "
           f"{_aurocs(decision)})")
-    ctr_err = _ctr_error(results, holdout_dir / "labels.csv")
-    if ctr_err is not None:
-        print(f"  CTR          measured by the model on {ctr_err[1]} films: mean absolute error {fmt(ctr_err[0])} "
-              f"against the phantoms' true ratio ({ctr_err[2]} not measurable)")
+    a = (manifest.get("labels") or {}).get("ctr_agreement") or {}
+    if a.get("n"):  # cxr-score --ctr-column ctr: the model's ratio against the phantoms' true one
+        within = a.get("within_close")
+        print(f"  CTR          measured by the model on {a['n']} films against the phantoms' true ratio: mean "
+              f"absolute error {fmt(a.get('mae'))}, {fmt(None if within is None else 100 * within, '.0f')}% within "
+              f"0.03, Pearson r {fmt(a.get('pearson_r'))}, slope {fmt(a.get('slope'))} "
+              f"({a.get('not_measured', 0)} not measurable)")
     print(f"\nSpeed on this machine ({', '.join(manifest['device']['providers'])}):")
     for key in ("mean_model_ms_per_image", "mean_read_ms_per_image", "mean_end_to_end_ms_per_image", "images_per_s"):
         if timings.get(key) is not None:
@@ -142,30 +145,6 @@ def main(argv: list[str] | None = None) -> int:
 def _aurocs(decision: dict) -> str:
     auroc = (decision.get("validation") or {}).get("auroc") or {}
     return ", ".join(f"{k} AUROC {fmt(v)}" for k, v in auroc.items()) or "the only candidate"
-
-
-def _ctr_error(results: Path, labels: Path) -> tuple[float, int, int] | None:
-    """Mean |model CTR - true CTR| over the held-out phantoms (results.csv's ctr column; None without one)."""
-    import csv
-
-    with open(labels, newline="") as fh:
-        truth = {r["path"]: float(r["ctr"]) for r in csv.DictReader(fh)}
-    with open(results, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows or "ctr" not in rows[0]:
-        return None
-    errors, missing = [], 0
-    for r in rows:
-        if r["path"] in truth:
-            try:
-                value = float(r["ctr"])
-            except ValueError:
-                value = math.nan
-            if math.isfinite(value):
-                errors.append(abs(value - truth[r["path"]]))
-            else:
-                missing += 1
-    return (sum(errors) / len(errors), len(errors), missing) if errors else None
 
 
 if __name__ == "__main__":

@@ -44,6 +44,9 @@ def test_demo_runs_end_to_end_and_reuses_its_outputs(tmp_path):
     assert metrics["n"] == 40 and 0.0 <= metrics["auroc"] <= 1.0
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert len(rows) == 40 and {r["status"] for r in rows} == {"ok"}
+    ratio = manifest["labels"]["ctr_agreement"]  # cxr-score --ctr-column ctr: the phantoms' true ratio
+    assert ratio["column"] == "ctr" and ratio["manual_ratios"] == 40
+    assert ratio["n"] + ratio["not_measured"] == 40 == ratio["n"] + sum(r["ctr"] == "" for r in rows)
 
     results_before = (out / "results.csv").read_bytes()
     model_mtime = (out / "model.onnx").stat().st_mtime_ns
