@@ -119,8 +119,9 @@ def train(run_dir: Path, sources: list[str], args, extra: list[str] | None = Non
             return
         print(f"{run_dir} already holds a finished run: reusing it (delete it to train again).")
         return
-    if (run_dir / "last.pt").is_file():
-        run([str(BIN / "cxr-train"), "--resume", str(run_dir), "--max-epochs", str(args.epochs)])
+    if (run_dir / "last.pt").is_file():  # interrupted: on to --epochs, or to its own end when that lies further
+        started = json.loads((run_dir / "config.json").read_text()).get("max_epochs", args.epochs)
+        run([str(BIN / "cxr-train"), "--resume", str(run_dir), "--max-epochs", str(max(args.epochs, started))])
         return
     cmd = [str(BIN / "cxr-train"), "--out", str(run_dir), "--init", "random", "--lr", "1e-4", "--image-size",
            str(args.size), "--batch-size", "16", "--max-epochs", str(args.epochs), "--num-workers", "0",

@@ -191,10 +191,12 @@ def test_an_interrupted_run_resumes_to_the_epochs_asked(real, tmp_path, monkeypa
     run_dir = tmp_path / "A" / "run"
     run_dir.mkdir(parents=True)
     (run_dir / "last.pt").write_bytes(b"state")
+    (run_dir / "config.json").write_text('{"max_epochs": 12}')
     calls = []
     monkeypatch.setattr(real, "run", lambda cmd, allowed=(0,): calls.append(cmd) or 0)
     real.train(run_dir, [], SimpleNamespace(seed=0, split_seed=None, epochs=20))
-    assert calls == [[str(real.BIN / "cxr-train"), "--resume", str(run_dir), "--max-epochs", "20"]]
+    real.train(run_dir, [], SimpleNamespace(seed=0, split_seed=None, epochs=8))  # never cut short
+    assert calls == [[str(real.BIN / "cxr-train"), "--resume", str(run_dir), "--max-epochs", n] for n in ("20", "12")]
 
 
 def test_seed_average_names_each_seeds_decision_and_split(real, tmp_path):

@@ -523,13 +523,15 @@ class _LabelsOption:
 
 def _read_label_table(option: _LabelsOption):
     """The labels (None without --labels); a usage error (exit 2) for a file without its columns or usable labels."""
-    from cxr.runtime.labels import ACCEPTED, LabelsError, read_labels
+    from cxr.runtime.labels import ACCEPTED, RATIO_WORDS, LabelsError, read_labels
 
     if option.path is None:
         return None
     try:
         table = read_labels(option.path, option.path_column, option.label_column, ratio_column=option.ratio_column)
     except LabelsError as exc:
+        if RATIO_WORDS in str(exc):
+            raise _BadParameter(str(exc), param_hint="--ctr-column") from None
         hint = _COLUMNS_HINT if "missing column" in str(exc) else ""
         raise _BadParameter(f"{exc}{hint}", param_hint="--labels") from None
     if not table.labels:
@@ -541,8 +543,8 @@ def _read_label_table(option: _LabelsOption):
     if option.ratio_column is not None and not table.ratios:
         examples = f", such as {', '.join(map(repr, table.ratio_bad_values))}" if table.ratio_bad_values else ""
         raise _BadParameter(f"{option.path}: no usable manual ratio in column {option.ratio_column!r}: "
-                            f"{table.ratio_ignored} labelled line(s) blank or unreadable{examples}; a ratio is a "
-                            "number above 0 and at most 1", param_hint="--ctr-column")
+                            f"{table.ratio_blank} labelled line(s) blank, {table.ratio_ignored} unreadable"
+                            f"{examples}; a ratio is a number above 0 and at most 1", param_hint="--ctr-column")
     return table
 
 
@@ -559,6 +561,10 @@ def _match_labels(table, folder: Path, files: list[Path], warn: Callable[[str], 
         raise _BadParameter(f"{table.source}: no labelled path matches an image in {folder}: "
                             f"{match.describe(table, files)}; give paths relative to FOLDER (or --path-column "
                             "for another column)", param_hint="--labels")
+    if table.ratio_column is not None and not match.ratio_by_file:
+        raise _BadParameter(f"{table.source}: none of the {len(table.ratios)} manual ratio(s) in column "
+                            f"{table.ratio_column!r} is on a labelled path that matches an image in {folder}",
+                            param_hint="--ctr-column")
     matcher = LabelMatcher(table, match)
     matched = len(match.by_file)
     matcher.few = 2 * matched < len(table.labels) and 2 * matched < len(files)
@@ -807,10 +813,7 @@ class _ScoreRun:
         label_report = matcher.report(self.thr) if matcher is not None else None
         agreement = (label_report or {}).get("ctr_agreement")
         if agreement is not None and agreement["follows"] is False:
-            self.warn(f"the ctr column does not follow the manual ratios in {agreement['column']!r} (slope "
-                      f"{_two(agreement['slope'])}, Pearson r {_two(agreement['pearson_r'])} on {agreement['n']} "
-                      "films): the model measures about the same heart on every film here; do not use its ratio "
-                      "at this site")
+            self.warn(_not_following(agreement))
         from cxr.cli.precision_opts import precision_check
 
         cut_short = None
@@ -919,19 +922,36 @@ def _two(value: float) -> str:
     return "n/a" if value != value else f"{round(value, 2) + 0.0:.2f}"
 
 
+def _not_following(a: dict) -> str:
+    """The warning for a ctr column that does not follow the manual ratios, naming the likely cause."""
+    slope, r = a["slope"], a["pearson_r"]
+    figures = f"slope {_two(slope)}, Pearson r {_two(r)} on {a['n']} films"
+    if slope < 0.25:
+        cause = "the model gives about the same ratio to every film here (a typical heart, not this one)"
+    elif slope < 0.5:
+        cause = "the model's ratios vary far less than the manual ones"
+    else:
+        cause = "the model's ratios scatter widely around the manual ones"
+    return (f"the ctr column does not follow the manual ratios in {a['column']!r} ({figures}): {cause}; do not use "
+            "its ratio at this site")
+
+
 def _ratio_line(a: dict) -> str:
     """The ctr column against the manual ratios, one summary line."""
+    left = "".join(f"; {n} {what}" for n, what in (
+        (a["not_measured"], "not measurable (no heart or no lungs found)"), (a["not_scored"], "failed to score"),
+        (a["blank_lines"], "labelled without a manual ratio"), (a["ignored_lines"], "with an unreadable ratio"))
+        if n)
     if not a["n"]:
-        return (f"ctr vs manual ratios ({a['column']!r}): no labelled film with a manual ratio has a ctr "
-                f"({a['not_measured']} not measurable)")
+        return f"ctr vs manual ratios ({a['column']!r}): no film with a manual ratio has a ctr{left}"
     lo, hi = a["mae_ci95"]
     u = a["unflagged"]
+    interval = f"95% CI {_num(lo)}-{_num(hi)}" if a["n"] >= 3 else "too few films for an interval"
+    flags = ("" if u["n"] == a["n"] else f"; on the {u['n']} without a ctr_flag {_num(u['mae'])}" if u["n"]
+             else "; every one has a ctr_flag")
     return (f"ctr vs manual ratios ({a['column']!r}) on {a['n']} films: mean absolute error {_num(a['mae'])} "
-            f"(95% CI {_num(lo)}-{_num(hi)}), {100 * a['within_close']:.0f}% within {a['close']:g}, bias "
-            f"{a['bias']:+.4f}, Pearson r {_two(a['pearson_r'])}, slope {_two(a['slope'])}; on the {u['n']} "
-            f"without a ctr_flag {_num(u['mae'])}"
-            + (f"; {a['not_measured']} not measurable" if a["not_measured"] else "")
-            + (f"; {a['ignored_lines']} ratio(s) blank or unreadable" if a["ignored_lines"] else ""))
+            f"({interval}), {100 * a['within_close']:.0f}% within {a['close']:g}, bias {a['bias']:+.4f}, "
+            f"Pearson r {_two(a['pearson_r'])}, slope {_two(a['slope'])}{flags}{left}")
 
 
 def _keep_journal(journal) -> str:

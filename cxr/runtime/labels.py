@@ -32,6 +32,10 @@ FALSE_VALUES = ("0", "0.0", "false", "no", "negative", "n", "f")
 ACCEPTED = "1/0, true/false, yes/no, positive/negative or the class names"
 """What `parse_label` reads, for messages."""
 _EXAMPLES = 5
+RATIO_WORDS = "manual cardiothoracic ratio"
+"""In every message about the column of manual ratios (cxr-score --ctr-column), which says which option to fix."""
+NO_ANATOMY = "no_anatomy"
+"""cxr.runtime.scoring.NO_ANATOMY (not imported: this module stays free of the scoring session's imports)."""
 
 
 class LabelsError(CxrError, ValueError):
@@ -63,8 +67,10 @@ class Labels:
     """The column of manual cardiothoracic ratios (`cxr-score --ctr-column`), or None."""
     ratios: dict[str, float] = field(default_factory=dict)
     """path -> the manual ratio, for labelled lines whose ratio is a number in (0, 1]."""
+    ratio_blank: int = 0
+    """Labelled lines without a manual ratio (blank: not measured)."""
     ratio_ignored: int = 0
-    """Labelled lines whose ratio is blank or not such a number."""
+    """Labelled lines whose ratio is not such a number (unreadable, out of range)."""
     ratio_bad_values: list[str] = field(default_factory=list)
 
 
@@ -90,8 +96,10 @@ def label_rows(path: str | os.PathLike, path_column: str | None = None, label_co
             header = [h.strip() for h in (reader.fieldnames or [])]
             path_col, label_col = _columns(path, header, path_column, label_column)
             if extra_column is not None and extra_column not in header:
-                raise LabelsError(f"{path}: missing column {extra_column!r} (the manual cardiothoracic ratio); the "
-                                  f"CSV has {header}")
+                raise LabelsError(f"{path}: missing column {extra_column!r} (the {RATIO_WORDS}); the CSV has {header}")
+            if extra_column in (path_col, label_col):
+                raise LabelsError(f"{path}: {extra_column!r} is the {'path' if extra_column == path_col else 'label'} "
+                                  f"column, not one of the {RATIO_WORDS}s")
             reader.fieldnames = header
             for line_no, rec in enumerate(reader, start=2):
                 row = (line_no, normalize_path(rec.get(path_col) or ""), (rec.get(label_col) or "").strip())
@@ -145,6 +153,9 @@ def parse_ratio(value: str) -> float | None:
 
 
 def _add_ratio(out: Labels, path: Path, line_no: int, key: str, value: str) -> None:
+    if not value:
+        out.ratio_blank += 1
+        return
     ratio = parse_ratio(value)
     if ratio is None:
         out.ratio_ignored += 1
@@ -278,7 +289,10 @@ class LabelMatcher:
         self.ratio_pairs: list[tuple[float, float, bool]] = []
         """(the model's ctr, the manual ratio, flagged) for rows with status ok, a ctr and a manual ratio."""
         self.ratio_not_measured = 0
-        """Rows with status ok and a manual ratio whose ctr is blank (the masks held no heart or no lungs)."""
+        """Rows with a manual ratio and no ctr: the masks held no heart or no lungs (status ok, or the error
+        no_anatomy of a model deciding by its ratio)."""
+        self.ratio_not_scored = 0
+        """Rows with a manual ratio that failed for another reason (unreadable image, ...)."""
         self.few = False
         """Set by cxr-score when few labelled paths match (the run then exits 3)."""
         self._seen_labelled: set[str] = set()
@@ -290,6 +304,14 @@ class LabelMatcher:
         label = self.table.get(row.path)
         if label is not None:
             self._seen_labelled.add(row.path)
+        manual = self.ratio_table.get(row.path)
+        if manual is not None:
+            if row.ok and row.ctr is not None:
+                self.ratio_pairs.append((float(row.ctr), manual, bool(row.ctr_flag)))
+            elif row.ok or row.error_code == NO_ANATOMY:
+                self.ratio_not_measured += 1
+            else:
+                self.ratio_not_scored += 1
         if not row.ok:
             return
         if label is None:
@@ -298,12 +320,6 @@ class LabelMatcher:
             self.y.append(label)
             self.p.append(float(row.probability))
             self.paths.append(row.path)
-        manual = self.ratio_table.get(row.path)
-        if manual is not None:
-            if row.ctr is None:
-                self.ratio_not_measured += 1
-            else:
-                self.ratio_pairs.append((float(row.ctr), manual, bool(row.ctr_flag)))
 
     def report(self, threshold: float, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
         """Matching counts and `metrics.summarize` at `threshold` (None when nothing matched)."""
@@ -336,5 +352,7 @@ class LabelMatcher:
         measured, manual, flagged = (list(t) for t in zip(*self.ratio_pairs)) if self.ratio_pairs else ([], [], [])
         agreement = metrics.ratio_agreement(measured, manual, flagged, n_boot=n_boot, seed=seed)
         return {"column": self.labels.ratio_column, "manual_ratios": len(self.labels.ratios),
+                "matched_ratios": len(self.ratio_table), "blank_lines": self.labels.ratio_blank,
                 "ignored_lines": self.labels.ratio_ignored, "not_measured": self.ratio_not_measured,
+                "not_scored": self.ratio_not_scored,
                 "follows": metrics.ratio_follows(agreement), **agreement}

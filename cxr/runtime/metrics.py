@@ -243,10 +243,13 @@ def ratio_agreement(measured, reference, flagged=None, n_boot: int = 1000, seed:
                            "within_close": float((err <= RATIO_CLOSE + 1e-12).mean()) if m.size else nan,
                            "bias": float((m - r).mean()) if m.size else nan,
                            "pearson_r": nan, "slope": nan}
-    if m.size >= 3:
+    if m.size >= 3 and n_boot > 0:
         rng = np.random.default_rng(seed)
-        boots = err[rng.integers(0, m.size, size=(n_boot, m.size))].mean(axis=1)
+        chunk = max(1, 2_000_000 // m.size)  # resamples at a time: memory bounded for any number of films
+        boots = np.concatenate([err[rng.integers(0, m.size, size=(min(chunk, n_boot - i), m.size))].mean(axis=1)
+                                for i in range(0, n_boot, chunk)])
         out["mae_ci95"] = list(_percentile_interval(boots, 0.95))
+    if m.size >= 3:
         if np.ptp(r) > 0:  # the same ratio for every film: slope 0, r undefined
             out["slope"] = float(np.polyfit(r, m, 1)[0])
             if np.ptp(m) > 0:

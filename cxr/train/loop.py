@@ -310,13 +310,13 @@ class _TrainRun:
         self.data = prepare_data(config, self.run_dir, ctx, resume=self.resume)
         if self.last is not None:
             self.data.summary = dict(self.last["data"])  # the same samples (from splits.csv) as the interrupted run
-        if ctx.is_main:  # on --resume too: the recipe as it now runs (a longer --max-epochs, another device, ...)
-            rundir.write_json(self.run_dir / "config.json", config.to_dict())
         self._optimization()
         self.train_ds, self.sampler, self.train_loader, self.evals = _loaders(config, self.data, ctx)
         self.ema = _weight_average(self.model, config, len(self.train_loader))
         if self.last is not None:
             self._restore(self.last)
+        if ctx.is_main:  # on --resume too, once it can go on: the recipe as it now runs (a longer --max-epochs, ...)
+            rundir.write_json(self.run_dir / "config.json", config.to_dict())
 
     def _open_run_dir(self) -> None:
         """Resuming: last.pt loaded and the config checked against it. Otherwise rank 0 refuses a folder that holds a

@@ -53,16 +53,17 @@ def test_the_ctr_column_is_compared_with_the_manual_ratios(site, tmp_path):
     assert len(set(measured)) == 1  # the fixture measures one heart for every film
     a = json.loads((tmp_path / "r.manifest.json").read_text())["labels"]["ctr_agreement"]
     err = [abs(m - r) for m, r in zip(measured, usable.values())]
-    assert (a["column"], a["n"], a["manual_ratios"], a["ignored_lines"], a["not_measured"]) == (
-        "ctr_manual", 4, 4, 2, 0)
+    assert (a["column"], a["n"], a["manual_ratios"], a["blank_lines"], a["ignored_lines"], a["not_measured"],
+            a["not_scored"]) == ("ctr_manual", 4, 4, 1, 1, 0, 0)
     assert a["mae"] == pytest.approx(sum(err) / 4, abs=1e-4)
     assert a["within_close"] == pytest.approx(sum(e <= 0.03 for e in err) / 4)
     assert a["bias"] == pytest.approx(sum(m - r for m, r in zip(measured, usable.values())) / 4, abs=1e-4)
     assert a["unflagged"]["n"] == 4 and a["slope"] == pytest.approx(0.0, abs=1e-6) and a["follows"] is False
     assert f"ctr vs manual ratios ('ctr_manual') on 4 films: mean absolute error {a['mae']:.4f}" in result.stderr
-    assert "2 ratio(s) blank or unreadable" in result.stderr
+    assert "; 1 labelled without a manual ratio; 1 with an unreadable ratio" in result.stderr
     # the typical-heart failure is said aloud and kept in the manifest
     assert "does not follow the manual ratios" in result.stderr
+    assert "the model gives about the same ratio to every film here" in result.stderr
     warnings = json.loads((tmp_path / "r.manifest.json").read_text())["warnings"]
     assert any("does not follow the manual ratios" in str(w) for w in warnings)
 
@@ -79,7 +80,11 @@ def test_without_the_option_nothing_is_compared(site, tmp_path):
     ("no labels", "--ctr-column names a column of the --labels file"),
     ("no ctr output", "has no ctr output to compare with the manual ratios"),
     ("no such column", "missing column 'ratio' (the manual cardiothoracic ratio)"),
-    ("no usable ratio", "no usable manual ratio in column 'ctr_manual': 3 labelled line(s) blank or unreadable"),
+    ("no usable ratio", "no usable manual ratio in column 'ctr_manual': 1 labelled line(s) blank, 2 unreadable, "
+                        "such as 'x', '2'"),
+    ("no ratio on a scored film", "none of the 1 manual ratio(s) in column 'ctr_manual' is on a labelled path "
+                                  "that matches an image"),
+    ("the label column", "'label' is the label column, not one of the manual cardiothoracic ratios"),
 ])
 def test_what_cannot_be_compared_is_a_usage_error(site, tmp_path, case, message):
     model, folder, labels = site
@@ -90,6 +95,10 @@ def test_what_cannot_be_compared_is_a_usage_error(site, tmp_path, case, message)
         args[4] = maps_model(tmp_path / "cam_only.onnx", outputs=("cam",))
     elif case == "no such column":
         args[-1] = "ratio"
+    elif case == "the label column":
+        args[-1] = "label"
+    elif case == "no ratio on a scored film":
+        labels.write_text("path,label,ctr_manual\na.png,1,\nghost.png,0,0.45\n")
     else:
         labels.write_text("path,label,ctr_manual\na.png,1,\nb.png,0,x\nd.png,1,2\n")
     result = run(*args)
@@ -98,8 +107,33 @@ def test_what_cannot_be_compared_is_a_usage_error(site, tmp_path, case, message)
     assert not (tmp_path / "r.csv").exists() and not (tmp_path / "r.manifest.json").exists()
 
 
-def test_a_measurement_that_follows_is_not_warned_about():
-    """The same summary from a model whose ratios follow the manual ones (unit level: the fixture's ctr is fixed)."""
-    manual = np.linspace(0.38, 0.62, 12)
-    a = metrics.ratio_agreement(manual + 0.01, manual)
-    assert metrics.ratio_follows(a) is True and a["within_close"] == 1.0
+def test_a_ratio_that_follows_is_not_warned_about_and_ratios_match_like_labels(tmp_path):
+    """A model whose ctr differs between films, manual ratios 0.01 below it, written as bare file names and as
+    paths relative to the labels file's folder: all compared, no warning."""
+    folder = tmp_path / "data" / "images"
+    (folder / "sub").mkdir(parents=True)
+    names = ["a.png", "b.png", "sub/c.png", "sub/d.png", "e.png"]
+    for i, rel in enumerate(names):  # a bright band over a growing share of the rows: equalized, brighter films
+        img = np.full((96, 80), 50, np.uint8)
+        img[: 12 * (i + 1)] = 220
+        img[:, :4] = 120
+        assert cv2.imwrite(str(folder / rel), img)
+    model = maps_model(tmp_path / "follows.onnx", ctr_follows_brightness=True)
+    first = tmp_path / "first.csv"
+    assert run(folder, "--out", first, "--model", model).exit_code == 0
+    with open(first, newline="") as fh:
+        ctr = {r["path"]: float(r["ctr"]) for r in csv.DictReader(fh)}
+    assert len(set(ctr.values())) == len(names)
+    labels = tmp_path / "data" / "labels.csv"
+    written = {"a.png": "a.png", "b.png": "images/b.png", "sub/c.png": "images/sub/c.png", "sub/d.png": "d.png",
+               "e.png": "e.png"}
+    labels.write_text("path,label,ctr_manual\n" + "".join(f"{written[rel]},{i % 2},{ctr[rel] - 0.01:.4f}\n"
+                                                          for i, rel in enumerate(names)))
+    out = tmp_path / "r.csv"
+    result = run(folder, "--out", out, "--model", model, "--labels", labels, "--ctr-column", "ctr_manual")
+    assert result.exit_code == 0, result.output
+    a = json.loads((tmp_path / "r.manifest.json").read_text())["labels"]["ctr_agreement"]
+    assert a["n"] == 5 and a["follows"] is True and a["slope"] == pytest.approx(1.0, abs=0.01)
+    assert a["mae"] == pytest.approx(0.01, abs=1e-4) and a["bias"] == pytest.approx(0.01, abs=1e-4)
+    assert "does not follow" not in result.stderr and "ctr vs manual ratios ('ctr_manual') on 5 films" in result.stderr
+    assert metrics.ratio_follows(a) is True

@@ -100,7 +100,7 @@ def test_manual_ratios_are_read_beside_the_labels(tmp_path):
                       "f.png,0,0\ng.png,0,nan\nh.png,,0.47\ni.png,1,1\n")
     table = read_labels(labels, ratio_column="ctr_manual")
     assert table.ratios == {"a.png": 0.55, "b.png": 0.42, "i.png": 1.0}
-    assert table.ratio_ignored == 5 and table.ratio_bad_values == ["abc", "1.5", "0", "nan"]
+    assert (table.ratio_blank, table.ratio_ignored) == (1, 4) and table.ratio_bad_values == ["abc", "1.5", "0", "nan"]
     assert "h.png" not in table.labels and table.ignored == 1
     assert read_labels(labels).ratios == {} and read_labels(labels).ratio_column is None
     with pytest.raises(LabelsError, match=r"missing column 'ratio' \(the manual cardiothoracic ratio\)"):
@@ -120,3 +120,25 @@ def test_manual_ratios_follow_the_matched_paths(tmp_path):
     labels.write_text("path,label,ctr\nimages/a.png,1,0.55\na.png,1,0.60\n")
     with pytest.raises(LabelsError, match="same image 'a.png' with different manual ratios"):
         match_labels(read_labels(labels, ratio_column="ctr"), tmp_path / "data" / "images", [Path("a.png")])
+
+
+def test_every_film_with_a_manual_ratio_is_counted_once(tmp_path):
+    """Compared (flagged or not), not measurable (ok without a ctr, or no_anatomy), or failed: none lost."""
+    from cxr.runtime import labels as labels_module
+    from cxr.runtime.labels import LabelMatcher
+    from cxr.runtime.scoring import NO_ANATOMY, ScoreRow
+
+    assert labels_module.NO_ANATOMY == NO_ANATOMY
+    csv_path = tmp_path / "labels.csv"
+    csv_path.write_text("path,label,ctr\n" + "".join(f"{n}.png,{i % 2},0.{40 + i}\n" for i, n in enumerate("abcdef")))
+    table = read_labels(csv_path, ratio_column="ctr")
+    matcher = LabelMatcher(table, match_labels(table, tmp_path, [Path(f"{n}.png") for n in "abcdef"]))
+    for row in (ScoreRow("a.png", "ok", 0.2, ctr=0.41), ScoreRow("b.png", "ok", 0.7, ctr=0.51),
+                ScoreRow("c.png", "ok", 0.9, ctr=0.92, ctr_flag="lungs_cut_by_edge"),
+                ScoreRow("d.png", "ok", 0.4, ctr=None, ctr_flag="no_heart"),
+                ScoreRow("e.png", "error", error_code=NO_ANATOMY), ScoreRow("f.png", "error", error_code="truncated")):
+        matcher.add(row)
+    a = matcher.report(0.5, n_boot=50)["ctr_agreement"]
+    assert (a["n"], a["not_measured"], a["not_scored"], a["matched_ratios"]) == (3, 2, 1, 6)
+    assert a["mae"] == pytest.approx((0.01 + 0.10 + 0.50) / 3)
+    assert a["unflagged"]["n"] == 2 and a["unflagged"]["mae"] == pytest.approx(0.055)

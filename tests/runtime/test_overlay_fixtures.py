@@ -44,8 +44,10 @@ def fixed_masks(size: int) -> np.ndarray:
 
 
 def maps_model(path: Path, size: int = 64, threshold: float = 0.5, outputs=("cam", "ctr", "masks"),
-               gain: float = 8.0) -> Path:
-    """Write the maps model (the optional outputs in `outputs`, a subset of cam, ctr, masks) to `path`."""
+               gain: float = 8.0, ctr_follows_brightness: bool = False) -> Path:
+    """Write the maps model (the optional outputs in `outputs`, a subset of cam, ctr, masks) to `path`. With
+    `ctr_follows_brightness` its ctr is 0.3 + 0.4 x the image's mean brightness (0-1) instead of the masks' ratio, so
+    films differ in ratio."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -74,7 +76,14 @@ def maps_model(path: Path, size: int = 64, threshold: float = 0.5, outputs=("cam
                   helper.make_node("Squeeze", ["pooled", "axis1"], ["cam"])]
     if "ctr" in outputs:
         outs.append(helper.make_tensor_value_info("ctr", TensorProto.FLOAT, ["N"]))
-        nodes += [helper.make_node("Mul", ["m", "zero"], ["m0"]), helper.make_node("Add", ["m0", "ctr_value"], ["ctr"])]
+        if ctr_follows_brightness:
+            inits += [helper.make_tensor("ctr_gain", TensorProto.FLOAT, [], [0.4 / 255.0]),
+                      helper.make_tensor("ctr_base", TensorProto.FLOAT, [], [0.3])]
+            nodes += [helper.make_node("Mul", ["m", "ctr_gain"], ["m0"]),
+                      helper.make_node("Add", ["m0", "ctr_base"], ["ctr"])]
+        else:
+            nodes += [helper.make_node("Mul", ["m", "zero"], ["m0"]),
+                      helper.make_node("Add", ["m0", "ctr_value"], ["ctr"])]
     if "masks" in outputs:
         outs.append(helper.make_tensor_value_info("masks", TensorProto.UINT8, ["N", 3, size, size]))
         nodes += [helper.make_node("Mul", ["x", "zero"], ["x0"]), helper.make_node("Add", ["x0", "one"], ["ones"]),
