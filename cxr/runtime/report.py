@@ -302,7 +302,27 @@ def _labels_section(report: Mapping[str, Any] | None, roc) -> str:
     confusion = (f"<p class=\"note\">n={m['n']} ({m['n_positive']} positive); at threshold {m['threshold']:g}: "
                  f"TP {m['tp']}, FP {m['fp']}, TN {m['tn']}, FN {m['fn']}</p>")
     svg = roc_svg(roc[0], roc[1], (1 - m["specificity"], m["sensitivity"]), m["auroc"]) if roc is not None else ""
-    return head + f"<div class=\"summary\"><div>{svg}</div><div>{table}{confusion}</div></div>"
+    return head + f"<div class=\"summary\"><div>{svg}</div><div>{table}{confusion}</div></div>" + _ratio_section(
+        report.get("ctr_agreement"))
+
+
+def _ratio_section(a: Mapping[str, Any] | None) -> str:
+    """cxr-score --ctr-column: the ctr column against the manual ratios, one paragraph (numbers and the column's
+    name, shown as text)."""
+    if a is None:
+        return ""
+    if not a["n"]:
+        text = f"No film with a manual ratio in column {a['column']!r} has a ctr."
+    else:
+        lo, hi = a["mae_ci95"]
+        text = (f"The ctr column against the manual ratios in column {a['column']!r}, {a['n']} films: mean absolute "
+                f"error {_fmt(a['mae'])} (95% CI {_fmt(lo)} to {_fmt(hi)}), {_fmt(100 * a['within_close'], 0)}% "
+                f"within {a['close']:g}, bias {_fmt(a['bias'])}, Pearson r {_fmt(a['pearson_r'], 2)}, slope "
+                f"{_fmt(a['slope'], 2)}; {a['unflagged']['n']} without a ctr_flag: {_fmt(a['unflagged']['mae'])}; "
+                f"{a['not_measured']} not measurable, {a['not_scored']} failed."
+                + (" It does not follow the manual ratios: do not use it at this site." if a["follows"] is False
+                   else ""))
+    return f"<h3>Cardiothoracic ratio</h3><p class=\"note\">{shown(text)}</p>"
 
 
 def roc_svg(fpr: Sequence[float], tpr: Sequence[float], point: tuple[float, float] | None = None,

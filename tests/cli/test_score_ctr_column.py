@@ -68,6 +68,19 @@ def test_the_ctr_column_is_compared_with_the_manual_ratios(site, tmp_path):
     assert any("does not follow the manual ratios" in str(w) for w in warnings)
 
 
+def test_the_report_shows_the_comparison_with_the_column_name_as_text(site, tmp_path):
+    model, folder, labels = site
+    column = "<b>ctr</b>"
+    labels.write_text(labels.read_text().replace("ctr_manual", column))
+    result = run(folder, "--out", tmp_path / "r.csv", "--model", model, "--labels", labels, "--ctr-column", column,
+                 "--report", tmp_path / "report.html")
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "report.html").read_text()
+    a = json.loads((tmp_path / "r.manifest.json").read_text())["labels"]["ctr_agreement"]
+    assert f"4 films: mean absolute error {a['mae']:.3f}" in page and "do not use it at this site" in page
+    assert "<b>ctr</b>" not in page and "&lt;b&gt;ctr&lt;/b&gt;" in page
+
+
 def test_without_the_option_nothing_is_compared(site, tmp_path):
     model, folder, labels = site
     result = run(folder, "--out", tmp_path / "r.csv", "--model", model, "--labels", labels)
