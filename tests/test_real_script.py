@@ -246,6 +246,12 @@ def test_ensemble_builds_each_run_of_every_folder_into_one_model(real, tmp_path,
     assert "already holds this ensemble: reusing it" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="holds an ensemble of .* not of the runs given now"):
         real.mode_ensemble(argparse.Namespace(only="A", data=tmp_path), seeds[::-1], out)
+    import os
+
+    later = (built / "best.pt").stat().st_mtime + 60  # a member continued to more epochs after the build
+    os.utime(seeds[1] / "A" / "run" / "best.pt", (later, later))
+    with pytest.raises(SystemExit, match="was built before a member's last training"):
+        real.mode_ensemble(argparse.Namespace(only="A", data=tmp_path), seeds, out)
 
 
 @pytest.mark.parametrize("argv, message", [
