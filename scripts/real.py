@@ -182,26 +182,21 @@ def ctr_agreement(results: Path, labels_csv: Path, prefix: str) -> dict:
                if r["path"].startswith(prefix)}
     measured = [p for p in ref if p in rows and rows[p].get("ctr")]
     pairs = [(float(rows[p]["ctr"]), ref[p]) for p in measured]
-    unflagged = [(float(rows[p]["ctr"]), ref[p]) for p in measured if not rows[p].get("ctr_flag")]
-    mae, within = _mae_within(pairs)
-    mae_unflagged, within_unflagged = _mae_within(unflagged)  # what a user who sets the flagged rows aside gets
-    return {"n": len(ref), "n_measured": len(pairs), "mae": mae, "within_0.03": within,
-            "flags": sum(bool(r.get("ctr_flag")) for r in rows.values()), "n_unflagged": len(unflagged),
-            "mae_unflagged": mae_unflagged, "within_0.03_unflagged": within_unflagged, **follows(pairs)}
+    a = _agreement(pairs, [bool(rows[p].get("ctr_flag")) for p in measured])
+    u = a["unflagged"]  # what a user who sets the flagged rows aside gets
+    return {"n": len(ref), "n_measured": len(pairs), "mae": a["mae"], "within_0.03": a["within_close"],
+            "flags": sum(bool(r.get("ctr_flag")) for r in rows.values()), "n_unflagged": u["n"],
+            "mae_unflagged": u["mae"], "within_0.03_unflagged": u["within_close"],
+            "bias": a["bias"], "pearson_r": a["pearson_r"], "slope": a["slope"]}
 
 
-def _agreement(pairs: list[tuple[float, float]]) -> dict:
-    """cxr-score --ctr-column's comparison (cxr.runtime.metrics.ratio_agreement) of (measured, reference) pairs."""
+def _agreement(pairs: list[tuple[float, float]], flagged: list[bool] | None = None) -> dict:
+    """cxr-score --ctr-column's comparison (cxr.runtime.metrics.ratio_agreement) of (measured, reference) pairs,
+    without its bootstrap interval (not printed here)."""
     from cxr.runtime.metrics import ratio_agreement
 
     measured, reference = (list(t) for t in zip(*pairs)) if pairs else ([], [])
-    return ratio_agreement(measured, reference, n_boot=200)
-
-
-def _mae_within(pairs: list[tuple[float, float]]) -> tuple[float, float]:
-    """Mean absolute error of (measured, reference) pairs and the share within 0.03; NaN for none."""
-    a = _agreement(pairs)
-    return a["mae"], a["within_close"]
+    return ratio_agreement(measured, reference, flagged, n_boot=0)
 
 
 def follows(pairs: list[tuple[float, float]]) -> dict:
@@ -459,9 +454,10 @@ def seed_average(dirs: list[Path], key: str, views: dict[str, str] | None = None
         ctrs = np.array([[float(t[p]["ctr"]) for p in measured] for t in tables])
         ref = np.array([reference[p] for p in measured])
         averaged = list(zip(ctrs.mean(axis=0), ref))
-        mae, within = _mae_within(averaged)
-        out["ctr"] = {"n": len(measured), "seeds_mae": [_mae_within(list(zip(c, ref)))[0] for c in ctrs],
-                      "average_mae": mae, "average_within_0.03": within, **follows(averaged)}
+        a = _agreement(averaged)
+        out["ctr"] = {"n": len(measured), "seeds_mae": [_agreement(list(zip(c, ref)))["mae"] for c in ctrs],
+                      "average_mae": a["mae"], "average_within_0.03": a["within_close"],
+                      "bias": a["bias"], "pearson_r": a["pearson_r"], "slope": a["slope"]}
     return out
 
 

@@ -81,29 +81,29 @@ def normalize_path(text: str) -> str:
 
 
 def label_rows(path: str | os.PathLike, path_column: str | None = None, label_column: str | None = None,
-               extra_column: str | None = None) -> Iterator[tuple]:
+               ratio_column: str | None = None) -> Iterator[tuple]:
     """(line number, normalized path, stripped label text) for each data line of a labels CSV, in file order.
 
     The one reader of labels files for cxr-score --labels and cxr-export --sample: UTF-8 with or without a BOM (as
     spreadsheets save it), header names stripped; the path column `path_column` (default `path`), the label column
     `label_column` (default `label`, or else `cardiomegaly`). What a blank or unreadable label means is the caller's
-    decision. With `extra_column` each tuple also holds that column's stripped text. Raises LabelsError naming the
-    file for missing columns or a file that cannot be read."""
+    decision. With `ratio_column` (manual cardiothoracic ratios) each tuple also holds that column's stripped text.
+    Raises LabelsError naming the file for missing columns or a file that cannot be read."""
     path = Path(path)
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
             header = [h.strip() for h in (reader.fieldnames or [])]
             path_col, label_col = _columns(path, header, path_column, label_column)
-            if extra_column is not None and extra_column not in header:
-                raise LabelsError(f"{path}: missing column {extra_column!r} (the {RATIO_WORDS}); the CSV has {header}")
-            if extra_column in (path_col, label_col):
-                raise LabelsError(f"{path}: {extra_column!r} is the {'path' if extra_column == path_col else 'label'} "
+            if ratio_column is not None and ratio_column not in header:
+                raise LabelsError(f"{path}: missing column {ratio_column!r} (the {RATIO_WORDS}); the CSV has {header}")
+            if ratio_column in (path_col, label_col):
+                raise LabelsError(f"{path}: {ratio_column!r} is the {'path' if ratio_column == path_col else 'label'} "
                                   f"column, not one of the {RATIO_WORDS}s")
             reader.fieldnames = header
             for line_no, rec in enumerate(reader, start=2):
                 row = (line_no, normalize_path(rec.get(path_col) or ""), (rec.get(label_col) or "").strip())
-                yield row if extra_column is None else (*row, (rec.get(extra_column) or "").strip())
+                yield row if ratio_column is None else (*row, (rec.get(ratio_column) or "").strip())
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise LabelsError(f"{path}: cannot read labels: {exc}") from None
 
@@ -128,7 +128,7 @@ def read_labels(path: str | os.PathLike, path_column: str | None = None, label_c
     missing columns or a path labelled both 0 and 1 (or given two ratios)."""
     path = Path(path)
     out = Labels(source=path, ratio_column=ratio_column)
-    for line_no, key, value, *extra in label_rows(path, path_column, label_column, ratio_column):
+    for line_no, key, value, *ratio in label_rows(path, path_column, label_column, ratio_column):
         label = parse_label(value, classes)
         if not key or label is None:
             out.ignored += 1
@@ -139,7 +139,7 @@ def read_labels(path: str | os.PathLike, path_column: str | None = None, label_c
             raise LabelsError(f"{path}: line {line_no}: {key!r} is labelled both 0 and 1")
         out.labels[key] = label
         if ratio_column is not None:
-            _add_ratio(out, path, line_no, key, extra[0])
+            _add_ratio(out, path, line_no, key, ratio[0])
     return out
 
 
@@ -159,7 +159,7 @@ def _add_ratio(out: Labels, path: Path, line_no: int, key: str, value: str) -> N
     ratio = parse_ratio(value)
     if ratio is None:
         out.ratio_ignored += 1
-        if value and len(out.ratio_bad_values) < _EXAMPLES and value not in out.ratio_bad_values:
+        if len(out.ratio_bad_values) < _EXAMPLES and value not in out.ratio_bad_values:
             out.ratio_bad_values.append(value)
         return
     if out.ratios.get(key, ratio) != ratio:
