@@ -64,6 +64,7 @@ def build_card(ckpt: dict[str, Any], export_facts: dict[str, Any], outputs: tupl
         "config": ckpt.get("config", {}),
         "epoch": ckpt.get("epoch"),
         "versions": ckpt.get("versions", {}),
+        "machines": ckpt.get("machines", []),
     }
     return ModelCard(preprocess=PreprocessConfig.from_dict(ckpt["preprocess"]),
                      normalization=Normalization.from_dict(ckpt["normalization"]),

@@ -228,7 +228,7 @@ def _describe(member: dict[str, Any]) -> dict[str, Any]:
     return {"run": "/".join(member["run_dir"].resolve().parts[-3:]), "checkpoint_sha256": member["sha256"],
             "seed": config.get("seed"), "split_seed": config.get("split_seed"),
             "epoch": ckpt.get("epoch"), "decision": Decision.from_dict(ckpt.get("decision")).to_dict(),
-            "val_auroc": auroc("val"), "test_auroc": auroc("test")}
+            "val_auroc": auroc("val"), "test_auroc": auroc("test"), "machines": ckpt.get("machines") or []}
 
 
 def member_lines(summary: dict[str, Any]) -> list[str]:

@@ -77,6 +77,24 @@ def _versions() -> dict[str, str]:
             "torchvision": str(torchvision.__version__), "python": sys.version.split()[0]}
 
 
+def machine_record(device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Where training ran: the CPU (model, the ISA flags its kernels dispatch on, cores), torch's intra-op threads and
+    the device. Float results of the same seed and data differ between CPU kinds (kernels differ in summation order),
+    and over 20 epochs such differences can move a run's schedule, so a run says where it was trained."""
+    from cxr.runtime.bench import cpu_info
+    from cxr.runtime.precision import PRECISION_FLAGS
+
+    info = cpu_info()
+    flags = info.get("flags") or {}
+    device = torch.device(device)
+    record = {"cpu_model": info.get("model"), "cpu_flags": [f for f in ("fma",) + PRECISION_FLAGS if flags.get(f)],
+              "logical_cores": info.get("logical_cores"), "torch_threads": torch.get_num_threads(),
+              "device": str(device)}
+    if device.type == "cuda":
+        record["cuda_device"] = torch.cuda.get_device_name(device)
+    return record
+
+
 def _amp(config: TrainConfig, device: torch.device):
     """(autocast context factory, GradScaler or None). AMP is for CUDA only."""
     use = config.amp == "on" or (config.amp == "auto" and device.type == "cuda")
@@ -292,6 +310,7 @@ class _TrainRun:
         self.history: list[dict[str, Any]] = []
         self.best_state: dict[str, torch.Tensor] | None = None  # on the CPU, from the best validation epoch
         self.start = 1  # the first epoch this call trains
+        self.machines: list[dict[str, Any]] = []  # where each part of the run trained (one entry per machine kind)
 
     def run(self) -> dict[str, Any]:
         self.prepare()
@@ -315,8 +334,23 @@ class _TrainRun:
         self.ema = _weight_average(self.model, config, len(self.train_loader))
         if self.last is not None:
             self._restore(self.last)
+        self._note_machine(machine_record(ctx.device))
         if ctx.is_main:  # on --resume too, once it can go on: the recipe as it now runs (a longer --max-epochs, ...)
             rundir.write_json(self.run_dir / "config.json", config.to_dict())
+
+    def _note_machine(self, here: dict[str, Any]) -> None:
+        """Add this machine to the run's record unless the run so far trained on the same kind (CPU model, ISA flags,
+        device); say so when a resume moves a run to another kind."""
+        kind = ("cpu_model", "cpu_flags", "device", "cuda_device")
+        if self.machines and all(self.machines[-1].get(k) == here.get(k) for k in kind):
+            return
+        if self.machines and self.ctx.is_main:
+            before = self.machines[-1]
+            log.warning("resuming on another kind of machine (%s, %s; the run so far: %s, %s): its floating-point "
+                        "results differ in the last bits, so the run goes on as it would have there only nearly, "
+                        "not bit for bit", here.get("cpu_model"), here.get("device"), before.get("cpu_model"),
+                        before.get("device"))
+        self.machines.append({**here, "from_epoch": self.start})
 
     def _open_run_dir(self) -> None:
         """Resuming: last.pt loaded and the config checked against it. Otherwise rank 0 refuses a folder that holds a
@@ -364,6 +398,7 @@ class _TrainRun:
         self.best_state = load_checkpoint(self.run_dir / "best.pt")["model_state"]
         _set_rng_state(last["rng"])
         self.start = int(last["epoch"]) + 1
+        self.machines = [dict(m) for m in last.get("machines") or []]
         log.info("resuming %s after epoch %d", self.run_dir, last["epoch"])
 
     def epochs(self) -> None:
@@ -462,7 +497,7 @@ class _TrainRun:
             "preprocess": config.preprocess.to_dict(), "normalization": model_normalization(model),
             "threshold": {"value": float(threshold.value), "method": threshold.method, "detail": threshold.detail},
             "metrics": metrics, "config": config.to_dict(), "data": self.data.summary, "epoch": int(epoch),
-            "versions": _versions(),
+            "versions": _versions(), "machines": copy.deepcopy(self.machines),
         }
 
     def finish(self) -> dict[str, Any]:
@@ -491,7 +526,8 @@ class _TrainRun:
                                                             "detail": threshold.detail},
             "decision": decision.to_dict(),
             "pos_weight": data.pos_weight, "world_size": ctx.world_size, "device": str(ctx.device),
-            "data": data.summary, "metrics": metrics,
+            "data": data.summary, "metrics": metrics, "versions": _versions(),
+            "machines": copy.deepcopy(self.machines),
         }
         if ctx.is_main:
             save_checkpoint(self._payload("best", threshold, jsonable(metrics), stop.best_epoch, decision=decision),

@@ -137,6 +137,7 @@ def test_ensemble_averages_each_members_decided_probability(members, ensemble):
 
 def test_ensemble_run_lists_its_members(members, ensemble):
     from cxr.runtime.serialization import sha256_file
+    from cxr.train.checkpoints import load_checkpoint
 
     out, summary = ensemble
     listed = summary["ensemble"]["members"]
@@ -144,6 +145,8 @@ def test_ensemble_run_lists_its_members(members, ensemble):
     assert [m["run"] for m in listed] == ["/".join(r.resolve().parts[-3:]) for r in members]  # no home folder
     assert [m["seed"] for m in listed] == [0, 1] and [m["split_seed"] for m in listed] == [0, 0]
     assert [m["decision"]["mode"] for m in listed] == ["classifier", "ctr"]
+    assert [m["machines"] for m in listed] == [load_checkpoint(r / "best.pt")["machines"] for r in members]
+    assert all(m["machines"] and m["machines"][0]["cpu_model"] for m in listed)  # where each member trained
     assert (out / "splits.csv").read_bytes() == (members[0] / "splits.csv").read_bytes()
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["ensemble_of"] == [str(r) for r in members] and math.isfinite(saved["metrics"]["val"]["auroc"])

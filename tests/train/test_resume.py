@@ -76,3 +76,45 @@ def test_resume_refuses_a_changed_recipe(phantom, runs, change, message):
 def test_resume_without_last_checkpoint_is_an_error(phantom, tmp_path):
     with pytest.raises(ValueError, match="no last.pt"):
         train(tiny_config(phantom), tmp_path, resume=True)
+
+
+def test_run_records_where_it_trained(runs):
+    """metrics.json, both checkpoints and the card say on which CPU (model, ISA flags), device and torch the run
+    trained; a resume on the same kind of machine adds no second entry."""
+    import json
+
+    import torch
+
+    from cxr.export.artifacts import build_card
+    from cxr.train.loop import machine_record
+
+    here = {**machine_record("cpu"), "from_epoch": 1}
+    whole, parts, _ = runs
+    for run in (whole, parts):
+        summary = json.loads((run / "metrics.json").read_text())
+        assert summary["machines"] == [here]
+        assert summary["versions"]["torch"] == str(torch.__version__)
+        for name in ("best.pt", "last.pt"):
+            assert load_checkpoint(run / name)["machines"] == [here]
+    card = build_card(load_checkpoint(whole / "best.pt"), {})
+    assert card.training["machines"] == [here]
+    assert card.training["machines"][0]["cpu_model"] and card.training["machines"][0]["torch_threads"] >= 1
+
+
+def test_resume_on_another_kind_of_machine_is_recorded_and_said(phantom, tmp_path, monkeypatch, caplog):
+    import json
+    import logging
+
+    from cxr.train import loop
+
+    cfg = tiny_config(phantom, max_epochs=1)
+    train(cfg, tmp_path)
+    first = loop.machine_record("cpu")
+    other = {**first, "cpu_model": "Another CPU", "cpu_flags": ["avx2"]}
+    monkeypatch.setattr(loop, "machine_record", lambda device="cpu": dict(other))
+    with caplog.at_level(logging.WARNING, logger=loop.log.name):
+        train(cfg.replace(max_epochs=2), tmp_path, resume=True)
+    machines = json.loads((tmp_path / "metrics.json").read_text())["machines"]
+    assert machines == [{**first, "from_epoch": 1}, {**other, "from_epoch": 2}]
+    said = [r.getMessage() for r in caplog.records if "another kind of machine" in r.getMessage()]
+    assert len(said) == 1 and "Another CPU" in said[0] and str(first["cpu_model"]) in said[0]
