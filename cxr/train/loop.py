@@ -82,12 +82,11 @@ def machine_record(device: torch.device | str = "cpu") -> dict[str, Any]:
     the device. Float results of the same seed and data differ between CPU kinds (kernels differ in summation order),
     and over 20 epochs such differences can move a run's schedule, so a run says where it was trained."""
     from cxr.runtime.bench import cpu_info
-    from cxr.runtime.precision import PRECISION_FLAGS
+    from cxr.runtime.precision import cpu_flags
 
     info = cpu_info()
-    flags = info.get("flags") or {}
     device = torch.device(device)
-    record = {"cpu_model": info.get("model"), "cpu_flags": [f for f in ("fma",) + PRECISION_FLAGS if flags.get(f)],
+    record = {"cpu_model": info.get("model"), "cpu_flags": [f for f, present in cpu_flags(info).items() if present],
               "logical_cores": info.get("logical_cores"), "torch_threads": torch.get_num_threads(),
               "device": str(device)}
     if device.type == "cuda":
