@@ -77,7 +77,7 @@ def measure(model: Path, folder: Path, n: int, rounds: int, batch: int, workers:
     precisions = ["fp32"] + ([auto.precision] if auto.precision != "fp32" else [])
     files = _images(folder, n)
     scorers = {p: Scorer(auto.model_path if p == auto.precision else model, device=device, threads=threads,
-                         precision="bf16" if p == "bf16" else "fp32") for p in precisions}
+                         precision="bf16" if p == "bf16" else "fp32", batch_size=batch) for p in precisions}
     some = next(iter(scorers.values()))
     from cxr.runtime.imaging import read_image
     from cxr.runtime.preprocess import preprocess_batch

@@ -28,17 +28,20 @@ from cxr.runtime.scoring import Scorer  # noqa: E402
 PAUSE_S = 0.1  # between engines, as benchmarks/conftest.ENGINE_PAUSE_S: spinning threads would slow the next one
 
 
-def engines(model: Path, threads: int, host: Host) -> dict[str, Scorer]:
-    """CPU fp32/int8 and OpenVINO fp32/bf16/int8, as far as the host and the files allow."""
+def engines(model: Path, threads: int, host: Host, batch: int) -> dict[str, Scorer]:
+    """CPU fp32/int8 and OpenVINO fp32/bf16/int8, as far as the host and the files allow, as cxr-score
+    --batch-size `batch` builds them (the OpenVINO sessions compiled for that batch); and bf16 on a dynamic batch,
+    as before that, to show what the fixed shape gives."""
     out = {"cpu-fp32": Scorer(model, device="cpu", threads=threads)}
     int8 = int8_path(model)
     if int8.is_file():
         out["cpu-int8"] = Scorer(int8, device="cpu", threads=threads)
-    out["openvino-fp32"] = Scorer(model, device="openvino", threads=threads)
+    out["openvino-fp32"] = Scorer(model, device="openvino", threads=threads, batch_size=batch)
     if host.present(BF16_FLAGS):
-        out["openvino-bf16"] = Scorer(model, device="openvino", threads=threads, precision="bf16")
+        out["openvino-bf16"] = Scorer(model, device="openvino", threads=threads, precision="bf16", batch_size=batch)
+        out["openvino-bf16-dynamic"] = Scorer(model, device="openvino", threads=threads, precision="bf16")
     if int8.is_file():
-        out["openvino-int8"] = Scorer(int8, device="openvino", threads=threads)
+        out["openvino-int8"] = Scorer(int8, device="openvino", threads=threads, batch_size=batch)
     return out
 
 
@@ -52,13 +55,13 @@ def main() -> int:
     batches = [int(b) for b in args.batches.split(",")]
     rounds = [int(r) for r in args.rounds.split(",")]
     host = Host.detect()
-    scorers = engines(args.model, args.threads, host)
-    size = scorers["cpu-fp32"].input_size
-    result = {"engines": {k: {"providers": s.providers, "file": s.model_path.name, "precision": s.precision}
-                          for k, s in scorers.items()},
-              "onnxruntime": ort_build(), "cpu_flags": host.present(), "threads": args.threads,
+    result = {"engines": {}, "onnxruntime": ort_build(), "cpu_flags": host.present(), "threads": args.threads,
               "seconds": {}, "max_abs_prob_diff_vs_cpu_fp32": {}}
     for batch, n in zip(batches, rounds):
+        scorers = engines(args.model, args.threads, host, batch)
+        size = scorers["cpu-fp32"].input_size
+        result["engines"].update({k: {"providers": s.providers, "file": s.model_path.name, "precision": s.precision,
+                                      "compiled_for_batch": s.static_batch is not None} for k, s in scorers.items()})
         x = np.random.default_rng(batch).integers(0, 256, (batch, 1, size, size), dtype=np.uint8)
         ref = scorers["cpu-fp32"].predict(x)[1]
         times: dict[str, list[float]] = {k: [] for k in scorers}
@@ -74,6 +77,7 @@ def main() -> int:
                 scorer.predict(x)
                 times[name].append(time.perf_counter() - start)
         result["seconds"][str(batch)] = times
+        del scorers
     json.dump(result, sys.stdout)
     return 0
 

@@ -343,6 +343,7 @@ def cuda_section(data: dict) -> list[str]:
 OV_ENGINES = [("cpu-fp32", "ORT CPU EP fp32"), ("cpu-int8", "ORT CPU EP int8 (`model.int8.onnx`)"),
               ("openvino-fp32", "ORT OpenVINO EP fp32 (hint f32)"),
               ("openvino-bf16", "ORT OpenVINO EP bf16 (hint bf16)"),
+              ("openvino-bf16-dynamic", "ORT OpenVINO EP bf16, dynamic batch (before: not compiled per batch)"),
               ("openvino-int8", "ORT OpenVINO EP int8 (same int8 file)")]
 
 
@@ -377,6 +378,8 @@ def openvino_section(data: dict) -> list[str]:
     lines += ["", "- Random weights: the prob diffs show the arithmetic, not accuracy on patients; each precision's "
               "AUROC change on labelled images is what `cxr-bench --labels ... --device openvino` measures and "
               "`--precision auto` reads (README).",
+              "- The OpenVINO rows run as `cxr-score --batch-size B` does: the graph compiled for that batch (a fixed "
+              "input shape), except the dynamic-batch row, which shows what that gives.",
               "- bf16 runs only where the CPU has avx512_bf16 or amx_bf16 (else refused); int8 speed depends on "
               "VNNI/AMX-INT8.", ""]
     return lines

@@ -2,7 +2,8 @@
 
 The session is the Scorer's (same providers, threads and contract checks as cxr-score). On CUDA the input batch is
 copied to the device once and bound with I/O binding, outputs stay on the device, so host-device copies are not
-timed in every run; on CPU `session.run` is timed as cxr-score calls it.
+timed in every run; on CPU `session.run` is timed as cxr-score calls it. On OpenVINO each batch size is timed on a
+session compiled for that batch, as cxr-score --batch-size compiles it (Scorer.static_batch).
 """
 
 from __future__ import annotations
@@ -90,6 +91,17 @@ def measure(scorer, batch_size: int, seconds: float, warmup: int, device: str, m
             "images_per_s": 1000.0 * batch_size / batch_ms["p50"] if batch_ms["p50"] > 0 else float("inf")}
 
 
+def _for_batch(scorer, batch_size: int, threads: int | None):
+    """The session cxr-score --batch-size batch_size would run: the same one unless it is compiled for a fixed
+    batch (OpenVINO, see Scorer.static_batch), then one compiled for this batch, same file and precision."""
+    if scorer.static_batch is None or scorer.static_batch == batch_size:
+        return scorer
+    from cxr.runtime.scoring import Scorer
+
+    return Scorer(scorer.model_path, device=scorer.requested_device, threads=threads, precision=scorer.precision,
+                  batch_size=batch_size)
+
+
 def _facts(scorer, threads: int | None) -> dict:
     import numpy as np
 
@@ -104,6 +116,7 @@ def _facts(scorer, threads: int | None) -> dict:
         "model": str(scorer.model_path), "input_size": scorer.input_size, "device": scorer.device,
         "precision": getattr(scorer, "precision_facts", None),
         "providers": list(scorer.providers),
+        "compiled_for_batch": scorer.static_batch is not None,
         "threads": {"requested": threads, "intra_op": intra,
                     "note": "intra_op 0 = onnxruntime's default (one per physical core)"},
         "cpu": cpu_info(),
@@ -180,7 +193,7 @@ def main(*, model_path: Path, device: str, batch_sizes: list[int], seconds: floa
                    f"(providers {', '.join(scorer.providers)}; precision {scorer.precision_facts['used']}; intra-op "
                    f"threads {facts['threads']['intra_op']}; input {scorer.input_size}x{scorer.input_size})",
                    err=True)
-    results = [measure(scorer, b, seconds, warmup, scorer.device) for b in batch_sizes]
+    results = [measure(_for_batch(scorer, b, threads), b, seconds, warmup, scorer.device) for b in batch_sizes]
     click.echo(_table(results))
     payload = {**facts, "settings": {"batch_sizes": batch_sizes, "seconds": seconds, "warmup": warmup,
                                      "io_binding": scorer.device == "cuda"}, "results": results}

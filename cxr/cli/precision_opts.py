@@ -41,7 +41,7 @@ def build_scorer(model: Path, device: str, precision: str | None, force: bool, t
         hint = "--device" if "--device openvino needs" in str(exc) else "--precision"
         raise click.BadParameter(str(exc), param_hint=hint) from None
     scorer = Scorer(plan.model_path, device=device, threads=threads,
-                    precision="bf16" if plan.precision == "bf16" else "fp32")
+                    precision="bf16" if plan.precision == "bf16" else "fp32", batch_size=batch_size)
     try:
         settle(plan, scorer.card)
     except PrecisionError as exc:
@@ -49,7 +49,7 @@ def build_scorer(model: Path, device: str, precision: str | None, force: bool, t
     if plan.device != scorer.device and plan.precision != "fp32":  # e.g. auto expected OpenVINO, got the CPU EP
         raise CxrError(f"{plan.precision} was planned for {plan.device} but the session runs on {scorer.device}")
     plan.device = scorer.device
-    scorer.precision_facts = plan.facts()
+    scorer.precision_facts = {**plan.facts(), "static_batch": scorer.static_batch}
     return scorer, plan
 
 

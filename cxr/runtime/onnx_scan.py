@@ -6,7 +6,9 @@ runtime dependency) and without parsing tensor contents: it follows only the fie
 (ModelProto.graph and .functions; GraphProto initializers, sparse initializers and nodes; NodeProto attributes;
 AttributeProto t/tensors/g/graphs/sparse_tensor(s)) and skips everything else by its length, over an mmap of the file.
 The metadata keys (ModelProto.metadata_props) are listed with repeats: onnxruntime's metadata map keeps one value
-per key, so a file with two `cxr.card` entries would otherwise be read as either, silently.
+per key, so a file with two `cxr.card` entries would otherwise be read as either, silently. The main graph's inputs
+are read with their dimensions as the file declares them (a named dimension such as the batch's `N`, a number, or
+None), which onnxruntime reports only after any free-dimension override has been applied.
 Field numbers are those of onnx/onnx.proto (IR version 3 onwards).
 """
 
@@ -29,6 +31,8 @@ _CHILDREN = {
     "sparse": {1: "tensor", 2: "tensor"},
 }
 _TENSOR_NAME, _TENSOR_EXTERNAL_DATA, _TENSOR_DATA_LOCATION = 8, 13, 14
+_GRAPH_INPUT = 11  # GraphProto.input: ValueInfoProto {1 name, 2 type}; TypeProto {1 tensor_type}; Tensor {2 shape};
+# TensorShapeProto {1 dim}; Dimension {1 dim_value, 2 dim_param}
 _EXTERNAL = 1  # TensorProto.DataLocation.EXTERNAL
 
 
@@ -42,6 +46,8 @@ class ModelScan:
 
     external: list[str] = field(default_factory=list)
     metadata_keys: list[str] = field(default_factory=list)
+    inputs: dict[str, list[int | str | None]] = field(default_factory=dict)
+    """The main graph's inputs (GraphProto.input, initializers listed there included): name -> dims as declared."""
 
 
 def scan_model(path: str | os.PathLike) -> ModelScan:
@@ -117,8 +123,50 @@ def _walk(buf: memoryview, pos: int, end: int, kind: str, depth: int, found: Mod
         return
     children = _CHILDREN[kind]
     for number, wire, value in _fields(buf, pos, end):
-        if wire == 2 and number in children:
+        if kind == "graph" and depth == 0 and number == _GRAPH_INPUT and wire == 2:
+            name, dims = _value_info(buf, value[0], value[1])
+            found.inputs[name] = dims
+        elif wire == 2 and number in children:
             _walk(buf, value[0], value[1], children[number], depth + (kind == "graph"), found)
+
+
+def _value_info(buf: memoryview, pos: int, end: int) -> tuple[str, list[int | str | None]]:
+    """(name, dims) of a ValueInfoProto of tensor type; dims empty for any other type or no shape."""
+    name, dims = "", []
+    for number, wire, value in _fields(buf, pos, end):
+        if number == 1 and wire == 2:
+            name = bytes(buf[value[0]:value[1]]).decode("utf-8", "backslashreplace")
+        elif number == 2 and wire == 2:
+            dims = _dims(buf, *value)
+    return name, dims
+
+
+def _sub(buf: memoryview, pos: int, end: int, wanted: int) -> tuple[int, int] | None:
+    """The last length-delimited field numbered `wanted` in buf[pos:end] (protobuf: the last one wins)."""
+    found = None
+    for number, wire, value in _fields(buf, pos, end):
+        if number == wanted and wire == 2:
+            found = value
+    return found
+
+
+def _dims(buf: memoryview, pos: int, end: int) -> list[int | str | None]:
+    tensor = _sub(buf, pos, end, 1)  # TypeProto.tensor_type
+    shape = _sub(buf, *tensor, 2) if tensor else None  # TypeProto.Tensor.shape
+    if not shape:
+        return []
+    dims: list[int | str | None] = []
+    for number, wire, value in _fields(buf, *shape):
+        if number != 1 or wire != 2:
+            continue
+        dim: int | str | None = None
+        for n, w, v in _fields(buf, *value):
+            if n == 1 and w == 0:
+                dim = v - (1 << 64) if v >= 1 << 63 else v  # int64 as a varint
+            elif n == 2 and w == 2:
+                dim = bytes(buf[v[0]:v[1]]).decode("utf-8", "backslashreplace")
+        dims.append(dim)
+    return dims
 
 
 def _tensor(buf: memoryview, pos: int, end: int, found: list[str]) -> None:

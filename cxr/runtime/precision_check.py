@@ -58,7 +58,8 @@ def compare_with_fp32(*, plan, scorer, folder: Path, paths: Sequence[str], y: Se
         return {**out, "compared": False, "why": f"no fp32 reference: {how}"}
     start = time.perf_counter()
     try:
-        reference = Scorer(source, device=scorer.device, threads=threads, precision="fp32")
+        reference = Scorer(source, device=scorer.device, threads=threads, precision="fp32",
+                           batch_size=scorer.batch_size)
     except CxrError as exc:
         return {**out, "compared": False, "why": f"the fp32 reference {source} cannot be loaded: {exc}"}
     ref_p = {row.path: row.probability for row in score_folder(folder, reference, batch_size=batch_size,

@@ -121,16 +121,21 @@ class Scorer:
     """
 
     def __init__(self, model_path: str | os.PathLike, device: str = "auto", threads: int | None = None,
-                 precision: str = "fp32"):
+                 precision: str = "fp32", batch_size: int | None = None):
         if device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
+        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+            raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
         self.model_path = Path(model_path)
         self.requested_device = device
         self.threads = threads
         self.precision = precision
         """fp32, or bf16 (OpenVINO's inference precision; cxr.runtime.precision): int8 is the file's own."""
+        self.batch_size = batch_size
+        """The batch the caller will mostly run (cxr-score's --batch-size). On the OpenVINO provider the graph is
+        compiled for exactly that batch (see static_batch); other providers ignore it."""
         self._load()
 
     def _load(self) -> None:
@@ -150,11 +155,14 @@ class Scorer:
             self.model_size_bytes = before[1]
         except OSError as exc:
             raise ModelLoadError(f"{path}: cannot read the model file: {exc.strerror or exc}") from None
-        _scan(path)
+        scan = _scan(path)
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only; we report the provider outcome ourselves
         if self.threads is not None:
             options.intra_op_num_threads = self.threads
+        self.static_batch = self._static_batch(providers, scan)
+        if self.static_batch is not None:
+            options.add_free_dimension_override_by_name(scan.inputs[INPUT_NAME][0], self.static_batch)
         try:
             session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf/... types
@@ -222,6 +230,19 @@ class Scorer:
             return [CUDA, CPU]
         return [CUDA, CPU] if CUDA in available else [CPU]
 
+    def _static_batch(self, providers: list, scan: ModelScan) -> int | None:
+        """The batch to compile the graph for, or None for the file's dynamic batch. OpenVINO compiles a graph with a
+        fixed input shape into faster kernels than a dynamic one (DenseNet-121 at batch 1: about 20% less time per
+        call, measured side by side on an AVX-512 BF16 CPU, fp32, bf16 and int8 alike), while ONNX Runtime's own CPU
+        and CUDA providers run the same either way, so only an OpenVINO session is fixed. Batches of another size
+        are then padded with blank images or split (_run), never refused. Where the file's batch dimension has no
+        name to override (the check in _check_io refuses a fixed one), the session stays dynamic."""
+        first = providers[0] if providers else None
+        if self.batch_size is None or (first if isinstance(first, str) else first[0]) != OPENVINO:
+            return None
+        dims = scan.inputs.get(INPUT_NAME) or [None]
+        return self.batch_size if isinstance(dims[0], str) and dims[0] else None
+
     def _check_io(self, session) -> None:
         path = self.model_path
         inputs = session.get_inputs()
@@ -234,7 +255,7 @@ class Scorer:
         shape = list(inp.shape)
         if len(shape) != 4 or shape[1] != 1 or not isinstance(shape[2], int) or shape[2] != shape[3]:
             raise ModelLoadError(f"{path}: input {INPUT_NAME!r} must have shape [N, 1, S, S], found {shape}")
-        if isinstance(shape[0], int):
+        if isinstance(shape[0], int) and (self.static_batch is None or shape[0] != self.static_batch):
             raise ModelLoadError(f"{path}: the batch dimension of {INPUT_NAME!r} must be dynamic, found {shape}")
         self._graph_size = int(shape[2])
         names = [o.name for o in session.get_outputs()]
@@ -259,7 +280,7 @@ class Scorer:
         n = batch.shape[0]
         if n == 0:
             return np.zeros(0, np.float32), np.zeros(0, np.float32)
-        logit, prob = self._session.run(list(OUTPUT_NAMES), {INPUT_NAME: batch})
+        logit, prob = self._run(list(OUTPUT_NAMES), batch)
         logit = np.asarray(logit, np.float32).reshape(-1)
         prob = np.asarray(prob, np.float32).reshape(-1)
         if logit.shape != (n,) or prob.shape != (n,):
@@ -273,7 +294,7 @@ class Scorer:
         n = batch.shape[0]
         if n == 0:
             return {name: np.zeros(0, np.float32) for name in names}
-        values = dict(zip(names, self._session.run(names, {INPUT_NAME: batch})))
+        values = dict(zip(names, self._run(names, batch)))
         for name in OUTPUT_NAMES:
             values[name] = np.asarray(values[name], np.float32).reshape(-1)
             if values[name].shape != (n,):
@@ -283,17 +304,33 @@ class Scorer:
             values["ctr"] = np.asarray(values["ctr"], np.float32).reshape(-1)
         return values
 
+    def _run(self, names: list[str], batch: np.ndarray) -> list[np.ndarray]:
+        """The session's outputs `names` for a non-empty batch. A session compiled for a fixed batch B runs the
+        images B at a time, the last group padded with blank (zero) images whose outputs are dropped: every output
+        is per image along its first axis, and no image's output depends on another's (inference mode)."""
+        b = self.static_batch
+        if b is None or batch.shape[0] == b:
+            return self._session.run(names, {INPUT_NAME: batch})
+        parts: list[list[np.ndarray]] = []
+        for start in range(0, batch.shape[0], b):
+            chunk = batch[start:start + b]
+            n = chunk.shape[0]
+            if n < b:
+                chunk = np.concatenate([chunk, np.zeros((b - n,) + chunk.shape[1:], chunk.dtype)])
+            parts.append([np.asarray(v)[:n] for v in self._session.run(names, {INPUT_NAME: chunk})])
+        return [np.concatenate(column) for column in zip(*parts)]
+
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities float32 [N] for uint8 [N, 1, S, S]."""
         return self.predict(batch)[1]
 
     def __getstate__(self) -> dict:
         return {"model_path": self.model_path, "device": self.requested_device, "threads": self.threads,
-                "precision": self.precision}
+                "precision": self.precision, "batch_size": self.batch_size}
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["model_path"], device=state["device"], threads=state["threads"],
-                      precision=state.get("precision", "fp32"))
+                      precision=state.get("precision", "fp32"), batch_size=state.get("batch_size"))
 
     def __repr__(self) -> str:
         return f"Scorer({str(self.model_path)!r}, device={self.device!r}, providers={self.providers})"

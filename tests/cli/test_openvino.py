@@ -216,3 +216,94 @@ def test_openvino_precisions_for_the_export_report_measure_and_keep_every_runnab
     assert report["kept_in"] == str(tmp_path / "model.precision.json") and len(kept) == 1
     assert kept[0]["key"]["provider"] == "openvino" and kept[0]["n_images"] == 24
     assert lines[0].startswith("OpenVINO precisions on 24 labelled image(s) (CPU flags ")
+
+
+@pytest.fixture(scope="module")
+def seg_model(tmp_path_factory):
+    """A tiny DenseNet with the segmentation head, exported with its cam, ctr and masks outputs (64 px)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    from cxr.export.onnx_export import export_onnx
+    from cxr.export.options import ExportOptions
+    from cxr.train.loop import train
+    from tests.train.masked_fixtures import MASK_COLUMNS, make_masked_set
+    from tests.train.train_fixtures import make_small_phantom, tiny_config
+
+    root = tmp_path_factory.mktemp("ov-seg")
+    masked = make_masked_set(root / "masked", n=24, masked=24)
+    config = tiny_config(masked.parent, dataset="csv", data_root=str(masked.parent), csv_path=str(masked),
+                         mask_columns=",".join(MASK_COLUMNS), ctr_column="ctr", source_name="masked",
+                         extra_sources=({"kind": "phantom", "data_root": str(make_small_phantom(root / "ph")),
+                                         "name": "ph"},), max_epochs=1)
+    train(config, root / "run")
+    out = root / "model.onnx"
+    export_onnx(root / "run", out, ExportOptions(opset=17))
+    return out
+
+
+_STATIC = """
+import json, sys
+import numpy as np
+from cxr.runtime.scoring import Scorer
+model = sys.argv[1]
+cpu, fixed, dynamic = (Scorer(model, device="cpu", batch_size=4), Scorer(model, device="openvino", batch_size=4),
+                       Scorer(model, device="openvino"))
+s, extras = cpu.input_size, sorted(cpu.extra_outputs)
+x = np.random.default_rng(0).integers(0, 256, (9, 1, s, s), dtype=np.uint8)
+out = {"batch": [cpu.static_batch, fixed.static_batch, dynamic.static_batch], "extras": extras,
+       "shapes": [list(c._session.get_inputs()[0].shape)[:1] for c in (cpu, fixed, dynamic)], "n": {}}
+for n in (1, 3, 4, 5, 9):
+    a, b = cpu.run(x[:n], extras), fixed.run(x[:n], extras)
+    out["n"][n] = {k: {"shape": [list(a[k].shape), list(b[k].shape)],
+                       "diff": float(np.max(np.abs(a[k].astype(np.float64) - b[k].astype(np.float64)))),
+                       "differ": float(np.mean(a[k] != b[k]))} for k in a}
+alone, padded = fixed.run(x[:3], extras), fixed.run(x[:4], extras)  # blank padding vs a real 4th image
+out["padding"] = max(float(np.max(np.abs(alone[k].astype(np.float64) - padded[k][:3]))) for k in alone)
+out["predict"] = [len(fixed.predict(x[:n])[1]) for n in (0, 2, 7)]
+print(json.dumps(out))
+"""
+
+
+def test_openvino_compiles_for_the_batch_and_pads_or_splits_others(ov_python, seg_model):
+    """On OpenVINO the graph is compiled for --batch-size (a fixed input shape runs faster there); a smaller batch
+    is padded with blank images and a larger one split, and every output (cam, ctr, masks too) comes back per image,
+    equal to ONNX Runtime's CPU provider on the same images; the CPU provider and a session without a batch size
+    stay dynamic."""
+    ran = subprocess.run([str(ov_python), "-c", _STATIC, seg_model], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert ran.returncode == 0, ran.stderr
+    out = json.loads(ran.stdout.strip().splitlines()[-1])
+    assert out["batch"] == [None, 4, None] and out["shapes"] == [["N"], [4], ["N"]]
+    assert out["extras"] == ["cam", "ctr", "masks"]
+    for n, outputs in out["n"].items():
+        assert set(outputs) == {"logit", "probability", "cam", "ctr", "masks"}
+        for name, got in outputs.items():
+            assert got["shape"][0] == got["shape"][1] and got["shape"][0][0] == int(n), (n, name, got)
+            if name == "masks":
+                assert got["differ"] <= 1e-3, (n, got)  # a pixel at exactly 0.5 may round either way
+            elif name != "ctr":  # ctr follows the masks: NaN where no heart, so compared through them
+                assert got["diff"] <= 1e-4, (n, name, got)
+    assert out["padding"] <= 1e-5 and out["predict"] == [0, 2, 7]
+
+
+def test_cxr_score_on_openvino_records_the_compiled_batch_and_keeps_every_row(ov_python, grey, tmp_path):
+    """6 images at --batch-size 4 (the last batch padded), and cxr-bench timing batch sizes the session was not
+    compiled for."""
+    folder, model = grey
+    out, cpu = tmp_path / "ov.csv", tmp_path / "cpu.csv"
+    ran = _cli(ov_python, "score", folder, "--out", out, "--model", model, "--device", "openvino",
+               "--batch-size", 4, "--quiet")
+    assert ran.returncode == 0, ran.stderr
+    assert _cli(ov_python, "score", folder, "--out", cpu, "--model", model, "--device", "cpu",
+                "--batch-size", 4, "--quiet").returncode == 0
+    p_ov, p_cpu = _probs(out), _probs(cpu)
+    assert len(p_ov) == 6 and p_ov.keys() == p_cpu.keys()
+    assert max(abs(p_ov[k] - p_cpu[k]) for k in p_ov) <= 2e-6
+    assert _manifest(out)["precision"]["static_batch"] == 4 and _manifest(cpu)["precision"]["static_batch"] is None
+    bench = tmp_path / "bench.json"
+    ran = _cli(ov_python, "bench", "--model", model, "--device", "openvino", "--batch-sizes", "1,3",
+               "--seconds", 0.05, "--warmup", 1, "--json", bench)
+    assert ran.returncode == 0, ran.stderr
+    facts = json.loads(bench.read_text())
+    assert facts["compiled_for_batch"] is True and [r["batch_size"] for r in facts["results"]] == [1, 3]
+    assert all(r["runs"] >= 3 for r in facts["results"])

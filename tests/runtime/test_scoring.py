@@ -43,6 +43,45 @@ def test_attributes_describe_the_model_and_session(scorer, tiny_model):
     assert scorer.model_sha256 == hashlib.sha256(tiny_model.read_bytes()).hexdigest()
 
 
+def test_the_scan_reads_the_input_dimensions_as_the_file_declares_them(tiny_model, tmp_path):
+    import onnx
+
+    from cxr.runtime.onnx_scan import scan_model
+
+    assert scan_model(tiny_model).inputs == {"image": ["N", 1, 64, 64]}
+    model = onnx.load(str(tiny_model))
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    dims[0].dim_value = 4
+    dims[2].Clear()  # declared, but neither named nor sized
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    assert scan_model(tmp_path / "m.onnx").inputs == {"image": [4, 1, None, 64]}
+
+
+def test_a_fixed_batch_in_the_file_is_refused_whatever_batch_size_is_asked(tiny_model, tmp_path):
+    import onnx
+
+    model = onnx.load(str(tiny_model))
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 4
+    onnx.save(model, str(tmp_path / "fixed.onnx"))
+    for batch_size in (None, 4):
+        with pytest.raises(ModelLoadError, match=r"batch dimension of 'image' must be dynamic, found \[4, 1, 64, 64\]"):
+            Scorer(tmp_path / "fixed.onnx", device="cpu", batch_size=batch_size)
+
+
+def test_batch_size_fixes_nothing_on_the_cpu_provider(tiny_model):
+    """Only an OpenVINO session is compiled for the batch (tests/cli/test_openvino.py); ONNX Runtime's CPU provider
+    runs a dynamic batch as fast, so its session keeps it and takes any batch."""
+    scorer = Scorer(tiny_model, device="cpu", batch_size=4)
+    assert scorer.static_batch is None and scorer.batch_size == 4
+    assert scorer._session.get_inputs()[0].shape[0] == "N"
+    batch = np.random.default_rng(5).integers(0, 256, (7, 1, 64, 64), dtype=np.uint8)
+    np.testing.assert_allclose(scorer(batch), expected_probability(batch), atol=1e-6, rtol=0)
+    assert pickle.loads(pickle.dumps(scorer)).batch_size == 4
+    for bad in (0, -1, 2.0):
+        with pytest.raises(ValueError, match="batch_size must be a positive integer or None"):
+            Scorer(tiny_model, device="cpu", batch_size=bad)
+
+
 def test_pickles_by_path_for_distributed_workers(scorer):
     clone = pickle.loads(pickle.dumps(scorer))
     batch = np.full((2, 1, 64, 64), 200, np.uint8)
