@@ -126,7 +126,8 @@ class Scorer:
             raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
-        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        if batch_size is not None and (not isinstance(batch_size, int) or isinstance(batch_size, bool)
+                                       or batch_size < 1):
             raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
         self.model_path = Path(model_path)
         self.requested_device = device
@@ -232,11 +233,12 @@ class Scorer:
 
     def _static_batch(self, providers: list, scan: ModelScan) -> int | None:
         """The batch to compile the graph for, or None for the file's dynamic batch. OpenVINO compiles a graph with a
-        fixed input shape into faster kernels than a dynamic one (DenseNet-121 at batch 1: about 20% less time per
-        call, measured side by side on an AVX-512 BF16 CPU, fp32, bf16 and int8 alike), while ONNX Runtime's own CPU
-        and CUDA providers run the same either way, so only an OpenVINO session is fixed. Batches of another size
-        are then padded with blank images or split (_run), never refused. Where the file's batch dimension has no
-        name to override (the check in _check_io refuses a fixed one), the session stays dynamic."""
+        fixed input shape into faster kernels than a dynamic one (the 128 px DenseNet-121 with its decoder, rounds in
+        turn on an AVX-512 BF16 CPU without AMX: bf16 17% less time per call at batch 1 and 8, int8 25-29%), while
+        ONNX Runtime's own CPU provider ran a fixed and a dynamic batch alike (0.99x, 0.98x), so only an OpenVINO
+        session is fixed (CUDA was not measured and stays dynamic). Batches of another size are then padded with
+        blank images or split (_run), never refused. Where the file's batch dimension has no name to override (the
+        check in _check_io refuses a fixed one), the session stays dynamic."""
         first = providers[0] if providers else None
         if self.batch_size is None or (first if isinstance(first, str) else first[0]) != OPENVINO:
             return None
@@ -257,6 +259,8 @@ class Scorer:
             raise ModelLoadError(f"{path}: input {INPUT_NAME!r} must have shape [N, 1, S, S], found {shape}")
         if isinstance(shape[0], int) and (self.static_batch is None or shape[0] != self.static_batch):
             raise ModelLoadError(f"{path}: the batch dimension of {INPUT_NAME!r} must be dynamic, found {shape}")
+        if not isinstance(shape[0], int):
+            self.static_batch = None  # the override did not take: the session is dynamic, and says so
         self._graph_size = int(shape[2])
         names = [o.name for o in session.get_outputs()]
         missing = [n for n in OUTPUT_NAMES if n not in names]
@@ -307,7 +311,8 @@ class Scorer:
     def _run(self, names: list[str], batch: np.ndarray) -> list[np.ndarray]:
         """The session's outputs `names` for a non-empty batch. A session compiled for a fixed batch B runs the
         images B at a time, the last group padded with blank (zero) images whose outputs are dropped: every output
-        is per image along its first axis, and no image's output depends on another's (inference mode)."""
+        is per image along its first axis, and no image's output depends on another's (inference mode). (So on such
+        a session the one-at-a-time retry of a failed batch runs each image padded to B.)"""
         b = self.static_batch
         if b is None or batch.shape[0] == b:
             return self._session.run(names, {INPUT_NAME: batch})

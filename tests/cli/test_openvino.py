@@ -255,7 +255,9 @@ out = {"batch": [cpu.static_batch, fixed.static_batch, dynamic.static_batch], "e
 for n in (1, 3, 4, 5, 9):
     a, b = cpu.run(x[:n], extras), fixed.run(x[:n], extras)
     out["n"][n] = {k: {"shape": [list(a[k].shape), list(b[k].shape)],
-                       "diff": float(np.max(np.abs(a[k].astype(np.float64) - b[k].astype(np.float64)))),
+                       "diff": float(np.nanmax(np.abs(a[k].astype(np.float64) - b[k].astype(np.float64)),
+                                               initial=0.0)),
+                       "nan_diff": int(np.sum(np.isnan(a[k].astype(np.float64)) != np.isnan(b[k].astype(np.float64)))),
                        "differ": float(np.mean(a[k] != b[k]))} for k in a}
 alone, padded = fixed.run(x[:3], extras), fixed.run(x[:4], extras)  # blank padding vs a real 4th image
 out["padding"] = max(float(np.max(np.abs(alone[k].astype(np.float64) - padded[k][:3]))) for k in alone)
@@ -281,8 +283,8 @@ def test_openvino_compiles_for_the_batch_and_pads_or_splits_others(ov_python, se
             assert got["shape"][0] == got["shape"][1] and got["shape"][0][0] == int(n), (n, name, got)
             if name == "masks":
                 assert got["differ"] <= 1e-3, (n, got)  # a pixel at exactly 0.5 may round either way
-            elif name != "ctr":  # ctr follows the masks: NaN where no heart, so compared through them
-                assert got["diff"] <= 1e-4, (n, name, got)
+            else:  # ctr: NaN on both sides where no heart was found (nan_diff counts the disagreements)
+                assert got["diff"] <= 1e-4 and got["nan_diff"] == 0, (n, name, got)
     assert out["padding"] <= 1e-5 and out["predict"] == [0, 2, 7]
 
 

@@ -82,6 +82,25 @@ def test_batch_size_fixes_nothing_on_the_cpu_provider(tiny_model):
             Scorer(tiny_model, device="cpu", batch_size=bad)
 
 
+@pytest.mark.parametrize("n", [1, 3, 4, 5, 9])
+def test_a_session_fixed_to_a_batch_pads_and_splits_without_losing_a_row(tiny_model, monkeypatch, n):
+    """The padding and splitting of a session compiled for a fixed batch (what OpenVINO sessions get), run here on
+    the CPU provider, which applies the same free-dimension override when asked."""
+    monkeypatch.setattr(Scorer, "_static_batch", lambda self, providers, scan: self.batch_size)
+    fixed = Scorer(tiny_model, device="cpu", batch_size=4)
+    assert fixed.static_batch == 4 and fixed._session.get_inputs()[0].shape == [4, 1, 64, 64]
+    calls = []
+    real_run = fixed._session.run
+    monkeypatch.setattr(fixed, "_session", type("Spy", (), {"run": lambda self, names, feed: calls.append(
+        feed["image"].shape[0]) or real_run(names, feed)})())
+    # every image differs, so a row moved, lost or taken from the padding would show
+    batch = np.stack([np.full((1, 64, 64), 20 * i + 7, np.uint8) for i in range(n)])
+    logit, prob = fixed.predict(batch)
+    np.testing.assert_allclose(prob, expected_probability(batch), atol=1e-6, rtol=0)
+    assert logit.shape == (n,) and calls == [4] * -(-n // 4)  # ceil(n / 4) calls, every one of 4 images
+    assert fixed.run(batch[:0])["probability"].shape == (0,)
+
+
 def test_pickles_by_path_for_distributed_workers(scorer):
     clone = pickle.loads(pickle.dumps(scorer))
     batch = np.full((2, 1, 64, 64), 200, np.uint8)
