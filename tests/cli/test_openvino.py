@@ -139,6 +139,9 @@ def test_measured_gates_then_auto_runs_the_fastest_passing_precision(ov_python, 
     assert measured.returncode == 0, measured.stderr
     record = json.loads(model.with_name("model.precision.json").read_text())["entries"][-1]
     assert record["key"]["provider"] == "openvino" and record["key"]["distribution"] == "onnxruntime-openvino"
+    # timed as cxr-score runs them: each batch size on sessions compiled for it
+    assert all(e["compiled_for_batch"] is True and set(e["ms_per_image"]) == {"1", "8"}
+               for e in record["precisions"].values())
     for name, entry in record["precisions"].items():
         if name != "fp32":
             assert entry["passed"] == (-entry["auroc_change"] <= {"bf16": 0.005, "int8": 0.01}[name])
