@@ -91,17 +91,6 @@ def measure(scorer, batch_size: int, seconds: float, warmup: int, device: str, m
             "images_per_s": 1000.0 * batch_size / batch_ms["p50"] if batch_ms["p50"] > 0 else float("inf")}
 
 
-def _for_batch(scorer, batch_size: int, threads: int | None):
-    """The session cxr-score --batch-size batch_size would run: the same one unless it is compiled for a fixed
-    batch (OpenVINO, see Scorer.static_batch), then one compiled for this batch, same file and precision."""
-    if scorer.static_batch is None or scorer.static_batch == batch_size:
-        return scorer
-    from cxr.runtime.scoring import Scorer
-
-    return Scorer(scorer.model_path, device=scorer.requested_device, threads=threads, precision=scorer.precision,
-                  batch_size=batch_size)
-
-
 def _facts(scorer, threads: int | None) -> dict:
     import numpy as np
 
@@ -193,7 +182,7 @@ def main(*, model_path: Path, device: str, batch_sizes: list[int], seconds: floa
                    f"(providers {', '.join(scorer.providers)}; precision {scorer.precision_facts['used']}; intra-op "
                    f"threads {facts['threads']['intra_op']}; input {scorer.input_size}x{scorer.input_size})",
                    err=True)
-    results = [measure(_for_batch(scorer, b, threads), b, seconds, warmup, scorer.device) for b in batch_sizes]
+    results = [measure(scorer.for_batch(b), b, seconds, warmup, scorer.device) for b in batch_sizes]
     click.echo(_table(results))
     payload = {**facts, "settings": {"batch_sizes": batch_sizes, "seconds": seconds, "warmup": warmup,
                                      "io_binding": scorer.device == "cuda"}, "results": results}

@@ -115,23 +115,17 @@ def measure_precisions(model: Path, provider: str, images: np.ndarray, y: np.nda
 
     model = Path(model)
     host = host or Host.detect()
-    def build(batch_size: int) -> dict[str, Scorer]:
-        """The sessions cxr-score --batch-size batch_size would run (on OpenVINO compiled for that batch)."""
-        out = {}
-        for name in runnable(provider, model, host):
-            path = int8_path(model) if name == "int8" else model
-            out[name] = Scorer(path, device=provider, threads=threads, precision="bf16" if name == "bf16" else "fp32",
-                               batch_size=batch_size)
-        return out
-
-    scorers = build(EVAL_BATCH)
+    scorers = {}
+    for name in runnable(provider, model, host):
+        path = int8_path(model) if name == "int8" else model
+        scorers[name] = Scorer(path, device=provider, threads=threads, precision="bf16" if name == "bf16" else "fp32",
+                               batch_size=EVAL_BATCH)
     fp32 = scorers["fp32"]
     threshold = fp32.threshold
     probs = {name: probabilities(scorer, images) for name, scorer in scorers.items()}
     raw: dict[str, dict[int, list[float]]] = {name: {} for name in scorers}
-    for b in batch_sizes:  # a session compiled for one batch runs only that batch: one set per batch size
-        fixed = any(s.static_batch is not None for s in scorers.values())
-        timed = build(b) if fixed and b != EVAL_BATCH else scorers
+    for b in batch_sizes:  # each batch size timed on the sessions cxr-score --batch-size b would run
+        timed = {name: scorer.for_batch(b) for name, scorer in scorers.items()}
         for name, per_batch in time_in_turn(timed, [b], seconds, warmup).items():
             raw[name].update(per_batch)
         del timed

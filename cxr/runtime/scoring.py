@@ -325,6 +325,19 @@ class Scorer:
             parts.append([np.asarray(v)[:n] for v in self._session.run(names, {INPUT_NAME: chunk})])
         return [np.concatenate(column) for column in zip(*parts)]
 
+    def for_batch(self, batch_size: int) -> Scorer:
+        """The scorer cxr-score --batch-size batch_size would run: this one, unless it is compiled for another fixed
+        batch (static_batch), then one like it compiled for `batch_size` from the same file (refused if the file has
+        changed since this one loaded it)."""
+        if self.static_batch is None or self.static_batch == batch_size:
+            return self
+        other = Scorer(self.model_path, device=self.requested_device, threads=self.threads, precision=self.precision,
+                       batch_size=batch_size)
+        if other.model_sha256 != self.model_sha256:
+            raise ModelLoadError(f"{self.model_path}: the model file changed since it was loaded; run again once it "
+                                 "is written")
+        return other
+
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities float32 [N] for uint8 [N, 1, S, S]."""
         return self.predict(batch)[1]

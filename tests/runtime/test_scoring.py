@@ -101,6 +101,24 @@ def test_a_session_fixed_to_a_batch_pads_and_splits_without_losing_a_row(tiny_mo
     assert fixed.run(batch[:0])["probability"].shape == (0,)
 
 
+def test_for_batch_gives_the_session_cxr_score_would_run(tiny_model, tmp_path, monkeypatch):
+    import shutil
+
+    dynamic = Scorer(tiny_model, device="cpu", batch_size=4)
+    assert dynamic.for_batch(8) is dynamic  # a dynamic session runs any batch as it is
+    monkeypatch.setattr(Scorer, "_static_batch", lambda self, providers, scan: self.batch_size)
+    path = tmp_path / "m.onnx"
+    shutil.copy(tiny_model, path)
+    fixed = Scorer(path, device="cpu", batch_size=4)
+    assert fixed.for_batch(4) is fixed
+    other = fixed.for_batch(8)
+    assert other.static_batch == 8 and other._session.get_inputs()[0].shape[0] == 8
+    assert (other.model_path, other.threads, other.precision) == (fixed.model_path, fixed.threads, fixed.precision)
+    mean_brightness_model(path, gain=4.0)  # replaced by another valid model
+    with pytest.raises(ModelLoadError, match="the model file changed since it was loaded"):
+        fixed.for_batch(2)
+
+
 def test_pickles_by_path_for_distributed_workers(scorer):
     clone = pickle.loads(pickle.dumps(scorer))
     batch = np.full((2, 1, 64, 64), 200, np.uint8)
