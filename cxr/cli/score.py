@@ -420,6 +420,10 @@ def _note(message: str, quiet: bool) -> None:
                    "where not measured): the model's ctr column is compared with them on the labelled films "
                    "(error, share within 0.03, bias, Pearson r, slope) in the summary and the manifest. Models "
                    "with a ctr output only.")
+@click.option("--group-column", default=None,
+              help="--labels column of groups (site, scanner, view position such as NIH's 'View Position'): the "
+                   "metrics are also reported per group (AUROC with its 95% CI, sensitivity, specificity) in the "
+                   "summary, the manifest and the report; at most 50 groups among the matched films.")
 @click.option("--overlays", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder (outside FOLDER; created if missing) for one PNG per scored image at the same relative "
                    "path (.png appended unless already .png): the radiograph, the model's activation map and, for "
@@ -446,7 +450,8 @@ def _note(message: str, quiet: bool) -> None:
 @click.version_option(__version__, prog_name="cxr-score")
 def main(*, targets: tuple[Path, ...], out: Path, model: Path, device: str, batch_size: int, workers: int,
          threads: int | None, threshold: float | None, labels: Path | None, path_column: str,
-         label_column: str | None, ctr_column: str | None, overlays: Path | None, report: Path | None,
+         label_column: str | None, ctr_column: str | None, group_column: str | None, overlays: Path | None,
+         report: Path | None,
          resume: bool, engine: str,
          ray_address: str | None, actors: int, gpus_per_actor: float, quiet: bool, verbose: bool,
          precision: str | None, force_precision: bool) -> None:
@@ -464,8 +469,9 @@ def main(*, targets: tuple[Path, ...], out: Path, model: Path, device: str, batc
     _std_fds_open()
     if verbose:  # debug logging; warnings (cxr's and Python's) go through the run's RunWarnings, -v or not
         setup_logging(VERBOSE, "cxr-score")
-    if ctr_column is not None and labels is None:
-        raise click.UsageError("--ctr-column names a column of the --labels file: give --labels too")
+    for option, column in (("--ctr-column", ctr_column), ("--group-column", group_column)):
+        if column is not None and labels is None:
+            raise click.UsageError(f"{option} names a column of the --labels file: give --labels too")
     if resume and (overlays is not None or report is not None):
         raise click.UsageError("--resume cannot be combined with --overlays or --report (the resumed rows have no "
                                "maps to draw); score without them, or start over without --resume")
@@ -483,7 +489,7 @@ def main(*, targets: tuple[Path, ...], out: Path, model: Path, device: str, batc
                 _ScoreRun(_Request(
                     folder=folder, out=out, model=model, device=device, batch_size=batch_size, workers=workers,
                     threads=threads, threshold=threshold,
-                    labels=_LabelsOption(labels, path_column, label_column, ctr_column),
+                    labels=_LabelsOption(labels, path_column, label_column, ctr_column, group_column),
                     overlays=overlays, report=report, quiet=quiet, verbose=verbose, files=files,
                     globbed_other=globbed_other, resume=resume, engine=engine_option, precision=precision,
                     force_precision=force_precision)).run()
@@ -519,16 +525,20 @@ class _LabelsOption:
     path_column: str = "path"
     label_column: str | None = None
     ratio_column: str | None = None
+    group_column: str | None = None
 
 
 def _read_label_table(option: _LabelsOption):
     """The labels (None without --labels); a usage error (exit 2) for a file without its columns or usable labels."""
-    from cxr.runtime.labels import ACCEPTED, RATIO_WORDS, LabelsError, read_labels
+    from cxr.runtime.labels import ACCEPTED, RATIO_WORDS, GroupsError, LabelsError, read_labels
 
     if option.path is None:
         return None
     try:
-        table = read_labels(option.path, option.path_column, option.label_column, ratio_column=option.ratio_column)
+        table = read_labels(option.path, option.path_column, option.label_column, ratio_column=option.ratio_column,
+                            group_column=option.group_column)
+    except GroupsError as exc:
+        raise _BadParameter(str(exc), param_hint="--group-column") from None
     except LabelsError as exc:
         if RATIO_WORDS in str(exc):
             raise _BadParameter(str(exc), param_hint="--ctr-column") from None
@@ -551,12 +561,13 @@ def _read_label_table(option: _LabelsOption):
 def _match_labels(table, folder: Path, files: list[Path], warn: Callable[[str], None]):
     """A LabelMatcher for the walked files; a usage error when no labelled path matches a scored image, a warning
     (and exit 3 at the end) when few do."""
-    from cxr.runtime.labels import LabelMatcher, LabelsError, match_labels
+    from cxr.runtime.labels import MAX_GROUPS, GroupsError, LabelMatcher, LabelsError, match_labels
 
     try:
         match = match_labels(table, folder, files)
     except LabelsError as exc:
-        raise _BadParameter(str(exc), param_hint="--labels") from None
+        hint = "--group-column" if isinstance(exc, GroupsError) else "--labels"
+        raise _BadParameter(str(exc), param_hint=hint) from None
     if not match.by_file:
         raise _BadParameter(f"{table.source}: no labelled path matches an image in {folder}: "
                             f"{match.describe(table, files)}; give paths relative to FOLDER (or --path-column "
@@ -566,6 +577,14 @@ def _match_labels(table, folder: Path, files: list[Path], warn: Callable[[str], 
                             f"{table.ratio_column!r} is on a labelled path that matches an image in {folder}",
                             param_hint="--ctr-column")
     matcher = LabelMatcher(table, match)
+    if table.group_column is not None:
+        groups = matcher.groups_matched()
+        if len(groups) > MAX_GROUPS:
+            raise _BadParameter(f"{table.source}: column {table.group_column!r} has {len(groups)} different values "
+                                f"among the {len(match.by_file)} labelled images that match (e.g. "
+                                f"{', '.join(map(repr, groups[:3]))}); metrics are reported for at most "
+                                f"{MAX_GROUPS} groups: name a column of sites, scanners or views, not of ids",
+                                param_hint="--group-column")
     matched = len(match.by_file)
     matcher.few = 2 * matched < len(table.labels) and 2 * matched < len(files)
     if matcher.few:
@@ -905,6 +924,8 @@ class _ScoreRun:
                              f"--threshold {site['threshold']:.4g}")
             if label_report.get("ctr_agreement") is not None:
                 lines.append(_ratio_line(label_report["ctr_agreement"]))
+            if label_report.get("groups") is not None:
+                lines.extend(_group_lines(label_report["groups"], thr))
         if self.check is not None:
             from cxr.runtime.precision_check import summary_line
 
@@ -934,6 +955,22 @@ def _not_following(a: dict) -> str:
         cause = "the model's ratios scatter widely around the manual ones"
     return (f"the ctr column does not follow the manual ratios in {a['column']!r} ({figures}): {cause}; do not use "
             "its ratio at this site")
+
+
+def _group_lines(report: dict, thr: float) -> list[str]:
+    """One summary line per group of --group-column: its films, AUROC with its interval, the operating point."""
+    lines = [f"by {report['column']} ({len(report['groups'])} group(s)):"]
+    for g in report["groups"]:
+        lo, hi = g["auroc_ci95"]
+        defined = g["auroc"] is not None and g["auroc"] == g["auroc"]  # NaN (or null once in JSON): one class
+        auroc = f"AUROC {_num(g['auroc'])} (95% CI {_num(lo)}-{_num(hi)})" if defined else "AUROC n/a (one class)"
+        a = g.get("ctr_agreement")
+        ratio = (f"; ctr vs manual on {a['n']} films: mean absolute error {_num(a['mae'])}, "
+                 f"{100 * a['within_close']:.0f}% within {a['close']:g}, Pearson r {_two(a['pearson_r'])}"
+                 if a and a["n"] else "")
+        lines.append(f"  {g['group'] or '(blank)'}: n={g['n']} ({g['n_positive']} positive), {auroc}; at {thr:g}: "
+                     f"sensitivity {_num(g['sensitivity'])}, specificity {_num(g['specificity'])}{ratio}")
+    return lines
 
 
 def _ratio_line(a: dict) -> str:

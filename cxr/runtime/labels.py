@@ -34,12 +34,22 @@ ACCEPTED = "1/0, true/false, yes/no, positive/negative or the class names"
 _EXAMPLES = 5
 RATIO_WORDS = "manual cardiothoracic ratio"
 """In every message about the column of manual ratios (cxr-score --ctr-column), which says which option to fix."""
+GROUP_WORDS = "groups to report the metrics by"
+"""In every message about the column of groups (cxr-score --group-column), which says which option to fix."""
+MAX_GROUPS = 50
+"""cxr-score --group-column reports at most this many groups: a site, scanner or view position, not an id."""
+BLANK_GROUP = ""
+"""The group of a labelled line whose group column is blank (reported as '(blank)')."""
 NO_ANATOMY = "no_anatomy"
 """cxr.runtime.scoring.NO_ANATOMY (not imported: this module stays free of the scoring session's imports)."""
 
 
 class LabelsError(CxrError, ValueError):
     """The labels file cannot be used (missing columns, conflicting duplicates, unreadable)."""
+
+
+class GroupsError(LabelsError):
+    """The column of groups (`cxr-score --group-column`) cannot be used: missing, or one image in two groups."""
 
 
 def parse_label(value: str | None, classes: tuple[str, str] = DEFAULT_CLASSES) -> int | None:
@@ -72,6 +82,10 @@ class Labels:
     ratio_ignored: int = 0
     """Labelled lines whose ratio is not such a number (unreadable, out of range)."""
     ratio_bad_values: list[str] = field(default_factory=list)
+    group_column: str | None = None
+    """The column whose values the metrics are also reported by (`cxr-score --group-column`), or None."""
+    groups: dict[str, str] = field(default_factory=dict)
+    """path -> its group (the column's stripped text; BLANK_GROUP when blank), for every labelled line."""
 
 
 def normalize_path(text: str) -> str:
@@ -81,29 +95,37 @@ def normalize_path(text: str) -> str:
 
 
 def label_rows(path: str | os.PathLike, path_column: str | None = None, label_column: str | None = None,
-               ratio_column: str | None = None) -> Iterator[tuple]:
+               ratio_column: str | None = None, group_column: str | None = None) -> Iterator[tuple]:
     """(line number, normalized path, stripped label text) for each data line of a labels CSV, in file order.
 
     The one reader of labels files for cxr-score --labels and cxr-export --sample: UTF-8 with or without a BOM (as
     spreadsheets save it), header names stripped; the path column `path_column` (default `path`), the label column
     `label_column` (default `label`, or else `cardiomegaly`). What a blank or unreadable label means is the caller's
-    decision. With `ratio_column` (manual cardiothoracic ratios) each tuple also holds that column's stripped text.
-    Raises LabelsError naming the file for missing columns or a file that cannot be read."""
+    decision. With `ratio_column` (manual cardiothoracic ratios) each tuple also holds that column's stripped text,
+    and then with `group_column` that one's. Raises LabelsError naming the file for missing columns or a file that
+    cannot be read."""
     path = Path(path)
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
             header = [h.strip() for h in (reader.fieldnames or [])]
             path_col, label_col = _columns(path, header, path_column, label_column)
-            if ratio_column is not None and ratio_column not in header:
-                raise LabelsError(f"{path}: missing column {ratio_column!r} (the {RATIO_WORDS}); the CSV has {header}")
-            if ratio_column in (path_col, label_col):
-                raise LabelsError(f"{path}: {ratio_column!r} is the {'path' if ratio_column == path_col else 'label'} "
-                                  f"column, not one of the {RATIO_WORDS}s")
+            for column, what, which, error in ((ratio_column, f"the {RATIO_WORDS}", f"the {RATIO_WORDS}s",
+                                                LabelsError),
+                                               (group_column, f"the {GROUP_WORDS}", f"the {GROUP_WORDS}",
+                                                GroupsError)):
+                if column is None:
+                    continue
+                if column not in header:
+                    raise error(f"{path}: missing column {column!r} ({what}); the CSV has {header}")
+                if column in (path_col, label_col):
+                    raise error(f"{path}: {column!r} is the {'path' if column == path_col else 'label'} "
+                                f"column, not one of {which}")
+            extra = [c for c in (ratio_column, group_column) if c is not None]
             reader.fieldnames = header
             for line_no, rec in enumerate(reader, start=2):
                 row = (line_no, normalize_path(rec.get(path_col) or ""), (rec.get(label_col) or "").strip())
-                yield row if ratio_column is None else (*row, (rec.get(ratio_column) or "").strip())
+                yield (*row, *((rec.get(c) or "").strip() for c in extra))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise LabelsError(f"{path}: cannot read labels: {exc}") from None
 
@@ -122,13 +144,15 @@ def _columns(path: Path, header: list[str], path_column: str | None, label_colum
 
 
 def read_labels(path: str | os.PathLike, path_column: str | None = None, label_column: str | None = None,
-                classes: tuple[str, str] = DEFAULT_CLASSES, ratio_column: str | None = None) -> Labels:
-    """Read a labels CSV (other columns are ignored); values as `parse_label` reads them, and with `ratio_column`
-    the manual cardiothoracic ratio of each labelled line (`parse_ratio`). Raises LabelsError naming the file for
-    missing columns or a path labelled both 0 and 1 (or given two ratios)."""
+                classes: tuple[str, str] = DEFAULT_CLASSES, ratio_column: str | None = None,
+                group_column: str | None = None) -> Labels:
+    """Read a labels CSV (other columns are ignored); values as `parse_label` reads them, with `ratio_column`
+    the manual cardiothoracic ratio of each labelled line (`parse_ratio`), and with `group_column` its group (site,
+    scanner, view position: the metrics are also reported per group). Raises LabelsError naming the file for
+    missing columns or a path labelled both 0 and 1 (or given two ratios, or two groups)."""
     path = Path(path)
-    out = Labels(source=path, ratio_column=ratio_column)
-    for line_no, key, value, *ratio in label_rows(path, path_column, label_column, ratio_column):
+    out = Labels(source=path, ratio_column=ratio_column, group_column=group_column)
+    for line_no, key, value, *more in label_rows(path, path_column, label_column, ratio_column, group_column):
         label = parse_label(value, classes)
         if not key or label is None:
             out.ignored += 1
@@ -139,7 +163,13 @@ def read_labels(path: str | os.PathLike, path_column: str | None = None, label_c
             raise LabelsError(f"{path}: line {line_no}: {key!r} is labelled both 0 and 1")
         out.labels[key] = label
         if ratio_column is not None:
-            _add_ratio(out, path, line_no, key, ratio[0])
+            _add_ratio(out, path, line_no, key, more.pop(0))
+        if group_column is not None:
+            group = more.pop(0)
+            if out.groups.get(key, group) != group:
+                raise GroupsError(f"{path}: line {line_no}: {key!r} is given two {group_column!r} values, "
+                                  f"{out.groups[key]!r} and {group!r}")
+            out.groups[key] = group
     return out
 
 
@@ -186,6 +216,8 @@ class LabelMatch:
     """Bare file names that several scored images share (not matched)."""
     ratio_by_file: dict[str, float] = field(default_factory=dict)
     """The manual ratios (`Labels.ratios`) keyed the same way as `by_file`."""
+    group_by_file: dict[str, str] = field(default_factory=dict)
+    """The groups (`Labels.groups`) keyed the same way as `by_file`."""
 
     def describe(self, labels: Labels, files: Sequence[Path]) -> str:
         """Why labelled paths did not match: examples of both sides and what was tried, for stderr."""
@@ -230,6 +262,12 @@ def match_labels(labels: Labels, root: str | os.PathLike, files: Sequence[Path])
                 raise LabelsError(f"{labels.source}: {first_key[rel]!r} and {key!r} are the same image {rel!r} with "
                                   "different manual ratios")
             out.ratio_by_file[rel] = ratio
+        if labels.group_column is not None:
+            group = labels.groups.get(key, BLANK_GROUP)
+            if out.group_by_file.get(rel, group) != group:
+                raise GroupsError(f"{labels.source}: {first_key[rel]!r} and {key!r} are the same image {rel!r} in "
+                                  f"different {labels.group_column!r} groups")
+            out.group_by_file[rel] = group
     return out
 
 
@@ -284,10 +322,13 @@ class LabelMatcher:
         self.p: list[float] = []
         self.paths: list[str] = []
         """The path of each (y, p) pair, for re-scoring them (cxr.runtime.precision_check)."""
+        self.group_table = match.group_by_file if match is not None else labels.groups
         self.scored_without_label = 0
         self.ratio_table = match.ratio_by_file if match is not None else labels.ratios
         self.ratio_pairs: list[tuple[float, float, bool]] = []
         """(the model's ctr, the manual ratio, flagged) for rows with status ok, a ctr and a manual ratio."""
+        self.ratio_paths: list[str] = []
+        """The path of each ratio pair (for the figures per group)."""
         self.ratio_not_measured = 0
         """Rows with a manual ratio and no ctr: the masks held no heart or no lungs (status ok, or the error
         no_anatomy of a model deciding by its ratio)."""
@@ -308,6 +349,7 @@ class LabelMatcher:
         if manual is not None:
             if row.ok and row.ctr is not None:
                 self.ratio_pairs.append((float(row.ctr), manual, bool(row.ctr_flag)))
+                self.ratio_paths.append(row.path)
             elif row.ok or row.error_code == NO_ANATOMY:
                 self.ratio_not_measured += 1
             else:
@@ -345,7 +387,35 @@ class LabelMatcher:
                         if self.y else None),
             "site_threshold": metrics.site_threshold(self.y, self.p, seed=seed) if self.y else None,
             **({"ctr_agreement": self.ratio_report(n_boot, seed)} if self.labels.ratio_column else {}),
+            **({"groups": self.group_report(threshold, n_boot, seed)} if self.labels.group_column else {}),
         }
+
+    def group_report(self, threshold: float, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+        """`metrics.summarize` at `threshold` on each group's matched films, groups in sorted order (a blank group
+        first, as BLANK_GROUP): a site's AP and PA films, or two scanners, can differ far more than one overall AUROC
+        says. A group with one class has no AUROC (NaN), only its operating point. With manual ratios (--ctr-column)
+        each group also gets `ctr_agreement`: `metrics.ratio_agreement` on its films that have a ctr and a manual
+        ratio (the ratio's error on the hospital left out of training is not its error on the others)."""
+        by: dict[str, tuple[list[int], list[float]]] = {}
+        for path, y, p in zip(self.paths, self.y, self.p):
+            ys, ps = by.setdefault(self.group_table.get(path, BLANK_GROUP), ([], []))
+            ys.append(y)
+            ps.append(p)
+        pairs: dict[str, list[tuple[float, float, bool]]] = {}
+        for path, pair in zip(self.ratio_paths, self.ratio_pairs):
+            pairs.setdefault(self.group_table.get(path, BLANK_GROUP), []).append(pair)
+        groups = []
+        for g in sorted(by):
+            entry = {"group": g, **metrics.summarize(*by[g], threshold, n_boot=n_boot, seed=seed)}
+            if self.labels.ratio_column is not None:
+                measured, manual, flagged = (list(t) for t in zip(*pairs[g])) if g in pairs else ([], [], [])
+                entry["ctr_agreement"] = metrics.ratio_agreement(measured, manual, flagged, n_boot=n_boot, seed=seed)
+            groups.append(entry)
+        return {"column": self.labels.group_column, "groups": groups}
+
+    def groups_matched(self) -> list[str]:
+        """The distinct groups of the matched labelled images (what group_report may report), sorted."""
+        return sorted({self.group_table.get(path, BLANK_GROUP) for path in self.table})
 
     def ratio_report(self, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
         """The ctr column against the manual ratios (`metrics.ratio_agreement`), with what was left out and why."""

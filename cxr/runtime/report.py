@@ -302,8 +302,31 @@ def _labels_section(report: Mapping[str, Any] | None, roc) -> str:
     confusion = (f"<p class=\"note\">n={m['n']} ({m['n_positive']} positive); at threshold {m['threshold']:g}: "
                  f"TP {m['tp']}, FP {m['fp']}, TN {m['tn']}, FN {m['fn']}</p>")
     svg = roc_svg(roc[0], roc[1], (1 - m["specificity"], m["sensitivity"]), m["auroc"]) if roc is not None else ""
-    return head + f"<div class=\"summary\"><div>{svg}</div><div>{table}{confusion}</div></div>" + _ratio_section(
-        report.get("ctr_agreement"))
+    return (head + f"<div class=\"summary\"><div>{svg}</div><div>{table}{confusion}</div></div>"
+            + _ratio_section(report.get("ctr_agreement")) + _groups_section(report.get("groups")))
+
+
+def _groups_section(report: Mapping[str, Any] | None) -> str:
+    """cxr-score --group-column: one table row per group (the group's value and the column's name shown as text)."""
+    if report is None:
+        return ""
+    rows = []
+    ratios = any("ctr_agreement" in g for g in report["groups"])
+    for g in report["groups"]:
+        lo, hi = g["auroc_ci95"]
+        defined = g["auroc"] is not None and math.isfinite(g["auroc"])  # NaN, or null from JSON: one class
+        auroc = f"{_fmt(g['auroc'])} ({_fmt(lo)} to {_fmt(hi)})" if defined else "n/a (one class)"
+        cells = [g["group"] or "(blank)", f"{g['n']} ({g['n_positive']})", auroc, _fmt(g["sensitivity"]),
+                 _fmt(g["specificity"])]
+        if ratios:
+            a = g["ctr_agreement"]
+            cells.append(f"{_fmt(a['mae'])} ({_fmt(100 * a['within_close'], 0)}% within {a['close']:g}; "
+                         f"{a['n']} films)" if a["n"] else "n/a")
+        rows.append("<tr>" + "".join(f"<td>{shown(c)}</td>" for c in cells) + "</tr>")
+    head = ["group", "films (positive)", "AUROC (95% CI)", "sensitivity", "specificity"] + (
+        ["ctr error vs manual"] if ratios else [])
+    return (f"<h3>By {shown(report['column'])}</h3><table class=\"metrics\"><tr>"
+            + "".join(f"<th>{h}</th>" for h in head) + "</tr>" + "".join(rows) + "</table>")
 
 
 def _ratio_section(a: Mapping[str, Any] | None) -> str:

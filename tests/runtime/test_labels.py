@@ -142,3 +142,66 @@ def test_every_film_with_a_manual_ratio_is_counted_once(tmp_path):
     assert (a["n"], a["not_measured"], a["not_scored"], a["matched_ratios"]) == (3, 2, 1, 6)
     assert a["mae"] == pytest.approx((0.01 + 0.10 + 0.50) / 3)
     assert a["unflagged"]["n"] == 2 and a["unflagged"]["mae"] == pytest.approx(0.055)
+
+
+def test_groups_are_read_beside_the_labels_and_follow_the_matched_paths(tmp_path):
+    """--group-column: each labelled line's group as written (stripped; blank is a group of its own); one path in
+    two groups is refused, in the file and after matching; a missing column is named."""
+    from cxr.runtime.labels import BLANK_GROUP, GroupsError
+
+    labels = tmp_path / "data" / "labels.csv"
+    labels.parent.mkdir(parents=True)
+    labels.write_text("path,label,view\nimages/a.png,1, AP \nb.png,0,PA\nc.png,1,\nd.png,,AP\n")
+    table = read_labels(labels, group_column="view")
+    assert table.groups == {"images/a.png": "AP", "b.png": "PA", "c.png": BLANK_GROUP}  # d.png has no label
+    assert read_labels(labels).groups == {} and read_labels(labels).group_column is None
+    match = match_labels(table, tmp_path / "data" / "images", [Path("a.png"), Path("sub/b.png"), Path("c.png")])
+    assert match.group_by_file == {"a.png": "AP", "sub/b.png": "PA", "c.png": BLANK_GROUP}
+    with pytest.raises(GroupsError, match=r"missing column 'site' \(the groups to report the metrics by\)"):
+        read_labels(labels, group_column="site")
+    with pytest.raises(GroupsError, match="'label' is the label column"):
+        read_labels(labels, group_column="label")
+    labels.write_text("path,label,view\na.png,1,AP\na.png,1,PA\n")
+    with pytest.raises(GroupsError, match=r"line 3: 'a.png' is given two 'view' values, 'AP' and 'PA'"):
+        read_labels(labels, group_column="view")
+    labels.write_text("path,label,view\nimages/a.png,1,AP\na.png,1,PA\n")
+    with pytest.raises(GroupsError, match="same image 'a.png' in different 'view' groups"):
+        match_labels(read_labels(labels, group_column="view"), tmp_path / "data" / "images", [Path("a.png")])
+
+
+def test_group_report_is_each_groups_own_summary(tmp_path):
+    """Per group exactly what `metrics.summarize` gives on that group's scored, labelled films (failed and unlabelled
+    rows in no group), groups sorted with the blank one first; a one-class group has no AUROC."""
+    import json
+    import math
+
+    from cxr.runtime import metrics
+    from cxr.runtime.labels import LabelMatcher
+    from cxr.runtime.scoring import ScoreRow
+
+    rows = [("a", 1, "PA", 0.9), ("b", 0, "PA", 0.2), ("c", 1, "PA", 0.4), ("d", 0, "PA", 0.6), ("e", 1, "AP", 0.8),
+            ("f", 0, "AP", 0.7), ("g", 0, "AP", 0.3), ("h", 1, "", 0.5), ("i", 0, "", 0.1), ("j", 1, "lat", 0.3)]
+    csv_path = tmp_path / "labels.csv"
+    csv_path.write_text("path,label,view\n" + "".join(f"{n}.png,{y},{g}\n" for n, y, g, _ in rows)
+                        + "k.png,1,AP\n")
+    table = read_labels(csv_path, group_column="view")
+    files = [Path(f"{n}.png") for n in "abcdefghijkl"]
+    matcher = LabelMatcher(table, match_labels(table, tmp_path, files))
+    assert matcher.groups_matched() == ["", "AP", "PA", "lat"]
+    for n, _, _, p in rows:
+        matcher.add(ScoreRow(f"{n}.png", "ok", p))
+    matcher.add(ScoreRow("k.png", "error", error_code="truncated"))  # labelled AP, failed: in no group's figures
+    matcher.add(ScoreRow("l.png", "ok", 0.99))  # scored without a label
+    report = matcher.report(0.5, n_boot=200)["groups"]
+    assert report["column"] == "view" and [g["group"] for g in report["groups"]] == ["", "AP", "PA", "lat"]
+    for g in report["groups"]:
+        ys = [y for _, y, grp, _ in rows if grp == g["group"]]
+        ps = [p for _, _, grp, p in rows if grp == g["group"]]
+        expected = metrics.summarize(ys, ps, 0.5, n_boot=200)
+        got = {k: v for k, v in g.items() if k != "group"}
+        assert json.dumps(got, sort_keys=True) == json.dumps(expected, sort_keys=True)  # NaN too
+    by = {g["group"]: g for g in report["groups"]}
+    assert (by["AP"]["n"], by["AP"]["n_positive"], by["AP"]["auroc"]) == (3, 1, 1.0)
+    assert by["PA"]["auroc"] == pytest.approx(0.75) and by["PA"]["sensitivity"] == pytest.approx(0.5)
+    assert math.isnan(by["lat"]["auroc"]) and by["lat"]["sensitivity"] == 0.0
+    assert "groups" not in LabelMatcher(read_labels(csv_path)).report(0.5, n_boot=10)
