@@ -959,8 +959,14 @@ def _not_following(a: dict) -> str:
 
 def _group_lines(report: dict, thr: float) -> list[str]:
     """One summary line per group of --group-column: its films, AUROC with its interval, the operating point."""
-    lines = [f"by {report['column']} ({len(report['groups'])} group(s)):"]
+    lines = [f"by {report['column']!r} ({len(report['groups'])} group(s)):"]
     for g in report["groups"]:
+        name = repr(g["group"]) + ("" if g["group"] else " (blank)")  # quoted: a value '(blank)' is not the blank one
+        left = "".join(f"; {g[k]} {what}" for k, what in (("failed", "failed to score"),
+                                                            ("not_reached", "not reached")) if g.get(k))
+        if not g["n"]:
+            lines.append(f"  {name}: no labelled film scored ({g.get('labelled', 0)} labelled{left})")
+            continue
         lo, hi = g["auroc_ci95"]
         defined = g["auroc"] is not None and g["auroc"] == g["auroc"]  # NaN (or null once in JSON): one class
         auroc = f"AUROC {_num(g['auroc'])} (95% CI {_num(lo)}-{_num(hi)})" if defined else "AUROC n/a (one class)"
@@ -968,8 +974,8 @@ def _group_lines(report: dict, thr: float) -> list[str]:
         ratio = (f"; ctr vs manual on {a['n']} films: mean absolute error {_num(a['mae'])}, "
                  f"{100 * a['within_close']:.0f}% within {a['close']:g}, Pearson r {_two(a['pearson_r'])}"
                  if a and a["n"] else "")
-        lines.append(f"  {g['group'] or '(blank)'}: n={g['n']} ({g['n_positive']} positive), {auroc}; at {thr:g}: "
-                     f"sensitivity {_num(g['sensitivity'])}, specificity {_num(g['specificity'])}{ratio}")
+        lines.append(f"  {name}: n={g['n']} ({g['n_positive']} positive), {auroc}; at {thr:g}: "
+                     f"sensitivity {_num(g['sensitivity'])}, specificity {_num(g['specificity'])}{ratio}{left}")
     return lines
 
 

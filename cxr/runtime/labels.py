@@ -121,6 +121,9 @@ def label_rows(path: str | os.PathLike, path_column: str | None = None, label_co
                 if column in (path_col, label_col):
                     raise error(f"{path}: {column!r} is the {'path' if column == path_col else 'label'} "
                                 f"column, not one of {which}")
+            if group_column is not None and group_column == ratio_column:
+                raise GroupsError(f"{path}: {group_column!r} is the column of {RATIO_WORDS}s (--ctr-column), not "
+                                  f"one of the {GROUP_WORDS}")
             extra = [c for c in (ratio_column, group_column) if c is not None]
             reader.fieldnames = header
             for line_no, rec in enumerate(reader, start=2):
@@ -393,9 +396,14 @@ class LabelMatcher:
     def group_report(self, threshold: float, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
         """`metrics.summarize` at `threshold` on each group's matched films, groups in sorted order (a blank group
         first, as BLANK_GROUP): a site's AP and PA films, or two scanners, can differ far more than one overall AUROC
-        says. A group with one class has no AUROC (NaN), only its operating point. With manual ratios (--ctr-column)
-        each group also gets `ctr_agreement`: `metrics.ratio_agreement` on its films that have a ctr and a manual
-        ratio (the ratio's error on the hospital left out of training is not its error on the others)."""
+        says. A group with one class has no AUROC (NaN), only its operating point. Every group of the matched films
+        is reported, with its labelled films that failed to score (`failed`) and, in a run cut short, those not
+        reached (`not_reached`): a group whose films all failed has n 0 and NaN figures, never silence. With manual
+        ratios (--ctr-column) each group also gets `ctr_agreement`: `metrics.ratio_agreement` on its films that have
+        a ctr and a manual ratio (the ratio's error on the hospital left out is not its error on the others)."""
+        group_of = self.group_table.get
+        matched = Counter(group_of(path, BLANK_GROUP) for path in self.table)
+        seen = Counter(group_of(path, BLANK_GROUP) for path in self._seen_labelled)
         by: dict[str, tuple[list[int], list[float]]] = {}
         for path, y, p in zip(self.paths, self.y, self.p):
             ys, ps = by.setdefault(self.group_table.get(path, BLANK_GROUP), ([], []))
@@ -405,8 +413,14 @@ class LabelMatcher:
         for path, pair in zip(self.ratio_paths, self.ratio_pairs):
             pairs.setdefault(self.group_table.get(path, BLANK_GROUP), []).append(pair)
         groups = []
-        for g in sorted(by):
-            entry = {"group": g, **metrics.summarize(*by[g], threshold, n_boot=n_boot, seed=seed)}
+        nan = float("nan")
+        for g in sorted(set(matched) | set(by)):
+            ys, ps = by.get(g, ([], []))
+            entry = {"group": g, "labelled": matched[g], "failed": seen[g] - len(ys),
+                     "not_reached": matched[g] - seen[g],
+                     **(metrics.summarize(ys, ps, threshold, n_boot=n_boot, seed=seed) if ys else
+                        {"n": 0, "n_positive": 0, "n_negative": 0, "auroc": nan, "auroc_ci95": [nan, nan],
+                         "auprc": nan, "threshold": float(threshold), "sensitivity": nan, "specificity": nan})}
             if self.labels.ratio_column is not None:
                 measured, manual, flagged = (list(t) for t in zip(*pairs[g])) if g in pairs else ([], [], [])
                 entry["ctr_agreement"] = metrics.ratio_agreement(measured, manual, flagged, n_boot=n_boot, seed=seed)

@@ -316,13 +316,15 @@ def _groups_section(report: Mapping[str, Any] | None) -> str:
         lo, hi = g["auroc_ci95"]
         defined = g["auroc"] is not None and math.isfinite(g["auroc"])  # NaN, or null from JSON: one class
         auroc = f"{_fmt(g['auroc'])} ({_fmt(lo)} to {_fmt(hi)})" if defined else "n/a (one class)"
-        cells = [g["group"] or "(blank)", f"{g['n']} ({g['n_positive']})", auroc, _fmt(g["sensitivity"]),
-                 _fmt(g["specificity"])]
+        failed = "".join(f"; {g[k]} {what}" for k, what in (("failed", "failed"), ("not_reached", "not reached"))
+                         if g.get(k))
+        cells = [f"{g['n']} ({g['n_positive']}){failed}", auroc, _fmt(g["sensitivity"]), _fmt(g["specificity"])]
         if ratios:
             a = g["ctr_agreement"]
             cells.append(f"{_fmt(a['mae'])} ({_fmt(100 * a['within_close'], 0)}% within {a['close']:g}; "
                          f"{a['n']} films)" if a["n"] else "n/a")
-        rows.append("<tr>" + "".join(f"<td>{shown(c)}</td>" for c in cells) + "</tr>")
+        name = shown(g["group"]) if g["group"] else "<em>blank</em>"  # never mistaken for a value '(blank)'
+        rows.append(f"<tr><td>{name}</td>" + "".join(f"<td>{shown(c)}</td>" for c in cells) + "</tr>")
     head = ["group", "films (positive)", "AUROC (95% CI)", "sensitivity", "specificity"] + (
         ["ctr error vs manual"] if ratios else [])
     return (f"<h3>By {shown(report['column'])}</h3><table class=\"metrics\"><tr>"

@@ -72,19 +72,39 @@ def test_metrics_are_reported_per_group(site, tmp_path):
             assert g["auroc"] is None
         else:
             assert g["auroc"] == pytest.approx(expected["auroc"], abs=1e-9)
+        for key in ("sensitivity", "specificity"):  # NaN (undefined) is written as null
+            assert g[key] == (None if expected[key] != expected[key] else pytest.approx(expected[key]))
+        assert (g["labelled"], g["failed"], g["not_reached"]) == (g["n"], 0, 0)
     by = {g["group"]: g for g in groups["groups"]}
     assert by["PA"]["auroc"] == pytest.approx(0.75) and by["AP"]["auroc"] == pytest.approx(1.0)
     assert by["LL"]["auroc"] is None  # one class: no AUROC
     # the overall figure is unchanged by grouping
     assert manifest["labels"]["metrics"]["n"] == len(FILMS)
     err = result.stderr
-    assert "cxr-score: by View Position (4 group(s)):" in err
+    assert "cxr-score: by 'View Position' (4 group(s)):" in err
     pa = by["PA"]
-    assert (f"cxr-score:   PA: n=4 (2 positive), AUROC {pa['auroc']:.4f} (95% CI {pa['auroc_ci95'][0]:.4f}-"
+    assert (f"cxr-score:   'PA': n=4 (2 positive), AUROC {pa['auroc']:.4f} (95% CI {pa['auroc_ci95'][0]:.4f}-"
             f"{pa['auroc_ci95'][1]:.4f}); at {thr:g}: sensitivity {pa['sensitivity']:.4f}, specificity "
             f"{pa['specificity']:.4f}") in err
-    assert "cxr-score:   (blank): n=2 (1 positive)" in err
-    assert "cxr-score:   LL: n=1 (1 positive), AUROC n/a (one class)" in err
+    assert "cxr-score:   '' (blank): n=2 (1 positive)" in err
+    assert "cxr-score:   'LL': n=1 (1 positive), AUROC n/a (one class)" in err
+
+
+def test_a_group_whose_films_all_failed_is_reported_not_dropped(site, tmp_path):
+    """A scanner whose every film is unreadable is what grouping should show: its group is listed with n 0 and
+    its failed films counted, in the summary, the manifest and the report."""
+    model, folder, labels = site
+    for name in ("ct1.png", "ct2.png"):
+        (folder / name).write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    labels.write_text(labels.read_text() + "ct1.png,1,CT\nct2.png,0,CT\n")
+    result = run(folder, "--out", tmp_path / "r.csv", "--model", model, "--labels", labels, "--group-column",
+                 "View Position", "--report", tmp_path / "report.html")
+    assert result.exit_code == 3, result.output  # some files failed
+    groups = json.loads((tmp_path / "r.manifest.json").read_text())["labels"]["groups"]["groups"]
+    ct = {g["group"]: g for g in groups}["CT"]
+    assert (ct["labelled"], ct["n"], ct["failed"], ct["not_reached"], ct["auroc"]) == (2, 0, 2, 0, None)
+    assert "cxr-score:   'CT': no labelled film scored (2 labelled; 2 failed to score)" in result.stderr
+    assert "<td>CT</td><td>0 (0); 2 failed</td>" in (tmp_path / "report.html").read_text()
 
 
 def test_without_the_option_nothing_is_grouped(site, tmp_path):
@@ -95,7 +115,7 @@ def test_without_the_option_nothing_is_grouped(site, tmp_path):
     assert "by View Position" not in result.stderr
 
 
-@pytest.mark.parametrize("case", ["no_labels", "missing", "label_column", "two_groups", "too_many"])
+@pytest.mark.parametrize("case", ["no_labels", "missing", "label_column", "two_groups", "ctr_column", "too_many"])
 def test_a_group_column_that_cannot_be_used_is_a_usage_error_before_anything_is_written(site, tmp_path, case,
                                                                                           monkeypatch):
     model, folder, labels = site
@@ -114,6 +134,10 @@ def test_a_group_column_that_cannot_be_used_is_a_usage_error_before_anything_is_
     elif case == "two_groups":
         labels.write_text(labels.read_text() + "pa1.png,1,AP\n")
         expected = "'pa1.png' is given two 'View Position' values, 'PA' and 'AP'"
+    elif case == "ctr_column":
+        labels.write_text(labels.read_text().replace("View Position", "ctr"))
+        args = args[:-2] + ["--ctr-column", "ctr", "--group-column", "ctr"]
+        expected = "'ctr' is the column of manual cardiothoracic ratios (--ctr-column)"
     else:
         monkeypatch.setattr("cxr.runtime.labels.MAX_GROUPS", 3)
         expected = "column 'View Position' has 4 different values among the 10 labelled images that match"
@@ -134,6 +158,10 @@ def test_group_names_are_inert_in_the_terminal_and_the_report(site, tmp_path):
     assert result.exit_code == 0, result.output
     assert "\x1b" not in result.stderr and "\r" not in result.stderr
     assert not any(line.startswith("cxr-score: error: forged") for line in result.stderr.splitlines())
+    # shown quoted and escaped on its own group line, never as a line of its own
+    assert any(line.startswith("cxr-score:   '<script>alert(1)</script>\\") and line.endswith("forged': n=3 (1 "
+               "positive), AUROC 1.0000 (95% CI 1.0000-1.0000); at 0.5: sensitivity 0.0000, specificity 1.0000")
+               for line in result.stderr.splitlines()), result.stderr
     page = (tmp_path / "report.html").read_text()
     assert "<script>alert(1)</script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "<h3>By View Position</h3>" in page
@@ -168,7 +196,19 @@ def test_the_ratio_is_compared_per_group_too(site, tmp_path):
         # results.csv rounds ctr to 4 decimals
         assert a["n"] == len(mine) and a["mae"] == pytest.approx(expected["mae"], abs=1e-4)
         assert a["bias"] == pytest.approx(expected["bias"], abs=1e-4)
-        assert f"{g['group']}: n={g['n']} ({g['n_positive']} positive)" in result.stderr
+        assert f"'{g['group']}': n={g['n']} ({g['n_positive']} positive)" in result.stderr
         assert f"; ctr vs manual on {a['n']} films: mean absolute error {a['mae']:.4f}" in result.stderr
     assert [g["ctr_agreement"]["n"] for g in groups] == [5, 4]  # ap3.png (group B) has no manual ratio
     assert "<th>ctr error vs manual</th>" in (tmp_path / "report.html").read_text()
+
+
+def test_a_hostile_column_name_is_inert_too(site, tmp_path):
+    model, folder, labels = site
+    column = "<b>view</b>\x1b[31m"
+    labels.write_text(labels.read_text().replace("View Position", column))
+    result = run(folder, "--out", tmp_path / "r.csv", "--model", model, "--labels", labels, "--group-column", column,
+                 "--report", tmp_path / "report.html")
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.stderr and "cxr-score: by '<b>view</b>\\" in result.stderr
+    page = (tmp_path / "report.html").read_text()
+    assert "<b>view</b>" not in page and "<h3>By &lt;b&gt;view&lt;/b&gt;" in page

@@ -161,6 +161,9 @@ def test_groups_are_read_beside_the_labels_and_follow_the_matched_paths(tmp_path
         read_labels(labels, group_column="site")
     with pytest.raises(GroupsError, match="'label' is the label column"):
         read_labels(labels, group_column="label")
+    labels.write_text("path,label,view,ctr\na.png,1,AP,0.5\n")
+    with pytest.raises(GroupsError, match="'ctr' is the column of manual cardiothoracic ratios"):
+        read_labels(labels, ratio_column="ctr", group_column="ctr")
     labels.write_text("path,label,view\na.png,1,AP\na.png,1,PA\n")
     with pytest.raises(GroupsError, match=r"line 3: 'a.png' is given two 'view' values, 'AP' and 'PA'"):
         read_labels(labels, group_column="view")
@@ -183,25 +186,37 @@ def test_group_report_is_each_groups_own_summary(tmp_path):
             ("f", 0, "AP", 0.7), ("g", 0, "AP", 0.3), ("h", 1, "", 0.5), ("i", 0, "", 0.1), ("j", 1, "lat", 0.3)]
     csv_path = tmp_path / "labels.csv"
     csv_path.write_text("path,label,view\n" + "".join(f"{n}.png,{y},{g}\n" for n, y, g, _ in rows)
-                        + "k.png,1,AP\n")
+                        + "k.png,1,AP\nm.png,0,CT\n")
     table = read_labels(csv_path, group_column="view")
-    files = [Path(f"{n}.png") for n in "abcdefghijkl"]
+    files = [Path(f"{n}.png") for n in "abcdefghijklm"]
     matcher = LabelMatcher(table, match_labels(table, tmp_path, files))
-    assert matcher.groups_matched() == ["", "AP", "PA", "lat"]
+    assert matcher.groups_matched() == ["", "AP", "CT", "PA", "lat"]
     for n, _, _, p in rows:
         matcher.add(ScoreRow(f"{n}.png", "ok", p))
     matcher.add(ScoreRow("k.png", "error", error_code="truncated"))  # labelled AP, failed: in no group's figures
     matcher.add(ScoreRow("l.png", "ok", 0.99))  # scored without a label
+    matcher.add(ScoreRow("m.png", "error", error_code="truncated"))  # the only CT film: the group is still reported
     report = matcher.report(0.5, n_boot=200)["groups"]
-    assert report["column"] == "view" and [g["group"] for g in report["groups"]] == ["", "AP", "PA", "lat"]
+    assert report["column"] == "view" and [g["group"] for g in report["groups"]] == ["", "AP", "CT", "PA", "lat"]
+    by = {g["group"]: g for g in report["groups"]}
+    assert {k: by["CT"][k] for k in ("labelled", "failed", "not_reached", "n")} == {
+        "labelled": 1, "failed": 1, "not_reached": 0, "n": 0}
+    assert math.isnan(by["CT"]["auroc"]) and math.isnan(by["CT"]["sensitivity"])
+    assert (by["AP"]["labelled"], by["AP"]["failed"], by["PA"]["failed"]) == (4, 1, 0)
     for g in report["groups"]:
+        if g["group"] == "CT":
+            continue
         ys = [y for _, y, grp, _ in rows if grp == g["group"]]
         ps = [p for _, _, grp, p in rows if grp == g["group"]]
         expected = metrics.summarize(ys, ps, 0.5, n_boot=200)
-        got = {k: v for k, v in g.items() if k != "group"}
+        got = {k: v for k, v in g.items() if k not in ("group", "labelled", "failed", "not_reached")}
         assert json.dumps(got, sort_keys=True) == json.dumps(expected, sort_keys=True)  # NaN too
-    by = {g["group"]: g for g in report["groups"]}
     assert (by["AP"]["n"], by["AP"]["n_positive"], by["AP"]["auroc"]) == (3, 1, 1.0)
     assert by["PA"]["auroc"] == pytest.approx(0.75) and by["PA"]["sensitivity"] == pytest.approx(0.5)
     assert math.isnan(by["lat"]["auroc"]) and by["lat"]["sensitivity"] == 0.0
     assert "groups" not in LabelMatcher(read_labels(csv_path)).report(0.5, n_boot=10)
+    # a run cut short: the films of a group not reached yet are counted as such
+    cut = LabelMatcher(table, match_labels(table, tmp_path, files))
+    cut.add(ScoreRow("a.png", "ok", 0.9))
+    pa = {g["group"]: g for g in cut.report(0.5, n_boot=10)["groups"]["groups"]}["PA"]
+    assert (pa["labelled"], pa["n"], pa["failed"], pa["not_reached"]) == (4, 1, 0, 3)
