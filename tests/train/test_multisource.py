@@ -290,6 +290,7 @@ def test_onnx_ctr_equals_pytorch_on_real_images(seg_run, seg_model, shared_data)
     got = run_ort_all(ort_session(seg_model), images)
     figures = extra_parity(got, ref)
     assert figures["ctr_nan_agree"] and figures["ctr_max_abs_diff"] <= 0.02
+    assert figures["ctr_max_rel_diff_same_masks"] <= 1e-5 and figures["ctr_not_its_masks_ratio"] == 0
     assert figures["masks_disagreement"] <= 1e-3 and figures["cam_max_rel_diff"] <= 1e-3
 
 
