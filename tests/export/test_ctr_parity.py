@@ -71,3 +71,61 @@ def test_without_masks_the_ratio_is_held_to_two_hundredths():
     check({"ctr": np.float32([0.40])}, {"ctr": np.float32([0.415])})
     with pytest.raises(ExportError, match="ctr_max_abs_diff 0.03 is more than 0.02"):
         check({"ctr": np.float32([0.40])}, {"ctr": np.float32([0.43])})
+
+
+def test_either_side_must_give_its_own_masks_ratio():
+    narrow = chest(5)
+    flipped = narrow.copy()
+    flipped[2, 10, 35] = 1
+    with pytest.raises(ExportError, match="a CTR is not the ratio of its own masks"):  # PyTorch's side wrong
+        check(outputs([flipped], [ctr_reference(flipped)]), outputs([narrow], [ctr_reference(narrow) - 0.01]))
+
+
+def test_on_a_plausible_chest_a_flip_may_move_the_ratio_by_two_hundredths_at_most():
+    wide = chest(25)  # heart 20 of 50 px
+    wider_heart = wide.copy()
+    wider_heart[0, 25, 40:42] = 1  # two pixels: the heart 22 px wide, explained by the masks
+    a, b = ctr_reference(wider_heart), ctr_reference(wide)
+    assert a - b == pytest.approx(0.04)
+    with pytest.raises(ExportError, match="ctr_max_abs_diff_plausible 0.04 is more than 0.02"):
+        check(outputs([wider_heart], [a]), outputs([wide], [b]))
+    one = wide.copy()
+    one[0, 25, 40] = 1  # one pixel: 0.02, within
+    assert check(outputs([one], [ctr_reference(one)]), outputs([wide], [b]))["ctr_max_abs_diff_plausible"] == \
+        pytest.approx(0.02)
+
+
+def test_masks_half_gone_on_one_film_fail_however_many_films_were_checked():
+    films = [chest(25) for _ in range(32)]
+    broken = [m.copy() for m in films]
+    broken[7][0, 20:30, 20:30] = 0  # half the heart gone in one runtime: 100 of 7,200 pixels, 1.4% of that film
+    ort = outputs(broken, [ctr_reference(m) for m in broken])
+    ref = outputs(films, [ctr_reference(m) for m in films])
+    figures = extra_parity(ort, ref)
+    assert figures["masks_disagreement"] < 1e-3  # diluted over 32 films: the overall share alone would pass
+    with pytest.raises(ExportError, match="masks_max_film_disagreement 0.0139 is more than 0.01"):
+        _extra_within(figures, "model.onnx")
+
+
+def test_the_overall_mask_disagreement_is_bounded_too():
+    films = [chest(25) for _ in range(2)]
+    noisy = [m.copy() for m in films]
+    for m in noisy:
+        m[0, 0, :36] = 1  # 36 of 7,200 pixels on each film: 0.5%, under the per-film bound
+    with pytest.raises(ExportError, match="masks_disagreement 0.005 is more than 0.001"):
+        check(outputs(noisy, [ctr_reference(m) for m in noisy]), outputs(films, [ctr_reference(m) for m in films]))
+
+
+def test_an_ensemble_that_cannot_decide_gives_no_ratio_whatever_its_masks():
+    """cxr-ensemble's graph sets ctr to NaN where no member could decide (logit NaN), though the averaged masks may
+    measure: that is its ratio, on either side; a model whose decision stands must give its masks' ratio."""
+    narrow = chest(5)
+    flipped = narrow.copy()
+    flipped[2, 10, 35] = 1
+    nan = float("nan")
+    ort, ref = outputs([flipped], [nan]), outputs([narrow], [nan])
+    ort["logit"], ref["logit"] = np.float32([nan]), np.float32([nan])
+    assert check(ort, ref)["ctr_not_its_masks_ratio"] == 0
+    ort["logit"], ref["logit"] = np.float32([0.3]), np.float32([0.3])
+    with pytest.raises(ExportError, match="on 1 image.* a CTR is not the ratio of its own masks"):
+        check(ort, ref)
