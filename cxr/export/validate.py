@@ -338,8 +338,11 @@ def _extra_within(extra: dict[str, Any], path: Path) -> dict[str, Any]:
         raise ExportError(f"{path}: on {extra['ctr_not_its_masks_ratio']} image(s) whose ONNX Runtime and PyTorch "
                           "masks differ, a CTR is not the ratio of its own masks (ONNX Runtime vs PyTorch)")
     within([k for k in limits if k.startswith("ctr")])
-    masks_judge = "ctr_nan_disagree_same_masks" in extra  # a flipped pixel may empty a structure: NaN is its ratio
-    if (extra["ctr_nan_disagree_same_masks"] if masks_judge else extra.get("ctr_nan_agree") is False):
+    if "ctr_nan_disagree_same_masks" in extra:  # a flipped pixel may empty a structure: there NaN is its masks' ratio
+        nan_disagree = extra["ctr_nan_disagree_same_masks"] > 0
+    else:
+        nan_disagree = extra.get("ctr_nan_agree") is False
+    if nan_disagree:
         raise ExportError(f"{path}: ONNX Runtime and PyTorch disagree on which images have a measurable CTR")
     return {**extra, "tolerances": {k: v for k, v in limits.items() if k in extra}}
 

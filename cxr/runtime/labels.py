@@ -401,26 +401,22 @@ class LabelMatcher:
         reached (`not_reached`): a group whose films all failed has n 0 and NaN figures, never silence. With manual
         ratios (--ctr-column) each group also gets `ctr_agreement`: `metrics.ratio_agreement` on its films that have
         a ctr and a manual ratio (the ratio's error on the hospital left out is not its error on the others)."""
-        group_of = self.group_table.get
-        matched = Counter(group_of(path, BLANK_GROUP) for path in self.table)
-        seen = Counter(group_of(path, BLANK_GROUP) for path in self._seen_labelled)
+        matched = self._group_counts(self.table)
+        seen = self._group_counts(self._seen_labelled)
         by: dict[str, tuple[list[int], list[float]]] = {}
         for path, y, p in zip(self.paths, self.y, self.p):
-            ys, ps = by.setdefault(self.group_table.get(path, BLANK_GROUP), ([], []))
+            ys, ps = by.setdefault(self._group_of(path), ([], []))
             ys.append(y)
             ps.append(p)
         pairs: dict[str, list[tuple[float, float, bool]]] = {}
         for path, pair in zip(self.ratio_paths, self.ratio_pairs):
-            pairs.setdefault(self.group_table.get(path, BLANK_GROUP), []).append(pair)
+            pairs.setdefault(self._group_of(path), []).append(pair)
         groups = []
-        nan = float("nan")
         for g in sorted(set(matched) | set(by)):
-            ys, ps = by.get(g, ([], []))
+            ys, ps = by.get(g, ([], []))  # none scored: summarize gives n 0 and NaN figures
             entry = {"group": g, "labelled": matched[g], "failed": seen[g] - len(ys),
                      "not_reached": matched[g] - seen[g],
-                     **(metrics.summarize(ys, ps, threshold, n_boot=n_boot, seed=seed) if ys else
-                        {"n": 0, "n_positive": 0, "n_negative": 0, "auroc": nan, "auroc_ci95": [nan, nan],
-                         "auprc": nan, "threshold": float(threshold), "sensitivity": nan, "specificity": nan})}
+                     **metrics.summarize(ys, ps, threshold, n_boot=n_boot, seed=seed)}
             if self.labels.ratio_column is not None:
                 measured, manual, flagged = (list(t) for t in zip(*pairs[g])) if g in pairs else ([], [], [])
                 entry["ctr_agreement"] = metrics.ratio_agreement(measured, manual, flagged, n_boot=n_boot, seed=seed)
@@ -429,7 +425,13 @@ class LabelMatcher:
 
     def groups_matched(self) -> list[str]:
         """The distinct groups of the matched labelled images (what group_report may report), sorted."""
-        return sorted({self.group_table.get(path, BLANK_GROUP) for path in self.table})
+        return sorted(self._group_counts(self.table))
+
+    def _group_of(self, path: str) -> str:
+        return self.group_table.get(path, BLANK_GROUP)
+
+    def _group_counts(self, paths) -> Counter:
+        return Counter(map(self._group_of, paths))
 
     def ratio_report(self, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
         """The ctr column against the manual ratios (`metrics.ratio_agreement`), with what was left out and why."""
