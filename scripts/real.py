@@ -303,6 +303,10 @@ def external_plans(args, out: Path) -> dict:
     labels = masked_labels(wj, out)
     jsrt_labels = masked_labels(wj, out, only="jsrt")
     nih_train = f"nih:{nih};name=nih"
+    if getattr(args, "nih_masks", None):  # the same NIH films, with a teacher's masks (python -m cxr.train.pseudo)
+        from cxr.train.pseudo import data_spec
+
+        nih_train = data_spec(args.nih_masks, "nih")
     # the whole sample, every finding a negative, reported per view position (AP films magnify the heart)
     nih_whole = f"csv:{nih};csv={nih / 'labels.csv'};label_column=cardiomegaly;source_column=view_position;name=nih"
     return {
@@ -329,11 +333,34 @@ def mode_external(args, out: Path) -> dict:
     for key in todo:
         t0 = time.time()
         run_dir = out / key / "run"
+        if getattr(args, "nih_masks", None):
+            report.setdefault("nih_masks", {})[key] = teacher_check(args.nih_masks, key)
         train(run_dir, plans[key][1], args, extra=[] if key == "A0" else None)
         export(run_dir, out / key / "model.onnx")
         report[key] = left_out_entry(args, key, plans[key], run_dir, out / key, out / "labels_masks.csv", t0)
         summary.write_text(json.dumps(jsonable(report), indent=1, sort_keys=True))
     return report
+
+
+LEFT_OUT_NAMES = {"A": ("nih",), "A0": ("nih",), "B": ("wingspan", "wj"), "C": ("jsrt", "wj")}
+
+
+def teacher_check(masks_dir: Path, key: str) -> dict:
+    """--nih-masks: the pseudo-labels' record (teacher and counts); refused when the teacher trained on a source
+    named like the one run `key` leaves out (its masks would carry that hospital into training), or for A/A0."""
+    if key in ("A", "A0"):
+        raise SystemExit(f"real: --nih-masks is for the runs that train on NIH (B, C), not {key}")
+    record = json.loads((masks_dir / "pseudo.json").read_text())
+    data = ((record["teacher"]["card"].get("training") or {}).get("data") or {})
+    names = {s.get("name") for s in data.get("data_sources") or []}
+    seen = sorted(names & set(LEFT_OUT_NAMES[key]))
+    if seen or not names:
+        raise SystemExit(f"real: the teacher of {masks_dir} trained on {sorted(names) or 'unknown sources'}; run {key} "
+                         f"leaves out {LEFT_OUT_NAMES[key][0]}, so its masks must come from a model that never saw it")
+    print(f"{key}: NIH trains with the masks of {masks_dir} ({record['n_with_masks']} of {record['n_images']} films; "
+          f"teacher trained on {', '.join(sorted(names))}, sha256 {record['teacher']['sha256'][:12]})")
+    return {**{k: record[k] for k in ("n_images", "n_with_masks", "flags")},
+            "teacher_sha256": record["teacher"]["sha256"], "teacher_sources": sorted(names)}
 
 
 def left_out_entry(args, key: str, plan: tuple, run_dir: Path, key_out: Path, labels: Path, t0: float) -> dict:
@@ -549,7 +576,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ensemble", action="store_true",
                     help="with --seeds or --average: also build each run's seeds into one model with cxr-ensemble "
                          "(they must share --split-seed), export it and test it on the source left out")
+    ap.add_argument("--nih-masks", type=Path, default=None, metavar="DIR",
+                    help="external B/C: train on the NIH films with the masks a teacher drew for them "
+                         "(python -m cxr.train.pseudo TEACHER.onnx 'nih:...;name=nih' --out DIR); the teacher must "
+                         "not have trained on the source the run leaves out")
     args = ap.parse_args(argv)
+    if args.nih_masks and (args.mode != "external" or not (args.nih_masks / "pseudo.json").is_file()):
+        ap.error("--nih-masks DIR goes with --mode external and a DIR written by python -m cxr.train.pseudo")
     if args.ensemble and not (args.seeds or args.average):
         ap.error("--ensemble goes with --seeds (trains, then builds) or --average DIR ... (builds from earlier runs)")
     if args.ensemble and args.seeds and args.split_seed is None:
