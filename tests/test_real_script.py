@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import importlib.util
+import json
 import math
 from pathlib import Path
 
@@ -262,3 +264,52 @@ def test_ensemble_arguments_are_checked(real, argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
         real.main(argv)
     assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def _pseudo_dir(tmp_path, names):
+    """A pseudo-labels folder whose teacher's card says it trained on the sources `names`."""
+    out = tmp_path / "pseudo"
+    out.mkdir()
+    card = {"training": {"data": {"data_sources": [{"name": n, "kind": "csv", "root": "/d"} for n in names]}}}
+    (out / "pseudo.json").write_text(json.dumps({"teacher": {"card": card, "sha256": "ab" * 32}, "n_images": 10,
+                                                 "n_with_masks": 7, "flags": {"lungs_cut_by_edge": 3}}))
+    return out
+
+
+@pytest.mark.parametrize("names, key, refused", [
+    (["nih", "jsrt"], "B", None),
+    (["nih", "wingspan"], "C", None),
+    (["nih", "wingspan"], "B", "leaves out wingspan"),
+    (["nih", "jsrt"], "C", "leaves out jsrt"),
+    (["nih", "wj"], "B", "leaves out wingspan"),  # make real's source holds both masked hospitals
+    ([], "B", "unknown sources"),
+    (["nih", "jsrt"], "A", "not A"),
+])
+def test_nih_masks_come_from_a_teacher_that_never_saw_the_hospital_left_out(real, tmp_path, names, key, refused):
+    masks = _pseudo_dir(tmp_path, names)
+    if refused:
+        with pytest.raises(SystemExit, match=refused):
+            real.teacher_check(masks, key)
+        return
+    got = real.teacher_check(masks, key)
+    assert got == {"n_images": 10, "n_with_masks": 7, "flags": {"lungs_cut_by_edge": 3}, "teacher_sha256": "ab" * 32,
+                   "teacher_sources": sorted(names)}
+
+
+def test_nih_masks_train_nih_from_the_pseudo_labels(real, tmp_path):
+    wj = tmp_path / "data" / "ctr_wingspan_jsrt"
+    wj.mkdir(parents=True)
+    (wj / "labels.csv").write_text("path,dataset,cardiomegaly_mask_ctr,ctr_mask\n"
+                                   "jsrt/png/a.png,jsrt,0,0.45\nwingspan/png/b.png,wingspan,1,0.55\n")
+    args = argparse.Namespace(data=tmp_path / "data", nih_masks=tmp_path / "pseudo")
+    plans = real.external_plans(args, tmp_path)
+    nih = [s for s in plans["B"][1] if "name=nih" in s]
+    assert nih == [f"csv:{(tmp_path / 'pseudo').resolve()};csv={(tmp_path / 'pseudo').resolve() / 'labels.csv'};"
+                   "mask_columns=mask_heart,mask_left_lung,mask_right_lung;name=nih"]
+    assert plans["C"][1][0] == nih[0] and not any("name=nih" in s for s in plans["A"][1])
+
+
+def test_nih_masks_need_a_pseudo_labels_folder(real, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        real.main(["--mode", "external", "--nih-masks", str(tmp_path)])
+    assert exc.value.code == 2 and "python -m cxr.train.pseudo" in capsys.readouterr().err
