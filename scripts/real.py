@@ -138,9 +138,10 @@ def export(run_dir: Path, model: Path) -> None:
         run([str(BIN / "cxr-export"), str(run_dir), "--out", str(model), "--opset", "17"])
 
 
-def score(folder: Path, model: Path, labels: Path, out: Path) -> dict:
+def score(folder: Path, model: Path, labels: Path, out: Path, group_column: str | None = None) -> dict:
+    group = ["--group-column", group_column] if group_column else []
     run([str(BIN / "cxr-score"), str(folder), "--out", str(out), "--model", str(model), "--labels", str(labels),
-         "--quiet"], allowed=(0, 3))
+         "--quiet"] + group, allowed=(0, 3))
     return json.loads(out.with_name(out.stem + ".manifest.json").read_text())
 
 
@@ -379,8 +380,10 @@ def left_out_entry(args, key: str, plan: tuple, run_dir: Path, key_out: Path, la
                          _prefixed_labels(labels, masked_prefix, key_out), results)
         entry["exported_ctr_vs_masks"] = ctr_agreement(results, labels, masked_prefix)
     else:
-        manifest = score(nih, key_out / "model.onnx", nih / "labels.csv", results)  # paths: images/...
+        # paths: images/...; AP films magnify the heart, so the exported model's figures per view position too
+        manifest = score(nih, key_out / "model.onnx", nih / "labels.csv", results, group_column="view_position")
         entry["cxr_score"] = (manifest.get("labels") or {}).get("metrics")
+        entry["cxr_score_by_view"] = ((manifest.get("labels") or {}).get("groups") or {}).get("groups")
     entry["site_threshold"] = (manifest.get("labels") or {}).get("site_threshold")
     entry["seconds"] = round(time.time() - t0)
     print("\n" + "=" * 100)
@@ -396,6 +399,11 @@ def left_out_entry(args, key: str, plan: tuple, run_dir: Path, key_out: Path, la
               f"bias {c['bias']:+.3f}, Pearson r {fmt(c['pearson_r'], 2)}, slope {fmt(c['slope'], 2)}; on the "
               f"{c['n_unflagged']} films without a ctr_flag: MAE {fmt(c['mae_unflagged'], 4)} "
               f"({fmt(100 * c['within_0.03_unflagged'], 1)}% within 0.03)")
+    for g in entry.get("cxr_score_by_view") or []:
+        ci = g.get("auroc_ci95") or [None, None]
+        print(f"cxr-score on the exported model, {g['group']} films: AUROC {fmt(g.get('auroc'))} (95% CI "
+              f"{fmt(ci[0])}-{fmt(ci[1])}), n={g.get('n')} ({g.get('n_positive')} positive), sensitivity "
+              f"{fmt(g.get('sensitivity'))}, specificity {fmt(g.get('specificity'))} at the card's threshold")
     site = entry["site_threshold"] or {}
     if site.get("available"):
         print(f"site threshold (Youden's J on the films left out): {site['threshold']:.4g}; fitted on half of "

@@ -313,3 +313,21 @@ def test_nih_masks_need_a_pseudo_labels_folder(real, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         real.main(["--mode", "external", "--nih-masks", str(tmp_path)])
     assert exc.value.code == 2 and "python -m cxr.train.pseudo" in capsys.readouterr().err
+
+
+def test_score_reports_the_exported_models_figures_per_view(real, tmp_path):
+    from tests.runtime.test_overlay_fixtures import chest_like, maps_model
+
+    folder = tmp_path / "nih" / "images"
+    folder.mkdir(parents=True)
+    views = {"a.png": ("AP", 1), "b.png": ("AP", 0), "c.png": ("PA", 1), "d.png": ("PA", 0), "e.png": ("PA", 0)}
+    for i, name in enumerate(views):
+        assert cv2.imwrite(str(folder / name), chest_like(bright=i % 2 == 0))
+    labels = tmp_path / "nih" / "labels.csv"
+    labels.write_text("path,cardiomegaly,view_position\n"
+                      + "".join(f"images/{n},{y},{v}\n" for n, (v, y) in views.items()))
+    manifest = real.score(tmp_path / "nih", maps_model(tmp_path / "m.onnx"), labels, tmp_path / "r.csv",
+                          group_column="view_position")
+    groups = manifest["labels"]["groups"]
+    assert groups["column"] == "view_position"
+    assert [(g["group"], g["n"], g["n_positive"]) for g in groups["groups"]] == [("AP", 2, 1), ("PA", 3, 1)]
