@@ -100,6 +100,13 @@ def wj_spec(wj: Path, labels: Path, name: str) -> str:
             f"ctr_column=ctr_mask;name={name}")
 
 
+def _source_key(spec: dict) -> tuple[str, str, str]:
+    """(kind, root, labels CSV) of a --data spec parsed by parse_source, or of a run's saved config / extra source."""
+    kind = spec.get("kind") or spec.get("dataset") or ""
+    csv_path = spec.get("csv_path") or ""
+    return kind, str(Path(spec.get("data_root") or "").resolve()), str(Path(csv_path).resolve()) if csv_path else ""
+
+
 def train(run_dir: Path, sources: list[str], args, extra: list[str] | None = None) -> None:
     if (run_dir / "metrics.json").is_file():
         saved = json.loads((run_dir / "config.json").read_text())
@@ -107,6 +114,13 @@ def train(run_dir: Path, sources: list[str], args, extra: list[str] | None = Non
             raise SystemExit(f"real: {run_dir} holds a run of --seed {saved.get('seed')} --split-seed "
                              f"{saved.get('split_seed')}, not the --seed {args.seed} --split-seed {args.split_seed} "
                              "asked for: give another --out, or delete it to train again")
+        from cxr.train.config import parse_source
+
+        asked = sorted(_source_key(parse_source(x)) for x in sources)
+        had = sorted(_source_key(x) for x in [saved] + list(saved.get("extra_sources") or []))
+        if saved.get("data_root") and asked != had:
+            raise SystemExit(f"real: {run_dir} holds a run trained on other data ({had}) than asked ({asked}; "
+                             "--nih-masks?): give another --out, or delete it to train again")
         wanted = bool(getattr(args, "balance_labels", False) and extra is None)
         if bool(saved.get("balance_labels")) != wanted:
             raise SystemExit(f"real: {run_dir} holds a run {'with' if saved.get('balance_labels') else 'without'} "
@@ -331,11 +345,11 @@ def mode_external(args, out: Path) -> dict:
     wj = args.data / "ctr_wingspan_jsrt"
     report["mask_conventions"] = mask_conventions(wj, out / "labels_masks.csv")
     print_conventions(report["mask_conventions"])
+    if getattr(args, "nih_masks", None):  # every run checked before any trains
+        report["nih_masks"] = {key: teacher_check(args.nih_masks, key, args.data) for key in todo}
     for key in todo:
         t0 = time.time()
         run_dir = out / key / "run"
-        if getattr(args, "nih_masks", None):
-            report.setdefault("nih_masks", {})[key] = teacher_check(args.nih_masks, key)
         train(run_dir, plans[key][1], args, extra=[] if key == "A0" else None)
         export(run_dir, out / key / "model.onnx")
         report[key] = left_out_entry(args, key, plans[key], run_dir, out / key, out / "labels_masks.csv", t0)
@@ -346,22 +360,39 @@ def mode_external(args, out: Path) -> dict:
 LEFT_OUT_NAMES = {"A": ("nih",), "A0": ("nih",), "B": ("wingspan", "wj"), "C": ("jsrt", "wj")}
 
 
-def teacher_check(masks_dir: Path, key: str) -> dict:
-    """--nih-masks: the pseudo-labels' record (teacher and counts); refused when the teacher trained on a source
-    named like the one run `key` leaves out (its masks would carry that hospital into training), or for A/A0."""
+def teacher_check(masks_dir: Path, key: str, data: Path) -> dict:
+    """--nih-masks: the pseudo-labels' record (teacher and counts). Refused when the folder's films are not the NIH
+    sample's (by kind, root, sources and the CSV's SHA-256), or when the teacher trained on the hospital run `key`
+    leaves out: by its --data names and by the per-film source names its card counts (a --data source left unnamed
+    is called after its kind, so the names alone can miss a hospital); or for A/A0, which do not train on NIH."""
+    import hashlib
+
     if key in ("A", "A0"):
         raise SystemExit(f"real: --nih-masks is for the runs that train on NIH (B, C), not {key}")
     record = json.loads((masks_dir / "pseudo.json").read_text())
-    data = ((record["teacher"]["card"].get("training") or {}).get("data") or {})
-    names = {s.get("name") for s in data.get("data_sources") or []}
-    seen = sorted(names & set(LEFT_OUT_NAMES[key]))
-    if seen or not names:
-        raise SystemExit(f"real: the teacher of {masks_dir} trained on {sorted(names) or 'unknown sources'}; run {key} "
-                         f"leaves out {LEFT_OUT_NAMES[key][0]}, so its masks must come from a model that never saw it")
+    source = record.get("source") or ""
+    root = Path(source.split(";")[0].partition(":")[2]).resolve() if source.startswith("nih:") else None
+    films = set(((record.get("index") or {}).get("by_source") or {}))
+    if root != (data / "nih_cxr14_sample").resolve() or films != {"nih"}:
+        raise SystemExit(f"real: {masks_dir} labels {source!r} (sources {sorted(films)}), not the NIH sample "
+                         f"{data / 'nih_cxr14_sample'}")
+    if hashlib.sha256((masks_dir / "labels.csv").read_bytes()).hexdigest() != record.get("labels_sha256"):
+        raise SystemExit(f"real: {masks_dir / 'labels.csv'} is not the file python -m cxr.train.pseudo wrote "
+                         "(its SHA-256 differs from pseudo.json's)")
+    trained = ((record["teacher"]["card"].get("training") or {}).get("data") or {})
+    names = [s.get("name") for s in trained.get("data_sources") or []]
+    names += [n for counts in (trained.get("sources") or {}).values() for n in (counts or {})]
+    if not names or not all(isinstance(n, str) and n for n in names):
+        raise SystemExit(f"real: the card of {masks_dir}'s teacher does not name every source it trained on "
+                         f"({names}); its masks cannot be shown to come from a model that never saw the run's test")
+    seen = sorted(set(names) & set(LEFT_OUT_NAMES[key]))
+    if seen:
+        raise SystemExit(f"real: the teacher of {masks_dir} trained on {sorted(set(names))}; run {key} leaves out "
+                         f"{LEFT_OUT_NAMES[key][0]}, so its masks must come from a model that never saw it")
     print(f"{key}: NIH trains with the masks of {masks_dir} ({record['n_with_masks']} of {record['n_images']} films; "
-          f"teacher trained on {', '.join(sorted(names))}, sha256 {record['teacher']['sha256'][:12]})")
+          f"teacher trained on {', '.join(sorted(set(names)))}, sha256 {record['teacher']['sha256'][:12]})")
     return {**{k: record[k] for k in ("n_images", "n_with_masks", "flags")},
-            "teacher_sha256": record["teacher"]["sha256"], "teacher_sources": sorted(names)}
+            "teacher_sha256": record["teacher"]["sha256"], "teacher_sources": sorted(set(names))}
 
 
 def left_out_entry(args, key: str, plan: tuple, run_dir: Path, key_out: Path, labels: Path, t0: float) -> dict:
@@ -591,6 +622,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.nih_masks and (args.mode != "external" or not (args.nih_masks / "pseudo.json").is_file()):
         ap.error("--nih-masks DIR goes with --mode external and a DIR written by python -m cxr.train.pseudo")
+    if args.nih_masks and (args.average or not args.only or not set(args.only.split(",")) <= {"B", "C"}):
+        ap.error("--nih-masks trains the runs that train on NIH: give --only B, C or B,C (not with --average)")
     if args.ensemble and not (args.seeds or args.average):
         ap.error("--ensemble goes with --seeds (trains, then builds) or --average DIR ... (builds from earlier runs)")
     if args.ensemble and args.seeds and args.split_seed is None:

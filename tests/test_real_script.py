@@ -266,34 +266,79 @@ def test_ensemble_arguments_are_checked(real, argv, message, capsys):
     assert exc.value.code == 2 and message in capsys.readouterr().err
 
 
-def _pseudo_dir(tmp_path, names):
-    """A pseudo-labels folder whose teacher's card says it trained on the sources `names`."""
+def _pseudo_dir(tmp_path, names, counted=None, source=None, by_source=("nih",)):
+    """A pseudo-labels folder of the NIH sample under tmp_path/data whose teacher's card says it trained on the
+    --data sources `names` (and counted films of the sources `counted` per split)."""
+    import hashlib
+
     out = tmp_path / "pseudo"
     out.mkdir()
-    card = {"training": {"data": {"data_sources": [{"name": n, "kind": "csv", "root": "/d"} for n in names]}}}
-    (out / "pseudo.json").write_text(json.dumps({"teacher": {"card": card, "sha256": "ab" * 32}, "n_images": 10,
-                                                 "n_with_masks": 7, "flags": {"lungs_cut_by_edge": 3}}))
+    (out / "labels.csv").write_text("path,cardiomegaly\n")
+    data = {"data_sources": [{"name": n, "kind": "csv", "root": "/d"} for n in names]}
+    if counted is not None:
+        data["sources"] = {"train": {n: 3 for n in counted}, "val": {}}
+    record = {"teacher": {"card": {"training": {"data": data}}, "sha256": "ab" * 32}, "n_images": 10,
+              "n_with_masks": 7, "flags": {"lungs_cut_by_edge": 3},
+              "source": source or f"nih:{tmp_path / 'data' / 'nih_cxr14_sample'};name=nih",
+              "index": {"by_source": {n: {} for n in by_source}},
+              "labels_sha256": hashlib.sha256((out / "labels.csv").read_bytes()).hexdigest()}
+    (out / "pseudo.json").write_text(json.dumps(record))
     return out
 
 
-@pytest.mark.parametrize("names, key, refused", [
-    (["nih", "jsrt"], "B", None),
-    (["nih", "wingspan"], "C", None),
-    (["nih", "wingspan"], "B", "leaves out wingspan"),
-    (["nih", "jsrt"], "C", "leaves out jsrt"),
-    (["nih", "wj"], "B", "leaves out wingspan"),  # make real's source holds both masked hospitals
-    ([], "B", "unknown sources"),
-    (["nih", "jsrt"], "A", "not A"),
+@pytest.mark.parametrize("names, counted, key, refused", [
+    (["nih", "jsrt"], None, "B", None),
+    (["nih", "wingspan"], ["nih", "wingspan"], "C", None),
+    (["nih", "wingspan"], None, "B", "leaves out wingspan"),
+    (["nih", "jsrt"], None, "C", "leaves out jsrt"),
+    (["nih", "wj"], None, "B", "leaves out wingspan"),  # make real's source holds both masked hospitals
+    (["nih", "csv"], ["nih", "jsrt", "wingspan"], "B", "leaves out wingspan"),  # unnamed --data: its films say it
+    ([], None, "B", "does not name every source"),
+    (["nih", None], None, "B", "does not name every source"),
+    (["nih", "jsrt"], None, "A", "not A"),
 ])
-def test_nih_masks_come_from_a_teacher_that_never_saw_the_hospital_left_out(real, tmp_path, names, key, refused):
-    masks = _pseudo_dir(tmp_path, names)
+def test_nih_masks_come_from_a_teacher_that_never_saw_the_hospital_left_out(real, tmp_path, names, counted, key,
+                                                                            refused):
+    masks = _pseudo_dir(tmp_path, names, counted)
     if refused:
         with pytest.raises(SystemExit, match=refused):
-            real.teacher_check(masks, key)
+            real.teacher_check(masks, key, tmp_path / "data")
         return
-    got = real.teacher_check(masks, key)
+    got = real.teacher_check(masks, key, tmp_path / "data")
     assert got == {"n_images": 10, "n_with_masks": 7, "flags": {"lungs_cut_by_edge": 3}, "teacher_sha256": "ab" * 32,
-                   "teacher_sources": sorted(names)}
+                   "teacher_sources": sorted(set(names + (counted or [])))}
+
+
+@pytest.mark.parametrize("source, by_source, edit, message", [
+    ("csv:{data}/ctr_wingspan_jsrt;name=nih", ("nih",), False, "not the NIH sample"),
+    ("nih:{data}/elsewhere;name=nih", ("nih",), False, "not the NIH sample"),
+    (None, ("nih", "wingspan"), False, "not the NIH sample"),
+    (None, ("nih",), True, "SHA-256 differs"),
+])
+def test_nih_masks_must_label_the_nih_sample_itself(real, tmp_path, source, by_source, edit, message):
+    masks = _pseudo_dir(tmp_path, ["nih", "jsrt"], source=source and source.format(data=tmp_path / "data"),
+                        by_source=by_source)
+    if edit:
+        (masks / "labels.csv").write_text("path,cardiomegaly\nwingspan/png/x.png,1\n")
+    with pytest.raises(SystemExit, match=message):
+        real.teacher_check(masks, "B", tmp_path / "data")
+
+
+def test_a_finished_run_on_other_data_is_not_reused(real, tmp_path):
+    """The same seed's finished run, trained without the masks now asked for: refused, never reported as taught."""
+    from types import SimpleNamespace
+
+    run_dir = tmp_path / "B" / "run"
+    run_dir.mkdir(parents=True)
+    (run_dir / "metrics.json").write_text(json.dumps({"epochs_run": 20}))
+    (run_dir / "config.json").write_text(json.dumps({
+        "seed": 0, "split_seed": 0, "dataset": "nih", "data_root": str(tmp_path / "nih"), "csv_path": None,
+        "extra_sources": [{"kind": "csv", "data_root": str(tmp_path / "wj"), "csv_path": str(tmp_path / "j.csv")}]}))
+    args = SimpleNamespace(seed=0, split_seed=0, epochs=20)
+    jsrt = f"csv:{tmp_path / 'wj'};csv={tmp_path / 'j.csv'};name=jsrt"
+    real.train(run_dir, [f"nih:{tmp_path / 'nih'};name=nih", jsrt], args)  # the same data: reused
+    with pytest.raises(SystemExit, match="trained on other data"):
+        real.train(run_dir, [f"csv:{tmp_path / 'p'};csv={tmp_path / 'p' / 'labels.csv'};name=nih", jsrt], args)
 
 
 def test_nih_masks_train_nih_from_the_pseudo_labels(real, tmp_path):
@@ -304,15 +349,23 @@ def test_nih_masks_train_nih_from_the_pseudo_labels(real, tmp_path):
     args = argparse.Namespace(data=tmp_path / "data", nih_masks=tmp_path / "pseudo")
     plans = real.external_plans(args, tmp_path)
     nih = [s for s in plans["B"][1] if "name=nih" in s]
-    assert nih == [f"csv:{(tmp_path / 'pseudo').resolve()};csv={(tmp_path / 'pseudo').resolve() / 'labels.csv'};"
-                   "mask_columns=mask_heart,mask_left_lung,mask_right_lung;name=nih"]
+    pseudo = (tmp_path / "pseudo").resolve()
+    assert nih == [f"csv:{pseudo};csv={pseudo / 'labels.csv'};mask_columns=mask_heart,mask_left_lung,"
+                   "mask_right_lung;ctr_column=ctr_reference;name=nih"]
     assert plans["C"][1][0] == nih[0] and not any("name=nih" in s for s in plans["A"][1])
 
 
-def test_nih_masks_need_a_pseudo_labels_folder(real, tmp_path, capsys):
+@pytest.mark.parametrize("extra, message", [
+    ([], "python -m cxr.train.pseudo"),
+    (["--only", "A,B"], "--only B, C or B,C"),
+    ([], "--only B, C or B,C"),
+])
+def test_nih_masks_arguments_are_checked(real, tmp_path, capsys, extra, message):
+    if message.startswith("--only"):
+        (tmp_path / "pseudo.json").write_text("{}")
     with pytest.raises(SystemExit) as exc:
-        real.main(["--mode", "external", "--nih-masks", str(tmp_path)])
-    assert exc.value.code == 2 and "python -m cxr.train.pseudo" in capsys.readouterr().err
+        real.main(["--mode", "external", "--nih-masks", str(tmp_path)] + extra)
+    assert exc.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_score_reports_the_exported_models_figures_per_view(real, tmp_path):

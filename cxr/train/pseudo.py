@@ -2,16 +2,19 @@
 (pseudo-labels; one run taught by several runs built into one file with cxr-ensemble).
 
     python -m cxr.train.pseudo TEACHER.onnx 'nih:/data/nih;name=nih' --out DIR
-    cxr-train --data 'csv:DIR;csv=DIR/labels.csv;mask_columns=mask_heart,mask_left_lung,mask_right_lung;name=nih'
+    cxr-train --data 'csv:DIR;csv=DIR/labels.csv;mask_columns=...;ctr_column=...;name=nih' ...   (printed in full)
 
 The teacher (an exported model with a `masks` output) scores every labelled image of the source through onnxruntime,
 with the preprocessing of its own card, as cxr-score would. An image whose masks look like a chest gets three mask
 files (DIR/masks/{heart,left_lung,right_lung}/NNNNNN.png, named by row, 0/255 at the teacher's input size: cxr-train
 resizes mask files like the image, so they fit any --image-size). An image whose masks carry a `ctr_flag` (no heart,
 one lung, lungs cut by the edge, a heart wider than the lungs) or that cannot be read keeps blank mask cells: it
-trains the classifier only, as before. DIR/labels.csv keeps each image's label, patient and split exactly as the source
+trains the classifier only, as before; a film with masks of its own (a csv source's mask columns) keeps them (flag
+`manual`). DIR/labels.csv keeps each image's label, patient, split, source and reference ratio exactly as the source
 gave them (so a run with the same --split-seed draws the same split), plus the teacher's ratio, probability and flag;
-DIR/pseudo.json records the teacher (path, SHA-256, card) and the counts.
+DIR/pseudo.json records the teacher (path, SHA-256, card), the source, the CSV's SHA-256 and the counts. Everything is
+written under DIR/.partial and moved into place at the end: a run stopped half-way leaves no labels.csv and can be
+started again.
 
 Where a run is to be tested on a source left out, neither the teacher nor the images labelled here may include that
 source: pseudo-labels drawn on the test films would carry the test set into training.
@@ -31,9 +34,13 @@ import numpy as np
 
 MASK_COLUMNS = ("mask_heart", "mask_left_lung", "mask_right_lung")
 STRUCTURES = ("heart", "left_lung", "right_lung")
-COLUMNS = ("path", "cardiomegaly", "patient_id", "split", *MASK_COLUMNS, "teacher_ctr", "teacher_probability",
-           "teacher_flag")
+COLUMNS = ("path", "cardiomegaly", "patient_id", "split", "source", *MASK_COLUMNS, "ctr_reference", "teacher_ctr",
+           "teacher_probability", "teacher_flag")
 UNREADABLE = "unreadable"
+MANUAL = "manual"
+"""teacher_flag of a film that has its own (manual) masks: they are kept, the teacher's are not used."""
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_SPEC_SEPARATORS = (";", ",", "\n", "\r")
 
 
 class PseudoError(ValueError):
@@ -58,56 +65,102 @@ def load_source(spec: str) -> tuple[list, dict]:
     return list(index.samples), index.summary()
 
 
-def teacher_masks(scorer, paths: Sequence[Path], batch_size: int = 16, workers: int = 2):
-    """For each path, in order: (masks uint8 0/1 [3, S, S], ctr, probability, flag) from the teacher; masks None and
-    flag 'unreadable: why' for a file that cannot be read."""
-    from cxr.runtime.anatomy import mask_flags
+def _load(path: Path, config) -> tuple[np.ndarray | None, str | None]:
+    """One film preprocessed as the teacher's card says, or (None, 'unreadable: why'); never raises."""
     from cxr.runtime.errors import ImageError
     from cxr.runtime.imaging import read_image
     from cxr.runtime.preprocess import preprocess_batch
 
+    try:
+        return preprocess_batch([read_image(path)], config)[0], None
+    except ImageError as exc:
+        return None, f"{UNREADABLE}: {exc.message}"
+    except Exception as exc:  # noqa: BLE001 - one file's surprise must not stop the others
+        return None, f"{UNREADABLE}: {type(exc).__name__}: {exc}"
+
+
+def _run_each(scorer, images: list[np.ndarray]) -> list[dict | str]:
+    """The teacher's outputs for each image: the batch at once, or where the batch fails, one image at a time (a
+    failing image gets 'teacher failed: why' instead of its outputs)."""
+    def split(values: dict, n: int) -> list[dict]:
+        return [{k: v[j] for k, v in values.items()} for j in range(n)]
+
+    try:
+        return split(scorer.run(np.stack(images), extras=("masks", "ctr")), len(images))
+    except Exception:  # noqa: BLE001 - retried one by one below, naming the image that fails
+        out: list[dict | str] = []
+        for image in images:
+            try:
+                out += split(scorer.run(image[None], extras=("masks", "ctr")), 1)
+            except Exception as exc:  # noqa: BLE001
+                out.append(f"teacher failed: {type(exc).__name__}: {exc}")
+        return out
+
+
+def teacher_masks(scorer, paths: Sequence[Path], batch_size: int = 16, workers: int = 2):
+    """For each path, in order, yield (masks uint8 0/1 [3, S, S] or None, ctr, probability, flag) from the teacher,
+    a batch at a time; masks None and a flag saying why for a film that cannot be read or scored."""
+    from cxr.runtime.anatomy import mask_flags
+
     config = scorer.card.preprocess
-
-    def load(path: Path):
-        try:
-            return preprocess_batch([read_image(path)], config)[0], None
-        except (ImageError, OSError, ValueError) as exc:
-            return None, f"{UNREADABLE}: {getattr(exc, 'message', None) or exc}"
-
-    out: list[tuple[np.ndarray | None, float, float, str]] = []
+    nan = float("nan")
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         for start in range(0, len(paths), batch_size):
-            loaded = list(pool.map(load, paths[start:start + batch_size]))
+            loaded = list(pool.map(lambda p: _load(p, config), paths[start:start + batch_size]))
             good = [i for i, (image, _) in enumerate(loaded) if image is not None]
-            values = scorer.run(np.stack([loaded[i][0] for i in good]), extras=("masks", "ctr")) if good else {}
-            at = {i: j for j, i in enumerate(good)}
+            outputs = dict(zip(good, _run_each(scorer, [loaded[i][0] for i in good]))) if good else {}
             for i, (_, error) in enumerate(loaded):
-                if error is not None:
-                    out.append((None, float("nan"), float("nan"), error))
+                value = outputs.get(i, error)
+                if isinstance(value, str):
+                    yield None, nan, nan, value
                     continue
-                masks = (np.asarray(values["masks"][at[i]]) > 0).astype(np.uint8)
-                ctr = float(values["ctr"][at[i]])
-                out.append((masks, ctr, float(values["probability"][at[i]]), mask_flags(masks, ctr)))
-    return out
+                masks = (np.asarray(value["masks"]) > 0).astype(np.uint8)
+                ctr = float(np.asarray(value["ctr"]).reshape(-1)[0])
+                yield masks, ctr, float(np.asarray(value["probability"]).reshape(-1)[0]), mask_flags(masks, ctr)
 
 
-def _refuse_out(out: Path) -> None:
+def _check_out(out: Path) -> None:
     if (out / "labels.csv").exists() or (out / "masks").exists():
         raise PseudoError(f"{out}: already holds pseudo-labels (labels.csv or masks/); give another --out or delete "
                           "them")
+    if any(c in str(out.resolve()) for c in _SPEC_SEPARATORS):
+        raise PseudoError(f"{str(out)!r}: a folder whose path holds ';', ',' or a line break cannot be named in a "
+                          "cxr-train --data spec; choose another --out")
+
+
+def _check_cells(samples: Sequence) -> None:
+    """Refuse what labels.csv could not hold faithfully: a path that is not valid text, or a patient id that a
+    spreadsheet would run as a formula (guarding it would change the id, and with it the split)."""
+    for s in samples:
+        try:
+            str(s.path).encode("utf-8")
+        except UnicodeEncodeError:
+            raise PseudoError(f"{str(s.path)!r}: the file name is not valid UTF-8; rename it (labels.csv is UTF-8 "
+                              "text)") from None
+        if s.patient_id.startswith(_FORMULA_START):
+            raise PseudoError(f"{s.path}: patient id {s.patient_id!r} starts with a character a spreadsheet reads "
+                              "as a formula; rename the id in the source")
+
+
+def _cell(value: float) -> str:
+    return "" if value is None or np.isnan(value) else f"{value:.6f}"
 
 
 def pseudo_label(teacher: str | Path, spec: str, out: str | Path, *, batch_size: int = 16, workers: int = 2,
                  device: str = "cpu", log=print) -> dict[str, Any]:
     """Write DIR/labels.csv, the mask files and DIR/pseudo.json for every labelled image of `spec`; returns the
-    summary written to pseudo.json. PseudoError for a teacher without masks or an output folder already used."""
+    summary written to pseudo.json. Everything is written under DIR/.partial first and moved into place at the end,
+    so a run that stops half-way leaves no labels.csv and can simply be started again. PseudoError for a teacher
+    without masks, a source labels.csv could not hold, or an output folder already used."""
+    import shutil
+
     import cv2
 
     from cxr.runtime.atomic import write_text_atomic
     from cxr.runtime.scoring import Scorer
 
     out = Path(out)
-    _refuse_out(out)
+    _check_out(out)
     scorer = Scorer(teacher, device=device)
     if "masks" not in scorer.extra_outputs or "ctr" not in scorer.extra_outputs:
         raise PseudoError(f"{teacher}: the model has no masks/ctr outputs (it was trained without a segmentation "
@@ -115,40 +168,52 @@ def pseudo_label(teacher: str | Path, spec: str, out: str | Path, *, batch_size:
     samples, summary = load_source(spec)
     if not samples:
         raise PseudoError(f"{spec}: no labelled images")
-    out.mkdir(parents=True, exist_ok=True)
+    _check_cells(samples)
+    ids_known = bool(summary.get("patient_ids_known"))
+    partial = out / ".partial"
+    shutil.rmtree(partial, ignore_errors=True)  # a run stopped half-way: ours, started again from nothing
     for name in STRUCTURES:
-        (out / "masks" / name).mkdir(parents=True, exist_ok=True)
+        (partial / "masks" / name).mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    results = teacher_masks(scorer, [s.path for s in samples], batch_size=batch_size, workers=workers)
     flags: dict[str, int] = {}
-    rows = []
-    for i, (sample, (masks, ctr, prob, flag)) in enumerate(zip(samples, results)):
-        cells = ["", "", ""]
-        if masks is not None and not flag:
-            cells = [f"masks/{name}/{i:06d}.png" for name in STRUCTURES]
-            for cell, plane in zip(cells, masks):
-                if not cv2.imwrite(str(out / cell), plane * np.uint8(255)):
-                    raise PseudoError(f"{out / cell}: could not be written")
-        for f in filter(None, (flag.split(":")[0] if flag.startswith(UNREADABLE) else flag).split(";")):
-            flags[f] = flags.get(f, 0) + 1
-        rows.append([str(sample.path), int(sample.label), sample.patient_id, sample.split or "", *cells,
-                     "" if np.isnan(ctr) else f"{ctr:.6f}", "" if np.isnan(prob) else f"{prob:.6f}", flag])
-    tmp = out / "labels.csv.tmp"
-    with open(tmp, "w", newline="") as fh:
+    n_masked = n_manual = 0
+    with open(partial / "labels.csv", "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(COLUMNS)
-        w.writerows(rows)
-    tmp.replace(out / "labels.csv")
-    n_masked = sum(1 for r in rows if r[4])
+        results = teacher_masks(scorer, [s.path for s in samples], batch_size=batch_size, workers=workers)
+        for i, (sample, (masks, ctr, prob, flag)) in enumerate(zip(samples, results)):
+            cells = ["", "", ""]
+            if sample.masks:  # the source's own masks win over the teacher's
+                cells, flag = [str(p) for p in sample.masks], MANUAL
+                n_manual += 1
+            elif masks is not None and not flag:
+                cells = [f"masks/{name}/{i:06d}.png" for name in STRUCTURES]
+                for cell, plane in zip(cells, masks):
+                    if not cv2.imwrite(str(partial / cell), plane * np.uint8(255)):
+                        raise PseudoError(f"{out / cell}: could not be written")
+                n_masked += 1
+            for f in filter(None, flag.split(":")[0].split(";")) if flag != MANUAL else ():
+                flags[f] = flags.get(f, 0) + 1
+            # no ids in the source: none written, so cxr-train treats each film as its own patient as before
+            w.writerow([str(sample.path), int(sample.label), sample.patient_id if ids_known else "",
+                        sample.split or "", sample.source, *cells, _cell(sample.ctr), _cell(ctr), _cell(prob), flag])
+    import hashlib
+
+    digest = hashlib.sha256((partial / "labels.csv").read_bytes()).hexdigest()
+    n = len(samples)
     report = {"teacher": {"path": str(Path(teacher).resolve()), "sha256": scorer.model_sha256,
                           "card": json.loads(scorer.card.to_json())},
-              "source": spec, "index": summary, "n_images": len(rows), "n_with_masks": n_masked,
-              "n_without_masks": len(rows) - n_masked, "flags": dict(sorted(flags.items())),
-              "mask_size": int(scorer.card.preprocess.size), "seconds": round(time.time() - t0, 1),
-              "mask_columns": list(MASK_COLUMNS)}
+              "source": spec, "index": summary, "patient_ids_known": ids_known, "n_images": n,
+              "n_with_masks": n_masked, "n_with_own_masks": n_manual, "n_without_masks": n - n_masked - n_manual,
+              "flags": dict(sorted(flags.items())), "mask_size": int(scorer.card.preprocess.size),
+              "labels_sha256": digest, "seconds": round(time.time() - t0, 1), "mask_columns": list(MASK_COLUMNS)}
+    (partial / "masks").rename(out / "masks")
+    (partial / "labels.csv").rename(out / "labels.csv")
     write_text_atomic(out / "pseudo.json", json.dumps(report, indent=1, sort_keys=True))
-    log(f"pseudo-labels: {n_masked} of {len(rows)} images got the teacher's masks; "
-        f"{len(rows) - n_masked} keep none ({', '.join(f'{k} {v}' for k, v in sorted(flags.items())) or 'none'})")
+    shutil.rmtree(partial, ignore_errors=True)
+    kept = f"; {n_manual} keep their own" if n_manual else ""
+    log(f"pseudo-labels: {n_masked} of {n} images got the teacher's masks{kept}; "
+        f"{n - n_masked - n_manual} have none ({', '.join(f'{k} {v}' for k, v in sorted(flags.items())) or 'none'})")
     return report
 
 
@@ -156,7 +221,8 @@ def data_spec(out: str | Path, name: str) -> str:
     """The cxr-train --data spec of the pseudo-labelled source written into `out` (its CSV names every image by its
     absolute path, and the mask files relative to itself)."""
     out = Path(out).resolve()
-    return f"csv:{out};csv={out / 'labels.csv'};mask_columns={','.join(MASK_COLUMNS)};name={name}"
+    return (f"csv:{out};csv={out / 'labels.csv'};mask_columns={','.join(MASK_COLUMNS)};ctr_column=ctr_reference;"
+            f"name={name}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,12 +237,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     args = ap.parse_args(argv)
-    from cxr.runtime.errors import ModelCardError, ModelLoadError
+    from cxr.runtime.errors import CxrError
 
     try:
         report = pseudo_label(args.teacher, args.source, args.out, batch_size=args.batch_size,
                               workers=args.workers, device=args.device)
-    except (PseudoError, ModelLoadError, ModelCardError, ValueError) as exc:
+    except (PseudoError, CxrError, ValueError) as exc:
         print(f"cxr.train.pseudo: error: {exc}", file=sys.stderr)
         return 2
     print(f"{report['n_with_masks']} of {report['n_images']} images with masks; train on them with: "

@@ -1,11 +1,14 @@
 """python -m cxr.train.pseudo: a teacher model's masks written for a source without them, read back by cxr-train as
-that source's masks. The teacher here is the maps model (fixed heart and lung masks, onnx.helper, no training)."""
+that source's masks. The teachers are built with onnx.helper (no training): the maps model (fixed masks), and a
+"bright" model whose three masks are the preprocessed image above 128, so every film gets its own masks (a film bright
+up to its edge gets masks that run off the image and are flagged)."""
 
 from __future__ import annotations
 
 import csv
 import json
 import math
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -13,30 +16,71 @@ import pytest
 
 pytest.importorskip("onnx")
 
-from cxr.runtime.anatomy import ctr_reference  # noqa: E402
+from cxr.runtime.anatomy import ctr_reference, mask_flags  # noqa: E402
 from cxr.train import pseudo  # noqa: E402
-from tests.onnx_fixtures import expected_probability  # noqa: E402
+from tests.onnx_fixtures import default_card, expected_probability  # noqa: E402
 from tests.runtime import test_overlay_fixtures as overlay  # noqa: E402
 
-FILMS = {"a.png": (1, "p1", ""), "b.png": (0, "p1", ""), "c.png": (0, "p2", "test"), "sub/d.png": (1, "p3", ""),
-         "e.png": (0, "p4", ""), "bad.png": (1, "p5", "")}
+FILMS = {"bad.png": (1, "p5", ""), "a.png": (1, "p1", ""), "b.png": (0, "p1", ""), "c.png": (0, "p2", "test"),
+         "sub/d.png": (1, "p3", ""), "e.png": (0, "p4", "")}
+SIZE = 64
+
+
+def bright_model(path: Path, size: int = SIZE) -> Path:
+    """probability as the mean-brightness model; masks: three copies of (image > 128); ctr 0.3 + 0.4 x brightness."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from cxr.runtime.card import CARD_KEY
+
+    f = TensorProto.FLOAT
+    inits = [helper.make_tensor(n, f, [], [v]) for n, v in
+             (("scale", 8.0 / 255), ("shift", 4.0), ("c128", 128.0), ("g", 0.4 / 255), ("b", 0.3))]
+    nodes = [helper.make_node("Cast", ["image"], ["x"], to=f),
+             helper.make_node("ReduceMean", ["x"], ["m"], axes=[1, 2, 3], keepdims=0),
+             helper.make_node("Mul", ["m", "scale"], ["ms"]), helper.make_node("Sub", ["ms", "shift"], ["logit"]),
+             helper.make_node("Sigmoid", ["logit"], ["probability"]),
+             helper.make_node("Greater", ["x", "c128"], ["on"]),
+             helper.make_node("Cast", ["on"], ["on8"], to=TensorProto.UINT8),
+             helper.make_node("Concat", ["on8", "on8", "on8"], ["masks"], axis=1),
+             helper.make_node("Mul", ["m", "g"], ["mg"]), helper.make_node("Add", ["mg", "b"], ["ctr"])]
+    outs = [helper.make_tensor_value_info("logit", f, ["N"]), helper.make_tensor_value_info("probability", f, ["N"]),
+            helper.make_tensor_value_info("ctr", f, ["N"]),
+            helper.make_tensor_value_info("masks", TensorProto.UINT8, ["N", 3, size, size])]
+    graph = helper.make_graph(nodes, "bright", [helper.make_tensor_value_info("image", TensorProto.UINT8,
+                                                                              ["N", 1, size, size])], outs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="cxr-tests")
+    model.ir_version = 8
+    card = default_card(size)
+    object.__setattr__(card, "output_names", ("logit", "probability", "ctr", "masks"))
+    helper.set_model_props(model, {CARD_KEY: card.to_json()})
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def _write_source(folder: Path, films=FILMS, patient=None) -> str:
+    (folder / "sub").mkdir(parents=True)
+    for i, rel in enumerate(films):
+        if rel == "bad.png":
+            (folder / rel).write_bytes(b"\x89PNG\r\n\x1a\n not really")
+        else:
+            image = overlay.chest_like(bright=i % 2 == 1)
+            if rel == "e.png":
+                image[:, :12] = 230  # bright to the image's edge: masks that run off it
+            assert cv2.imwrite(str(folder / rel), image)
+    with open(folder / "labels.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "cardiomegaly", "patient_id", "split"])
+        w.writerows((rel, y, patient or pid, split) for rel, (y, pid, split) in films.items())
+    return f"csv:{folder};csv={folder / 'labels.csv'};name=site"
 
 
 @pytest.fixture()
 def site(tmp_path):
-    """(a csv source spec of five readable films and one broken file, its folder)."""
-    folder = tmp_path / "site"
-    (folder / "sub").mkdir(parents=True)
-    for i, rel in enumerate(FILMS):
-        if rel == "bad.png":
-            (folder / rel).write_bytes(b"\x89PNG\r\n\x1a\n not really")
-        else:
-            assert cv2.imwrite(str(folder / rel), overlay.chest_like(bright=i % 2 == 0))
-    with open(folder / "labels.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["path", "cardiomegaly", "patient_id", "split"])
-        w.writerows((rel, *values) for rel, values in FILMS.items())
-    return f"csv:{folder};csv={folder / 'labels.csv'};name=site", folder
+    """(a csv source spec of five readable films, bright and dark, one bright to its edge, and a broken file first;
+    its folder)."""
+    return _write_source(tmp_path / "site"), tmp_path / "site"
 
 
 def _rows(out):
@@ -44,39 +88,54 @@ def _rows(out):
         return list(csv.DictReader(fh))
 
 
-def _preprocessed(path, size=64):
+def _preprocessed(path):
     from cxr.runtime.imaging import read_image
     from cxr.runtime.preprocess import PreprocessConfig, preprocess_batch
 
-    return preprocess_batch([read_image(path)], PreprocessConfig(size=size))
+    return preprocess_batch([read_image(path)], PreprocessConfig(size=SIZE))
 
 
-def test_each_readable_film_gets_the_teachers_masks(site, tmp_path):
+def _quiet(*_):
+    return None
+
+
+def test_each_film_gets_its_own_masks_in_its_own_row(site, tmp_path):
     spec, folder = site
-    teacher = overlay.maps_model(tmp_path / "teacher.onnx")
     out = tmp_path / "pseudo"
-    report = pseudo.pseudo_label(teacher, spec, out, log=lambda *_: None)
+    report = pseudo.pseudo_label(bright_model(tmp_path / "t.onnx"), spec, out, batch_size=2, log=_quiet)
     rows = _rows(out)
     assert [r["path"] for r in rows] == [str((folder / rel).resolve()) for rel in FILMS]
     assert [(int(r["cardiomegaly"]), r["patient_id"], r["split"]) for r in rows] == list(FILMS.values())
-    fixed = overlay.fixed_masks(64)
-    for r in rows[:5]:
-        for column, plane in zip(pseudo.MASK_COLUMNS, fixed):
-            written = cv2.imread(str(out / r[column]), cv2.IMREAD_UNCHANGED)
-            assert written.dtype == np.uint8 and set(np.unique(written)) == {0, 255}
-            np.testing.assert_array_equal(written, plane * 255)
-        assert float(r["teacher_ctr"]) == pytest.approx(ctr_reference(fixed), abs=1e-6)
-        assert float(r["teacher_probability"]) == pytest.approx(
-            float(expected_probability(_preprocessed(r["path"]))[0]), abs=1e-5)
-        assert r["teacher_flag"] == ""
-    bad = rows[5]
+    bad, *films = rows
     assert [bad[c] for c in pseudo.MASK_COLUMNS] == ["", "", ""] and bad["teacher_ctr"] == ""
     assert bad["teacher_flag"].startswith("unreadable: ")
-    assert (report["n_images"], report["n_with_masks"], report["n_without_masks"]) == (6, 5, 1)
-    assert report["flags"] == {"unreadable": 1} and report["mask_size"] == 64
+    kinds = set()
+    for r in films:
+        image = _preprocessed(r["path"])
+        expected = np.repeat((image[0] > 128).astype(np.uint8), 3, axis=0)
+        ctr = 0.3 + 0.4 * float(image.mean()) / 255
+        assert float(r["teacher_ctr"]) == pytest.approx(ctr, abs=1e-5)
+        assert float(r["teacher_probability"]) == pytest.approx(float(expected_probability(image)[0]), abs=1e-5)
+        flag = mask_flags(expected, ctr)
+        assert r["teacher_flag"] == flag
+        kinds.add(flag)
+        if flag:
+            assert [r[c] for c in pseudo.MASK_COLUMNS] == ["", "", ""]
+            continue
+        for column, plane in zip(pseudo.MASK_COLUMNS, expected):
+            written = cv2.imread(str(out / r[column]), cv2.IMREAD_UNCHANGED)
+            np.testing.assert_array_equal(written, plane * 255)
+    assert kinds == {"", "lungs_cut_by_edge"}  # both kinds happen: the films taught, and e.png not
+    taught = sum(not r["teacher_flag"] for r in films)
+    assert (report["n_images"], report["n_with_masks"], report["n_without_masks"]) == (6, taught, 6 - taught)
+    assert report["flags"] == {"lungs_cut_by_edge": 5 - taught, "unreadable": 1} and report["mask_size"] == SIZE
     saved = json.loads((out / "pseudo.json").read_text())
     assert saved["teacher"]["sha256"] == report["teacher"]["sha256"] and len(saved["teacher"]["sha256"]) == 64
-    assert saved["source"] == spec
+    import hashlib
+
+    assert saved["source"] == spec and saved["labels_sha256"] == hashlib.sha256(
+        (out / "labels.csv").read_bytes()).hexdigest()
+    assert not (out / ".partial").exists()
 
 
 def test_cxr_train_reads_them_as_the_sources_masks_with_the_same_split(site, tmp_path):
@@ -85,19 +144,82 @@ def test_cxr_train_reads_them_as_the_sources_masks_with_the_same_split(site, tmp
 
     spec, _ = site
     out = tmp_path / "pseudo"
-    pseudo.pseudo_label(overlay.maps_model(tmp_path / "teacher.onnx"), spec, out, log=lambda *_: None)
+    pseudo.pseudo_label(overlay.maps_model(tmp_path / "teacher.onnx"), spec, out, log=_quiet)
     before, _ = pseudo.load_source(spec)
     after, _ = pseudo.load_source(pseudo.data_spec(out, "site"))
 
     def key(samples):
-        return [(s.path, s.label, s.patient_id, s.split) for s in samples]
+        return [(s.path, s.label, s.patient_id, s.split, s.source) for s in samples]
 
     assert key(after) == key(before)
     assert key(assign_splits(after, seed=3)) == key(assign_splits(before, seed=3))
-    assert [s.masks is not None for s in after] == [True] * 5 + [False]
-    np.testing.assert_array_equal(load_masks(after[0].masks, 64), overlay.fixed_masks(64))
-    at_32 = load_masks(after[0].masks, 32)  # another --image-size: resized like the image
-    assert at_32.shape == (3, 32, 32) and abs(ctr_reference(at_32) - ctr_reference(overlay.fixed_masks(64))) < 0.05
+    assert [s.masks is not None for s in after] == [False] + [True] * 5
+    np.testing.assert_array_equal(load_masks(after[1].masks, SIZE), overlay.fixed_masks(SIZE))
+    at_32 = load_masks(after[1].masks, 32)  # another --image-size: resized like the image
+    assert at_32.shape == (3, 32, 32) and abs(ctr_reference(at_32) - ctr_reference(overlay.fixed_masks(SIZE))) < 0.05
+
+
+def test_an_nih_source_keeps_its_patients_split_and_name(tmp_path):
+    root = tmp_path / "nih"
+    (root / "images").mkdir(parents=True)
+    entries = [("00000013_000.png", "Cardiomegaly", "13"), ("00000013_001.png", "No Finding", "13"),
+               ("00000020_000.png", "No Finding", "20"), ("00000031_000.png", "Cardiomegaly|Mass", "31"),
+               ("00000040_000.png", "Effusion", "40")]
+    for i, (name, _, _) in enumerate(entries):
+        assert cv2.imwrite(str(root / "images" / name), overlay.chest_like(bright=i % 2 == 0))
+    with open(root / "Data_Entry_2017_v2020.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["Image Index", "Finding Labels", "Patient ID"])
+        w.writerows(entries)
+    (root / "test_list.txt").write_text("00000020_000.png\n")
+    (root / "train_val_list.txt").write_text("00000013_000.png\n00000013_001.png\n00000031_000.png\n")
+    spec = f"nih:{root};name=nih"
+    out = tmp_path / "pseudo"
+    report = pseudo.pseudo_label(overlay.maps_model(tmp_path / "t.onnx"), spec, out, log=_quiet)
+    before, _ = pseudo.load_source(spec)
+    after, _ = pseudo.load_source(pseudo.data_spec(out, "nih"))
+    key = [(s.path, s.label, s.patient_id, s.split, s.source) for s in after]
+    assert key == [(s.path, s.label, s.patient_id, s.split, s.source) for s in before]
+    assert [k[2:] for k in key] == [("00000013", None, "nih"), ("00000013", None, "nih"), ("00000020", "test", "nih"),
+                                    ("00000031", None, "nih")]  # the Effusion film is not a No Finding negative
+    assert report["n_images"] == 4 and report["patient_ids_known"] is True
+
+
+def test_a_films_own_masks_and_reference_ratio_are_kept(tmp_path):
+    from tests.train.masked_fixtures import MASK_COLUMNS, make_masked_set
+
+    labels = make_masked_set(tmp_path / "masked", n=6, size=SIZE, masked=3)
+    spec = f"csv:{labels.parent};csv={labels};mask_columns={','.join(MASK_COLUMNS)};ctr_column=ctr;name=m"
+    out = tmp_path / "pseudo"
+    report = pseudo.pseudo_label(overlay.maps_model(tmp_path / "t.onnx"), spec, out, log=_quiet)
+    before, _ = pseudo.load_source(spec)
+    after, _ = pseudo.load_source(pseudo.data_spec(out, "m"))
+    assert [s.masks for s in after[:3]] == [s.masks for s in before[:3]]  # the manual files themselves
+    assert [r["teacher_flag"] for r in _rows(out)] == ["manual"] * 3 + [""] * 3
+    assert [s.ctr for s in after] == pytest.approx([s.ctr for s in before], abs=1e-6)
+    assert (report["n_with_own_masks"], report["n_with_masks"], report["n_without_masks"]) == (3, 3, 0)
+
+
+def test_a_run_stopped_half_way_leaves_no_labels_and_can_start_again(site, tmp_path, monkeypatch):
+    spec, _ = site
+    out = tmp_path / "pseudo"
+    teacher = overlay.maps_model(tmp_path / "t.onnx")
+    real_write, calls = cv2.imwrite, []
+
+    def dies(path, image):
+        calls.append(path)
+        if len(calls) > 4:
+            raise KeyboardInterrupt
+        return real_write(path, image)
+
+    monkeypatch.setattr(cv2, "imwrite", dies)
+    with pytest.raises(KeyboardInterrupt):
+        pseudo.pseudo_label(teacher, spec, out, batch_size=2, log=_quiet)
+    monkeypatch.setattr(cv2, "imwrite", real_write)
+    assert not (out / "labels.csv").exists() and not (out / "masks").exists()
+    report = pseudo.pseudo_label(teacher, spec, out, batch_size=2, log=_quiet)
+    assert report["n_with_masks"] == 5 and len(_rows(out)) == 6 and not (out / ".partial").exists()
+    assert len(list((out / "masks" / "heart").iterdir())) == 5
 
 
 def test_masks_that_do_not_look_like_a_chest_are_not_taught(site, tmp_path, monkeypatch):
@@ -112,11 +234,11 @@ def test_masks_that_do_not_look_like_a_chest_are_not_taught(site, tmp_path, monk
 
     monkeypatch.setattr(overlay, "fixed_masks", cut)
     out = tmp_path / "pseudo"
-    report = pseudo.pseudo_label(overlay.maps_model(tmp_path / "teacher.onnx"), spec, out, log=lambda *_: None)
+    report = pseudo.pseudo_label(overlay.maps_model(tmp_path / "teacher.onnx"), spec, out, log=_quiet)
     rows = _rows(out)
     assert all(r["mask_heart"] == "" for r in rows)
-    assert [r["teacher_flag"] for r in rows[:5]] == ["lungs_cut_by_edge"] * 5
-    assert not math.isnan(float(rows[0]["teacher_ctr"]))  # the ratio is still recorded, only not taught
+    assert [r["teacher_flag"] for r in rows[1:]] == ["lungs_cut_by_edge"] * 5
+    assert not math.isnan(float(rows[1]["teacher_ctr"]))  # the ratio is still recorded, only not taught
     assert report["flags"] == {"lungs_cut_by_edge": 5, "unreadable": 1} and report["n_with_masks"] == 0
     assert not any((out / "masks" / "heart").iterdir())
 
@@ -140,6 +262,19 @@ def test_an_output_folder_already_used_is_refused_untouched(site, tmp_path, caps
     assert "already holds pseudo-labels" in capsys.readouterr().err
     assert (out / "labels.csv").read_text() == "earlier work\n" and sorted(p.name for p in out.iterdir()) == [
         "labels.csv"]
+
+
+@pytest.mark.parametrize("problem, message", [
+    ("formula id", "starts with a character a spreadsheet reads as a formula"),
+    ("spec separator", "cannot be named in a cxr-train --data spec"),
+])
+def test_what_labels_csv_could_not_hold_is_refused_before_writing(tmp_path, capsys, problem, message):
+    films = {"a.png": (1, "x", ""), "b.png": (0, "y", "")}
+    spec = _write_source(tmp_path / "site", films, patient="=HYPERLINK(1)" if problem == "formula id" else None)
+    out = tmp_path / ("pseudo;x" if problem == "spec separator" else "pseudo")
+    assert pseudo.main([str(overlay.maps_model(tmp_path / "t.onnx")), spec, "--out", str(out)]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_the_command_line_writes_and_says_how_to_train_on_them(site, tmp_path, capsys):
