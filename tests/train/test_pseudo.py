@@ -284,3 +284,28 @@ def test_the_command_line_writes_and_says_how_to_train_on_them(site, tmp_path, c
     printed = capsys.readouterr().out
     assert "5 of 6 images got the teacher's masks" in printed and "unreadable 1" in printed
     assert f"--data '{pseudo.data_spec(out, 'NAME')}'" in printed
+
+
+def test_a_batch_the_teacher_fails_is_retried_one_film_at_a_time(site, tmp_path, monkeypatch):
+    from cxr.runtime.scoring import Scorer
+
+    spec, _ = site
+    real_run = Scorer.run
+
+    def flaky(self, batch, extras=()):
+        if batch.shape[0] > 1:
+            raise RuntimeError("the batch fails")
+        if batch.mean() < 100:  # the dark films fail on their own too
+            raise ValueError("boom")
+        return real_run(self, batch, extras)
+
+    monkeypatch.setattr(Scorer, "run", flaky)
+    out = tmp_path / "pseudo"
+    report = pseudo.pseudo_label(overlay.maps_model(tmp_path / "t.onnx"), spec, out, batch_size=3, log=_quiet)
+    rows = _rows(out)
+    dark = [r for r in rows[1:] if _preprocessed(r["path"]).mean() < 100]
+    assert dark and all(r["teacher_flag"] == "teacher failed: ValueError: boom" and r["mask_heart"] == "" for r in dark)
+    taught = [r for r in rows[1:] if r not in dark]
+    assert taught and all(r["mask_heart"] and r["teacher_flag"] == "" for r in taught)
+    assert report["flags"] == {"teacher failed": len(dark), "unreadable": 1}
+    assert report["n_with_masks"] == len(taught) and len(rows) == 6
