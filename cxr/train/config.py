@@ -398,6 +398,19 @@ class SourceSpec:
     mask_columns: str | None = None
     ctr_column: str | None = None
 
+    def load(self, **overrides: Any):
+        """This source's DatasetIndex: cxr.train.datasets.load_dataset with every option of the spec, `overrides`
+        replacing any of them (e.g. verify_images, or split_column for an external test that draws no split)."""
+        from cxr.train.datasets import load_dataset
+
+        options: dict[str, Any] = dict(
+            csv_path=self.csv_path, path_column=self.path_column, label_column=self.label_column,
+            patient_column=self.patient_column, split_column=self.split_column, source_column=self.source_column,
+            positive_class=self.positive_class, negative_class=self.negative_class, uncertain=self.uncertain,
+            frontal_only=self.frontal_only, nih_negatives=self.nih_negatives,
+            mask_columns=parse_mask_columns(self.mask_columns), ctr_column=self.ctr_column)
+        return load_dataset(self.kind, self.data_root, **{**options, **overrides})
+
     def check(self) -> None:
         if self.kind not in DATASET_KINDS:
             raise ConfigError(f"source {self.name!r}: kind must be one of {DATASET_KINDS}, got {self.kind!r}")

@@ -80,9 +80,8 @@ def evaluate_source(checkpoint: str | Path, source: str, batch_size: int = 32, w
     from torch.utils.data import DataLoader
 
     from cxr.train.checkpoints import load_checkpoint, model_from_checkpoint, resolve_checkpoint
-    from cxr.train.config import SourceSpec, TrainConfig, parse_mask_columns, parse_source
+    from cxr.train.config import SourceSpec, TrainConfig, parse_source
     from cxr.train.data import CxrDataset, preload, preload_masks
-    from cxr.train.datasets import load_dataset
     from cxr.train.decision import Decision
     from cxr.train.distributed import DistContext
     from cxr.train.evaluate import evaluate_split, full_report
@@ -91,12 +90,7 @@ def evaluate_source(checkpoint: str | Path, source: str, batch_size: int = 32, w
     raw = parse_source(source)
     spec = SourceSpec(**{"name": raw["kind"], "nih_negatives": "all", **raw})
     spec.check()
-    index = load_dataset(spec.kind, spec.data_root, csv_path=spec.csv_path, path_column=spec.path_column,
-                         label_column=spec.label_column, patient_column=spec.patient_column,
-                         split_column="__no_split__", source_column=spec.source_column,
-                         positive_class=spec.positive_class, negative_class=spec.negative_class,
-                         uncertain=spec.uncertain, frontal_only=spec.frontal_only, nih_negatives=spec.nih_negatives,
-                         mask_columns=parse_mask_columns(spec.mask_columns), ctr_column=spec.ctr_column)
+    index = spec.load(split_column="__no_split__")
     samples = [s if s.source else _named(s, spec.name) for s in index.samples]
     shared = overlap_with_run(Path(ckpt_path).parent, [s.path for s in samples])
     if shared and not drop_overlap:

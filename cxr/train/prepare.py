@@ -61,17 +61,9 @@ def _index_source(config: TrainConfig, spec, prefix: bool) -> tuple[list, Any]:
     """One source's samples with their splits (drawn by patient within this source)."""
     from dataclasses import replace
 
-    from cxr.train.config import parse_mask_columns
-    from cxr.train.datasets import load_dataset
     from cxr.train.splits import assign_splits
 
-    index = load_dataset(
-        spec.kind, spec.data_root, csv_path=spec.csv_path, path_column=spec.path_column,
-        label_column=spec.label_column, patient_column=spec.patient_column, split_column=spec.split_column,
-        source_column=spec.source_column, positive_class=spec.positive_class,
-        negative_class=spec.negative_class, uncertain=spec.uncertain, frontal_only=spec.frontal_only,
-        nih_negatives=spec.nih_negatives, verify_images=config.verify_images, workers=max(1, config.num_workers),
-        mask_columns=parse_mask_columns(spec.mask_columns), ctr_column=spec.ctr_column)
+    index = spec.load(verify_images=config.verify_images, workers=max(1, config.num_workers))
     samples = list(index.samples)
     if not samples:
         raise TrainError(f"{spec.data_root}: no labelled images found for dataset kind {spec.kind!r}")

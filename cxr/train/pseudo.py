@@ -8,7 +8,8 @@ The teacher (an exported model with a `masks` output) scores every labelled imag
 with the preprocessing of its own card, as cxr-score would. An image whose masks look like a chest gets three mask
 files (DIR/masks/{heart,left_lung,right_lung}/NNNNNN.png, named by row, 0/255 at the teacher's input size: cxr-train
 resizes mask files like the image, so they fit any --image-size). An image whose masks carry a `ctr_flag` (no heart,
-one lung, lungs cut by the edge, a heart wider than the lungs) or that cannot be read keeps blank mask cells: it
+one lung, lungs cut by the edge, a heart wider than the lungs) or that cannot be read or scored (flag: cxr-score's
+error code and message) keeps blank mask cells: it
 trains the classifier only, as before; a film with masks of its own (a csv source's mask columns) keeps them (flag
 `manual`). DIR/labels.csv keeps each image's label, patient, split, source and reference ratio exactly as the source
 gave them (so a run with the same --split-seed draws the same split), plus the teacher's ratio, probability and flag;
@@ -26,7 +27,6 @@ import csv
 import json
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -36,10 +36,8 @@ MASK_COLUMNS = ("mask_heart", "mask_left_lung", "mask_right_lung")
 STRUCTURES = ("heart", "left_lung", "right_lung")
 COLUMNS = ("path", "cardiomegaly", "patient_id", "split", "source", *MASK_COLUMNS, "ctr_reference", "teacher_ctr",
            "teacher_probability", "teacher_flag")
-UNREADABLE = "unreadable"
 MANUAL = "manual"
 """teacher_flag of a film that has its own (manual) masks: they are kept, the teacher's are not used."""
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _SPEC_SEPARATORS = (";", ",", "\n", "\r")
 
 
@@ -49,74 +47,32 @@ class PseudoError(ValueError):
 
 def load_source(spec: str) -> tuple[list, dict]:
     """The labelled samples of a --data spec, as cxr-train indexes that source (its own splits kept, none drawn)."""
-    from cxr.train.config import SourceSpec, parse_mask_columns, parse_source
-    from cxr.train.datasets import load_dataset
+    from cxr.train.config import SourceSpec, parse_source
 
     raw = parse_source(spec)
     source = SourceSpec(**{"name": raw["kind"], **raw})
     source.check()
-    index = load_dataset(source.kind, source.data_root, csv_path=source.csv_path, path_column=source.path_column,
-                         label_column=source.label_column, patient_column=source.patient_column,
-                         split_column=source.split_column, source_column=source.source_column,
-                         positive_class=source.positive_class, negative_class=source.negative_class,
-                         uncertain=source.uncertain, frontal_only=source.frontal_only,
-                         nih_negatives=source.nih_negatives, mask_columns=parse_mask_columns(source.mask_columns),
-                         ctr_column=source.ctr_column)
+    index = source.load()
     return list(index.samples), index.summary()
-
-
-def _load(path: Path, config) -> tuple[np.ndarray | None, str | None]:
-    """One film preprocessed as the teacher's card says, or (None, 'unreadable: why'); never raises."""
-    from cxr.runtime.errors import ImageError
-    from cxr.runtime.imaging import read_image
-    from cxr.runtime.preprocess import preprocess_batch
-
-    try:
-        return preprocess_batch([read_image(path)], config)[0], None
-    except ImageError as exc:
-        return None, f"{UNREADABLE}: {exc.message}"
-    except Exception as exc:  # noqa: BLE001 - one file's surprise must not stop the others
-        return None, f"{UNREADABLE}: {type(exc).__name__}: {exc}"
-
-
-def _run_each(scorer, images: list[np.ndarray]) -> list[dict | str]:
-    """The teacher's outputs for each image: the batch at once, or where the batch fails, one image at a time (a
-    failing image gets 'teacher failed: why' instead of its outputs)."""
-    def split(values: dict, n: int) -> list[dict]:
-        return [{k: v[j] for k, v in values.items()} for j in range(n)]
-
-    try:
-        return split(scorer.run(np.stack(images), extras=("masks", "ctr")), len(images))
-    except Exception:  # noqa: BLE001 - retried one by one below, naming the image that fails
-        out: list[dict | str] = []
-        for image in images:
-            try:
-                out += split(scorer.run(image[None], extras=("masks", "ctr")), 1)
-            except Exception as exc:  # noqa: BLE001
-                out.append(f"teacher failed: {type(exc).__name__}: {exc}")
-        return out
 
 
 def teacher_masks(scorer, paths: Sequence[Path], batch_size: int = 16, workers: int = 2):
     """For each path, in order, yield (masks uint8 0/1 [3, S, S] or None, ctr, probability, flag) from the teacher,
-    a batch at a time; masks None and a flag saying why for a film that cannot be read or scored."""
-    from cxr.runtime.anatomy import mask_flags
+    scored as cxr-score scores (cxr.runtime.scoring.score_folder: reading ahead in threads, a failing batch retried
+    one film at a time); masks None and the flag 'ERROR_CODE: message' for a film that could not be read or scored."""
+    from cxr.runtime.scoring import score_folder
 
-    config = scorer.card.preprocess
     nan = float("nan")
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for start in range(0, len(paths), batch_size):
-            loaded = list(pool.map(lambda p: _load(p, config), paths[start:start + batch_size]))
-            good = [i for i, (image, _) in enumerate(loaded) if image is not None]
-            outputs = dict(zip(good, _run_each(scorer, [loaded[i][0] for i in good]))) if good else {}
-            for i, (_, error) in enumerate(loaded):
-                value = outputs.get(i, error)
-                if isinstance(value, str):
-                    yield None, nan, nan, value
-                    continue
-                masks = (np.asarray(value["masks"]) > 0).astype(np.uint8)
-                ctr = float(np.asarray(value["ctr"]).reshape(-1)[0])
-                yield masks, ctr, float(np.asarray(value["probability"]).reshape(-1)[0]), mask_flags(masks, ctr)
+    if not paths:
+        return
+    rows = score_folder(Path(paths[0]).anchor, scorer, batch_size=batch_size, workers=workers,
+                        files=list(paths), maps=True)  # absolute paths: the anchor joined to each is the path
+    for row in rows:
+        if row.status != "ok" or row.masks is None:
+            yield None, nan, nan, f"{row.error_code or 'no_masks'}: {row.error_message or 'the teacher drew none'}"
+            continue
+        ctr = nan if row.ctr is None else float(row.ctr)
+        yield (np.asarray(row.masks) > 0).astype(np.uint8), ctr, float(row.probability), row.ctr_flag
 
 
 def _check_out(out: Path) -> None:
@@ -131,13 +87,15 @@ def _check_out(out: Path) -> None:
 def _check_cells(samples: Sequence) -> None:
     """Refuse what labels.csv could not hold faithfully: a path that is not valid text, or a patient id that a
     spreadsheet would run as a formula (guarding it would change the id, and with it the split)."""
+    from cxr.runtime.results import safe_cell
+
     for s in samples:
         try:
             str(s.path).encode("utf-8")
         except UnicodeEncodeError:
             raise PseudoError(f"{str(s.path)!r}: the file name is not valid UTF-8; rename it (labels.csv is UTF-8 "
                               "text)") from None
-        if s.patient_id.startswith(_FORMULA_START):
+        if safe_cell(s.patient_id) != s.patient_id:  # the results CSV's rule for what a spreadsheet would run
             raise PseudoError(f"{s.path}: patient id {s.patient_id!r} starts with a character a spreadsheet reads "
                               "as a formula; rename the id in the source")
 
@@ -192,7 +150,7 @@ def pseudo_label(teacher: str | Path, spec: str, out: str | Path, *, batch_size:
                     if not cv2.imwrite(str(partial / cell), plane * np.uint8(255)):
                         raise PseudoError(f"{out / cell}: could not be written")
                 n_masked += 1
-            for f in filter(None, flag.split(":")[0].split(";")) if flag != MANUAL else ():
+            for f in filter(None, flag.split(":")[0].split(";")) if flag != MANUAL else ():  # an error: its code
                 flags[f] = flags.get(f, 0) + 1
             # no ids in the source: none written, so cxr-train treats each film as its own patient as before
             w.writerow([str(sample.path), int(sample.label), sample.patient_id if ids_known else "",
