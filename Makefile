@@ -49,7 +49,8 @@ real: $(STAMP)
 	$(PY) scripts/real.py --mode real
 
 # trains with one source left out and tests on all of it (wingspan+JSRT -> NIH, NIH+JSRT -> wingspan); add
-# EXTERNAL_ARGS=--baseline to measure today's recipe the same way
+# EXTERNAL_ARGS=--baseline to measure today's recipe the same way, or EXTERNAL_ARGS="--only B,C --teach" for B and C
+# each taught by its own plain run's masks on the NIH films
 external: $(STAMP)
 	$(PY) scripts/real.py --mode external $(EXTERNAL_ARGS)
 

@@ -38,6 +38,11 @@ their probabilities averaged (an unweighted ensemble; nothing fitted on the film
 training sources unless `--split-seed N` holds it (the films left out are the same either way). With `--ensemble`
 (seeds sharing --split-seed) each run's seeds are also built into one model with cxr-ensemble (threshold chosen on
 their shared validation split), exported, and tested on the source left out like a single run (OUT/ensemble/).
+
+One run teaching another: `--mode external --only B,C --teach` trains B (and C) as above, then has its exported model
+draw the heart and lungs on the NIH films it trained on (python -m cxr.train.pseudo; films whose masks carry a ctr_flag
+train the classifier only), trains a second run of the same seed and split with those masks (OUT/B-taught) and tests it
+on the same films left out. The masks come from a model that never saw the hospital left out; nothing is fitted on it.
 """
 
 from __future__ import annotations
@@ -312,12 +317,17 @@ def mode_real(args, out: Path) -> dict:
     return {"test": metrics["metrics"]["test"], "decision": metrics["decision"], "cxr_score": m, "table": lines}
 
 
+def nih_spec(args) -> str:
+    """The NIH sample as B and C train on it (the recipe's negatives: 'No Finding')."""
+    return f"nih:{args.data / 'nih_cxr14_sample'};name=nih"
+
+
 def external_plans(args, out: Path) -> dict:
     """key -> (title, training sources, the left-out source, the masked prefix or None); label files into `out`."""
     wj, nih = args.data / "ctr_wingspan_jsrt", args.data / "nih_cxr14_sample"
     labels = masked_labels(wj, out)
     jsrt_labels = masked_labels(wj, out, only="jsrt")
-    nih_train = f"nih:{nih};name=nih"
+    nih_train = nih_spec(args)
     if getattr(args, "nih_masks", None):  # the same NIH films, with a teacher's masks (python -m cxr.train.pseudo)
         from cxr.train.pseudo import data_spec
 
@@ -354,7 +364,60 @@ def mode_external(args, out: Path) -> dict:
         export(run_dir, out / key / "model.onnx")
         report[key] = left_out_entry(args, key, plans[key], run_dir, out / key, out / "labels_masks.csv", t0)
         summary.write_text(json.dumps(jsonable(report), indent=1, sort_keys=True))
+        if getattr(args, "teach", False) and key in ("B", "C"):
+            report[f"{key}-taught"] = taught_entry(args, key, out, report[key])
+            summary.write_text(json.dumps(jsonable(report), indent=1, sort_keys=True))
     return report
+
+
+def draw_masks(teacher: Path, spec: str, masks_dir: Path) -> None:
+    """python -m cxr.train.pseudo: the teacher's masks on every labelled film of `spec` into masks_dir; a folder
+    that already holds the same teacher's masks of the same films is reused, one of another teacher refused."""
+    import hashlib
+
+    record = masks_dir / "pseudo.json"
+    if record.is_file():
+        saved = json.loads(record.read_text())
+        sha = hashlib.sha256(teacher.read_bytes()).hexdigest()
+        if saved.get("teacher", {}).get("sha256") != sha or saved.get("source") != spec:
+            raise SystemExit(f"real: {masks_dir} holds masks drawn by another model or of other films than "
+                             f"{teacher} on {spec}: give another --out, or delete it to draw them again")
+        print(f"{masks_dir} already holds {teacher.name}'s masks: reusing them (delete it to draw again).")
+        return
+    run([sys.executable, "-m", "cxr.train.pseudo", str(teacher), spec, "--out", str(masks_dir)])
+
+
+def taught_entry(args, key: str, out: Path, teacher: dict) -> dict:
+    """--teach: run `key`'s plain model (just trained and tested) draws the heart and lungs on the NIH films it
+    trained on; a second run of the same seed and split then trains with those masks (python -m cxr.train.pseudo;
+    flagged films train the classifier only) and is tested on the same films left out. One run teaching one: the
+    path that fits one left-out run's time budget; `training_seconds` gives both runs' epochs' own times."""
+    t0 = time.time()
+    masks_dir = out / f"{key}-masks"
+    draw_masks(out / key / "model.onnx", nih_spec(args), masks_dir)
+    check = teacher_check(masks_dir, key, args.data)
+    taught_args = argparse.Namespace(**{**vars(args), "nih_masks": masks_dir})
+    title, sources, left_out, prefix = external_plans(taught_args, out)[key]
+    plan = (f"{title}, NIH masks drawn by the plain run", sources, left_out, prefix)
+    key_out = out / f"{key}-taught"
+    run_dir = key_out / "run"
+    train(run_dir, sources, taught_args)
+    export(run_dir, key_out / "model.onnx")
+    entry = left_out_entry(taught_args, f"{key}-taught", plan, run_dir, key_out, out / "labels_masks.csv", t0)
+    entry["teacher"] = {**check, "run": str(out / key / "run"), "masks": str(masks_dir)}
+    entry["training_seconds"] = {"teacher": training_seconds(out / key / "run"), "taught": training_seconds(run_dir)}
+    before, after = (teacher.get("exported_ctr_vs_masks") or {}), (entry.get("exported_ctr_vs_masks") or {})
+    if before and after:
+        print(f"{key}: ctr error of the exported model, plain {fmt(before['mae'], 4)} -> taught "
+              f"{fmt(after['mae'], 4)}; training took {entry['training_seconds']['teacher'] / 60:.0f} min (plain) + "
+              f"{entry['training_seconds']['taught'] / 60:.0f} min (taught), by the epochs' own times")
+    return entry
+
+
+def training_seconds(run_dir: Path) -> float:
+    """The epochs' own times (history.csv), which a reused or resumed run still counts in full."""
+    with open(run_dir / "history.csv", newline="") as fh:
+        return round(sum(float(r["seconds"] or 0) for r in csv.DictReader(fh)), 1)
 
 
 LEFT_OUT_NAMES = {"A": ("nih",), "A0": ("nih",), "B": ("wingspan", "wj"), "C": ("jsrt", "wj")}
@@ -562,6 +625,10 @@ def mode_average(args, dirs: list[Path], out: Path) -> dict:
     plans = {"A": ("wingspan + JSRT -> whole NIH sample", None), "B": ("NIH + JSRT -> wingspan", "wingspan/png/"),
              "C": ("NIH + wingspan -> JSRT", "jsrt/png/")}
     todo = args.only.split(",") if args.only else list(plans)
+    for key in ("B", "C"):  # --teach's runs, averaged like the others where the first folder holds them
+        plans[f"{key}-taught"] = (f"{plans[key][0]}, NIH masks drawn by the plain run", plans[key][1])
+        if key in todo and (dirs[0] / f"{key}-taught" / "left_out_results.csv").is_file():
+            todo.append(f"{key}-taught")
     report: dict = {}
     for key in todo:
         if key not in plans or not all((d / key / "left_out_results.csv").is_file() for d in dirs):
@@ -615,6 +682,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ensemble", action="store_true",
                     help="with --seeds or --average: also build each run's seeds into one model with cxr-ensemble "
                          "(they must share --split-seed), export it and test it on the source left out")
+    ap.add_argument("--teach", action="store_true",
+                    help="external: after each of B and C, its model draws the heart and lungs on the NIH films it "
+                         "trained on and a second run of the same seed trains with them (OUT/B-taught, OUT/C-taught; "
+                         "one run teaching one)")
     ap.add_argument("--nih-masks", type=Path, default=None, metavar="DIR",
                     help="external B/C: train on the NIH films with the masks a teacher drew for them "
                          "(python -m cxr.train.pseudo TEACHER.onnx 'nih:...;name=nih' --out DIR); the teacher must "
@@ -624,6 +695,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--nih-masks DIR goes with --mode external and a DIR written by python -m cxr.train.pseudo")
     if args.nih_masks and (args.average or not args.only or not set(args.only.split(",")) <= {"B", "C"}):
         ap.error("--nih-masks trains the runs that train on NIH: give --only B, C or B,C (not with --average)")
+    if args.teach and (args.mode != "external" or args.nih_masks or args.average
+                       or (args.only and not set(args.only.split(",")) & {"B", "C"})):
+        ap.error("--teach goes with --mode external and the runs that train on NIH (B, C), not with --nih-masks "
+                 "(the taught run draws its own) or --average")
     if args.ensemble and not (args.seeds or args.average):
         ap.error("--ensemble goes with --seeds (trains, then builds) or --average DIR ... (builds from earlier runs)")
     if args.ensemble and args.seeds and args.split_seed is None:

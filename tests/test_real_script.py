@@ -384,3 +384,126 @@ def test_score_reports_the_exported_models_figures_per_view(real, tmp_path):
     groups = manifest["labels"]["groups"]
     assert groups["column"] == "view_position"
     assert [(g["group"], g["n"], g["n_positive"]) for g in groups["groups"]] == [("AP", 2, 1), ("PA", 3, 1)]
+
+
+def _plain_run(root: Path, key: str, seconds: list[float]) -> Path:
+    """A finished plain run `key` under root (history with the epochs' times) and its exported model's bytes."""
+    run_dir = root / key / "run"
+    run_dir.mkdir(parents=True)
+    (run_dir / "history.csv").write_text("epoch,seconds\n" + "".join(f"{i},{s}\n" for i, s in enumerate(seconds, 1)))
+    (root / key / "model.onnx").write_bytes(b"plain model " + key.encode())
+    return run_dir
+
+
+def test_teach_draws_the_plain_runs_masks_and_trains_the_same_seed_with_them(real, tmp_path, monkeypatch, capsys):
+    """--teach: B's exported model draws the NIH masks (python -m cxr.train.pseudo on the NIH sample), the teacher is
+    checked, and a second run trains on them with the same sources otherwise; its entry names the teacher and both
+    runs' training time."""
+    import hashlib
+
+    out, data = tmp_path / "out", tmp_path / "data"
+    _plain_run(out, "B", [60.0, 90.0])
+    calls = []
+
+    def fake_run(cmd, allowed=(0,)):  # the pseudo-labels as python -m cxr.train.pseudo writes them
+        calls.append(cmd)
+        masks = Path(cmd[-1])
+        made = _pseudo_dir(tmp_path, ["nih", "jsrt"])
+        made.rename(masks)
+        record = json.loads((masks / "pseudo.json").read_text())
+        record["teacher"]["sha256"] = hashlib.sha256(Path(cmd[3]).read_bytes()).hexdigest()
+        record["source"] = cmd[4]
+        (masks / "pseudo.json").write_text(json.dumps(record))
+        return 0
+
+    def fake_train(run_dir, sources, args, extra=None):
+        calls.append(["train", str(run_dir), *sources, args.seed, args.split_seed])
+        run_dir.mkdir(parents=True)
+        (run_dir / "history.csv").write_text("epoch,seconds\n1,30\n2,45.5\n")
+
+    monkeypatch.setattr(real, "run", fake_run)
+    monkeypatch.setattr(real, "train", fake_train)
+    monkeypatch.setattr(real, "export", lambda run_dir, model: calls.append(["export", str(run_dir), str(model)]))
+    monkeypatch.setattr(real, "external_plans", lambda args, out: {
+        "B": ("NIH + JSRT -> wingspan", [f"nih-from:{args.nih_masks}", "jsrt"], "wingspan", "wingspan/png/")})
+    monkeypatch.setattr(real, "left_out_entry", lambda args, key, plan, run_dir, key_out, labels, t0: {
+        "title": plan[0], "key": key, "run_dir": str(run_dir), "exported_ctr_vs_masks": {"mae": 0.0312}})
+    args = argparse.Namespace(data=data, seed=1, split_seed=0, nih_masks=None, teach=True)
+    entry = real.taught_entry(args, "B", out, {"exported_ctr_vs_masks": {"mae": 0.0634}})
+    masks = out / "B-masks"
+    assert calls[0] == [real.sys.executable, "-m", "cxr.train.pseudo", str(out / "B" / "model.onnx"),
+                        f"nih:{data / 'nih_cxr14_sample'};name=nih", "--out", str(masks)]
+    assert calls[1:] == [["train", str(out / "B-taught" / "run"), f"nih-from:{masks}", "jsrt", 1, 0],
+                         ["export", str(out / "B-taught" / "run"), str(out / "B-taught" / "model.onnx")]]
+    assert entry["key"] == "B-taught" and entry["title"] == "NIH + JSRT -> wingspan, NIH masks drawn by the plain run"
+    assert entry["teacher"]["run"] == str(out / "B" / "run") and entry["teacher"]["masks"] == str(masks)
+    assert entry["teacher"]["teacher_sources"] == ["jsrt", "nih"] and entry["teacher"]["n_with_masks"] == 7
+    assert entry["training_seconds"] == {"teacher": 150.0, "taught": 75.5}
+    assert "B: ctr error of the exported model, plain 0.0634 -> taught 0.0312" in capsys.readouterr().out
+    # a second call reuses the same teacher's masks; a teacher trained on since has its masks refused
+    calls.clear()
+    monkeypatch.setattr(real, "train", lambda run_dir, sources, args, extra=None: calls.append(["train"]))
+    real.taught_entry(args, "B", out, {})
+    assert calls[0] == ["train"] and "already holds model.onnx's masks: reusing them" in capsys.readouterr().out
+    (out / "B" / "model.onnx").write_bytes(b"plain model B, trained on")
+    with pytest.raises(SystemExit, match="masks drawn by another model"):
+        real.taught_entry(args, "B", out, {})
+
+
+def test_teach_follows_b_and_c_only(real, tmp_path, monkeypatch):
+    """mode_external with --teach: B and C each followed by their taught run, in the report under B-taught/C-taught;
+    A is never taught (it does not train on NIH)."""
+    done = []
+    monkeypatch.setattr(real, "external_plans", lambda args, out: {k: (k, [], k, None) for k in "ABC"})
+    monkeypatch.setattr(real, "mask_conventions", lambda wj, labels: {})
+    monkeypatch.setattr(real, "print_conventions", lambda conv: None)
+    monkeypatch.setattr(real, "train", lambda run_dir, sources, args, extra=None: done.append(run_dir.parent.name))
+    monkeypatch.setattr(real, "export", lambda run_dir, model: None)
+    monkeypatch.setattr(real, "left_out_entry", lambda args, key, plan, run_dir, key_out, labels, t0: {"key": key})
+    monkeypatch.setattr(real, "taught_entry", lambda args, key, out, teacher: done.append(f"{key}-taught") or
+                        {"teacher_key": teacher["key"]})
+    args = argparse.Namespace(only="A,B,C", data=tmp_path, teach=True, nih_masks=None)
+    report = real.mode_external(args, tmp_path)
+    assert done == ["A", "B", "B-taught", "C", "C-taught"]
+    assert report["B-taught"] == {"teacher_key": "B"} and "A-taught" not in report
+    assert set(json.loads((tmp_path / "external.json").read_text())) >= {"B-taught", "C-taught"}
+
+
+@pytest.mark.parametrize("extra", [
+    ["--mode", "real", "--teach"],
+    ["--mode", "external", "--only", "A", "--teach"],
+    ["--mode", "external", "--average", "x", "--teach"],
+])
+def test_teach_arguments_are_checked(real, extra, capsys):
+    with pytest.raises(SystemExit) as exc:
+        real.main(extra)
+    assert exc.value.code == 2 and "--teach goes with --mode external" in capsys.readouterr().err
+
+
+def test_teach_and_nih_masks_are_not_given_together(real, tmp_path, capsys):
+    (tmp_path / "pseudo.json").write_text("{}")
+    with pytest.raises(SystemExit) as exc:
+        real.main(["--mode", "external", "--only", "B", "--nih-masks", str(tmp_path), "--teach"])
+    assert exc.value.code == 2 and "not with --nih-masks" in capsys.readouterr().err
+
+
+def test_average_covers_the_taught_runs_the_folders_hold(real, tmp_path):
+    """--seeds with --teach: the taught runs are averaged over the seeds beside the plain ones, their ctr against the
+    left-out masks."""
+    data = tmp_path / "data"
+    (data / "ctr_wingspan_jsrt").mkdir(parents=True)
+    (data / "nih_cxr14_sample").mkdir(parents=True)
+    (data / "ctr_wingspan_jsrt" / "labels.csv").write_text("path,ctr_mask\nwingspan/png/a.png,0.40\n"
+                                                           "wingspan/png/b.png,0.60\n")
+    (data / "nih_cxr14_sample" / "labels.csv").write_text("path,view_position\n")
+    dirs = []
+    for seed, shift in ((0, 0.02), (1, -0.02)):
+        rows = [("a.png", 0.2, 0.40 + shift, 0, "ok"), ("b.png", 0.8, 0.60 + shift, 1, "ok")]
+        d = seed_dir(tmp_path / f"s{seed}", seed, "B", rows)
+        seed_dir(d, seed, "B-taught", [(p, pr, c - shift, y, s) for p, pr, c, y, s in rows])
+        dirs.append(d)
+    report = real.mode_average(argparse.Namespace(data=data, only="B"), dirs, tmp_path)
+    assert list(report) == ["B", "B-taught"]
+    assert report["B"]["ctr"]["seeds_mae"] == pytest.approx([0.02, 0.02])
+    assert report["B-taught"]["ctr"]["seeds_mae"] == pytest.approx([0.0, 0.0])
+    assert "B-taught: NIH + JSRT -> wingspan, NIH masks drawn by the plain run" in report["B-taught"]["table"][0]
