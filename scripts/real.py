@@ -396,6 +396,11 @@ def taught_entry(args, key: str, out: Path, teacher: dict) -> dict:
     masks_dir = out / f"{key}-masks"
     draw_masks(out / key / "model.onnx", nih_spec(args), masks_dir)
     check = teacher_check(masks_dir, key, args.data)
+    if not check["n_with_masks"]:  # the taught run would train exactly as the plain one did: say so, spend no hours
+        why = (f"the plain run drew no usable masks on the {check['n_images']} NIH films (flags: "
+               + ", ".join(f"{k} {v}" for k, v in sorted(check["flags"].items())) + "); nothing to teach")
+        print(f"{key}-taught: skipped: {why}")
+        return {"skipped": why, "teacher": {**check, "run": str(out / key / "run"), "masks": str(masks_dir)}}
     taught_args = argparse.Namespace(**{**vars(args), "nih_masks": masks_dir})
     title, sources, left_out, prefix = external_plans(taught_args, out)[key]
     plan = (f"{title}, NIH masks drawn by the plain run", sources, left_out, prefix)

@@ -507,3 +507,23 @@ def test_average_covers_the_taught_runs_the_folders_hold(real, tmp_path):
     assert report["B"]["ctr"]["seeds_mae"] == pytest.approx([0.02, 0.02])
     assert report["B-taught"]["ctr"]["seeds_mae"] == pytest.approx([0.0, 0.0])
     assert "B-taught: NIH + JSRT -> wingspan, NIH masks drawn by the plain run" in report["B-taught"]["table"][0]
+
+
+def test_teach_trains_nothing_when_the_plain_run_drew_no_usable_masks(real, tmp_path, monkeypatch, capsys):
+    """A teacher whose masks were all flagged: the taught run would repeat the plain one epoch for epoch (same seed,
+    split and films, none with masks), so it is skipped with the reason, not trained for hours."""
+    out, data = tmp_path / "out", tmp_path / "data"
+    _plain_run(out, "C", [60.0])
+    masks = _pseudo_dir(tmp_path, ["nih", "wingspan"], source=f"nih:{data / 'nih_cxr14_sample'};name=nih")
+    record = json.loads((masks / "pseudo.json").read_text())
+    import hashlib
+
+    record.update(n_with_masks=0, flags={"lungs_cut_by_edge": 10})
+    record["teacher"]["sha256"] = hashlib.sha256((out / "C" / "model.onnx").read_bytes()).hexdigest()
+    (masks / "pseudo.json").write_text(json.dumps(record))
+    masks.rename(out / "C-masks")
+    monkeypatch.setattr(real, "train", lambda *a, **k: pytest.fail("trained a run with nothing to teach"))
+    entry = real.taught_entry(argparse.Namespace(data=data, seed=0, split_seed=0, nih_masks=None), "C", out, {})
+    assert entry["skipped"] == ("the plain run drew no usable masks on the 10 NIH films (flags: lungs_cut_by_edge "
+                                "10); nothing to teach")
+    assert "C-taught: skipped" in capsys.readouterr().out and not (out / "C-taught").exists()
