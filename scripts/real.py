@@ -40,7 +40,7 @@ training sources unless `--split-seed N` holds it (the films left out are the sa
 their shared validation split), exported, and tested on the source left out like a single run (OUT/ensemble/).
 
 One run teaching another: `--mode external --only B,C --teach` trains B (and C) as above, then has its exported model
-draw the heart and lungs on the NIH films it trained on (python -m cxr.train.pseudo; films whose masks carry a ctr_flag
+draw the heart and lungs on the NIH sample's films (python -m cxr.train.pseudo; films whose masks carry a ctr_flag
 train the classifier only), trains a second run of the same seed and split with those masks (OUT/B-taught) and tests it
 on the same films left out. The masks come from a model that never saw the hospital left out; nothing is fitted on it.
 """
@@ -357,6 +357,9 @@ def mode_external(args, out: Path) -> dict:
     print_conventions(report["mask_conventions"])
     if getattr(args, "nih_masks", None):  # every run checked before any trains
         report["nih_masks"] = {key: teacher_check(args.nih_masks, key, args.data) for key in todo}
+    for key in todo if getattr(args, "teach", False) else []:
+        if key in ("B", "C"):
+            teach_precheck(args, out, key)
     for key in todo:
         t0 = time.time()
         run_dir = out / key / "run"
@@ -387,14 +390,40 @@ def draw_masks(teacher: Path, spec: str, masks_dir: Path) -> None:
     run([sys.executable, "-m", "cxr.train.pseudo", str(teacher), spec, "--out", str(masks_dir)])
 
 
+def teach_precheck(args, out: Path, key: str) -> None:
+    """--teach, before anything trains: masks drawn by an earlier state of run `key` (one a larger --epochs will
+    continue, or one deleted to train again) would be refused after hours of training; refuse them now."""
+    masks, run_dir = out / f"{key}-masks", out / key / "run"
+    if not (masks / "pseudo.json").is_file():
+        return
+    done = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else None
+    if done is None or (done.get("epochs_run", args.epochs) < args.epochs and not done.get("stopped_early")):
+        raise SystemExit(f"real: {masks} holds masks drawn by run {key} as it was; the run will now "
+                         f"{'train again' if done is None else 'continue to --epochs ' + str(args.epochs)}, so they "
+                         f"would no longer be its masks: delete {masks} and {out / (key + '-taught')}, or give "
+                         "another --out")
+
+
+def _taught_record(masks_dir: Path) -> dict:
+    saved = json.loads((masks_dir / "pseudo.json").read_text())
+    return {"teacher_sha256": saved["teacher"]["sha256"], "labels_sha256": saved.get("labels_sha256")}
+
+
 def taught_entry(args, key: str, out: Path, teacher: dict) -> dict:
-    """--teach: run `key`'s plain model (just trained and tested) draws the heart and lungs on the NIH films it
-    trained on; a second run of the same seed and split then trains with those masks (python -m cxr.train.pseudo;
-    flagged films train the classifier only) and is tested on the same films left out. One run teaching one: the
-    path that fits one left-out run's time budget; `training_seconds` gives both runs' epochs' own times."""
+    """--teach: run `key`'s plain model (just trained and tested) draws the heart and lungs on every labelled film of
+    the NIH sample (its training, validation and test splits; the hospital left out is none of them); a second run
+    of the same seed and split then trains with those masks (python -m cxr.train.pseudo; flagged films train the
+    classifier only) and is tested on the same films left out. One run teaching one: the path that fits one left-out
+    run's time budget; `training_seconds` gives both runs' epochs' own times. The taught run records which masks it
+    trained on (teacher.json) and is never reused, or continued, on others."""
     t0 = time.time()
     masks_dir = out / f"{key}-masks"
+    key_out = out / f"{key}-taught"
     draw_masks(out / key / "model.onnx", nih_spec(args), masks_dir)
+    record = key_out / "teacher.json"
+    if record.is_file() and json.loads(record.read_text()) != _taught_record(masks_dir):
+        raise SystemExit(f"real: {key_out} trained on other masks than those now in {masks_dir}: delete "
+                         f"{key_out} to train it again on these, or give another --out")
     check = teacher_check(masks_dir, key, args.data)
     if not check["n_with_masks"]:  # the taught run would train exactly as the plain one did: say so, spend no hours
         why = (f"the plain run drew no usable masks on the {check['n_images']} NIH films (flags: "
@@ -404,8 +433,12 @@ def taught_entry(args, key: str, out: Path, teacher: dict) -> dict:
     taught_args = argparse.Namespace(**{**vars(args), "nih_masks": masks_dir})
     title, sources, left_out, prefix = external_plans(taught_args, out)[key]
     plan = (f"{title}, NIH masks drawn by the plain run", sources, left_out, prefix)
-    key_out = out / f"{key}-taught"
     run_dir = key_out / "run"
+    if (run_dir / "config.json").is_file() and not record.is_file():
+        raise SystemExit(f"real: {key_out} holds a run that does not record which masks it trained on: delete it "
+                         "to train it again, or give another --out")
+    key_out.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(_taught_record(masks_dir)))
     train(run_dir, sources, taught_args)
     export(run_dir, key_out / "model.onnx")
     entry = left_out_entry(taught_args, f"{key}-taught", plan, run_dir, key_out, out / "labels_masks.csv", t0)
@@ -688,9 +721,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="with --seeds or --average: also build each run's seeds into one model with cxr-ensemble "
                          "(they must share --split-seed), export it and test it on the source left out")
     ap.add_argument("--teach", action="store_true",
-                    help="external: after each of B and C, its model draws the heart and lungs on the NIH films it "
-                         "trained on and a second run of the same seed trains with them (OUT/B-taught, OUT/C-taught; "
-                         "one run teaching one)")
+                    help="external: after each of B and C, its model draws the heart and lungs on the NIH sample's "
+                         "films and a second run of the same seed trains with them (OUT/B-taught, OUT/C-taught; one "
+                         "run teaching one; averaged over --seeds, not built by --ensemble)")
     ap.add_argument("--nih-masks", type=Path, default=None, metavar="DIR",
                     help="external B/C: train on the NIH films with the masks a teacher drew for them "
                          "(python -m cxr.train.pseudo TEACHER.onnx 'nih:...;name=nih' --out DIR); the teacher must "

@@ -448,6 +448,17 @@ def test_teach_draws_the_plain_runs_masks_and_trains_the_same_seed_with_them(rea
     (out / "B" / "model.onnx").write_bytes(b"plain model B, trained on")
     with pytest.raises(SystemExit, match="masks drawn by another model"):
         real.taught_entry(args, "B", out, {})
+    # masks of other films (another spec) are refused the same way
+    other = argparse.Namespace(**{**vars(args), "data": tmp_path / "elsewhere"})
+    with pytest.raises(SystemExit, match="or of other films"):
+        real.taught_entry(other, "B", out, {})
+    # the user deletes the masks as told and they are drawn again by the new model: the taught run, trained on the
+    # old masks, is refused rather than reused or continued on the new ones
+    import shutil
+
+    shutil.rmtree(masks)
+    with pytest.raises(SystemExit, match="trained on other masks than those now in"):
+        real.taught_entry(args, "B", out, {})
 
 
 def test_teach_follows_b_and_c_only(real, tmp_path, monkeypatch):
@@ -527,3 +538,36 @@ def test_teach_trains_nothing_when_the_plain_run_drew_no_usable_masks(real, tmp_
     assert entry["skipped"] == ("the plain run drew no usable masks on the 10 NIH films (flags: lungs_cut_by_edge "
                                 "10); nothing to teach")
     assert "C-taught: skipped" in capsys.readouterr().out and not (out / "C-taught").exists()
+
+
+@pytest.mark.parametrize("metrics, epochs, refused", [
+    ({"epochs_run": 20}, 20, None),  # finished as asked: its masks are its own
+    ({"epochs_run": 12, "stopped_early": True}, 20, None),  # early stopping ended it: reused as it is
+    ({"epochs_run": 12}, 20, "will now continue to --epochs 20"),
+    (None, 20, "will now train again"),  # deleted (or interrupted) with its masks left behind
+])
+def test_teach_refuses_masks_of_an_earlier_state_of_the_run_before_anything_trains(real, tmp_path, metrics, epochs,
+                                                                                   refused):
+    (tmp_path / "B" / "run").mkdir(parents=True)
+    if metrics is not None:
+        (tmp_path / "B" / "run" / "metrics.json").write_text(json.dumps(metrics))
+    args = argparse.Namespace(epochs=epochs)
+    real.teach_precheck(args, tmp_path, "B")  # no masks yet: nothing to check
+    (tmp_path / "B-masks").mkdir()
+    (tmp_path / "B-masks" / "pseudo.json").write_text("{}")
+    if refused is None:
+        real.teach_precheck(args, tmp_path, "B")
+        return
+    with pytest.raises(SystemExit, match=refused + r".*delete .*B-masks and .*B-taught"):
+        real.teach_precheck(args, tmp_path, "B")
+
+
+def test_the_plain_runs_nih_source_is_the_one_the_masks_are_drawn_on(real, tmp_path):
+    """--teach draws the masks on nih_spec: the very source B and C train on, so the pseudo-labels' films, patients
+    and split are the plain run's."""
+    wj = tmp_path / "data" / "ctr_wingspan_jsrt"
+    wj.mkdir(parents=True)
+    (wj / "labels.csv").write_text("path,dataset,cardiomegaly_mask_ctr,ctr_mask\njsrt/png/a.png,jsrt,0,0.45\n")
+    args = argparse.Namespace(data=tmp_path / "data", nih_masks=None)
+    plans = real.external_plans(args, tmp_path)
+    assert plans["B"][1][0] == plans["C"][1][0] == real.nih_spec(args)
