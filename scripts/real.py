@@ -112,6 +112,11 @@ def _source_key(spec: dict) -> tuple[str, str, str]:
     return kind, str(Path(spec.get("data_root") or "").resolve()), str(Path(csv_path).resolve()) if csv_path else ""
 
 
+def continues(done: dict, epochs: int) -> bool:
+    """A finished run (its metrics.json) that --epochs continues: fewer epochs run, and not ended by early stopping."""
+    return done.get("epochs_run", epochs) < epochs and not done.get("stopped_early")
+
+
 def train(run_dir: Path, sources: list[str], args, extra: list[str] | None = None) -> None:
     if (run_dir / "metrics.json").is_file():
         saved = json.loads((run_dir / "config.json").read_text())
@@ -132,7 +137,7 @@ def train(run_dir: Path, sources: list[str], args, extra: list[str] | None = Non
                              f"--balance-labels, not the one asked for: give another --out, or delete it to train "
                              "again")
         done = json.loads((run_dir / "metrics.json").read_text())
-        if done.get("epochs_run", args.epochs) < args.epochs and not done.get("stopped_early"):
+        if continues(done, args.epochs):
             # the same run as one started with --epochs N: the plateau schedule and early stopping carry on
             print(f"{run_dir} holds a finished run of {done['epochs_run']} epochs: continuing it to {args.epochs}.")
             run([str(BIN / "cxr-train"), "--resume", str(run_dir), "--max-epochs", str(args.epochs)])
@@ -357,8 +362,8 @@ def mode_external(args, out: Path) -> dict:
     print_conventions(report["mask_conventions"])
     if getattr(args, "nih_masks", None):  # every run checked before any trains
         report["nih_masks"] = {key: teacher_check(args.nih_masks, key, args.data) for key in todo}
-    for key in todo if getattr(args, "teach", False) else []:
-        if key in ("B", "C"):
+    if getattr(args, "teach", False):  # stale masks refused before any run trains
+        for key in [k for k in todo if k in ("B", "C")]:
             teach_precheck(args, out, key)
     for key in todo:
         t0 = time.time()
@@ -397,7 +402,7 @@ def teach_precheck(args, out: Path, key: str) -> None:
     if not (masks / "pseudo.json").is_file():
         return
     done = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else None
-    if done is None or (done.get("epochs_run", args.epochs) < args.epochs and not done.get("stopped_early")):
+    if done is None or continues(done, args.epochs):
         raise SystemExit(f"real: {masks} holds masks drawn by run {key} as it was; the run will now "
                          f"{'train again' if done is None else 'continue to --epochs ' + str(args.epochs)}, so they "
                          f"would no longer be its masks: delete {masks} and {out / (key + '-taught')}, or give "
@@ -434,9 +439,6 @@ def taught_entry(args, key: str, out: Path, teacher: dict) -> dict:
     title, sources, left_out, prefix = external_plans(taught_args, out)[key]
     plan = (f"{title}, NIH masks drawn by the plain run", sources, left_out, prefix)
     run_dir = key_out / "run"
-    if (run_dir / "config.json").is_file() and not record.is_file():
-        raise SystemExit(f"real: {key_out} holds a run that does not record which masks it trained on: delete it "
-                         "to train it again, or give another --out")
     key_out.mkdir(parents=True, exist_ok=True)
     record.write_text(json.dumps(_taught_record(masks_dir)))
     train(run_dir, sources, taught_args)
