@@ -75,6 +75,75 @@ def teacher_masks(scorer, paths: Sequence[Path], batch_size: int = 16, workers: 
         yield (np.asarray(row.masks) > 0).astype(np.uint8), ctr, float(row.probability), row.ctr_flag
 
 
+def shift_grid(pixels: int) -> list[tuple[int, int]]:
+    """The (dy, dx) shifts of a vote over `pixels`: the film itself and its eight neighbours `pixels` away."""
+    return [(dy, dx) for dy in (-pixels, 0, pixels) for dx in (-pixels, 0, pixels)] if pixels else [(0, 0)]
+
+
+def shifted(images: np.ndarray, dy: int, dx: int) -> tuple[np.ndarray, np.ndarray]:
+    """(images [..., H, W] with their content moved dy rows down and dx columns right, the uncovered border 0 as the
+    training's geometric augmentation fills it; a [H, W] bool of where the moved content lies)."""
+    h, w = images.shape[-2:]
+    out = np.zeros_like(images)
+    inside = np.zeros((h, w), bool)
+    ys, yd = (slice(0, h - dy), slice(dy, h)) if dy >= 0 else (slice(-dy, h), slice(0, h + dy))
+    xs, xd = (slice(0, w - dx), slice(dx, w)) if dx >= 0 else (slice(-dx, w), slice(0, w + dx))
+    out[..., yd, xd] = images[..., ys, xs]
+    inside[yd, xd] = True
+    return out, inside
+
+
+def vote(masks: Sequence[np.ndarray], shifts: Sequence[tuple[int, int]]) -> np.ndarray:
+    """Majority vote of 0/1 masks [N, C, H, W], each drawn on the films moved by its (dy, dx) of `shifts`: each mask
+    is moved back, and a pixel is on where at least half of the drawings that saw it (whose moved film still held
+    it) put it on. Then each structure keeps its main part, as the model's own masks do."""
+    from cxr.runtime.anatomy import main_parts_reference
+
+    votes = np.zeros(masks[0].shape, np.int32)
+    seen = np.zeros(masks[0].shape[-2:], np.int32)
+    for m, (dy, dx) in zip(masks, shifts):
+        back, inside = shifted((np.asarray(m) > 0).astype(np.uint8), -dy, -dx)
+        votes += back
+        seen += inside
+    on = ((2 * votes >= seen) & (seen > 0)).astype(np.uint8)
+    return np.stack([main_parts_reference(one) for one in on]) if len(on) else on
+
+
+class ShiftVote:
+    """The teacher with its masks voted over small shifts of each film (test-time augmentation: `vote` over
+    `shift_grid(pixels)`, the model run once per shift); the ratio is measured again on the voted masks (as the
+    model measures its own), and its mask flags follow from them. The probability, logit and activation map stay
+    those of the film as given. Everything else (card, threshold, SHA-256) is the teacher's."""
+
+    def __init__(self, scorer, pixels: int):
+        size = int(scorer.card.preprocess.size)
+        if not 0 < pixels < size // 4:
+            raise PseudoError(f"--shift-vote {pixels}: give a shift of 1 to {size // 4 - 1} pixels (the teacher's "
+                              f"input is {size}x{size})")
+        self._scorer, self.pixels, self.shifts = scorer, int(pixels), shift_grid(int(pixels))
+
+    def __getattr__(self, name: str):
+        return getattr(self._scorer, name)
+
+    def run(self, batch: np.ndarray, extras: Sequence[str] = ()) -> dict[str, np.ndarray]:
+        from cxr.runtime.anatomy import ctr_reference
+
+        extras = tuple(dict.fromkeys((*extras, "masks")))
+        drawn, values = [], None
+        for dy, dx in self.shifts:
+            out = self._scorer.run(shifted(np.asarray(batch), dy, dx)[0], extras)
+            if out["masks"].shape[-2:] != batch.shape[-2:]:
+                raise PseudoError(f"{self._scorer.model_path}: masks of {list(out['masks'].shape[-2:])} for an "
+                                  f"input of {list(batch.shape[-2:])}; a shift vote needs masks at the input's size")
+            drawn.append(out["masks"])
+            if (dy, dx) == (0, 0):
+                values = out
+        masks = vote(drawn, self.shifts)
+        values["masks"] = masks
+        values["ctr"] = np.array([ctr_reference(m) for m in masks], np.float32)
+        return values
+
+
 def _check_out(out: Path) -> None:
     if (out / "labels.csv").exists() or (out / "masks").exists():
         raise PseudoError(f"{out}: already holds pseudo-labels (labels.csv or masks/); give another --out or delete "
@@ -105,7 +174,7 @@ def _cell(value: float) -> str:
 
 
 def pseudo_label(teacher: str | Path, spec: str, out: str | Path, *, batch_size: int = 16, workers: int = 2,
-                 device: str = "cpu", log=print) -> dict[str, Any]:
+                 device: str = "cpu", shift_vote: int = 0, log=print) -> dict[str, Any]:
     """Write DIR/labels.csv, the mask files and DIR/pseudo.json for every labelled image of `spec`; returns the
     summary written to pseudo.json. Everything is written under DIR/.partial first and moved into place at the end,
     so a run that stops half-way leaves no labels.csv and can simply be started again. PseudoError for a teacher
@@ -123,6 +192,7 @@ def pseudo_label(teacher: str | Path, spec: str, out: str | Path, *, batch_size:
     if "masks" not in scorer.extra_outputs or "ctr" not in scorer.extra_outputs:
         raise PseudoError(f"{teacher}: the model has no masks/ctr outputs (it was trained without a segmentation "
                           "head); a teacher must draw heart and lungs")
+    drawer = ShiftVote(scorer, shift_vote) if shift_vote else scorer
     samples, summary = load_source(spec)
     if not samples:
         raise PseudoError(f"{spec}: no labelled images")
@@ -138,7 +208,7 @@ def pseudo_label(teacher: str | Path, spec: str, out: str | Path, *, batch_size:
     with open(partial / "labels.csv", "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(COLUMNS)
-        results = teacher_masks(scorer, [s.path for s in samples], batch_size=batch_size, workers=workers)
+        results = teacher_masks(drawer, [s.path for s in samples], batch_size=batch_size, workers=workers)
         for i, (sample, (masks, ctr, prob, flag)) in enumerate(zip(samples, results)):
             cells = ["", "", ""]
             if sample.masks:  # the source's own masks win over the teacher's
@@ -160,7 +230,7 @@ def pseudo_label(teacher: str | Path, spec: str, out: str | Path, *, batch_size:
     digest = hashlib.sha256((partial / "labels.csv").read_bytes()).hexdigest()
     n = len(samples)
     report = {"teacher": {"path": str(Path(teacher).resolve()), "sha256": scorer.model_sha256,
-                          "card": json.loads(scorer.card.to_json())},
+                          "card": json.loads(scorer.card.to_json())}, "shift_vote": int(shift_vote),
               "source": spec, "index": summary, "patient_ids_known": ids_known, "n_images": n,
               "n_with_masks": n_masked, "n_with_own_masks": n_manual, "n_without_masks": n - n_masked - n_manual,
               "flags": dict(sorted(flags.items())), "mask_size": int(scorer.card.preprocess.size),
@@ -194,12 +264,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+    ap.add_argument("--shift-vote", type=int, default=0, metavar="PIXELS",
+                    help="draw each film's masks 9 times, on the film moved 0 or PIXELS pixels (at the teacher's "
+                         "input size) each way, and keep what half or more of them draw (0, the default: draw once)")
     args = ap.parse_args(argv)
     from cxr.runtime.errors import CxrError
 
     try:
         report = pseudo_label(args.teacher, args.source, args.out, batch_size=args.batch_size,
-                              workers=args.workers, device=args.device)
+                              workers=args.workers, device=args.device, shift_vote=args.shift_vote)
     except (PseudoError, CxrError, ValueError) as exc:
         print(f"cxr.train.pseudo: error: {exc}", file=sys.stderr)
         return 2

@@ -310,3 +310,83 @@ def test_a_batch_the_teacher_fails_is_retried_one_film_at_a_time(site, tmp_path,
     assert taught and all(r["mask_heart"] and r["teacher_flag"] == "" for r in taught)
     assert report["flags"] == {"inference_failed": len(dark), "truncated": 1}
     assert report["n_with_masks"] == len(taught) and len(rows) == 6
+
+
+def test_shifted_moves_the_content_and_says_where_it_lies():
+    image = np.arange(1, 26, dtype=np.uint8).reshape(5, 5)
+    moved, inside = pseudo.shifted(image, 1, -2)
+    np.testing.assert_array_equal(moved[1:, :3], image[:4, 2:])
+    assert not moved[0].any() and not moved[:, 3:].any()  # the uncovered border is 0, as the training fills it
+    np.testing.assert_array_equal(inside, moved > 0)
+    back, seen = pseudo.shifted(moved, -1, 2)
+    np.testing.assert_array_equal(back[seen], image[seen])
+    assert seen.sum() == 4 * 3 and pseudo.shift_grid(0) == [(0, 0)] and len(set(pseudo.shift_grid(3))) == 9
+
+
+def _drawings(truth, shifts, extra_at=None):
+    """What a teacher equivariant to shifts draws on each moved film: the truth moved (cut at the edge), plus a stray
+    blob on the drawing `extra_at`."""
+    out = []
+    for k, (dy, dx) in enumerate(shifts):
+        drawn = pseudo.shifted(truth, dy, dx)[0].copy()
+        if k == extra_at:
+            drawn[:, 0:4, 24:28] = 1
+        out.append(drawn)
+    return out
+
+
+def test_the_vote_drops_what_one_drawing_alone_saw_and_keeps_structures_at_the_edge():
+    from cxr.runtime.anatomy import main_parts_reference
+
+    truth = np.zeros((1, 3, 32, 32), np.uint8)
+    truth[0, 0, 12:22, 10:20] = 1  # heart
+    truth[0, 1, 4:32, 0:9] = 1  # a lung in the corner: its corner pixel is seen by 4 of the 9 drawings
+    truth[0, 2, 4:28, 21:30] = 1
+    shifts = pseudo.shift_grid(3)
+    voted = pseudo.vote(_drawings(truth, shifts, extra_at=4), shifts)
+    np.testing.assert_array_equal(voted, truth)  # the edge column kept: only the drawings that saw it vote on it
+    # one stray piece drawn apart by every drawing: the vote keeps it, then main parts drop it as the model does
+    stray = truth.copy()
+    stray[0, 2, 0:3, 0:3] = 1
+    voted = pseudo.vote(_drawings(stray, shifts), shifts)
+    np.testing.assert_array_equal(voted, main_parts_reference(stray[0])[None])
+    np.testing.assert_array_equal(voted, truth)
+
+
+def test_a_shift_vote_of_an_equivariant_teacher_draws_its_masks_and_measures_them_again(site, tmp_path):
+    """The bright teacher's masks (image > 128) move with the film, so a vote over shifts gives its own masks back,
+    after main parts; the ratio is measured on them (not the teacher's in-graph 0.3 + 0.4 x brightness)."""
+    from cxr.runtime.anatomy import ctr_reference, main_parts_reference
+
+    spec, folder = site
+    teacher = bright_model(tmp_path / "t.onnx")
+    out = tmp_path / "pseudo"
+    report = pseudo.pseudo_label(teacher, spec, out, batch_size=2, shift_vote=3, log=_quiet)
+    assert report["shift_vote"] == 3
+    assert json.loads((out / "pseudo.json").read_text())["shift_vote"] == 3
+    bad, *films = _rows(out)
+    assert bad["teacher_flag"].startswith("truncated:")
+    taught = 0
+    for r in films:
+        image = _preprocessed(r["path"])
+        expected = main_parts_reference(np.repeat((image[0] > 128).astype(np.uint8), 3, axis=0))
+        ctr = ctr_reference(expected)
+        assert float(r["teacher_ctr"]) == pytest.approx(ctr, abs=1e-6)
+        assert float(r["teacher_probability"]) == pytest.approx(float(expected_probability(image)[0]), abs=1e-5)
+        assert r["teacher_flag"] == mask_flags(expected, ctr)
+        if not r["teacher_flag"]:
+            taught += 1
+            for column, plane in zip(pseudo.MASK_COLUMNS, expected):
+                np.testing.assert_array_equal(cv2.imread(str(out / r[column]), cv2.IMREAD_UNCHANGED), plane * 255)
+    assert taught == report["n_with_masks"] > 0
+    plain = pseudo.pseudo_label(teacher, spec, tmp_path / "plain", batch_size=2, log=_quiet)
+    assert plain["shift_vote"] == 0 and plain["n_with_masks"] == taught
+
+
+@pytest.mark.parametrize("pixels", ["-1", str(SIZE // 4)])
+def test_a_shift_vote_out_of_range_is_refused_before_anything_is_written(site, tmp_path, capsys, pixels):
+    spec, _ = site
+    out = tmp_path / "pseudo"
+    assert pseudo.main([str(bright_model(tmp_path / "t.onnx")), spec, "--out", str(out), "--shift-vote", pixels]) == 2
+    assert f"--shift-vote {pixels}: give a shift of 1 to {SIZE // 4 - 1} pixels" in capsys.readouterr().err
+    assert not out.exists()
