@@ -390,3 +390,46 @@ def test_a_shift_vote_out_of_range_is_refused_before_anything_is_written(site, t
     assert pseudo.main([str(bright_model(tmp_path / "t.onnx")), spec, "--out", str(out), "--shift-vote", pixels]) == 2
     assert f"--shift-vote {pixels}: give a shift of 1 to {SIZE // 4 - 1} pixels" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_unsteady_films_are_those_whose_drawings_disagree_on_the_ratio():
+    nan = float("nan")
+    ratios = np.array([[0.50, 0.51, 0.52], [0.50, 0.55, 0.52], [0.50, nan, 0.50], [nan, nan, nan]])
+    assert pseudo._unsteady(ratios, 0.03).tolist() == [False, True, True, False]  # all NaN: the masks' own flags
+    assert pseudo._unsteady(ratios, 0.06).tolist() == [False, False, True, False]
+
+
+def test_a_film_the_teacher_measures_differently_when_moved_is_flagged_unsteady(site, tmp_path):
+    """The bright teacher's ratio (0.3 + 0.4 x mean brightness) drops when a moved film's border goes black: with
+    --max-spread 0 every film whose drawings differ is flagged, beside its masks' own flags, and trains the classifier
+    only; with a spread wider than any the films are taught as without it."""
+    spec, folder = site
+    teacher = bright_model(tmp_path / "t.onnx")
+    strict = pseudo.pseudo_label(teacher, spec, tmp_path / "strict", batch_size=2, shift_vote=3, max_spread=0.0,
+                                 log=_quiet)
+    _, *films = _rows(tmp_path / "strict")
+    moved = []
+    for f in films:  # does the film's ratio move with it? (a film dark at its border does not)
+        image = _preprocessed(f["path"]).astype(np.float64)
+        ratios = {round(0.3 + 0.4 * pseudo.shifted(image, dy, dx)[0].mean() / 255, 6) for dy, dx in
+                  pseudo.shift_grid(3)}
+        moved.append(len(ratios) > 1)
+        assert (pseudo.UNSTEADY in f["teacher_flag"].split(";")) == moved[-1]
+        if moved[-1]:
+            assert [f[c] for c in pseudo.MASK_COLUMNS] == ["", "", ""]
+    assert 0 < sum(moved) == strict["flags"]["unsteady"] and strict["max_spread"] == 0.0
+    assert "lungs_cut_by_edge;unsteady" in {f["teacher_flag"] for f in films}  # joined to the masks' own flags
+    loose = pseudo.pseudo_label(teacher, spec, tmp_path / "loose", batch_size=2, shift_vote=3, max_spread=1.0,
+                                log=_quiet)
+    voted = pseudo.pseudo_label(teacher, spec, tmp_path / "voted", batch_size=2, shift_vote=3, log=_quiet)
+    assert loose["n_with_masks"] == voted["n_with_masks"] > 0 and "unsteady" not in loose["flags"]
+    assert [r["teacher_flag"] for r in _rows(tmp_path / "loose")] == [
+        r["teacher_flag"] for r in _rows(tmp_path / "voted")]
+
+
+def test_max_spread_needs_a_shift_vote(site, tmp_path, capsys):
+    spec, _ = site
+    out = tmp_path / "pseudo"
+    assert pseudo.main([str(bright_model(tmp_path / "t.onnx")), spec, "--out", str(out), "--max-spread", "0.03"]) == 2
+    assert "--max-spread measures how far a film's drawings over shifts disagree" in capsys.readouterr().err
+    assert not out.exists()
