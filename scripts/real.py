@@ -44,8 +44,7 @@ draw the heart and lungs on the NIH sample's films (python -m cxr.train.pseudo; 
 train the classifier only), trains a second run of the same seed and split with those masks (OUT/B-taught) and tests it
 on the same films left out. The masks come from a model that never saw the hospital left out; nothing is fitted on it.
 `--teach-vote PIXELS` has the plain run draw each film's masks nine times, on the film moved 0 or PIXELS pixels each
-way, and keep what half of the drawings draw (python -m cxr.train.pseudo --shift-vote); with `--teach-spread RATIO`
-a film whose drawings measure ratios more than RATIO apart trains the classifier only (--max-spread).
+way, and keep what half of the drawings draw (python -m cxr.train.pseudo --shift-vote).
 """
 
 from __future__ import annotations
@@ -381,12 +380,10 @@ def mode_external(args, out: Path) -> dict:
     return report
 
 
-def draw_masks(teacher: Path, spec: str, masks_dir: Path, shift_vote: int = 0,
-               max_spread: float | None = None) -> None:
+def draw_masks(teacher: Path, spec: str, masks_dir: Path, shift_vote: int = 0) -> None:
     """python -m cxr.train.pseudo: the teacher's masks on every labelled film of `spec` into masks_dir (voted over
-    shifts of `shift_vote` pixels, 0: drawn once; films whose drawings' ratios lie more than `max_spread` apart
-    flagged unsteady); a folder that already holds the same teacher's masks of the same films, drawn the same way,
-    is reused, any other refused."""
+    shifts of `shift_vote` pixels, 0: drawn once); a folder that already holds the same teacher's masks of the same
+    films, drawn the same way, is reused, any other refused."""
     import hashlib
 
     record = masks_dir / "pseudo.json"
@@ -396,15 +393,13 @@ def draw_masks(teacher: Path, spec: str, masks_dir: Path, shift_vote: int = 0,
         if saved.get("teacher", {}).get("sha256") != sha or saved.get("source") != spec:
             raise SystemExit(f"real: {masks_dir} holds masks drawn by another model or of other films than "
                              f"{teacher} on {spec}: give another --out, or delete it to draw them again")
-        drawn = (int(saved.get("shift_vote", 0)), saved.get("max_spread"))
-        if drawn != (shift_vote, max_spread):
-            raise SystemExit(f"real: {masks_dir} holds masks drawn with --shift-vote {drawn[0]} --max-spread "
-                             f"{drawn[1]}, not {shift_vote} and {max_spread}: give another --out, or delete it to "
-                             "draw them again")
+        if int(saved.get("shift_vote", 0)) != shift_vote:
+            raise SystemExit(f"real: {masks_dir} holds masks drawn with --shift-vote {saved.get('shift_vote', 0)}, "
+                             f"not {shift_vote}: give another --out, or delete it to draw them again")
         print(f"{masks_dir} already holds {teacher.name}'s masks: reusing them (delete it to draw again).")
         return
     run([sys.executable, "-m", "cxr.train.pseudo", str(teacher), spec, "--out", str(masks_dir),
-         "--shift-vote", str(shift_vote), *(["--max-spread", str(max_spread)] if max_spread is not None else [])])
+         "--shift-vote", str(shift_vote)])
 
 
 def teach_precheck(args, out: Path, key: str) -> None:
@@ -436,8 +431,7 @@ def taught_entry(args, key: str, out: Path, teacher: dict) -> dict:
     t0 = time.time()
     masks_dir = out / f"{key}-masks"
     key_out = out / f"{key}-taught"
-    draw_masks(out / key / "model.onnx", nih_spec(args), masks_dir, getattr(args, "teach_vote", 0),
-               getattr(args, "teach_spread", None))
+    draw_masks(out / key / "model.onnx", nih_spec(args), masks_dir, getattr(args, "teach_vote", 0))
     record = key_out / "teacher.json"
     if record.is_file() and json.loads(record.read_text()) != _taught_record(masks_dir):
         raise SystemExit(f"real: {key_out} trained on other masks than those now in {masks_dir}: delete "
@@ -743,9 +737,6 @@ def main(argv: list[str] | None = None) -> int:
                     help="with --teach: the plain run draws each film's masks on it moved 0 or PIXELS pixels each "
                          "way and keeps what half of the drawings draw (python -m cxr.train.pseudo --shift-vote; "
                          "default %(default)s)")
-    ap.add_argument("--teach-spread", type=float, default=None, metavar="RATIO",
-                    help="with --teach-vote: a film whose drawings measure ratios more than RATIO apart trains the "
-                         "classifier only (python -m cxr.train.pseudo --max-spread)")
     ap.add_argument("--nih-masks", type=Path, default=None, metavar="DIR",
                     help="external B/C: train on the NIH films with the masks a teacher drew for them "
                          "(python -m cxr.train.pseudo TEACHER.onnx 'nih:...;name=nih' --out DIR); the teacher must "
@@ -761,8 +752,6 @@ def main(argv: list[str] | None = None) -> int:
                  "(the taught run draws its own) or --average")
     if args.teach_vote and not args.teach:
         ap.error("--teach-vote goes with --teach (how the plain run draws the masks it teaches with)")
-    if args.teach_spread is not None and not args.teach_vote:
-        ap.error("--teach-spread goes with --teach and --teach-vote (it measures how the voted drawings disagree)")
     if args.ensemble and not (args.seeds or args.average):
         ap.error("--ensemble goes with --seeds (trains, then builds) or --average DIR ... (builds from earlier runs)")
     if args.ensemble and args.seeds and args.split_seed is None:

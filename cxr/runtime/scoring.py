@@ -501,9 +501,7 @@ def _score_batch(scorer: Scorer, loaded: list[tuple[str, _Loaded]], threshold: f
 
 def _one(values: dict[str, np.ndarray], j: int, maps: bool = False) -> dict:
     """Image j's logit, probability and, where the model has them, CTR and mask flags (and, with `maps`, its own
-    copies of the activation map and masks, so the batch's arrays are not kept alive by one row). A scorer that
-    wraps the model may add flags of its own per image (`values["ctr_flags"]`, strings; no model output has that
-    name): they are joined to the masks' flags."""
+    copies of the activation map and masks, so the batch's arrays are not kept alive by one row)."""
     from cxr.runtime.anatomy import mask_flags
 
     out = {"logit": float(values["logit"][j]), "probability": float(values["probability"][j])}
@@ -512,8 +510,6 @@ def _one(values: dict[str, np.ndarray], j: int, maps: bool = False) -> dict:
         out["ctr"] = ctr if math.isfinite(ctr) else None
         masks = values["masks"][j] if "masks" in values else None
         out["ctr_flag"] = "not_measurable" if masks is None and out["ctr"] is None else mask_flags(masks, out["ctr"])
-        if "ctr_flags" in values and values["ctr_flags"][j]:
-            out["ctr_flag"] = ";".join(filter(None, (out["ctr_flag"], str(values["ctr_flags"][j]))))
     if maps:
         if "cam" in values:
             out["cam"] = np.array(values["cam"][j], np.float32)

@@ -19,10 +19,8 @@ started again.
 
 `--shift-vote PIXELS` steadies the teacher at the cost of nine inference passes, no training: each film is drawn on
 nine times, moved by 0 or PIXELS pixels (at the teacher's input size) along each axis (a 3 x 3 grid), each drawing
-is moved back, and a pixel is kept where at least half of the drawings that saw it drew it; each structure then
-keeps its main part and the ratio is measured on the voted masks, as the model measures its own. With `--max-spread
-RATIO`, a film whose nine drawings measure ratios more than RATIO apart is flagged `unsteady` (the teacher is unsure
-there) and trains the classifier only.
+is moved back, and a pixel is kept where at least half of the drawings that saw it drew it; each structure then keeps its main
+part and the ratio is measured on the voted masks, as the model measures its own.
 
 Where a run is to be tested on a source left out, neither the teacher nor the images labelled here may include that
 source: pseudo-labels drawn on the test films would carry the test set into training.
@@ -116,28 +114,18 @@ def vote(masks: Sequence[np.ndarray], shifts: Sequence[tuple[int, int]]) -> np.n
     return np.stack([main_parts_reference(one) for one in on]) if len(on) else on
 
 
-UNSTEADY = "unsteady"
-"""ctr_flag of a film whose nine drawings (--shift-vote) measure ratios further apart than --max-spread."""
-
-
 class ShiftVote:
     """The teacher with its masks voted over small shifts of each film (test-time augmentation: `vote` over
     `shift_grid(pixels)`, the model run once per shift); the ratio is measured again on the voted masks (as the
     model measures its own), and its mask flags follow from them. The probability, logit and activation map stay
-    those of the film as given. Everything else (card, threshold, SHA-256) is the teacher's. With `max_spread`, a
-    film whose drawings' own ratios (the model's, one per shift; a ratio does not move with the film) lie further
-    apart than that, or are measurable on some drawings only, is flagged `unsteady`: the teacher cannot be trusted
-    there, so the film trains the classifier only."""
+    those of the film as given. Everything else (card, threshold, SHA-256) is the teacher's."""
 
-    def __init__(self, scorer, pixels: int, max_spread: float | None = None):
+    def __init__(self, scorer, pixels: int):
         size = int(scorer.card.preprocess.size)
         if not 0 < pixels < size // 4:
             raise PseudoError(f"--shift-vote {pixels}: give a shift of 1 to {size // 4 - 1} pixels (the teacher's "
                               f"input is {size}x{size})")
-        if max_spread is not None and not max_spread >= 0:
-            raise PseudoError(f"--max-spread {max_spread}: give a spread of ratios of 0 or more")
         self._scorer, self.pixels, self.shifts = scorer, int(pixels), shift_grid(int(pixels))
-        self.max_spread = max_spread
 
     def __getattr__(self, name: str):
         return getattr(self._scorer, name)
@@ -146,32 +134,19 @@ class ShiftVote:
         from cxr.runtime.anatomy import ctr_reference
 
         extras = tuple(dict.fromkeys((*extras, "masks")))
-        drawn, ratios, values = [], [], None
+        drawn, values = [], None
         for dy, dx in self.shifts:
             out = self._scorer.run(shifted(np.asarray(batch), dy, dx)[0], extras)
             if out["masks"].shape[-2:] != batch.shape[-2:]:
                 raise PseudoError(f"{self._scorer.model_path}: masks of {list(out['masks'].shape[-2:])} for an "
                                   f"input of {list(batch.shape[-2:])}; a shift vote needs masks at the input's size")
             drawn.append(out["masks"])
-            ratios.append(np.asarray(out["ctr"], np.float64).reshape(-1))
             if (dy, dx) == (0, 0):
                 values = out
         masks = vote(drawn, self.shifts)
         values["masks"] = masks
         values["ctr"] = np.array([ctr_reference(m) for m in masks], np.float32)
-        if self.max_spread is not None:
-            values["ctr_flags"] = [UNSTEADY if unsteady else "" for unsteady in _unsteady(np.stack(ratios, axis=1),
-                                                                                            self.max_spread)]
         return values
-
-
-def _unsteady(ratios: np.ndarray, max_spread: float) -> np.ndarray:
-    """Per film (rows of ratios [N, drawings]): measurable on some drawings only, or max - min above max_spread."""
-    finite = np.isfinite(ratios)
-    every = finite.all(axis=1)
-    safe = np.where(finite, ratios, 0.0)
-    spread = np.where(every, safe.max(axis=1) - safe.min(axis=1), 0.0)
-    return (finite.any(axis=1) & ~every) | (spread > max_spread)
 
 
 def _check_out(out: Path) -> None:
@@ -204,8 +179,7 @@ def _cell(value: float) -> str:
 
 
 def pseudo_label(teacher: str | Path, spec: str, out: str | Path, *, batch_size: int = 16, workers: int = 2,
-                 device: str = "cpu", shift_vote: int = 0, max_spread: float | None = None,
-                 log=print) -> dict[str, Any]:
+                 device: str = "cpu", shift_vote: int = 0, log=print) -> dict[str, Any]:
     """Write DIR/labels.csv, the mask files and DIR/pseudo.json for every labelled image of `spec`; returns the
     summary written to pseudo.json. Everything is written under DIR/.partial first and moved into place at the end,
     so a run that stops half-way leaves no labels.csv and can simply be started again. PseudoError for a teacher
@@ -223,10 +197,7 @@ def pseudo_label(teacher: str | Path, spec: str, out: str | Path, *, batch_size:
     if "masks" not in scorer.extra_outputs or "ctr" not in scorer.extra_outputs:
         raise PseudoError(f"{teacher}: the model has no masks/ctr outputs (it was trained without a segmentation "
                           "head); a teacher must draw heart and lungs")
-    if max_spread is not None and not shift_vote:
-        raise PseudoError("--max-spread measures how far a film's drawings over shifts disagree: give --shift-vote "
-                          "too")
-    drawer = ShiftVote(scorer, shift_vote, max_spread) if shift_vote else scorer
+    drawer = ShiftVote(scorer, shift_vote) if shift_vote else scorer
     samples, summary = load_source(spec)
     if not samples:
         raise PseudoError(f"{spec}: no labelled images")
@@ -265,7 +236,6 @@ def pseudo_label(teacher: str | Path, spec: str, out: str | Path, *, batch_size:
     n = len(samples)
     report = {"teacher": {"path": str(Path(teacher).resolve()), "sha256": scorer.model_sha256,
                           "card": json.loads(scorer.card.to_json())}, "shift_vote": int(shift_vote),
-              "max_spread": max_spread,
               "source": spec, "index": summary, "patient_ids_known": ids_known, "n_images": n,
               "n_with_masks": n_masked, "n_with_own_masks": n_manual, "n_without_masks": n - n_masked - n_manual,
               "flags": dict(sorted(flags.items())), "mask_size": int(scorer.card.preprocess.size),
@@ -302,17 +272,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shift-vote", type=int, default=0, metavar="PIXELS",
                     help="draw each film's masks 9 times, on the film moved 0 or PIXELS pixels (at the teacher's "
                          "input size) each way, and keep what half or more of them draw (0, the default: draw once)")
-    ap.add_argument("--max-spread", type=float, default=None, metavar="RATIO",
-                    help="with --shift-vote: a film whose nine drawings measure cardiothoracic ratios more than RATIO "
-                         "apart (or measure one on some drawings only) is flagged 'unsteady' and trains the "
-                         "classifier only (default: none flagged so)")
     args = ap.parse_args(argv)
     from cxr.runtime.errors import CxrError
 
     try:
         report = pseudo_label(args.teacher, args.source, args.out, batch_size=args.batch_size,
-                              workers=args.workers, device=args.device, shift_vote=args.shift_vote,
-                              max_spread=args.max_spread)
+                              workers=args.workers, device=args.device, shift_vote=args.shift_vote)
     except (PseudoError, CxrError, ValueError) as exc:
         print(f"cxr.train.pseudo: error: {exc}", file=sys.stderr)
         return 2
