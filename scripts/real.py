@@ -43,8 +43,6 @@ One run teaching another: `--mode external --only B,C --teach` trains B (and C) 
 draw the heart and lungs on the NIH sample's films (python -m cxr.train.pseudo; films whose masks carry a ctr_flag
 train the classifier only), trains a second run of the same seed and split with those masks (OUT/B-taught) and tests it
 on the same films left out. The masks come from a model that never saw the hospital left out; nothing is fitted on it.
-`--teach-vote PIXELS` has the plain run draw each film's masks nine times, on the film moved 0 or PIXELS pixels each
-way, and keep what half of the drawings draw (python -m cxr.train.pseudo --shift-vote).
 """
 
 from __future__ import annotations
@@ -380,10 +378,9 @@ def mode_external(args, out: Path) -> dict:
     return report
 
 
-def draw_masks(teacher: Path, spec: str, masks_dir: Path, shift_vote: int = 0) -> None:
-    """python -m cxr.train.pseudo: the teacher's masks on every labelled film of `spec` into masks_dir (voted over
-    shifts of `shift_vote` pixels, 0: drawn once); a folder that already holds the same teacher's masks of the same
-    films, drawn the same way, is reused, any other refused."""
+def draw_masks(teacher: Path, spec: str, masks_dir: Path) -> None:
+    """python -m cxr.train.pseudo: the teacher's masks on every labelled film of `spec` into masks_dir; a folder
+    that already holds the same teacher's masks of the same films is reused, one of another teacher refused."""
     import hashlib
 
     record = masks_dir / "pseudo.json"
@@ -393,13 +390,9 @@ def draw_masks(teacher: Path, spec: str, masks_dir: Path, shift_vote: int = 0) -
         if saved.get("teacher", {}).get("sha256") != sha or saved.get("source") != spec:
             raise SystemExit(f"real: {masks_dir} holds masks drawn by another model or of other films than "
                              f"{teacher} on {spec}: give another --out, or delete it to draw them again")
-        if int(saved.get("shift_vote", 0)) != shift_vote:
-            raise SystemExit(f"real: {masks_dir} holds masks drawn with --shift-vote {saved.get('shift_vote', 0)}, "
-                             f"not {shift_vote}: give another --out, or delete it to draw them again")
         print(f"{masks_dir} already holds {teacher.name}'s masks: reusing them (delete it to draw again).")
         return
-    run([sys.executable, "-m", "cxr.train.pseudo", str(teacher), spec, "--out", str(masks_dir),
-         "--shift-vote", str(shift_vote)])
+    run([sys.executable, "-m", "cxr.train.pseudo", str(teacher), spec, "--out", str(masks_dir)])
 
 
 def teach_precheck(args, out: Path, key: str) -> None:
@@ -431,7 +424,7 @@ def taught_entry(args, key: str, out: Path, teacher: dict) -> dict:
     t0 = time.time()
     masks_dir = out / f"{key}-masks"
     key_out = out / f"{key}-taught"
-    draw_masks(out / key / "model.onnx", nih_spec(args), masks_dir, getattr(args, "teach_vote", 0))
+    draw_masks(out / key / "model.onnx", nih_spec(args), masks_dir)
     record = key_out / "teacher.json"
     if record.is_file() and json.loads(record.read_text()) != _taught_record(masks_dir):
         raise SystemExit(f"real: {key_out} trained on other masks than those now in {masks_dir}: delete "
@@ -733,10 +726,6 @@ def main(argv: list[str] | None = None) -> int:
                     help="external: after each of B and C, its model draws the heart and lungs on the NIH sample's "
                          "films and a second run of the same seed trains with them (OUT/B-taught, OUT/C-taught; one "
                          "run teaching one; averaged over --seeds, not built by --ensemble)")
-    ap.add_argument("--teach-vote", type=int, default=0, metavar="PIXELS",
-                    help="with --teach: the plain run draws each film's masks on it moved 0 or PIXELS pixels each "
-                         "way and keeps what half of the drawings draw (python -m cxr.train.pseudo --shift-vote; "
-                         "default %(default)s)")
     ap.add_argument("--nih-masks", type=Path, default=None, metavar="DIR",
                     help="external B/C: train on the NIH films with the masks a teacher drew for them "
                          "(python -m cxr.train.pseudo TEACHER.onnx 'nih:...;name=nih' --out DIR); the teacher must "
@@ -750,8 +739,6 @@ def main(argv: list[str] | None = None) -> int:
                        or (args.only and not set(args.only.split(",")) & {"B", "C"})):
         ap.error("--teach goes with --mode external and the runs that train on NIH (B, C), not with --nih-masks "
                  "(the taught run draws its own) or --average")
-    if args.teach_vote and not args.teach:
-        ap.error("--teach-vote goes with --teach (how the plain run draws the masks it teaches with)")
     if args.ensemble and not (args.seeds or args.average):
         ap.error("--ensemble goes with --seeds (trains, then builds) or --average DIR ... (builds from earlier runs)")
     if args.ensemble and args.seeds and args.split_seed is None:

@@ -407,13 +407,12 @@ def test_teach_draws_the_plain_runs_masks_and_trains_the_same_seed_with_them(rea
 
     def fake_run(cmd, allowed=(0,)):  # the pseudo-labels as python -m cxr.train.pseudo writes them
         calls.append(cmd)
-        masks = Path(cmd[cmd.index("--out") + 1])
+        masks = Path(cmd[-1])
         made = _pseudo_dir(tmp_path, ["nih", "jsrt"])
         made.rename(masks)
         record = json.loads((masks / "pseudo.json").read_text())
         record["teacher"]["sha256"] = hashlib.sha256(Path(cmd[3]).read_bytes()).hexdigest()
         record["source"] = cmd[4]
-        record["shift_vote"] = int(cmd[cmd.index("--shift-vote") + 1])
         (masks / "pseudo.json").write_text(json.dumps(record))
         return 0
 
@@ -433,7 +432,7 @@ def test_teach_draws_the_plain_runs_masks_and_trains_the_same_seed_with_them(rea
     entry = real.taught_entry(args, "B", out, {"exported_ctr_vs_masks": {"mae": 0.0634}})
     masks = out / "B-masks"
     assert calls[0] == [real.sys.executable, "-m", "cxr.train.pseudo", str(out / "B" / "model.onnx"),
-                        f"nih:{data / 'nih_cxr14_sample'};name=nih", "--out", str(masks), "--shift-vote", "0"]
+                        f"nih:{data / 'nih_cxr14_sample'};name=nih", "--out", str(masks)]
     assert calls[1:] == [["train", str(out / "B-taught" / "run"), f"nih-from:{masks}", "jsrt", 1, 0],
                          ["export", str(out / "B-taught" / "run"), str(out / "B-taught" / "model.onnx")]]
     assert entry["key"] == "B-taught" and entry["title"] == "NIH + JSRT -> wingspan, NIH masks drawn by the plain run"
@@ -446,10 +445,6 @@ def test_teach_draws_the_plain_runs_masks_and_trains_the_same_seed_with_them(rea
     monkeypatch.setattr(real, "train", lambda run_dir, sources, args, extra=None: calls.append(["train"]))
     real.taught_entry(args, "B", out, {})
     assert calls[0] == ["train"] and "already holds model.onnx's masks: reusing them" in capsys.readouterr().out
-    # the same teacher's masks drawn another way (--teach-vote) are not reused in place of a vote
-    voted = argparse.Namespace(**{**vars(args), "teach_vote": 4})
-    with pytest.raises(SystemExit, match="drawn with --shift-vote 0, not 4"):
-        real.taught_entry(voted, "B", out, {})
     (out / "B" / "model.onnx").write_bytes(b"plain model B, trained on")
     with pytest.raises(SystemExit, match="masks drawn by another model"):
         real.taught_entry(args, "B", out, {})
@@ -494,22 +489,6 @@ def test_teach_arguments_are_checked(real, extra, capsys):
     with pytest.raises(SystemExit) as exc:
         real.main(extra)
     assert exc.value.code == 2 and "--teach goes with --mode external" in capsys.readouterr().err
-
-
-def test_teach_vote_goes_with_teach(real, capsys):
-    with pytest.raises(SystemExit) as exc:
-        real.main(["--mode", "external", "--only", "B", "--teach-vote", "4"])
-    assert exc.value.code == 2 and "--teach-vote goes with --teach" in capsys.readouterr().err
-
-
-def test_teach_vote_draws_the_masks_voted(real, tmp_path, monkeypatch):
-    """--teach --teach-vote 4: the plain run draws its masks with python -m cxr.train.pseudo --shift-vote 4."""
-    calls = []
-    _plain_run(tmp_path, "B", [60.0])
-    monkeypatch.setattr(real, "run", lambda cmd, allowed=(0,): calls.append(cmd) or 0)
-    real.draw_masks(tmp_path / "B" / "model.onnx", "nih:x;name=nih", tmp_path / "B-masks", 4)
-    assert calls == [[real.sys.executable, "-m", "cxr.train.pseudo", str(tmp_path / "B" / "model.onnx"),
-                      "nih:x;name=nih", "--out", str(tmp_path / "B-masks"), "--shift-vote", "4"]]
 
 
 def test_teach_and_nih_masks_are_not_given_together(real, tmp_path, capsys):
