@@ -19,8 +19,8 @@ started again.
 
 `--shift-vote PIXELS` steadies the teacher at the cost of nine inference passes, no training: each film is drawn on
 nine times, moved by 0 or PIXELS pixels (at the teacher's input size) along each axis (a 3 x 3 grid), each drawing
-is moved back, and a pixel is kept where at least half of the drawings that saw it drew it; each structure then keeps its main
-part and the ratio is measured on the voted masks, as the model measures its own.
+is moved back, and a pixel is kept where at least half of the drawings that saw it drew it; each structure then
+keeps its main part and the ratio is measured on the voted masks, as the model measures its own.
 
 Where a run is to be tested on a source left out, neither the teacher nor the images labelled here may include that
 source: pseudo-labels drawn on the test films would carry the test set into training.
