@@ -125,6 +125,10 @@ class ShiftVote:
         if not 0 < pixels < size // 4:
             raise PseudoError(f"--shift-vote {pixels}: give a shift of 1 to {size // 4 - 1} pixels (the teacher's "
                               f"input is {size}x{size})")
+        drawn = scorer.run(np.zeros((1, 1, size, size), np.uint8), ("masks",))["masks"].shape[-2:]
+        if tuple(drawn) != (size, size):  # the moved drawings are moved back pixel for pixel
+            raise PseudoError(f"{scorer.model_path}: masks of {list(drawn)} for an input of {[size, size]}; "
+                              "--shift-vote needs masks at the input's size")
         self._scorer, self.pixels, self.shifts = scorer, int(pixels), shift_grid(int(pixels))
 
     def __getattr__(self, name: str):
@@ -137,9 +141,6 @@ class ShiftVote:
         drawn, values = [], None
         for dy, dx in self.shifts:
             out = self._scorer.run(shifted(np.asarray(batch), dy, dx)[0], extras)
-            if out["masks"].shape[-2:] != batch.shape[-2:]:
-                raise PseudoError(f"{self._scorer.model_path}: masks of {list(out['masks'].shape[-2:])} for an "
-                                  f"input of {list(batch.shape[-2:])}; a shift vote needs masks at the input's size")
             drawn.append(out["masks"])
             if (dy, dx) == (0, 0):
                 values = out

@@ -26,8 +26,9 @@ FILMS = {"bad.png": (1, "p5", ""), "a.png": (1, "p1", ""), "b.png": (0, "p1", ""
 SIZE = 64
 
 
-def bright_model(path: Path, size: int = SIZE) -> Path:
-    """probability as the mean-brightness model; masks: three copies of (image > 128); ctr 0.3 + 0.4 x brightness."""
+def bright_model(path: Path, size: int = SIZE, half_masks: bool = False) -> Path:
+    """probability as the mean-brightness model; masks: three copies of (image > 128) (`half_masks`: at half the
+    input's size, 2x2 max-pooled); ctr 0.3 + 0.4 x brightness."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -41,12 +42,16 @@ def bright_model(path: Path, size: int = SIZE) -> Path:
              helper.make_node("Mul", ["m", "scale"], ["ms"]), helper.make_node("Sub", ["ms", "shift"], ["logit"]),
              helper.make_node("Sigmoid", ["logit"], ["probability"]),
              helper.make_node("Greater", ["x", "c128"], ["on"]),
-             helper.make_node("Cast", ["on"], ["on8"], to=TensorProto.UINT8),
+             helper.make_node("Cast", ["on"], ["onf"], to=f),
+             helper.make_node("MaxPool", ["onf"], ["onp"], kernel_shape=[2, 2], strides=[2, 2]) if half_masks else
+             helper.make_node("Identity", ["onf"], ["onp"]),
+             helper.make_node("Cast", ["onp"], ["on8"], to=TensorProto.UINT8),
              helper.make_node("Concat", ["on8", "on8", "on8"], ["masks"], axis=1),
              helper.make_node("Mul", ["m", "g"], ["mg"]), helper.make_node("Add", ["mg", "b"], ["ctr"])]
     outs = [helper.make_tensor_value_info("logit", f, ["N"]), helper.make_tensor_value_info("probability", f, ["N"]),
             helper.make_tensor_value_info("ctr", f, ["N"]),
-            helper.make_tensor_value_info("masks", TensorProto.UINT8, ["N", 3, size, size])]
+            helper.make_tensor_value_info("masks", TensorProto.UINT8,
+                                          ["N", 3] + [size // 2 if half_masks else size] * 2)]
     graph = helper.make_graph(nodes, "bright", [helper.make_tensor_value_info("image", TensorProto.UINT8,
                                                                               ["N", 1, size, size])], outs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="cxr-tests")
@@ -389,4 +394,13 @@ def test_a_shift_vote_out_of_range_is_refused_before_anything_is_written(site, t
     out = tmp_path / "pseudo"
     assert pseudo.main([str(bright_model(tmp_path / "t.onnx")), spec, "--out", str(out), "--shift-vote", pixels]) == 2
     assert f"--shift-vote {pixels}: give a shift of 1 to {SIZE // 4 - 1} pixels" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_shift_vote_on_masks_of_another_size_is_refused_before_anything_is_written(site, tmp_path):
+    spec, _ = site
+    out = tmp_path / "pseudo"
+    with pytest.raises(pseudo.PseudoError, match=rf"masks of \[{SIZE // 2}, {SIZE // 2}\] for an input of "
+                                                 rf"\[{SIZE}, {SIZE}\]; --shift-vote needs masks at the input's size"):
+        pseudo.pseudo_label(bright_model(tmp_path / "t.onnx", half_masks=True), spec, out, shift_vote=2, log=_quiet)
     assert not out.exists()
