@@ -404,3 +404,104 @@ def test_a_shift_vote_on_masks_of_another_size_is_refused_before_anything_is_wri
                                                  rf"\[{SIZE}, {SIZE}\]; --shift-vote needs masks at the input's size"):
         pseudo.pseudo_label(bright_model(tmp_path / "t.onnx", half_masks=True), spec, out, shift_vote=2, log=_quiet)
     assert not out.exists()
+
+
+def test_agreement_counts_the_drawings_near_the_votes_ratio_and_none_without_a_ratio():
+    nan = float("nan")
+    ratios = np.array([[0.50, 0.50, nan, 0.40],
+                       [0.52, 0.60, 0.50, 0.41],
+                       [0.531, 0.50, 0.50, 0.449]])  # three drawings of four films
+    voted = np.array([0.50, 0.50, nan, 0.42])
+    np.testing.assert_array_equal(pseudo.agreement(ratios, voted, 0.03), [2, 2, 0, 3])
+    np.testing.assert_array_equal(pseudo.agreement(ratios, voted, 0.015), [1, 2, 0, 1])
+
+
+def _unsteady_on_first_film(monkeypatch):
+    """Scorer.run, but the first film of each batch gets no heart in the drawings on films moved right (dx > 0: 3 of
+    the vote's 9), so only 6 of its 9 drawings measure a ratio; calls come once per shift, in shift_grid's order."""
+    from cxr.runtime.scoring import Scorer
+
+    real_run = Scorer.run
+    right = [k for k, (_, dx) in enumerate(pseudo.shift_grid(3)) if dx > 0]
+    calls = []
+
+    def unsteady(self, batch, extras=()):
+        out = real_run(self, batch, extras)
+        if batch.shape[0] > 1:  # not the blank film of the vote's size check
+            if len(calls) % 9 in right:
+                out["masks"] = out["masks"].copy()
+                out["masks"][0, 0] = 0
+            calls.append(1)
+        return out
+
+    monkeypatch.setattr(Scorer, "run", unsteady)
+
+
+@pytest.mark.parametrize("k", [6, 7])
+def test_a_film_its_teacher_draws_otherwise_when_moved_is_flagged_unsure_below_min_agreement(site, tmp_path,
+                                                                                               monkeypatch, k):
+    spec, _ = site
+    _unsteady_on_first_film(monkeypatch)
+    out = tmp_path / "pseudo"
+    report = pseudo.pseudo_label(bright_model(tmp_path / "t.onnx"), spec, out, batch_size=16, shift_vote=3,
+                                 min_agreement=k, log=_quiet)
+    bad, a, *others = _rows(out)
+    assert a["path"].endswith("a.png") and a["teacher_agreement"] == "6"
+    assert bad["teacher_agreement"] == "" and all(r["teacher_agreement"] == "9" for r in others)
+    taught = [r for r in others if not r["teacher_flag"]]
+    assert len(taught) == 3 and all(r["mask_heart"] for r in taught)  # e.png: lungs cut by the edge, as before
+    if k == 7:
+        assert a["teacher_flag"] == pseudo.UNSURE and [a[c] for c in pseudo.MASK_COLUMNS] == ["", "", ""]
+        assert report["flags"] == {"lungs_cut_by_edge": 1, "truncated": 1, "unsure": 1}
+        assert report["n_with_masks"] == 3
+    else:
+        assert a["teacher_flag"] == "" and a["mask_heart"] and report["n_with_masks"] == 4
+        assert report["flags"] == {"lungs_cut_by_edge": 1, "truncated": 1}
+        heart = cv2.imread(str(out / a["mask_heart"]), cv2.IMREAD_UNCHANGED)
+        assert heart.any()  # the vote of the six drawings that drew the heart kept it
+    assert report["agreement"] == {"6": 1, "9": 3}  # the films whose voted masks look like a chest
+    saved = json.loads((out / "pseudo.json").read_text())
+    assert (saved["min_agreement"], saved["agree_within"]) == (k, 0.03)
+
+
+def test_without_a_vote_the_agreement_column_is_blank(site, tmp_path):
+    spec, _ = site
+    report = pseudo.pseudo_label(bright_model(tmp_path / "t.onnx"), spec, tmp_path / "p", log=_quiet)
+    assert all(r["teacher_agreement"] == "" for r in _rows(tmp_path / "p"))
+    assert report["agreement"] is None and report["min_agreement"] == 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--min-agreement", "5"], "--min-agreement 5 counts the drawings of a vote; give --shift-vote too"),
+    (["--shift-vote", "2", "--min-agreement", "10"], "--min-agreement 10: give 0 to 9 (the vote's drawings)"),
+    (["--shift-vote", "2", "--agree-within", "-0.1"], "--agree-within -0.1: give a ratio difference from 0 to below 1"),
+])
+def test_a_min_agreement_the_vote_cannot_count_is_refused_before_anything_is_written(site, tmp_path, capsys, args,
+                                                                                     message):
+    spec, _ = site
+    out = tmp_path / "pseudo"
+    assert pseudo.main([str(bright_model(tmp_path / "t.onnx")), spec, "--out", str(out), *args]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_votes_agreement_is_given_back_once_per_film():
+    class Teacher:  # masks: the film's pixels above 0, drawn into all three structures (an equivariant teacher)
+        model_path = "t.onnx"
+
+        class card:
+            class preprocess:
+                size = 32
+
+        def run(self, batch, extras=()):
+            on = (np.asarray(batch) > 0).astype(np.uint8)
+            return {"logit": np.zeros(len(batch)), "probability": np.full(len(batch), 0.5),
+                    "masks": np.repeat(on, 3, axis=1)}
+
+    films = np.zeros((2, 1, 32, 32), np.uint8)
+    films[:, 0, 8:24, 8:24] = 200  # the same film twice: the same voted masks
+    drawer = pseudo.ShiftVote(Teacher(), 2)
+    voted = drawer.run(films)["masks"]
+    assert drawer.agreement_of(voted[0]) == 9 and drawer.agreement_of(voted[1]) == 9
+    with pytest.raises(pseudo.PseudoError, match="no vote of this session gave these masks"):
+        drawer.agreement_of(voted[0])
