@@ -21,10 +21,9 @@ started again.
 nine times, moved by 0 or PIXELS pixels (at the teacher's input size) along each axis (a 3 x 3 grid), each drawing
 is moved back, and a pixel is kept where at least half of the drawings that saw it drew it; each structure then
 keeps its main part and the ratio is measured on the voted masks, as the model measures its own. DIR/labels.csv's
-`teacher_agreement` says for each film how many of the nine drawings measured the ratio within --agree-within (0.03)
-of the voted masks' ratio (each drawing's masks taken, like the vote's, by their main parts); with `--min-agreement
-K` a film whose masks look like a chest but on which fewer than K drawings agree is flagged `unsure` (the teacher
-draws something else when the film moves a few pixels) and trains the classifier only.
+`teacher_agreement` says for each film how many of the nine drawings measured the ratio within 0.03 of the voted
+masks' ratio (each drawing's masks taken, like the vote's, by their main parts): how steady the teacher is on that
+film when it moves a few pixels; pseudo.json counts the films that look like a chest by agreement.
 
 Where a run is to be tested on a source left out, neither the teacher nor the images labelled here may include that
 source: pseudo-labels drawn on the test films would carry the test set into training.
@@ -47,8 +46,8 @@ COLUMNS = ("path", "cardiomegaly", "patient_id", "split", "source", *MASK_COLUMN
            "teacher_probability", "teacher_flag", "teacher_agreement")
 MANUAL = "manual"
 """teacher_flag of a film that has its own (manual) masks: they are kept, the teacher's are not used."""
-UNSURE = "unsure"
-"""teacher_flag of a film whose voted masks look like a chest but on which too few drawings agree (--min-agreement)."""
+AGREE_WITHIN = 0.03
+"""How close a drawing's ratio must lie to the vote's to agree with it (teacher_agreement): the ratio target's scale."""
 _SPEC_SEPARATORS = (";", ",", "\n", "\r")
 
 
@@ -137,7 +136,7 @@ class ShiftVote:
     also counts the drawings that agree with it (`agreement`, within `agree_within`); `agreement_of(masks)` gives
     that count back for a film's voted masks, as they reach a row of cxr-score's `score_folder`."""
 
-    def __init__(self, scorer, pixels: int, agree_within: float = 0.03):
+    def __init__(self, scorer, pixels: int, agree_within: float = AGREE_WITHIN):
         size = int(scorer.card.preprocess.size)
         if not 0 < pixels < size // 4:
             raise PseudoError(f"--shift-vote {pixels}: give a shift of 1 to {size // 4 - 1} pixels (the teacher's "
@@ -146,8 +145,6 @@ class ShiftVote:
         if tuple(drawn) != (size, size):  # the moved drawings are moved back pixel for pixel
             raise PseudoError(f"{scorer.model_path}: masks of {list(drawn)} for an input of {[size, size]}; "
                               "--shift-vote needs masks at the input's size")
-        if not 0 <= agree_within < 1:
-            raise PseudoError(f"--agree-within {agree_within}: give a ratio difference from 0 to below 1")
         self._scorer, self.pixels, self.shifts = scorer, int(pixels), shift_grid(int(pixels))
         self.agree_within = float(agree_within)
         self._agreement: dict[bytes, list[int]] = {}  # voted masks' bytes -> counts, oldest first
@@ -214,13 +211,11 @@ def _cell(value: float) -> str:
 
 
 def pseudo_label(teacher: str | Path, spec: str, out: str | Path, *, batch_size: int = 16, workers: int = 2,
-                 device: str = "cpu", shift_vote: int = 0, min_agreement: int = 0, agree_within: float = 0.03,
-                 log=print) -> dict[str, Any]:
+                 device: str = "cpu", shift_vote: int = 0, log=print) -> dict[str, Any]:
     """Write DIR/labels.csv, the mask files and DIR/pseudo.json for every labelled image of `spec`; returns the
     summary written to pseudo.json. Everything is written under DIR/.partial first and moved into place at the end,
     so a run that stops half-way leaves no labels.csv and can simply be started again. PseudoError for a teacher
-    without masks, a source labels.csv could not hold, an output folder already used, or a `min_agreement` without
-    a vote or above its nine drawings."""
+    without masks, a source labels.csv could not hold, or an output folder already used."""
     import shutil
 
     import cv2
@@ -230,16 +225,11 @@ def pseudo_label(teacher: str | Path, spec: str, out: str | Path, *, batch_size:
 
     out = Path(out)
     _check_out(out)
-    n_drawings = len(shift_grid(shift_vote)) if shift_vote else 1
-    if min_agreement and not shift_vote:
-        raise PseudoError(f"--min-agreement {min_agreement} counts the drawings of a vote; give --shift-vote too")
-    if not 0 <= min_agreement <= n_drawings:
-        raise PseudoError(f"--min-agreement {min_agreement}: give 0 to {n_drawings} (the vote's drawings)")
     scorer = Scorer(teacher, device=device)
     if "masks" not in scorer.extra_outputs or "ctr" not in scorer.extra_outputs:
         raise PseudoError(f"{teacher}: the model has no masks/ctr outputs (it was trained without a segmentation "
                           "head); a teacher must draw heart and lungs")
-    drawer = ShiftVote(scorer, shift_vote, agree_within) if shift_vote else scorer
+    drawer = ShiftVote(scorer, shift_vote) if shift_vote else scorer
     samples, summary = load_source(spec)
     if not samples:
         raise PseudoError(f"{spec}: no labelled images")
@@ -263,7 +253,6 @@ def pseudo_label(teacher: str | Path, spec: str, out: str | Path, *, batch_size:
                 agree = drawer.agreement_of(masks)
                 if not flag and not sample.masks:
                     agreed[agree] = agreed.get(agree, 0) + 1
-                    flag = UNSURE if agree < min_agreement else ""
             if sample.masks:  # the source's own masks win over the teacher's
                 cells, flag = [str(p) for p in sample.masks], MANUAL
                 n_manual += 1
@@ -285,7 +274,7 @@ def pseudo_label(teacher: str | Path, spec: str, out: str | Path, *, batch_size:
     n = len(samples)
     report = {"teacher": {"path": str(Path(teacher).resolve()), "sha256": scorer.model_sha256,
                           "card": json.loads(scorer.card.to_json())}, "shift_vote": int(shift_vote),
-              "min_agreement": int(min_agreement), "agree_within": float(agree_within) if shift_vote else None,
+              "agree_within": AGREE_WITHIN if shift_vote else None,
               "agreement": {str(k): v for k, v in sorted(agreed.items())} if shift_vote else None,
               "source": spec, "index": summary, "patient_ids_known": ids_known, "n_images": n,
               "n_with_masks": n_masked, "n_with_own_masks": n_manual, "n_without_masks": n - n_masked - n_manual,
@@ -323,18 +312,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shift-vote", type=int, default=0, metavar="PIXELS",
                     help="draw each film's masks 9 times, on the film moved 0 or PIXELS pixels (at the teacher's "
                          "input size) each way, and keep what half or more of them draw (0, the default: draw once)")
-    ap.add_argument("--min-agreement", type=int, default=0, metavar="K",
-                    help="with --shift-vote: flag 'unsure' (no masks taught) a film on which fewer than K of the nine "
-                         "drawings measure the ratio within --agree-within of the vote's (0, the default: none)")
-    ap.add_argument("--agree-within", type=float, default=0.03, metavar="RATIO",
-                    help="how close a drawing's ratio must be to the vote's to agree with it (default 0.03)")
     args = ap.parse_args(argv)
     from cxr.runtime.errors import CxrError
 
     try:
         report = pseudo_label(args.teacher, args.source, args.out, batch_size=args.batch_size,
-                              workers=args.workers, device=args.device, shift_vote=args.shift_vote,
-                              min_agreement=args.min_agreement, agree_within=args.agree_within)
+                              workers=args.workers, device=args.device, shift_vote=args.shift_vote)
     except (PseudoError, CxrError, ValueError) as exc:
         print(f"cxr.train.pseudo: error: {exc}", file=sys.stderr)
         return 2
