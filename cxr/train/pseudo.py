@@ -147,15 +147,19 @@ class ShiftVote:
                               "--shift-vote needs masks at the input's size")
         self._scorer, self.pixels, self.shifts = scorer, int(pixels), shift_grid(int(pixels))
         self.agree_within = float(agree_within)
-        self._agreement: dict[bytes, list[int]] = {}  # voted masks' bytes -> counts, oldest first
+        self._agreement: dict[bytes, list[int]] = {}  # digest of voted masks -> counts, oldest first
 
     def agreement_of(self, masks: np.ndarray) -> int:
         """How many drawings agreed with the vote that gave these voted masks (0/1 uint8 [3, S, S], as `run`
         returned them); each count is given back once, oldest first for films voted to the same masks."""
-        counts = self._agreement.get(np.ascontiguousarray(masks, np.uint8).tobytes())
+        key = _digest(masks)
+        counts = self._agreement.get(key)
         if not counts:
             raise PseudoError("no vote of this session gave these masks")  # a caller's bug, never a guess
-        return counts.pop(0)
+        count = counts.pop(0)
+        if not counts:
+            del self._agreement[key]  # nothing kept per film once its row has it: a folder of any size
+        return count
 
     def __getattr__(self, name: str):
         return getattr(self._scorer, name)
@@ -177,8 +181,14 @@ class ShiftVote:
                   for d in drawn]
         for m, count in zip(masks, agreement(np.array(ratios, float).reshape(len(drawn), len(masks)),
                                              values["ctr"], self.agree_within)):
-            self._agreement.setdefault(np.ascontiguousarray(m, np.uint8).tobytes(), []).append(int(count))
+            self._agreement.setdefault(_digest(m), []).append(int(count))
         return values
+
+
+def _digest(masks: np.ndarray) -> bytes:
+    import hashlib
+
+    return hashlib.sha256(np.ascontiguousarray(masks, np.uint8).tobytes()).digest()
 
 
 def _check_out(out: Path) -> None:

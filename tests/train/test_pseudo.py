@@ -481,3 +481,4 @@ def test_a_votes_agreement_is_given_back_once_per_film():
     assert drawer.agreement_of(voted[0]) == 9 and drawer.agreement_of(voted[1]) == 9
     with pytest.raises(pseudo.PseudoError, match="no vote of this session gave these masks"):
         drawer.agreement_of(voted[0])
+    assert drawer._agreement == {}  # nothing held once each film's count was given back
