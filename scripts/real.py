@@ -380,7 +380,7 @@ def mode_external(args, out: Path) -> dict:
 
 def draw_masks(teacher: Path, spec: str, masks_dir: Path) -> None:
     """python -m cxr.train.pseudo: the teacher's masks on every labelled film of `spec` into masks_dir; a folder
-    that already holds the same teacher's masks of the same films is reused, one of another teacher refused."""
+    that already holds the same teacher's masks of the same films, drawn once, is reused; any other is refused."""
     import hashlib
 
     record = masks_dir / "pseudo.json"
@@ -390,6 +390,9 @@ def draw_masks(teacher: Path, spec: str, masks_dir: Path) -> None:
         if saved.get("teacher", {}).get("sha256") != sha or saved.get("source") != spec:
             raise SystemExit(f"real: {masks_dir} holds masks drawn by another model or of other films than "
                              f"{teacher} on {spec}: give another --out, or delete it to draw them again")
+        if saved.get("shift_vote"):  # --teach's figures are those of masks drawn once
+            raise SystemExit(f"real: {masks_dir} holds masks voted over shifts (--shift-vote "
+                             f"{saved['shift_vote']}); --teach draws them once: give another --out, or delete it")
         print(f"{masks_dir} already holds {teacher.name}'s masks: reusing them (delete it to draw again).")
         return
     run([sys.executable, "-m", "cxr.train.pseudo", str(teacher), spec, "--out", str(masks_dir)])

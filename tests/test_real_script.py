@@ -445,6 +445,12 @@ def test_teach_draws_the_plain_runs_masks_and_trains_the_same_seed_with_them(rea
     monkeypatch.setattr(real, "train", lambda run_dir, sources, args, extra=None: calls.append(["train"]))
     real.taught_entry(args, "B", out, {})
     assert calls[0] == ["train"] and "already holds model.onnx's masks: reusing them" in capsys.readouterr().out
+    # the same teacher's masks voted over shifts (python -m cxr.train.pseudo --shift-vote) are not --teach's
+    record = json.loads((masks / "pseudo.json").read_text())
+    (masks / "pseudo.json").write_text(json.dumps({**record, "shift_vote": 4}))
+    with pytest.raises(SystemExit, match=r"masks voted over shifts \(--shift-vote 4\); --teach draws them once"):
+        real.taught_entry(args, "B", out, {})
+    (masks / "pseudo.json").write_text(json.dumps(record))
     (out / "B" / "model.onnx").write_bytes(b"plain model B, trained on")
     with pytest.raises(SystemExit, match="masks drawn by another model"):
         real.taught_entry(args, "B", out, {})

@@ -21,9 +21,9 @@ started again.
 nine times, moved by 0 or PIXELS pixels (at the teacher's input size) along each axis (a 3 x 3 grid), each drawing
 is moved back, and a pixel is kept where at least half of the drawings that saw it drew it; each structure then
 keeps its main part and the ratio is measured on the voted masks, as the model measures its own. DIR/labels.csv's
-`teacher_agreement` says for each film how many of the nine drawings measured the ratio within 0.03 of the voted
-masks' ratio (each drawing's masks taken, like the vote's, by their main parts): how steady the teacher is on that
-film when it moves a few pixels; pseudo.json counts the films that look like a chest by agreement.
+`teacher_agreement` says for each film how many of the nine drawings the teacher measured (its own `ctr` output)
+within 0.03 of the voted masks' ratio: how steady the teacher is on that film when it moves a few pixels; pseudo.json
+counts the films that look like a chest by agreement.
 
 Where a run is to be tested on a source left out, neither the teacher nor the images labelled here may include that
 source: pseudo-labels drawn on the test films would carry the test set into training.
@@ -133,20 +133,23 @@ class ShiftVote:
     `shift_grid(pixels)`, the model run once per shift); the ratio is measured again on the voted masks (as the
     model measures its own), and its mask flags follow from them. The probability, logit and activation map stay
     those of the film as given. Everything else (card, threshold, SHA-256) is the teacher's. For each film the vote
-    also counts the drawings that agree with it (`agreement`, within `agree_within`); `agreement_of(masks)` gives
-    that count back for a film's voted masks, as they reach a row of cxr-score's `score_folder`."""
+    also counts the drawings whose own ratio (the teacher's `ctr` output for that drawing) agrees with the voted
+    masks' (`agreement`, within AGREE_WITHIN); `agreement_of(masks)` gives that count back for a film's voted masks,
+    as they reach a row of cxr-score's `score_folder`."""
 
-    def __init__(self, scorer, pixels: int, agree_within: float = AGREE_WITHIN):
+    def __init__(self, scorer, pixels: int):
         size = int(scorer.card.preprocess.size)
         if not 0 < pixels < size // 4:
             raise PseudoError(f"--shift-vote {pixels}: give a shift of 1 to {size // 4 - 1} pixels (the teacher's "
                               f"input is {size}x{size})")
-        drawn = scorer.run(np.zeros((1, 1, size, size), np.uint8), ("masks",))["masks"].shape[-2:]
+        blank = scorer.run(np.zeros((1, 1, size, size), np.uint8), ("ctr", "masks"))
+        if "ctr" not in blank or "masks" not in blank:
+            raise PseudoError(f"{scorer.model_path}: the model has no masks/ctr outputs; --shift-vote needs both")
+        drawn = blank["masks"].shape[-2:]
         if tuple(drawn) != (size, size):  # the moved drawings are moved back pixel for pixel
             raise PseudoError(f"{scorer.model_path}: masks of {list(drawn)} for an input of {[size, size]}; "
                               "--shift-vote needs masks at the input's size")
         self._scorer, self.pixels, self.shifts = scorer, int(pixels), shift_grid(int(pixels))
-        self.agree_within = float(agree_within)
         self._agreement: dict[bytes, list[int]] = {}  # digest of voted masks -> counts, oldest first
 
     def agreement_of(self, masks: np.ndarray) -> int:
@@ -165,22 +168,20 @@ class ShiftVote:
         return getattr(self._scorer, name)
 
     def run(self, batch: np.ndarray, extras: Sequence[str] = ()) -> dict[str, np.ndarray]:
-        from cxr.runtime.anatomy import ctr_reference, main_parts_reference
+        from cxr.runtime.anatomy import ctr_reference
 
-        extras = tuple(dict.fromkeys((*extras, "masks")))
-        drawn, values = [], None
+        extras = tuple(dict.fromkeys((*extras, "ctr", "masks")))
+        drawn, ratios, values = [], [], None
         for dy, dx in self.shifts:
             out = self._scorer.run(shifted(np.asarray(batch), dy, dx)[0], extras)
             drawn.append(out["masks"])
+            ratios.append(out["ctr"])  # the teacher's own measure of this drawing (its main parts, in the graph)
             if (dy, dx) == (0, 0):
                 values = out
         masks = vote(drawn, self.shifts)
         values["masks"] = masks
         values["ctr"] = np.array([ctr_reference(m) for m in masks], np.float32)
-        ratios = [[ctr_reference(main_parts_reference((np.asarray(m) > 0).astype(np.uint8))) for m in d]
-                  for d in drawn]
-        for m, count in zip(masks, agreement(np.array(ratios, float).reshape(len(drawn), len(masks)),
-                                             values["ctr"], self.agree_within)):
+        for m, count in zip(masks, agreement(np.stack(ratios), values["ctr"], AGREE_WITHIN)):
             self._agreement.setdefault(_digest(m), []).append(int(count))
         return values
 

@@ -417,8 +417,10 @@ def test_agreement_counts_the_drawings_near_the_votes_ratio_and_none_without_a_r
 
 
 def _unsteady_on_first_film(monkeypatch):
-    """Scorer.run, but the first film of each batch gets no heart in the drawings on films moved right (dx > 0: 3 of
-    the vote's 9), so only 6 of its 9 drawings measure a ratio; calls come once per shift, in shift_grid's order."""
+    """Scorer.run, but with the ratio measured on the masks drawn (main parts, as cxr's models measure in the graph),
+    and the first film of each batch gets no heart in the drawings on films moved right (dx > 0: 3 of the vote's 9),
+    so only 6 of its 9 drawings measure a ratio; calls come once per shift, in shift_grid's order."""
+    from cxr.runtime.anatomy import main_parts_reference
     from cxr.runtime.scoring import Scorer
 
     real_run = Scorer.run
@@ -432,6 +434,7 @@ def _unsteady_on_first_film(monkeypatch):
                 out["masks"] = out["masks"].copy()
                 out["masks"][0, 0] = 0
             calls.append(1)
+        out["ctr"] = np.array([ctr_reference(main_parts_reference(m)) for m in out["masks"]], np.float32)
         return out
 
     monkeypatch.setattr(Scorer, "run", unsteady)
@@ -470,9 +473,9 @@ def test_a_votes_agreement_is_given_back_once_per_film():
                 size = 32
 
         def run(self, batch, extras=()):
-            on = (np.asarray(batch) > 0).astype(np.uint8)
-            return {"logit": np.zeros(len(batch)), "probability": np.full(len(batch), 0.5),
-                    "masks": np.repeat(on, 3, axis=1)}
+            masks = np.repeat((np.asarray(batch) > 0).astype(np.uint8), 3, axis=1)
+            return {"logit": np.zeros(len(batch)), "probability": np.full(len(batch), 0.5), "masks": masks,
+                    "ctr": np.array([ctr_reference(m) for m in masks], np.float32)}
 
     films = np.zeros((2, 1, 32, 32), np.uint8)
     films[:, 0, 8:24, 8:24] = 200  # the same film twice: the same voted masks
@@ -482,3 +485,19 @@ def test_a_votes_agreement_is_given_back_once_per_film():
     with pytest.raises(pseudo.PseudoError, match="no vote of this session gave these masks"):
         drawer.agreement_of(voted[0])
     assert drawer._agreement == {}  # nothing held once each film's count was given back
+
+
+def test_a_shift_vote_needs_the_teachers_own_ratio():
+    class Teacher:  # masks but no ctr output
+        model_path = "t.onnx"
+
+        class card:
+            class preprocess:
+                size = 32
+
+        def run(self, batch, extras=()):
+            return {"logit": np.zeros(len(batch)), "probability": np.full(len(batch), 0.5),
+                    "masks": np.zeros((len(batch), 3, 32, 32), np.uint8)}
+
+    with pytest.raises(pseudo.PseudoError, match="t.onnx: the model has no masks/ctr outputs; --shift-vote needs"):
+        pseudo.ShiftVote(Teacher(), 2)
