@@ -776,8 +776,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         (mode_real if args.mode == "real" else mode_external)(args, out)
     print("\nPublished anchors: CheXNet cardiomegaly AUROC 0.92 (ImageNet weights, 112,120 NIH images, NIH's own test "
-          "split); torchxrayvision densenet121-all 0.88 on NIH. Not comparable: random init, 160 px, hundreds of "
-          "training images, labels from measured ratios for wingspan/JSRT.")
+          f"split); torchxrayvision densenet121-all 0.88 on NIH. Not comparable: random init, {args.size} px, "
+          "hundreds of training images, labels from measured ratios for wingspan/JSRT.")
     print(f"Finished in {time.time() - t0:.0f} s.")
     return 0
 
