@@ -47,15 +47,19 @@ def journal_path(out: Path) -> Path:
 
 def run_identity(*, folder: Path, model_sha256: str, threshold: float, device: str,
                  labels: Path | None = None, path_column: str = "path", label_column: str | None = None,
-                 files_given: bool = False, precision: str = "fp32") -> dict[str, Any]:
+                 files_given: bool = False, precision: str = "fp32",
+                 shift_average: int | None = None) -> dict[str, Any]:
     """What decides a run's rows besides the files themselves: a journal or a kept `.partial` belongs to a run only
     when this is equal. Batch size, workers and threads change how fast, not what, and are left out; the precision
-    changes the probabilities (bf16 runs the fp32 file), so it is in (named only when not fp32, as before it was)."""
+    changes the probabilities (bf16 runs the fp32 file), so it is in (named only when not fp32, as before it was), and
+    so is --shift-average (named only when given)."""
     ident: dict[str, Any] = {"folder": os.fsdecode(os.path.abspath(folder)), "files_given": bool(files_given),
                              "model_sha256": model_sha256, "threshold": float(threshold), "device": device,
                              "labels": None}
     if precision != "fp32":
         ident["precision"] = precision
+    if shift_average is not None:
+        ident["shift_average"] = int(shift_average)
     if labels is not None:
         digest = hashlib.sha256(Path(labels).read_bytes()).hexdigest()
         ident["labels"] = {"sha256": digest, "path_column": path_column, "label_column": label_column}

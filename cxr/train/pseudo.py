@@ -40,6 +40,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from cxr.runtime.shifts import largest_shift, shift_grid, shifted
+
 MASK_COLUMNS = ("mask_heart", "mask_left_lung", "mask_right_lung")
 STRUCTURES = ("heart", "left_lung", "right_lung")
 COLUMNS = ("path", "cardiomegaly", "patient_id", "split", "source", *MASK_COLUMNS, "ctr_reference", "teacher_ctr",
@@ -85,24 +87,6 @@ def teacher_masks(scorer, paths: Sequence[Path], batch_size: int = 16, workers: 
         yield (np.asarray(row.masks) > 0).astype(np.uint8), ctr, float(row.probability), row.ctr_flag
 
 
-def shift_grid(pixels: int) -> list[tuple[int, int]]:
-    """The (dy, dx) shifts of a vote over `pixels`: the film itself and its eight neighbours `pixels` away."""
-    return [(dy, dx) for dy in (-pixels, 0, pixels) for dx in (-pixels, 0, pixels)] if pixels else [(0, 0)]
-
-
-def shifted(images: np.ndarray, dy: int, dx: int) -> tuple[np.ndarray, np.ndarray]:
-    """(images [..., H, W] with their content moved dy rows down and dx columns right, the uncovered border 0 as the
-    training's geometric augmentation fills it; a [H, W] bool of where the moved content lies)."""
-    h, w = images.shape[-2:]
-    out = np.zeros_like(images)
-    inside = np.zeros((h, w), bool)
-    ys, yd = (slice(0, h - dy), slice(dy, h)) if dy >= 0 else (slice(-dy, h), slice(0, h + dy))
-    xs, xd = (slice(0, w - dx), slice(dx, w)) if dx >= 0 else (slice(-dx, w), slice(0, w + dx))
-    out[..., yd, xd] = images[..., ys, xs]
-    inside[yd, xd] = True
-    return out, inside
-
-
 def vote(masks: Sequence[np.ndarray], shifts: Sequence[tuple[int, int]]) -> np.ndarray:
     """Majority vote of 0/1 masks [N, C, H, W], each drawn on the films moved by its (dy, dx) of `shifts`: each mask
     is moved back, and a pixel is on where at least half of the drawings that saw it (whose moved film still held
@@ -139,9 +123,9 @@ class ShiftVote:
 
     def __init__(self, scorer, pixels: int):
         size = int(scorer.card.preprocess.size)
-        if not 0 < pixels < size // 4:
-            raise PseudoError(f"--shift-vote {pixels}: give a shift of 1 to {size // 4 - 1} pixels (the teacher's "
-                              f"input is {size}x{size})")
+        if not 0 < pixels <= largest_shift(size):
+            raise PseudoError(f"--shift-vote {pixels}: give a shift of 1 to {largest_shift(size)} pixels (the "
+                              f"teacher's input is {size}x{size})")
         blank = scorer.run(np.zeros((1, 1, size, size), np.uint8), ("ctr", "masks"))
         if "ctr" not in blank or "masks" not in blank:
             raise PseudoError(f"{scorer.model_path}: the model has no masks/ctr outputs; --shift-vote needs both")
