@@ -50,7 +50,8 @@ real: $(STAMP)
 
 # trains with one source left out and tests on all of it (wingspan+JSRT -> NIH, NIH+JSRT -> wingspan); add
 # EXTERNAL_ARGS=--baseline to measure today's recipe the same way, or EXTERNAL_ARGS="--only B,C --teach" for B and C
-# each taught by its own plain run's masks on the NIH films
+# each taught by its own plain run's masks on the NIH films, or EXTERNAL_ARGS="--only A --shift-average 4" to also
+# score the NIH films with the probability averaged over nine small moves of each film
 external: $(STAMP)
 	$(PY) scripts/real.py --mode external $(EXTERNAL_ARGS)
 

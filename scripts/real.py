@@ -43,6 +43,10 @@ One run teaching another: `--mode external --only B,C --teach` trains B (and C) 
 draw the heart and lungs on the NIH sample's films (python -m cxr.train.pseudo; films whose masks carry a ctr_flag
 train the classifier only), trains a second run of the same seed and split with those masks (OUT/B-taught) and tests it
 on the same films left out. The masks come from a model that never saw the hospital left out; nothing is fitted on it.
+
+Scoring-time average: `--mode external --only A --shift-average 4` also scores the NIH films with cxr-score
+--shift-average 4 (each film nine times, moved by 4 pixels along each axis, the probabilities averaged; no training)
+and prints its AUROC beside the single drawing's, with the paired interval of the change.
 """
 
 from __future__ import annotations
@@ -162,11 +166,29 @@ def export(run_dir: Path, model: Path) -> None:
         run([str(BIN / "cxr-export"), str(run_dir), "--out", str(model), "--opset", "17"])
 
 
-def score(folder: Path, model: Path, labels: Path, out: Path, group_column: str | None = None) -> dict:
+def score(folder: Path, model: Path, labels: Path, out: Path, group_column: str | None = None,
+          extra: list[str] | None = None) -> dict:
     group = ["--group-column", group_column] if group_column else []
     run([str(BIN / "cxr-score"), str(folder), "--out", str(out), "--model", str(model), "--labels", str(labels),
-         "--quiet"] + group, allowed=(0, 3))
+         "--quiet"] + group + list(extra or []), allowed=(0, 3))
     return json.loads(out.with_name(out.stem + ".manifest.json").read_text())
+
+
+def shift_average_change(once: Path, averaged: Path) -> dict:
+    """The AUROC of cxr-score's probabilities with --shift-average (`averaged`) against those of the same model
+    without it (`once`), on the labelled films scored in both, with the paired 95% bootstrap interval of the change
+    (2,000 resamples)."""
+    from cxr.runtime.metrics import bootstrap_auroc_change_ci, roc_auc
+
+    a, b = score_rows(once), score_rows(averaged)
+    paths = [k for k in a if k in b and a[k]["status"] == b[k]["status"] == "ok" and a[k].get("label", "") != ""]
+    y = [int(a[k]["label"]) for k in paths]
+    p1 = [float(a[k]["prob_cardiomegaly"]) for k in paths]
+    p9 = [float(b[k]["prob_cardiomegaly"]) for k in paths]
+    lo, hi = bootstrap_auroc_change_ci(y, p1, p9, n_boot=2000, seed=0)
+    once_auc, averaged_auc = roc_auc(y, p1), roc_auc(y, p9)
+    return {"n": len(paths), "n_positive": sum(y), "auroc_once": once_auc, "auroc_averaged": averaged_auc,
+            "change": averaged_auc - once_auc, "change_ci95": [lo, hi]}
 
 
 def score_rows(results: Path) -> dict[str, dict]:
@@ -521,6 +543,12 @@ def left_out_entry(args, key: str, plan: tuple, run_dir: Path, key_out: Path, la
         manifest = score(nih, key_out / "model.onnx", nih / "labels.csv", results, group_column="view_position")
         entry["cxr_score"] = (manifest.get("labels") or {}).get("metrics")
         entry["cxr_score_by_view"] = ((manifest.get("labels") or {}).get("groups") or {}).get("groups")
+        pixels = getattr(args, "shift_average", None)
+        if pixels:  # the same films scored nine times each, moved by a few pixels, the probabilities averaged
+            averaged = key_out / "left_out_results_shift_average.csv"
+            score(nih, key_out / "model.onnx", nih / "labels.csv", averaged, group_column="view_position",
+                  extra=["--shift-average", str(pixels)])
+            entry["shift_average"] = {"pixels": pixels, **shift_average_change(results, averaged)}
     entry["site_threshold"] = (manifest.get("labels") or {}).get("site_threshold")
     entry["seconds"] = round(time.time() - t0)
     print("\n" + "=" * 100)
@@ -536,6 +564,12 @@ def left_out_entry(args, key: str, plan: tuple, run_dir: Path, key_out: Path, la
               f"bias {c['bias']:+.3f}, Pearson r {fmt(c['pearson_r'], 2)}, slope {fmt(c['slope'], 2)}; on the "
               f"{c['n_unflagged']} films without a ctr_flag: MAE {fmt(c['mae_unflagged'], 4)} "
               f"({fmt(100 * c['within_0.03_unflagged'], 1)}% within 0.03)")
+    if "shift_average" in entry:
+        sa = entry["shift_average"]
+        print(f"cxr-score --shift-average {sa['pixels']} on the exported model: AUROC {fmt(sa['auroc_averaged'])} "
+              f"against {fmt(sa['auroc_once'])} scored once, change {sa['change']:+.3f} (paired 95% CI "
+              f"{sa['change_ci95'][0]:+.3f} to {sa['change_ci95'][1]:+.3f}), n={sa['n']} ({sa['n_positive']} "
+              "positive); nine times the scoring time")
     for g in entry.get("cxr_score_by_view") or []:
         ci = g.get("auroc_ci95") or [None, None]
         print(f"cxr-score on the exported model, {g['group']} films: AUROC {fmt(g.get('auroc'))} (95% CI "
@@ -733,7 +767,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="external B/C: train on the NIH films with the masks a teacher drew for them "
                          "(python -m cxr.train.pseudo TEACHER.onnx 'nih:...;name=nih' --out DIR); the teacher must "
                          "not have trained on the source the run leaves out")
+    ap.add_argument("--shift-average", type=int, default=None, metavar="PIXELS",
+                    help="external A: also score the NIH films with cxr-score --shift-average PIXELS (each film nine "
+                         "times, moved by a few pixels, the probabilities averaged) and print the change in AUROC "
+                         "with its paired interval; 4 at 160 px")
     args = ap.parse_args(argv)
+    if args.shift_average is not None and (args.mode != "external" or args.shift_average < 1):
+        ap.error("--shift-average PIXELS (1 or more, under a quarter of --size) goes with --mode external")
     if args.nih_masks and (args.mode != "external" or not (args.nih_masks / "pseudo.json").is_file()):
         ap.error("--nih-masks DIR goes with --mode external and a DIR written by python -m cxr.train.pseudo")
     if args.nih_masks and (args.average or not args.only or not set(args.only.split(",")) <= {"B", "C"}):

@@ -577,3 +577,47 @@ def test_the_plain_runs_nih_source_is_the_one_the_masks_are_drawn_on(real, tmp_p
     args = argparse.Namespace(data=tmp_path / "data", nih_masks=None)
     plans = real.external_plans(args, tmp_path)
     assert plans["B"][1][0] == plans["C"][1][0] == real.nih_spec(args)
+
+
+def test_shift_average_change_pairs_the_films_scored_both_ways(real, tmp_path):
+    def write(name, rows):
+        path = tmp_path / name
+        path.write_text("path,prob_cardiomegaly,cardiomegaly,status,error,label\n"
+                        + "".join(f"{p},{q},,{s},,{y}\n" for p, q, s, y in rows))
+        return path
+
+    # once: one positive ranked below a negative (AUROC 3/4); averaged: every positive first (1.0). A film that failed
+    # either way and one without a label are left out of both.
+    once = write("once.csv", [("a", 0.9, "ok", 1), ("b", 0.3, "ok", 1), ("c", 0.4, "ok", 0), ("d", 0.1, "ok", 0),
+                              ("e", "", "error", 1), ("f", 0.8, "ok", "")])
+    averaged = write("avg.csv", [("a", 0.8, "ok", 1), ("b", 0.5, "ok", 1), ("c", 0.4, "ok", 0), ("d", 0.2, "ok", 0),
+                                 ("e", 0.9, "ok", 1), ("f", 0.1, "ok", "")])
+    got = real.shift_average_change(once, averaged)
+    assert (got["n"], got["n_positive"]) == (4, 2)
+    assert (got["auroc_once"], got["auroc_averaged"], got["change"]) == pytest.approx((0.75, 1.0, 0.25))
+    lo, hi = got["change_ci95"]
+    assert 0.0 <= lo <= 0.25 <= hi <= 1.0
+
+
+def test_score_passes_the_shift_average_to_cxr_score(real, tmp_path):
+    from tests.runtime.test_overlay_fixtures import chest_like, maps_model
+
+    folder = tmp_path / "nih" / "images"
+    folder.mkdir(parents=True)
+    for i, name in enumerate(("a.png", "b.png")):
+        assert cv2.imwrite(str(folder / name), chest_like(bright=i == 0))
+    labels = tmp_path / "nih" / "labels.csv"
+    labels.write_text("path,cardiomegaly\nimages/a.png,1\nimages/b.png,0\n")
+    manifest = real.score(tmp_path / "nih", maps_model(tmp_path / "m.onnx"), labels, tmp_path / "r.csv",
+                          extra=["--shift-average", "2"])
+    assert manifest["shift_average"]["pixels"] == 2 and manifest["shift_average"]["drawings"] == 9
+
+
+@pytest.mark.parametrize("extra", [["--mode", "real", "--shift-average", "4"],
+                                   ["--mode", "external", "--shift-average", "0"]])
+def test_shift_average_arguments_are_checked(real, extra, capsys):
+    with pytest.raises(SystemExit) as exc:
+        real.main(extra)
+    assert exc.value.code == 2
+    assert "--shift-average PIXELS (1 or more, under a quarter of --size) goes with --mode external" in \
+        capsys.readouterr().err
