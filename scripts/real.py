@@ -772,8 +772,10 @@ def main(argv: list[str] | None = None) -> int:
                          "times, moved by a few pixels, the probabilities averaged) and print the change in AUROC "
                          "with its paired interval; 4 at 160 px")
     args = ap.parse_args(argv)
-    if args.shift_average is not None and (args.mode != "external" or args.shift_average < 1):
-        ap.error("--shift-average PIXELS (1 or more, under a quarter of --size) goes with --mode external")
+    if args.shift_average is not None and (args.mode != "external" or not 1 <= args.shift_average < args.size // 4
+                                           or (args.only and "A" not in args.only.split(","))):
+        ap.error(f"--shift-average PIXELS (1 to {args.size // 4 - 1} at --size {args.size}) goes with --mode external "
+                 "and the run A (its NIH films are the ones scored again)")
     if args.nih_masks and (args.mode != "external" or not (args.nih_masks / "pseudo.json").is_file()):
         ap.error("--nih-masks DIR goes with --mode external and a DIR written by python -m cxr.train.pseudo")
     if args.nih_masks and (args.average or not args.only or not set(args.only.split(",")) <= {"B", "C"}):

@@ -614,10 +614,12 @@ def test_score_passes_the_shift_average_to_cxr_score(real, tmp_path):
 
 
 @pytest.mark.parametrize("extra", [["--mode", "real", "--shift-average", "4"],
-                                   ["--mode", "external", "--shift-average", "0"]])
+                                   ["--mode", "external", "--shift-average", "0"],
+                                   ["--mode", "external", "--shift-average", "40"],  # a quarter of 160 px
+                                   ["--mode", "external", "--only", "B,C", "--shift-average", "4"]])
 def test_shift_average_arguments_are_checked(real, extra, capsys):
     with pytest.raises(SystemExit) as exc:
         real.main(extra)
     assert exc.value.code == 2
-    assert "--shift-average PIXELS (1 or more, under a quarter of --size) goes with --mode external" in \
-        capsys.readouterr().err
+    assert ("--shift-average PIXELS (1 to 39 at --size 160) goes with --mode external and the run A"
+            in capsys.readouterr().err)

@@ -408,8 +408,9 @@ def _note(message: str, quiet: bool) -> None:
 @click.option("--shift-average", type=click.IntRange(1, 1024), default=None, metavar="PIXELS",
               help="Score each film nine times, as given and moved by PIXELS pixels (at the model's input size) "
                    "along each axis, and write the mean of the nine probabilities (nine times the model time). The "
-                   "ctr, masks and maps stay the film's as given. PIXELS must be under a quarter of the input size; "
-                   "4 at 160 px is what the real-data notes measured. Local engine, fp32 only.")
+                   "ctr, masks and maps stay the film's as given (on a model that decides by its ratio the call "
+                   "follows the nine drawings' ratios). PIXELS must be under a quarter of the input size; 4 at 160 "
+                   "px is what the real-data notes measured. Local engine, fp32 only.")
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="CSV with columns path,label (or path,cardiomegaly; see --path-column, --label-column): adds a "
                    "label column to the results and metrics to the manifest and the report. Labels as cxr-train "
@@ -489,7 +490,7 @@ def main(*, targets: tuple[Path, ...], out: Path, model: Path, device: str, batc
                                "given (pass model.int8.onnx to score the int8 copy)")
     if shift_average is not None and engine_option.ray:
         raise click.UsageError("--shift-average is not available with --engine ray; score with the local engine")
-    if shift_average is not None and precision not in (None, "fp32"):
+    if shift_average is not None and precision not in (None, "fp32", "auto"):  # auto: checked once it settles
         raise click.UsageError(f"--shift-average runs the fp32 model; it is not combined with --precision {precision}")
     folder, files, globbed_other = _targets(targets)
     try:
@@ -696,9 +697,10 @@ class _ScoreRun:
             _error(str(exc))
             sys.exit(EXIT_FAILED)
         if req.shift_average is not None:
-            if plan.precision != "fp32":  # --device openvino's default precision, for one
-                raise _BadParameter(f"--shift-average runs the fp32 model; {plan.precision} was chosen here ("
-                                    f"{plan.why}): add --precision fp32", param_hint="--shift-average")
+            if plan.precision != "fp32":  # --precision auto settling elsewhere, or the int8 file given as --model
+                raise _BadParameter(f"--shift-average runs an fp32 model; this run would be {plan.precision} ("
+                                    f"{plan.why}): give the fp32 model file, with --precision fp32 or none",
+                                    param_hint="--shift-average")
             from cxr.runtime.shifts import ShiftAverage
 
             try:
@@ -724,8 +726,9 @@ class _ScoreRun:
             _note(f"model {req.model} on {scorer.device} ({', '.join(scorer.providers)}); threshold {thr:g} "
                   f"({thr_source})", req.quiet)
             if req.shift_average is not None:
+                own = "; the ctr is the film's as given" if "ctr" in scorer.extra_outputs else ""
                 _note(f"--shift-average {req.shift_average}: each film scored {len(scorer.shifts)} times (moved by "
-                      f"{req.shift_average} px), the probability their mean; the ctr is the film's as given", req.quiet)
+                      f"{req.shift_average} px), the probability their mean{own}", req.quiet)
             unchecked = plan.precision not in ("fp32", "fp16") and (plan.gate is None or plan.forced)
             if unchecked:  # never measured here, or forced past its failed gate
                 self.warn(f"precision {plan.precision}: {plan.why}")
@@ -879,7 +882,6 @@ class _ScoreRun:
         from cxr.cli.engines import engine_manifest
 
         manifest["engine"] = engine_manifest(self.ray_run)
-        manifest["shift_average"] = self.scorer.manifest() if req.shift_average is not None else None
         if self.check is not None:
             manifest["precision_check"] = self.check
         manifest["warnings"] = self.warn.manifest()

@@ -242,6 +242,10 @@ def _summary(m: Mapping[str, Any]) -> str:
            ("files", f"{counts.get('files')}: {counts.get('ok')} ok, {counts.get('error')} error"
             + (f" ({codes})" if codes else "")),
            ("speed", f"{timings.get('images_per_s')} images/s")]
+    shift = m.get("shift_average")
+    if shift:
+        run.append(("probability", f"mean of {shift.get('drawings')} drawings, the film moved by "
+                                   f"{shift.get('pixels')} px (--shift-average)"))
     if counts.get("ctr_flags"):
         run.append(("implausible masks", ", ".join(f"{k} {n}" for k, n in counts["ctr_flags"].items())))
     model_rows = [("task", f"{card.get('task')} (positive: {card.get('positive_label')})"),

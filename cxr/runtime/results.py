@@ -484,6 +484,7 @@ def build_manifest(*, scorer, folder: Path, out: Path, tally: Tally, walk, thres
         "device": {"requested": scorer.requested_device, "used": scorer.device, "providers": scorer.providers,
                    "intra_op_threads": scorer.threads},  # None: onnxruntime's default
         "precision": getattr(scorer, "precision_facts", None),  # what ran and why (cxr.cli.precision_opts)
+        "shift_average": getattr(scorer, "shift_average_facts", None),  # cxr-score --shift-average (runtime.shifts)
         "counts": {
             "files": tally.files, "ok": tally.ok, "error": tally.error,
             "by_error_code": dict(sorted(tally.by_code.items())),

@@ -3,9 +3,13 @@ augmentation, `cxr-score --shift-average PIXELS`). No torch here.
 
 The film is scored nine times: as given and moved by PIXELS pixels (at the model's input size) up, down, left,
 right and diagonally, the uncovered border black as the training's geometric augmentation fills it. The
-probability is the mean of the nine; the logit is that mean's logit, so the call at the threshold follows the
-probability. Everything else a row carries (ratio, masks, activation map) is the film's as given: the ratio
-measured on masks voted over the same moves did not lower its error on every model (the real-data notes).
+probability is the mean of the nine (of those the model could score: a model that decides by its ratio has no
+probability for a drawing whose ratio it cannot measure); the logit is that mean's logit, so the call at the
+threshold follows the probability. A film the model cannot score as given keeps its NaN: the moves never make a
+probability for a film that has none. Everything else a row carries (ratio, masks, activation map) is the film's as
+given: the ratio measured on masks voted over the same moves did not lower its error on every model (the real-data
+notes). So on a model that decides by its ratio, the call follows the nine drawings' ratios while the `ctr` column
+is the film's own, and near the threshold the two can disagree.
 """
 
 from __future__ import annotations
@@ -61,20 +65,35 @@ class ShiftAverage:
     def run(self, batch: np.ndarray, extras: Sequence[str] = ()) -> dict[str, np.ndarray]:
         batch = np.asarray(batch)
         values = self._scorer.run(batch, extras)  # the film as given: its extras are the row's
-        probs = [values["probability"]]
+        values["logit"], values["probability"] = self._average(batch, values["probability"])
+        return values
+
+    def _average(self, batch: np.ndarray, as_given: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        probs = [np.asarray(as_given, np.float64)]
         for dy, dx in self.shifts:
             if (dy, dx) != (0, 0):
-                probs.append(self._scorer.run(shifted(batch, dy, dx)[0])["probability"])
-        p = np.mean(np.stack(probs).astype(np.float64), axis=0)
-        values["probability"] = p.astype(np.float32)
-        clipped = np.clip(p, 1e-7, 1 - 1e-7)
-        values["logit"] = np.log(clipped / (1 - clipped)).astype(np.float32)
-        return values
+                probs.append(np.asarray(self._scorer.run(shifted(batch, dy, dx)[0])["probability"], np.float64))
+        stack = np.stack(probs)
+        finite = np.isfinite(stack)
+        count = finite.sum(axis=0)
+        p = np.where(finite, stack, 0.0).sum(axis=0) / np.maximum(count, 1)
+        p = np.where(np.isfinite(stack[0]), p, np.nan)  # unscorable as given: stays so, whatever the moves say
+        with np.errstate(invalid="ignore"):
+            clipped = np.clip(p, 1e-7, 1 - 1e-7)
+            logit = np.log(clipped / (1 - clipped))
+        return logit.astype(np.float32), p.astype(np.float32)
+
+    def predict(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(logit, probability) averaged over the moves, as `run` gives them."""
+        values = self.run(batch)
+        return values["logit"], values["probability"]
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return self.run(batch)["probability"]
 
-    def manifest(self) -> dict:
-        """What the manifest records of the average."""
+    @property
+    def shift_average_facts(self) -> dict:
+        """What the manifest (`shift_average`) and the report record of the average."""
         return {"pixels": self.pixels, "drawings": len(self.shifts), "input_size": int(self.card.preprocess.size),
-                "averaged": "probability (the ratio, masks and activation map are the film's as given)"}
+                "averaged": "probability, over the drawings the model could score (the ratio, masks and activation "
+                            "map are the film's as given)"}

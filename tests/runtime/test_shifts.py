@@ -14,6 +14,9 @@ from cxr.runtime.shifts import ShiftAverage, shift_grid, shifted  # noqa: E402
 from tests.onnx_fixtures import expected_probability  # noqa: E402
 from tests.runtime.test_overlay_fixtures import maps_model  # noqa: E402
 
+AVERAGED = ("probability, over the drawings the model could score (the ratio, masks and activation map are the film's "
+            "as given)")
+
 
 def films(n: int = 3, size: int = 64) -> np.ndarray:
     rng = np.random.default_rng(5)
@@ -55,8 +58,7 @@ def test_the_wrapped_scorer_answers_the_rest(tiny_model):
     averaged = ShiftAverage(scorer, 15)
     assert (averaged.threshold, averaged.model_sha256, averaged.card) == (scorer.threshold, scorer.model_sha256,
                                                                           scorer.card)
-    assert averaged.manifest() == {"pixels": 15, "drawings": 9, "input_size": 64, "averaged":
-                                   "probability (the ratio, masks and activation map are the film's as given)"}
+    assert averaged.shift_average_facts == {"pixels": 15, "drawings": 9, "input_size": 64, "averaged": AVERAGED}
     assert averaged.for_batch(8).pixels == 15
 
 
@@ -65,3 +67,29 @@ def test_a_journal_knows_whether_the_run_averaged():
     assert "shift_average" not in run_identity(**base)  # journals written before the option still match
     assert run_identity(**base, shift_average=4)["shift_average"] == 4
     assert run_identity(**base, shift_average=4) != run_identity(**base, shift_average=2)
+
+
+class _RatioDecider:
+    """A model that decides by its ratio: no probability (NaN) for a drawing whose top-left pixel went black."""
+
+    class card:  # noqa: N801 (the attribute ShiftAverage reads)
+        class preprocess:  # noqa: N801
+            size = 64
+
+    def run(self, batch, extras=()):
+        batch = np.asarray(batch)
+        p = np.where(batch[:, 0, 0, 0] > 0, batch[:, 0].mean(axis=(1, 2)) / 255.0, np.nan)
+        return {"logit": p.astype(np.float32), "probability": p.astype(np.float32)}
+
+
+def test_the_mean_is_over_the_drawings_the_model_could_score():
+    batch = np.full((2, 1, 64, 64), 200, np.uint8)
+    batch[1, 0, 0, 0] = 0  # the second film cannot be scored as given
+    moved = [shifted(batch, dy, dx)[0] for dy, dx in shift_grid(2)]
+    # five of the nine moves bring black into the top-left corner; the four others (and the film) can be scored
+    scored = [m[0, 0].mean() / 255.0 for m in moved if m[0, 0, 0, 0] > 0]
+    assert len(scored) == 4
+    logit, prob = ShiftAverage(_RatioDecider(), 2).predict(batch)
+    assert prob[0] == pytest.approx(np.mean(scored), abs=1e-6)
+    assert np.isnan(prob[1]) and np.isnan(logit[1])  # the moves never make a probability for a film that has none
+    assert logit[0] == pytest.approx(np.log(prob[0] / (1 - prob[0])), abs=1e-4)
