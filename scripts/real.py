@@ -140,6 +140,10 @@ def train(run_dir: Path, sources: list[str], args, extra: list[str] | None = Non
             raise SystemExit(f"real: {run_dir} holds a run {'with' if saved.get('balance_labels') else 'without'} "
                              f"--balance-labels, not the one asked for: give another --out, or delete it to train "
                              "again")
+        opacity = float(getattr(args, "aug_opacity", 0.0) or 0.0) if extra is None else 0.0
+        if float(saved.get("aug_opacity") or 0.0) != opacity:
+            raise SystemExit(f"real: {run_dir} holds a run of --aug-opacity {saved.get('aug_opacity') or 0}, not the "
+                             f"{opacity:g} asked for: give another --out, or delete it to train again")
         done = json.loads((run_dir / "metrics.json").read_text())
         if continues(done, args.epochs):
             # the same run as one started with --epochs N: the plateau schedule and early stopping carry on
@@ -158,6 +162,8 @@ def train(run_dir: Path, sources: list[str], args, extra: list[str] | None = Non
     for s in sources:
         cmd += ["--data", s]
     balance = ["--balance-labels"] if getattr(args, "balance_labels", False) else []
+    opacity = float(getattr(args, "aug_opacity", 0.0) or 0.0)
+    balance += ["--aug-opacity", f"{opacity:g}"] if opacity else []
     run(cmd + (AUGMENT + RECIPE + balance if extra is None else extra))
 
 
@@ -751,6 +757,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--balance-labels", action="store_true",
                     help="train with cxr-train --balance-labels (positives and negatives drawn equally often inside "
                          "each source; not the baseline A0)")
+    ap.add_argument("--aug-opacity", type=float, default=0.0, metavar="P",
+                    help="train with cxr-train --aug-opacity P (a fluid-like opacity at a lung's base, drawn inside "
+                         "the lung masks, on a share P of films; not the baseline A0)")
     ap.add_argument("--seeds", default=None,
                     help="external: train every run once per seed (comma-separated, into OUT/seed<N>), then print "
                          "the seeds' models used together (probabilities averaged) beside each seed")

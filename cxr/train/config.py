@@ -176,6 +176,10 @@ class TrainConfig:
     aug_clahe: float = 0.0
     """Probability of local contrast equalization (CLAHE, clip 1-4, 8x8 tiles): processed films whose local contrast
     differs from a plain scan (0 = none)."""
+    aug_opacity: float = 0.0
+    """Probability of a fluid-like opacity filling the base of one lung or both (effusion, basal consolidation), drawn
+    inside the lung masks, which stay the anatomical lung; needs lung masks, films without them are left as they are
+    (0 = none)."""
     pos_weight: float | str | None = None
     """BCE pos_weight: None (the recipe), 'auto' (n_negative / n_positive on the training split) or a number."""
     # --- operating point and evaluation ---
@@ -287,6 +291,8 @@ class TrainConfig:
             bad("seg_lr", "must be positive")
         if self.seg_weight_decay < 0:
             bad("seg_weight_decay", "must be >= 0")
+        if self.aug_opacity and not self.use_seg_head:
+            bad("aug_opacity", "draws inside the lung masks: it needs masks (--mask-columns) and the segmentation head")
         if self.seg_head == "on" and not self.has_masks:
             bad("seg_head", "'on' needs masks: name them with --mask-columns")
         if self.decision in ("ctr", "fusion") and not self.use_seg_head:
@@ -297,7 +303,7 @@ class TrainConfig:
                      "aug_noise"):
             if not (isinstance(getattr(self, name), (int, float)) and 0.0 <= getattr(self, name) < 1.0):
                 bad(name, "must lie in [0, 1)")
-        for name in ("aug_blur", "aug_sharpen", "aug_clahe"):
+        for name in ("aug_blur", "aug_sharpen", "aug_clahe", "aug_opacity"):
             if not (isinstance(getattr(self, name), (int, float)) and 0.0 <= getattr(self, name) <= 1.0):
                 bad(name, "must be a probability in [0, 1]")
         if not (isinstance(self.aug_jpeg, int) and (self.aug_jpeg == 0 or 1 <= self.aug_jpeg <= 95)):
