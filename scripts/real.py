@@ -197,6 +197,33 @@ def shift_average_change(once: Path, averaged: Path) -> dict:
             "change": averaged_auc - once_auc, "change_ci95": [lo, hi]}
 
 
+def negatives_by_kind(results: Path, labels: Path) -> list[dict]:
+    """NIH's negatives are every film without cardiomegaly: 'No Finding' ones and films with other findings only
+    (effusion, edema, ...), which sicker patients' films show. The AUROC of cxr-score's probabilities with all the
+    positives against each kind of negative, on all films and per view position, with 95% bootstrap intervals (2,000
+    resamples): where a model's ranking fails, not a figure to choose on."""
+    from cxr.runtime.metrics import bootstrap_auroc_ci, roc_auc
+
+    scored = score_rows(results)
+    with open(labels, newline="") as fh:
+        films = [(r, scored[r["path"]]) for r in csv.DictReader(fh)
+                 if r["path"] in scored and scored[r["path"]]["status"] == "ok"
+                 and scored[r["path"]]["prob_cardiomegaly"] != "" and r["cardiomegaly"] in ("0", "1")]
+    out = []
+    for view in [None] + sorted({r.get("view_position") or "" for r, _ in films} - {""}):
+        here = [(r, s) for r, s in films if view is None or r.get("view_position") == view]
+        for kind, healthy in (("No Finding", True), ("other findings", False)):
+            chosen = [(r, s) for r, s in here
+                      if r["cardiomegaly"] == "1" or (r.get("finding_labels") == "No Finding") == healthy]
+            y = [int(r["cardiomegaly"]) for r, _ in chosen]
+            p = [float(s["prob_cardiomegaly"]) for _, s in chosen]
+            if 0 < sum(y) < len(y):
+                lo, hi = bootstrap_auroc_ci(y, p, n_boot=2000, seed=0)
+                out.append({"view": view or "all", "negatives": kind, "n": len(y), "n_positive": sum(y),
+                            "auroc": roc_auc(y, p), "auroc_ci95": [lo, hi]})
+    return out
+
+
 def score_rows(results: Path) -> dict[str, dict]:
     with open(results, newline="") as fh:
         return {r["path"]: r for r in csv.DictReader(fh)}
@@ -549,6 +576,7 @@ def left_out_entry(args, key: str, plan: tuple, run_dir: Path, key_out: Path, la
         manifest = score(nih, key_out / "model.onnx", nih / "labels.csv", results, group_column="view_position")
         entry["cxr_score"] = (manifest.get("labels") or {}).get("metrics")
         entry["cxr_score_by_view"] = ((manifest.get("labels") or {}).get("groups") or {}).get("groups")
+        entry["by_negative_kind"] = negatives_by_kind(results, nih / "labels.csv")
         pixels = getattr(args, "shift_average", None)
         if pixels:  # the same films scored nine times each, moved by a few pixels, the probabilities averaged
             averaged = key_out / "left_out_results_shift_average.csv"
@@ -581,6 +609,10 @@ def left_out_entry(args, key: str, plan: tuple, run_dir: Path, key_out: Path, la
         print(f"cxr-score on the exported model, {g['group']} films: AUROC {fmt(g.get('auroc'))} (95% CI "
               f"{fmt(ci[0])}-{fmt(ci[1])}), n={g.get('n')} ({g.get('n_positive')} positive), sensitivity "
               f"{fmt(g.get('sensitivity'))}, specificity {fmt(g.get('specificity'))} at the card's threshold")
+    for g in entry.get("by_negative_kind") or []:
+        print(f"cxr-score on the exported model, {g['view']} films, positives against the {g['negatives']} "
+              f"negatives: AUROC {fmt(g['auroc'])} (95% CI {fmt(g['auroc_ci95'][0])}-{fmt(g['auroc_ci95'][1])}), "
+              f"n={g['n']} ({g['n_positive']} positive)")
     site = entry["site_threshold"] or {}
     if site.get("available"):
         print(f"site threshold (Youden's J on the films left out): {site['threshold']:.4g}; fitted on half of "

@@ -163,6 +163,23 @@ def test_a_finished_run_of_another_seed_is_not_reused(real, tmp_path):
     real.train(run_dir, [], SimpleNamespace(seed=0, split_seed=None, epochs=12))  # same seed: reused
     with pytest.raises(SystemExit, match="holds a run without --balance-labels"):
         real.train(run_dir, [], SimpleNamespace(seed=0, split_seed=None, epochs=12, balance_labels=True))
+    with pytest.raises(SystemExit, match="holds a run of --aug-opacity 0, not the 0.3 asked for"):
+        real.train(run_dir, [], SimpleNamespace(seed=0, split_seed=None, epochs=12, aug_opacity=0.3))
+
+
+def test_aug_opacity_reaches_cxr_train_beside_the_augmentation(real, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    calls = []
+    monkeypatch.setattr(real, "run", lambda cmd, allowed=(0,): calls.append(cmd) or 0)
+    real.train(tmp_path / "op", [], SimpleNamespace(seed=0, split_seed=0, epochs=20, size=160, aug_opacity=0.3))
+    real.train(tmp_path / "plain", [], SimpleNamespace(seed=0, split_seed=0, epochs=20, size=160))
+    real.train(tmp_path / "a0", [], SimpleNamespace(seed=0, split_seed=0, epochs=20, size=160, aug_opacity=0.3),
+               extra=["--rotation-degrees", "5"])  # the baseline A0 keeps its own recipe
+    op, plain, a0 = calls
+    assert op[op.index("--aug-opacity") + 1] == "0.3"
+    assert op[:-2] == [str(tmp_path / "op") if c == str(tmp_path / "plain") else c for c in plain]
+    assert "--aug-opacity" not in a0 and set(real.AUGMENT) <= set(op)
 
 
 @pytest.mark.parametrize("metrics, epochs, resumed", [
@@ -597,6 +614,29 @@ def test_shift_average_change_pairs_the_films_scored_both_ways(real, tmp_path):
     assert (got["auroc_once"], got["auroc_averaged"], got["change"]) == pytest.approx((0.75, 1.0, 0.25))
     lo, hi = got["change_ci95"]
     assert 0.0 <= lo <= 0.25 <= hi <= 1.0
+
+
+def test_negatives_by_kind_ranks_the_positives_against_each_kind_of_negative(real, tmp_path):
+    """NIH's negatives: 'No Finding' films and films with other findings only; all films and per view."""
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,cardiomegaly,finding_labels,view_position\n"
+                      "images/p1.png,1,Cardiomegaly|Effusion,AP\nimages/p2.png,1,Cardiomegaly,PA\n"
+                      "images/n1.png,0,No Finding,AP\nimages/n2.png,0,No Finding,PA\n"
+                      "images/o1.png,0,Effusion,AP\nimages/o2.png,0,Edema|Effusion,PA\n"
+                      "images/bad.png,1,Cardiomegaly,AP\nimages/gone.png,0,No Finding,AP\n")
+    results = tmp_path / "r.csv"
+    results.write_text("path,prob_cardiomegaly,cardiomegaly,status,error,label\n"
+                       "images/p1.png,0.6,1,ok,,1\nimages/p2.png,0.9,1,ok,,1\nimages/n1.png,0.1,0,ok,,0\n"
+                       "images/n2.png,0.2,0,ok,,0\nimages/o1.png,0.95,1,ok,,0\nimages/o2.png,0.5,0,ok,,0\n"
+                       "images/bad.png,,,error,unreadable,1\n")
+    got = {(g["view"], g["negatives"]): g for g in real.negatives_by_kind(results, labels)}
+    assert set(got) == {(v, k) for v in ("all", "AP", "PA") for k in ("No Finding", "other findings")}
+    assert (got["all", "No Finding"]["n"], got["all", "No Finding"]["n_positive"]) == (4, 2)
+    assert got["all", "No Finding"]["auroc"] == pytest.approx(1.0)
+    assert got["all", "other findings"]["auroc"] == pytest.approx(2 / 4)  # o1 above both positives, o2 below both
+    assert got["AP", "other findings"]["auroc"] == pytest.approx(0.0) and got["PA", "other findings"]["auroc"] == 1.0
+    lo, hi = got["all", "other findings"]["auroc_ci95"]
+    assert 0.0 <= lo <= 0.5 <= hi <= 1.0
 
 
 def test_score_passes_the_shift_average_to_cxr_score(real, tmp_path):
