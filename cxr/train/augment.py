@@ -37,8 +37,10 @@ class Augmenter:
                                       translate_percent=(-t, t), rotate=(-r, r),
                                       interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST,
                                       border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0, p=1.0))
-        if o.get("aug_opacity"):  # after the moves (it follows the moved lungs), before the film's processing
-            geometric.append(BasalOpacity(p=float(o["aug_opacity"])))
+        # after the moves (it follows the moved lungs), before the film's processing; drawn from its own seed (below)
+        self.opacity = BasalOpacity(p=float(o["aug_opacity"])) if o.get("aug_opacity") else None
+        if self.opacity is not None:
+            geometric.append(self.opacity)
         photometric = []
         if o.get("aug_sharpen"):  # before the intensity changes: the edge enhancement of a processing pipeline
             photometric.append(A.UnsharpMask(blur_limit=(3, 11), sigma_limit=(1.0, 3.0), alpha=(0.3, 1.0),
@@ -63,6 +65,10 @@ class Augmenter:
     def __call__(self, image: np.ndarray, masks: np.ndarray, seed: np.random.SeedSequence
                  ) -> tuple[np.ndarray, np.ndarray]:
         self.transform.set_random_seed(int(seed.generate_state(1)[0]))
+        if self.opacity is not None:
+            # Compose seeds every transform alike, so each would take its turn on the same uniform draw as the
+            # others; the opacity gets a seed of its own (the others keep theirs: generate_state(2)[0] is that seed)
+            self.opacity.set_random_seed(int(seed.generate_state(2)[1]))
         out = self.transform(image=image, masks=list(masks))
         return np.ascontiguousarray(out["image"], np.uint8), np.stack(out["masks"]).astype(np.uint8)
 
