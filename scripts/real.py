@@ -121,29 +121,36 @@ def continues(done: dict, epochs: int) -> bool:
     return done.get("epochs_run", epochs) < epochs and not done.get("stopped_early")
 
 
-def train(run_dir: Path, sources: list[str], args, extra: list[str] | None = None) -> None:
-    if (run_dir / "metrics.json").is_file():
-        saved = json.loads((run_dir / "config.json").read_text())
-        if (saved.get("seed"), saved.get("split_seed")) != (args.seed, args.split_seed):
-            raise SystemExit(f"real: {run_dir} holds a run of --seed {saved.get('seed')} --split-seed "
-                             f"{saved.get('split_seed')}, not the --seed {args.seed} --split-seed {args.split_seed} "
-                             "asked for: give another --out, or delete it to train again")
-        from cxr.train.config import parse_source
+def check_saved(run_dir: Path, sources: list[str], args, extra: list[str] | None) -> None:
+    """A finished or interrupted run in run_dir is reused only if it is the run asked for (seed, split, data,
+    --balance-labels, --aug-opacity); otherwise stop, never mix it in silently."""
+    saved = json.loads((run_dir / "config.json").read_text())
+    if (saved.get("seed"), saved.get("split_seed")) != (args.seed, args.split_seed):
+        raise SystemExit(f"real: {run_dir} holds a run of --seed {saved.get('seed')} --split-seed "
+                         f"{saved.get('split_seed')}, not the --seed {args.seed} --split-seed {args.split_seed} "
+                         "asked for: give another --out, or delete it to train again")
+    from cxr.train.config import parse_source
 
-        asked = sorted(_source_key(parse_source(x)) for x in sources)
-        had = sorted(_source_key(x) for x in [saved] + list(saved.get("extra_sources") or []))
-        if saved.get("data_root") and asked != had:
-            raise SystemExit(f"real: {run_dir} holds a run trained on other data ({had}) than asked ({asked}; "
-                             "--nih-masks?): give another --out, or delete it to train again")
-        wanted = bool(getattr(args, "balance_labels", False) and extra is None)
-        if bool(saved.get("balance_labels")) != wanted:
-            raise SystemExit(f"real: {run_dir} holds a run {'with' if saved.get('balance_labels') else 'without'} "
-                             f"--balance-labels, not the one asked for: give another --out, or delete it to train "
-                             "again")
-        opacity = float(getattr(args, "aug_opacity", 0.0) or 0.0) if extra is None else 0.0
-        if float(saved.get("aug_opacity") or 0.0) != opacity:
-            raise SystemExit(f"real: {run_dir} holds a run of --aug-opacity {saved.get('aug_opacity') or 0}, not the "
-                             f"{opacity:g} asked for: give another --out, or delete it to train again")
+    asked = sorted(_source_key(parse_source(x)) for x in sources)
+    had = sorted(_source_key(x) for x in [saved] + list(saved.get("extra_sources") or []))
+    if saved.get("data_root") and asked != had:
+        raise SystemExit(f"real: {run_dir} holds a run trained on other data ({had}) than asked ({asked}; "
+                         "--nih-masks?): give another --out, or delete it to train again")
+    wanted = bool(getattr(args, "balance_labels", False) and extra is None)
+    if bool(saved.get("balance_labels")) != wanted:
+        raise SystemExit(f"real: {run_dir} holds a run {'with' if saved.get('balance_labels') else 'without'} "
+                         f"--balance-labels, not the one asked for: give another --out, or delete it to train "
+                         "again")
+    opacity = float(getattr(args, "aug_opacity", 0.0) or 0.0) if extra is None else 0.0
+    if float(saved.get("aug_opacity") or 0.0) != opacity:
+        raise SystemExit(f"real: {run_dir} holds a run of --aug-opacity {saved.get('aug_opacity') or 0}, not the "
+                         f"{opacity} asked for: give another --out, or delete it to train again")
+
+
+def train(run_dir: Path, sources: list[str], args, extra: list[str] | None = None) -> None:
+    if (run_dir / "metrics.json").is_file() or (run_dir / "last.pt").is_file():
+        check_saved(run_dir, sources, args, extra)
+    if (run_dir / "metrics.json").is_file():
         done = json.loads((run_dir / "metrics.json").read_text())
         if continues(done, args.epochs):
             # the same run as one started with --epochs N: the plateau schedule and early stopping carry on
@@ -163,7 +170,7 @@ def train(run_dir: Path, sources: list[str], args, extra: list[str] | None = Non
         cmd += ["--data", s]
     balance = ["--balance-labels"] if getattr(args, "balance_labels", False) else []
     opacity = float(getattr(args, "aug_opacity", 0.0) or 0.0)
-    balance += ["--aug-opacity", f"{opacity:g}"] if opacity else []
+    balance += ["--aug-opacity", str(opacity)] if opacity else []
     run(cmd + (AUGMENT + RECIPE + balance if extra is None else extra))
 
 
@@ -206,9 +213,13 @@ def negatives_by_kind(results: Path, labels: Path) -> list[dict]:
 
     scored = score_rows(results)
     with open(labels, newline="") as fh:
-        films = [(r, scored[r["path"]]) for r in csv.DictReader(fh)
+        reader = csv.DictReader(fh)
+        if "finding_labels" not in (reader.fieldnames or []):
+            return []  # not NIH's layout: no kinds of negative to tell apart
+        films = [(r, scored[r["path"]]) for r in reader
                  if r["path"] in scored and scored[r["path"]]["status"] == "ok"
-                 and scored[r["path"]]["prob_cardiomegaly"] != "" and r["cardiomegaly"] in ("0", "1")]
+                 and scored[r["path"]]["prob_cardiomegaly"] != "" and r["cardiomegaly"] in ("0", "1")
+                 and (r["cardiomegaly"] == "1" or r["finding_labels"].strip())]  # a negative of no stated kind: out
     out = []
     for view in [None] + sorted({r.get("view_position") or "" for r, _ in films} - {""}):
         here = [(r, s) for r, s in films if view is None or r.get("view_position") == view]

@@ -210,12 +210,18 @@ def test_an_interrupted_run_resumes_to_the_epochs_asked(real, tmp_path, monkeypa
     run_dir = tmp_path / "A" / "run"
     run_dir.mkdir(parents=True)
     (run_dir / "last.pt").write_bytes(b"state")
-    (run_dir / "config.json").write_text('{"max_epochs": 12}')
+    (run_dir / "config.json").write_text('{"max_epochs": 12, "seed": 0, "split_seed": null, "aug_opacity": 0.3}')
     calls = []
     monkeypatch.setattr(real, "run", lambda cmd, allowed=(0,): calls.append(cmd) or 0)
-    real.train(run_dir, [], SimpleNamespace(seed=0, split_seed=None, epochs=20))
-    real.train(run_dir, [], SimpleNamespace(seed=0, split_seed=None, epochs=8))  # never cut short
+    real.train(run_dir, [], SimpleNamespace(seed=0, split_seed=None, epochs=20, aug_opacity=0.3))
+    real.train(run_dir, [], SimpleNamespace(seed=0, split_seed=None, epochs=8, aug_opacity=0.3))  # never cut short
     assert calls == [[str(real.BIN / "cxr-train"), "--resume", str(run_dir), "--max-epochs", n] for n in ("20", "12")]
+    # an interrupted run is checked like a finished one before it resumes
+    with pytest.raises(SystemExit, match="holds a run of --aug-opacity 0.3, not the 0.0 asked for"):
+        real.train(run_dir, [], SimpleNamespace(seed=0, split_seed=None, epochs=20))
+    with pytest.raises(SystemExit, match="holds a run of --seed 0 --split-seed None, not the --seed 1"):
+        real.train(run_dir, [], SimpleNamespace(seed=1, split_seed=None, epochs=20, aug_opacity=0.3))
+    assert len(calls) == 2
 
 
 def test_seed_average_names_each_seeds_decision_and_split(real, tmp_path):
@@ -637,6 +643,16 @@ def test_negatives_by_kind_ranks_the_positives_against_each_kind_of_negative(rea
     assert got["AP", "other findings"]["auroc"] == pytest.approx(0.0) and got["PA", "other findings"]["auroc"] == 1.0
     lo, hi = got["all", "other findings"]["auroc_ci95"]
     assert 0.0 <= lo <= 0.5 <= hi <= 1.0
+    # a row that failed keeps out of every line even with a probability; a negative of no stated kind too
+    with open(results, "a") as fh:
+        fh.write("images/gone.png,0.99,1,error,timeout,0\nimages/blank.png,0.99,1,ok,,0\n")
+    with open(labels, "a") as fh:
+        fh.write("images/blank.png,0,,PA\n")
+    assert [g["auroc"] for g in real.negatives_by_kind(results, labels)] == [g["auroc"] for g in got.values()]
+    # labels without NIH's finding_labels column: nothing to tell apart, no lines
+    plain = tmp_path / "plain.csv"
+    plain.write_text("path,cardiomegaly\nimages/p1.png,1\nimages/n1.png,0\n")
+    assert real.negatives_by_kind(results, plain) == []
 
 
 def test_score_passes_the_shift_average_to_cxr_score(real, tmp_path):

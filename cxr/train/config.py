@@ -291,8 +291,6 @@ class TrainConfig:
             bad("seg_lr", "must be positive")
         if self.seg_weight_decay < 0:
             bad("seg_weight_decay", "must be >= 0")
-        if self.aug_opacity and not self.use_seg_head:
-            bad("aug_opacity", "draws inside the lung masks: it needs masks (--mask-columns) and the segmentation head")
         if self.seg_head == "on" and not self.has_masks:
             bad("seg_head", "'on' needs masks: name them with --mask-columns")
         if self.decision in ("ctr", "fusion") and not self.use_seg_head:
@@ -306,6 +304,9 @@ class TrainConfig:
         for name in ("aug_blur", "aug_sharpen", "aug_clahe", "aug_opacity"):
             if not (isinstance(getattr(self, name), (int, float)) and 0.0 <= getattr(self, name) <= 1.0):
                 bad(name, "must be a probability in [0, 1]")
+        if isinstance(self.aug_opacity, (int, float)) and 0 < self.aug_opacity <= 1 and not self.use_seg_head:
+            bad("aug_opacity", "draws inside the lung masks: it needs masks (--mask-columns) and the segmentation head "
+                "(--seg-head auto|on)")
         if not (isinstance(self.aug_jpeg, int) and (self.aug_jpeg == 0 or 1 <= self.aug_jpeg <= 95)):
             bad("aug_jpeg", "must be 0 (off) or a JPEG quality in 1..95")
 

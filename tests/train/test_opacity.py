@@ -55,10 +55,26 @@ def test_a_film_without_lung_masks_is_left_as_it_is_and_a_draw_repeats_with_its_
     assert all(np.array_equal(out, image) for out, _ in draws({"aug_opacity": 0.0}, image, masks, 3))
 
 
-def test_the_option_is_checked():
+def test_the_opacity_falls_on_films_apart_from_the_other_changes():
+    """albumentations' Compose seeds every transform alike; the opacity draws from a seed of its own, so it is not
+    tied to sharpening (or any other change of the film) and the other changes keep their draws."""
+    image, masks = chest()
+    with_it = draws({"aug_opacity": 0.5, "aug_sharpen": 0.5}, image, masks, 200)
+    sharpen = draws({"aug_sharpen": 0.5}, image, masks, 200)
+    plain = draws({}, image, masks, 1)[0][0]
+    seen = {(not np.array_equal(a, b), not np.array_equal(b, plain)) for (a, _), (b, _) in zip(with_it, sharpen)}
+    assert seen == {(False, False), (False, True), (True, False), (True, True)}
+
+
+def test_the_option_is_checked(tmp_path):
     from cxr.train.config import TrainConfig
 
-    with pytest.raises(ValueError, match="aug_opacity"):
-        TrainConfig(aug_opacity=1.5)
-    with pytest.raises(ValueError, match="aug_opacity.*needs masks"):
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,cardiomegaly,h,l,r\na.png,1,h.png,l.png,r.png\n")
+    masked = dict(dataset="csv", data_root=str(tmp_path), csv_path=str(labels), mask_columns="h,l,r")
+    assert TrainConfig(aug_opacity=0.3, **masked).aug_opacity == 0.3
+    for bad in (1.5, -0.1):
+        with pytest.raises(ValueError, match="aug_opacity.*must be a probability"):
+            TrainConfig(aug_opacity=bad, **masked)
+    with pytest.raises(ValueError, match=r"aug_opacity.*needs masks \(--mask-columns\).*--seg-head"):
         TrainConfig(aug_opacity=0.3)  # the recipe's source has no mask columns
