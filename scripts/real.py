@@ -123,7 +123,7 @@ def continues(done: dict, epochs: int) -> bool:
 
 def check_saved(run_dir: Path, sources: list[str], args, extra: list[str] | None) -> None:
     """A finished or interrupted run in run_dir is reused only if it is the run asked for (seed, split, data,
-    --balance-labels, --aug-opacity); otherwise stop, never mix it in silently."""
+    --balance-labels, --aug-opacity, --aug-draws); otherwise stop, never mix it in silently."""
     saved = json.loads((run_dir / "config.json").read_text())
     if (saved.get("seed"), saved.get("split_seed")) != (args.seed, args.split_seed):
         raise SystemExit(f"real: {run_dir} holds a run of --seed {saved.get('seed')} --split-seed "
@@ -145,6 +145,10 @@ def check_saved(run_dir: Path, sources: list[str], args, extra: list[str] | None
     if float(saved.get("aug_opacity") or 0.0) != opacity:
         raise SystemExit(f"real: {run_dir} holds a run of --aug-opacity {saved.get('aug_opacity') or 0}, not the "
                          f"{opacity} asked for: give another --out, or delete it to train again")
+    draws = (getattr(args, "aug_draws", None) or "joint") if extra is None else "joint"
+    if (saved.get("aug_draws") or "joint") != draws:
+        raise SystemExit(f"real: {run_dir} holds a run of --aug-draws {saved.get('aug_draws') or 'joint'}, not the "
+                         f"{draws} asked for: give another --out, or delete it to train again")
 
 
 def train(run_dir: Path, sources: list[str], args, extra: list[str] | None = None) -> None:
@@ -171,6 +175,7 @@ def train(run_dir: Path, sources: list[str], args, extra: list[str] | None = Non
     balance = ["--balance-labels"] if getattr(args, "balance_labels", False) else []
     opacity = float(getattr(args, "aug_opacity", 0.0) or 0.0)
     balance += ["--aug-opacity", str(opacity)] if opacity else []
+    balance += ["--aug-draws", args.aug_draws] if getattr(args, "aug_draws", None) not in (None, "joint") else []
     run(cmd + (AUGMENT + RECIPE + balance if extra is None else extra))
 
 
@@ -803,6 +808,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--aug-opacity", type=float, default=0.0, metavar="P",
                     help="train with cxr-train --aug-opacity P (a fluid-like opacity at a lung's base, drawn inside "
                          "the lung masks, on a share P of films; not the baseline A0)")
+    ap.add_argument("--aug-draws", choices=("joint", "independent"), default="joint",
+                    help="train with cxr-train --aug-draws: 'joint' (every run so far; the image-only changes fall "
+                         "on the same films) or 'independent' (each drawn apart); not the baseline A0")
     ap.add_argument("--seeds", default=None,
                     help="external: train every run once per seed (comma-separated, into OUT/seed<N>), then print "
                          "the seeds' models used together (probabilities averaged) beside each seed")

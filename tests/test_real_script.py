@@ -165,6 +165,8 @@ def test_a_finished_run_of_another_seed_is_not_reused(real, tmp_path):
         real.train(run_dir, [], SimpleNamespace(seed=0, split_seed=None, epochs=12, balance_labels=True))
     with pytest.raises(SystemExit, match="holds a run of --aug-opacity 0, not the 0.3 asked for"):
         real.train(run_dir, [], SimpleNamespace(seed=0, split_seed=None, epochs=12, aug_opacity=0.3))
+    with pytest.raises(SystemExit, match="holds a run of --aug-draws joint, not the independent asked for"):
+        real.train(run_dir, [], SimpleNamespace(seed=0, split_seed=None, epochs=12, aug_draws="independent"))
 
 
 def test_aug_opacity_reaches_cxr_train_beside_the_augmentation(real, tmp_path, monkeypatch):
@@ -176,7 +178,10 @@ def test_aug_opacity_reaches_cxr_train_beside_the_augmentation(real, tmp_path, m
     real.train(tmp_path / "plain", [], SimpleNamespace(seed=0, split_seed=0, epochs=20, size=160))
     real.train(tmp_path / "a0", [], SimpleNamespace(seed=0, split_seed=0, epochs=20, size=160, aug_opacity=0.3),
                extra=["--rotation-degrees", "5"])  # the baseline A0 keeps its own recipe
-    op, plain, a0 = calls
+    real.train(tmp_path / "apart", [], SimpleNamespace(seed=0, split_seed=0, epochs=20, size=160,
+                                                       aug_draws="independent"))
+    op, plain, a0, apart = calls
+    assert apart[apart.index("--aug-draws") + 1] == "independent" and "--aug-draws" not in plain
     assert op[op.index("--aug-opacity") + 1] == "0.3"
     assert op[:-2] == [str(tmp_path / "op") if c == str(tmp_path / "plain") else c for c in plain]
     assert "--aug-opacity" not in a0 and set(real.AUGMENT) <= set(op)

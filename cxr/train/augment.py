@@ -61,14 +61,22 @@ class Augmenter:
             photometric.append(A.ImageCompression(quality_range=(int(o["aug_jpeg"]), 95), p=0.5))
         self.size = size
         self.transform = A.Compose(geometric + photometric, seed=0)
+        self.independent = o.get("aug_draws", "joint") == "independent"
 
     def __call__(self, image: np.ndarray, masks: np.ndarray, seed: np.random.SeedSequence
                  ) -> tuple[np.ndarray, np.ndarray]:
-        self.transform.set_random_seed(int(seed.generate_state(1)[0]))
+        transforms = self.transform.transforms
+        states = seed.generate_state(2 + len(transforms))  # a prefix: states[0] is generate_state(1)[0]
+        self.transform.set_random_seed(int(states[0]))
+        # Compose seeds every transform alike, so each takes its turn on the same uniform draw as the others (the
+        # 'joint' draws every run so far was made with); the opacity always gets a seed of its own, and with
+        # aug_draws 'independent' every other transform too
         if self.opacity is not None:
-            # Compose seeds every transform alike, so each would take its turn on the same uniform draw as the
-            # others; the opacity gets a seed of its own (the others keep theirs: generate_state(2)[0] is that seed)
-            self.opacity.set_random_seed(int(seed.generate_state(2)[1]))
+            self.opacity.set_random_seed(int(states[1]))
+        if self.independent:
+            for i, t in enumerate(transforms):
+                if t is not self.opacity:
+                    t.set_random_seed(int(states[2 + i]))
         out = self.transform(image=image, masks=list(masks))
         return np.ascontiguousarray(out["image"], np.uint8), np.stack(out["masks"]).astype(np.uint8)
 

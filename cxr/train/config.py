@@ -30,6 +30,7 @@ SOURCE_OPTIONS = ("name", "csv_path", "path_column", "label_column", "patient_co
                   "mask_columns", "ctr_column")
 """What one --data source may set for itself (KIND:PATH;key=value;...); the rest comes from the top-level options."""
 CACHE_MODES = ("auto", "on", "off")
+AUG_DRAWS = ("joint", "independent")
 THRESHOLD_METHODS = ("youden_j", "target_sensitivity")
 CACHE_AUTO_LIMIT = 20_000  # cache_images="auto" keeps preprocessed images in memory below this many images
 
@@ -180,6 +181,11 @@ class TrainConfig:
     """Probability of a fluid-like opacity filling the base of one lung or both (effusion, basal consolidation), drawn
     inside the lung masks, which stay the anatomical lung; needs lung masks, films without them are left as they are
     (0 = none)."""
+    aug_draws: str = "joint"
+    """How each film's augmentations are drawn: 'joint' (every run so far: albumentations seeds each transform alike,
+    so the image-only changes fall on the same films, about half getting all of them and half none) or
+    'independent' (each change drawn apart, with the probability its option names). --aug-opacity is drawn apart in
+    both."""
     pos_weight: float | str | None = None
     """BCE pos_weight: None (the recipe), 'auto' (n_negative / n_positive on the training split) or a number."""
     # --- operating point and evaluation ---
@@ -222,7 +228,7 @@ class TrainConfig:
             bad("amp", "on needs CUDA and --device is cpu (use --amp auto or off, or --device cuda)")
         for name, allowed in (("amp", AMP_MODES), ("cache_images", CACHE_MODES),
                               ("uncertain", UNCERTAIN_POLICIES), ("nih_negatives", NIH_NEGATIVES),
-                              ("seg_head", SEG_HEAD_MODES), ("decision", DECISIONS)):
+                              ("seg_head", SEG_HEAD_MODES), ("decision", DECISIONS), ("aug_draws", AUG_DRAWS)):
             if getattr(self, name) not in allowed:
                 bad(name, f"must be one of {allowed}")
         if not isinstance(self.init, str) or not self.init:
