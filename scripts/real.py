@@ -172,11 +172,11 @@ def train(run_dir: Path, sources: list[str], args, extra: list[str] | None = Non
            "--seed", str(args.seed)] + ([] if args.split_seed is None else ["--split-seed", str(args.split_seed)])
     for s in sources:
         cmd += ["--data", s]
-    balance = ["--balance-labels"] if getattr(args, "balance_labels", False) else []
+    options = ["--balance-labels"] if getattr(args, "balance_labels", False) else []
     opacity = float(getattr(args, "aug_opacity", 0.0) or 0.0)
-    balance += ["--aug-opacity", str(opacity)] if opacity else []
-    balance += ["--aug-draws", args.aug_draws] if getattr(args, "aug_draws", None) not in (None, "joint") else []
-    run(cmd + (AUGMENT + RECIPE + balance if extra is None else extra))
+    options += ["--aug-opacity", str(opacity)] if opacity else []
+    options += ["--aug-draws", args.aug_draws] if getattr(args, "aug_draws", None) not in (None, "joint") else []
+    run(cmd + (AUGMENT + RECIPE + options if extra is None else extra))
 
 
 def export(run_dir: Path, model: Path) -> None:
@@ -832,10 +832,13 @@ def main(argv: list[str] | None = None) -> int:
                          "times, moved by a few pixels, the probabilities averaged) and print the change in AUROC "
                          "with its paired interval; 4 at 160 px")
     args = ap.parse_args(argv)
-    if args.shift_average is not None and (args.mode != "external" or not 1 <= args.shift_average < args.size // 4
-                                           or (args.only and "A" not in args.only.split(","))):
-        ap.error(f"--shift-average PIXELS (1 to {args.size // 4 - 1} at --size {args.size}) goes with --mode external "
-                 "and the run A (its NIH films are the ones scored again)")
+    if args.shift_average is not None:
+        from cxr.runtime.shifts import largest_shift  # the limit cxr-score --shift-average itself applies
+
+        if (args.mode != "external" or not 1 <= args.shift_average <= largest_shift(args.size)
+                or (args.only and "A" not in args.only.split(","))):
+            ap.error(f"--shift-average PIXELS (1 to {largest_shift(args.size)} at --size {args.size}) goes with "
+                     "--mode external and the run A (its NIH films are the ones scored again)")
     if args.nih_masks and (args.mode != "external" or not (args.nih_masks / "pseudo.json").is_file()):
         ap.error("--nih-masks DIR goes with --mode external and a DIR written by python -m cxr.train.pseudo")
     if args.nih_masks and (args.average or not args.only or not set(args.only.split(",")) <= {"B", "C"}):
